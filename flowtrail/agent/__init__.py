@@ -1,0 +1,1 @@
+"""The per-host agent (FlowExporter): eBPF capture, local identity, NAT resolution, export."""

@@ -1,0 +1,45 @@
+"""The `flowtrail` command line. Subcommands live beside the code they drive."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from flowtrail import __version__
+from flowtrail.errors import FlowtrailError
+
+
+class _Group(click.Group):
+    """Turns FlowtrailError into a one-line message and exit code 2, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except FlowtrailError as exc:
+            click.echo(f"flowtrail: error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowtrail")
+def main() -> None:
+    """flowtrail: every TCP connection as a flow record naming the workloads on both ends.
+
+    \b
+    Typical use:
+      flowtrail demo                      simulate a fleet, attribute it both ways, compare
+      flowtrail sim --out DIR             write a simulated fleet's flows, events, truth
+      flowtrail attribute --flows F --out OUT [--events E] [--regions R]
+      flowtrail eval --attributed A --truth T
+      flowtrail agent --stdout            capture this host's TCP connections (root)
+    """
+
+
+def _register() -> None:
+    from flowtrail.commands import register
+
+    register(main)
+
+
+_register()

@@ -1,0 +1,16 @@
+"""Wires each role's click command into the `flowtrail` group."""
+
+from __future__ import annotations
+
+import click
+
+
+def register(group: click.Group) -> None:
+    from flowtrail.agent.command import agent
+    from flowtrail.engine.command import attribute
+    from flowtrail.evaluate.command import eval_command
+    from flowtrail.demo import demo
+    from flowtrail.sim.command import sim
+
+    for command in (attribute, sim, eval_command, demo, agent):
+        group.add_command(command)

@@ -1,0 +1,140 @@
+"""The interchange contract's tables, defined once (see shared CONTRACT.md, version 1).
+
+Every other module derives its Arrow schemas, validation and documentation from these
+definitions, so a column is named, typed and explained in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import pyarrow as pa
+
+CONTRACT_VERSION = 1
+
+
+class Kind(Enum):
+    """How a column's values are checked beyond their Arrow type."""
+
+    PLAIN = "plain"
+    IP = "ip"  # canonical IPv4 / IPv6 text
+    CIDR = "cidr"  # canonical-enough prefix text (parsed strictly)
+    PORT = "port"  # 0..65535
+    TIME = "time"  # ns since epoch, >= 0
+    COUNT = "count"  # >= 0
+    ENUM = "enum"  # one of `choices`
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    required: bool
+    meaning: str
+    kind: Kind = Kind.PLAIN
+    choices: tuple[str, ...] = ()
+
+    @property
+    def field(self) -> pa.Field:
+        return pa.field(self.name, self.type, nullable=True)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema([c.field for c in self.columns])
+
+    @property
+    def required(self) -> tuple[Column, ...]:
+        return tuple(c for c in self.columns if c.required)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+S, I32, I64 = pa.string(), pa.int32(), pa.int64()
+
+DIRECTIONS = ("outbound", "inbound")
+STATES = ("closed", "active")
+ACTIONS = ("assign", "unassign")
+SOURCES = ("heartbeat", "event", "unattributed")
+
+FLOWS = Table(
+    "flows",
+    (
+        Column("flow_id", S, True, "unique per connection per exporter; snapshots share it"),
+        Column("exporter", S, True, "the host or agent that captured it"),
+        Column("region", S, False, "the exporter's region (default: the collector's)"),
+        Column("local_ip", S, True, "this end of the connection", Kind.IP),
+        Column("local_port", I32, True, "this end's port", Kind.PORT),
+        Column("remote_ip", S, True, "the other end as this kernel saw it", Kind.IP),
+        Column("remote_port", I32, True, "the other end's port", Kind.PORT),
+        Column("nat_remote_ip", S, False, "real other end after DNAT, or null", Kind.IP),
+        Column("nat_remote_port", I32, False, "real other end's port after DNAT", Kind.PORT),
+        Column("direction", S, True, "outbound or inbound", Kind.ENUM, DIRECTIONS),
+        Column("start_ns", I64, True, "connection start", Kind.TIME),
+        Column("end_ns", I64, True, "close, or snapshot time for active rows", Kind.TIME),
+        Column("state", S, True, "closed, or active for an interim snapshot", Kind.ENUM, STATES),
+        Column("bytes_sent", I64, True, "payload bytes acked by the peer", Kind.COUNT),
+        Column("bytes_received", I64, True, "payload bytes received", Kind.COUNT),
+        Column("segs_sent", I64, False, "segments sent", Kind.COUNT),
+        Column("segs_received", I64, False, "segments received", Kind.COUNT),
+        Column("retransmits", I64, False, "retransmitted segments", Kind.COUNT),
+        Column("srtt_us", I64, False, "smoothed RTT, microseconds", Kind.COUNT),
+        Column("local_workload", S, False, "who owned local_ip here; null = unknown"),
+        Column("received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME),
+    ),
+)
+
+EVENTS = Table(
+    "events",
+    (
+        Column("ip", S, True, "the address", Kind.IP),
+        Column("workload", S, True, "who it was assigned to or released from"),
+        Column("action", S, True, "assign or unassign", Kind.ENUM, ACTIONS),
+        Column("time_ns", I64, True, "when the change happened", Kind.TIME),
+        Column("received_ns", I64, False, "when the collector learned of it", Kind.TIME),
+    ),
+)
+
+REGIONS = Table(
+    "regions",
+    (
+        Column("cidr", S, True, "an IPv4 or IPv6 prefix", Kind.CIDR),
+        Column("region", S, True, "the region attributing addresses in it"),
+    ),
+)
+
+TRUTH = Table(
+    "truth",
+    (
+        Column("ip", S, True, "the address", Kind.IP),
+        Column("workload", S, True, "its owner"),
+        Column("from_ns", I64, True, "ownership start", Kind.TIME),
+        Column("to_ns", I64, False, "ownership end; null while still owned", Kind.TIME),
+    ),
+)
+
+ATTRIBUTION_COLUMNS = (
+    Column("remote_workload", S, False, "owner of the (NAT-resolved) remote address at start_ns"),
+    Column("remote_source", S, True, "heartbeat, event or unattributed", Kind.ENUM, SOURCES),
+    Column("attributed_ns", I64, True, "the collector's clock when it decided", Kind.TIME),
+)
+
+ATTRIBUTED = Table("attributed", FLOWS.columns + ATTRIBUTION_COLUMNS)
+
+TABLES: dict[str, Table] = {t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED)}
+
+DEFAULT_RECEIVE_DELAY_NS = 60 * 1_000_000_000

@@ -1,0 +1,219 @@
+"""Reading and writing the contract's tables: strict on the way in, atomic on the way out.
+
+Input may be Parquet, CSV or JSON Lines (by file suffix). Known columns are cast to their
+contract type; extra columns pass through untouched. Every problem raises ContractError naming
+the file, the row (1-based, header not counted) and the column.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from flowtrail.errors import ContractError
+from flowtrail.schema import Column, Kind, Table
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+_IPV4_RE = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$"
+_INT_RE = r"^[+-]?[0-9]+$"
+
+
+def read_table(path: str | os.PathLike[str], table: Table) -> pa.Table:
+    """Read one contract table from a file and validate it; raises ContractError."""
+    p = Path(path)
+    name = str(p)
+    if not p.exists():
+        raise ContractError("no such file", path=name)
+    if p.is_dir():
+        raise ContractError("is a directory, expected a file", path=name)
+    suffix = p.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            data = pq.read_table(p)
+        elif suffix in CSV_SUFFIXES:
+            # Known columns are read as text and cast here, so a bad value is reported by row.
+            text_types = {c.name: pa.string() for c in table.columns}
+            data = pacsv.read_csv(
+                p,
+                convert_options=pacsv.ConvertOptions(
+                    column_types=text_types, strings_can_be_null=True
+                ),
+            )
+        elif suffix in JSONL_SUFFIXES:
+            data = pajson.read_json(p)
+        else:
+            raise ContractError(
+                f"unknown file type {suffix!r}: use .parquet, .csv or .jsonl", path=name
+            )
+    except ContractError:
+        raise
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
+        raise ContractError(f"cannot read {table.name} table: {exc}", path=name) from exc
+    return validate(data, table, path=name)
+
+
+def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Table:
+    """Cast known columns to contract types and check their values; extra columns untouched."""
+    names = data.column_names
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ContractError(f"duplicate column(s) {sorted(dupes)}", path=path)
+    missing = [c.name for c in table.required if c.name not in names]
+    if missing:
+        raise ContractError(
+            f"missing required column(s) {missing} of the {table.name} table", path=path
+        )
+    for col in table.columns:
+        if col.name not in names:
+            continue
+        idx = names.index(col.name)
+        arr = _coerce(data.column(idx), col, path)
+        _check_values(arr, col, path)
+        data = data.set_column(idx, col.field, arr)
+    return data
+
+
+def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedArray:
+    have, want = arr.type, col.type
+    if have == want:
+        return arr
+    if pa.types.is_null(have):
+        return arr.cast(want)
+    if pa.types.is_large_string(have) or pa.types.is_string_view(have):
+        arr = arr.cast(pa.string())
+        have = arr.type
+    if pa.types.is_dictionary(have):
+        arr = arr.cast(have.value_type)
+        return _coerce(arr, col, path)
+    if pa.types.is_string(want):
+        raise ContractError(f"expected text, got {have}", path=path, column=col.name)
+    # Integer columns.
+    if pa.types.is_string(have):
+        text = pc.utf8_trim_whitespace(arr)
+        bad = pc.invert(pc.fill_null(pc.match_substring_regex(text, _INT_RE), True))
+        _raise_first(bad, f"expected an integer ({want})", path, col, arr)
+        arr = text
+    elif not pa.types.is_integer(have):
+        raise ContractError(f"expected an integer ({want}), got {have}", path=path, column=col.name)
+    try:
+        return arr.cast(want)
+    except (pa.ArrowInvalid, OverflowError):
+        lo, hi = (-(2**31), 2**31 - 1) if want == pa.int32() else (-(2**63), 2**63 - 1)
+        as_float = arr.cast(pa.float64())
+        bad = pc.or_(pc.less(as_float, lo), pc.greater(as_float, hi))
+        _raise_first(bad, f"value out of range for {want}", path, col, arr)
+        raise
+
+
+def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
+    if col.required and arr.null_count:
+        _raise_first(pc.is_null(arr), "required value is missing (null)", path, col, arr)
+    if col.kind is Kind.PORT:
+        bad = pc.or_(pc.less(arr, 0), pc.greater(arr, 65535))
+        _raise_first(bad, "port must be 0..65535", path, col, arr)
+    elif col.kind in (Kind.TIME, Kind.COUNT):
+        _raise_first(pc.less(arr, 0), "must not be negative", path, col, arr)
+    elif col.kind is Kind.ENUM:
+        bad = pc.invert(pc.is_in(arr, value_set=pa.array(col.choices)))
+        bad = pc.and_(bad, pc.is_valid(arr))
+        allowed = " or ".join(repr(c) for c in col.choices)
+        _raise_first(bad, f"must be {allowed}", path, col, arr)
+    elif col.kind is Kind.IP:
+        bad_values = invalid_ips(pc.unique(arr.drop_null()))
+        if bad_values:
+            value = next(iter(bad_values))
+            mask = pc.is_in(arr, value_set=pa.array([value]))
+            _raise_first(mask, _ip_problem(value), path, col, arr)
+    elif col.kind is Kind.CIDR:
+        for value in pc.unique(arr.drop_null()).to_pylist():
+            problem = _cidr_problem(value)
+            if problem:
+                mask = pc.is_in(arr, value_set=pa.array([value]))
+                _raise_first(mask, problem, path, col, arr)
+
+
+def invalid_ips(uniques: pa.Array | pa.ChunkedArray) -> list[str]:
+    """The values among `uniques` that are not canonical IPv4 / IPv6 text."""
+    is_v4 = pc.fill_null(pc.match_substring_regex(uniques, _IPV4_RE), False)
+    others = pc.filter(uniques, pc.invert(is_v4)).to_pylist()
+    return [v for v in others if _ip_problem(v)]
+
+
+def _ip_problem(value: str) -> str:
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"{value!r}: write an IPv4-mapped address as IPv4 ({ip.ipv4_mapped})"
+    if str(ip) != value:
+        return f"{value!r} is not in canonical form (expected {ip})"
+    return ""
+
+
+def _cidr_problem(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        return f"{value!r} is not a valid prefix: {exc}"
+    return ""
+
+
+def _raise_first(
+    mask: pa.ChunkedArray | pa.Array,
+    message: str,
+    path: str | None,
+    col: Column,
+    values: pa.ChunkedArray,
+) -> None:
+    m = pc.fill_null(mask, False)
+    if not pc.any(m).as_py():
+        return
+    row = int(np.flatnonzero(m.to_numpy(zero_copy_only=False))[0])
+    shown = values[row].as_py() if isinstance(values, pa.ChunkedArray) else None
+    raise ContractError(f"{message} (value {shown!r})", path=path, row=row + 1, column=col.name)
+
+
+def write_table(data: pa.Table, path: str | os.PathLike[str]) -> None:
+    """Write Parquet atomically: a reader never sees a half-written file at `path`."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(data, tmp, compression="snappy")
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_batches(
+    batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str | os.PathLike[str]
+) -> int:
+    """Stream record batches into one Parquet file atomically; returns rows written."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, schema, compression="snappy") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return rows
