@@ -1,0 +1,238 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * flowtrail capture: one record per closed TCP connection, from sock:inet_sock_set_state.
+ *
+ * A socket enters `flow_starts` on its first opening transition (CLOSE->SYN_SENT for connect(),
+ * LISTEN->SYN_RECV for an accepted child) and leaves it on the change to CLOSE, when its record
+ * goes to the ring buffer. Identity (cgroup, netns) is read from the socket itself, never from the
+ * current task, because closes often run in softirq on behalf of nobody in particular.
+ * Listening sockets never enter the map. Every loss is counted in `flow_drops`.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+
+#include "flow.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define ECONNREFUSED 111
+#define ETIMEDOUT 110
+
+/* TCP states as the tracepoint reports them (include/net/tcp_states.h) */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_CLOSE 7
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+#define TCP_CLOSING 11
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Sizes are set by the loader (bpf_map__set_max_entries) before load; these are defaults. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* the struct sock's address: unique while the socket lives */
+	__type(value, struct flow_record);
+} flow_starts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} flow_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOW_DROP__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_drops SEC(".maps");
+
+/* One counter, seeded by the loader with CLOCK_MONOTONIC ns so ids stay unique across reloads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_seq SEC(".maps");
+
+/* A zeroed record to seed new map entries (too big for the 512-byte BPF stack many times over). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_record);
+} flow_scratch SEC(".maps");
+
+static __always_inline void count_drop(__u32 reason)
+{
+	__u64 *n = bpf_map_lookup_elem(&flow_drops, &reason);
+
+	if (n)
+		*n += 1; /* per-CPU slot: no atomics needed */
+}
+
+/* The socket's own identity and addresses, as the tracepoint saw them. */
+static __always_inline void fill_tuple(struct flow_record *r,
+				       const struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	r->family = ctx->family;
+	r->sport = ctx->sport;
+	r->dport = ctx->dport;
+	/* the verifier forbids loads through an offset ctx pointer: copy with the read helper */
+	if (ctx->family == AF_INET) {
+		bpf_probe_read_kernel(r->saddr, 4, ctx->saddr);
+		bpf_probe_read_kernel(r->daddr, 4, ctx->daddr);
+	} else {
+		bpf_probe_read_kernel(r->saddr, 16, ctx->saddr_v6);
+		bpf_probe_read_kernel(r->daddr, 16, ctx->daddr_v6);
+	}
+}
+
+static __always_inline void fill_identity(struct flow_record *r, struct sock *sk)
+{
+	if (bpf_core_field_exists(sk->sk_cgrp_data))
+		r->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	r->netns_ino = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Which SYN/FIN sequence numbers the byte counters include (see enum flow_seq_flags). */
+static __always_inline __u8 seq_flags(const struct flow_record *r, struct sock *sk, int oldstate)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	unsigned long sk_flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	int sock_done = bpf_core_enum_value(enum sock_flags, SOCK_DONE);
+	__u8 flags = 0;
+
+	if (r->established && r->direction == FLOW_DIR_OUTBOUND)
+		flags |= FLOW_SEQ_SYN_ACKED;
+	/* our FIN went out in these states; it is counted once snd_una has passed it */
+	if ((oldstate == TCP_FIN_WAIT1 || oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING ||
+	     oldstate == TCP_LAST_ACK) &&
+	    BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq))
+		flags |= FLOW_SEQ_FIN_ACKED;
+	/* tcp_fin() sets SOCK_DONE when the peer's in-order FIN advanced rcv_nxt */
+	if (r->established && (sk_flags >> sock_done) & 1)
+		flags |= FLOW_SEQ_FIN_RECEIVED;
+	return flags;
+}
+
+static __always_inline void fill_counters(struct flow_record *r, struct sock *sk)
+{
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	r->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	r->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	r->segs_out = BPF_CORE_READ(tp, segs_out);
+	r->segs_in = BPF_CORE_READ(tp, segs_in);
+	r->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+}
+
+static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_state *ctx,
+				   __u64 key, __u8 direction)
+{
+	__u32 zero = 0;
+	struct flow_record *r = bpf_map_lookup_elem(&flow_scratch, &zero);
+	__u64 *seq = bpf_map_lookup_elem(&flow_seq, &zero);
+	struct sock *sk = (struct sock *)ctx->skaddr;
+
+	if (!r || !seq)
+		return 0;
+	__builtin_memset(r, 0, sizeof(*r));
+	r->sock_id = __sync_fetch_and_add(seq, 1);
+	r->start_ns = bpf_ktime_get_ns();
+	r->direction = direction;
+	if (direction == FLOW_DIR_OUTBOUND) {
+		/* connect() runs in the caller's context; accepted children are made in softirq */
+		r->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(r->comm, sizeof(r->comm));
+	}
+	fill_tuple(r, ctx);
+	fill_identity(r, sk);
+	if (bpf_map_update_elem(&flow_starts, &key, r, BPF_NOEXIST) != 0)
+		count_drop(FLOW_DROP_MAP_FULL);
+	return 0;
+}
+
+static __always_inline int on_established(const struct trace_event_raw_inet_sock_set_state *ctx,
+					  __u64 key)
+{
+	struct flow_record *r = bpf_map_lookup_elem(&flow_starts, &key);
+
+	if (!r)
+		return 0;
+	/* the local port of connect() is picked after SYN_SENT: take the final tuple now */
+	fill_tuple(r, ctx);
+	fill_identity(r, (struct sock *)ctx->skaddr);
+	r->established = 1;
+	return 0;
+}
+
+static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_state *ctx,
+				    __u64 key)
+{
+	struct flow_record *start = bpf_map_lookup_elem(&flow_starts, &key);
+	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct flow_record *r;
+	int err;
+
+	if (!start) {
+		count_drop(FLOW_DROP_UNTRACKED_CLOSE);
+		return 0;
+	}
+	r = bpf_ringbuf_reserve(&flow_events, sizeof(*r), 0);
+	if (!r) {
+		count_drop(FLOW_DROP_RINGBUF_FULL);
+		bpf_map_delete_elem(&flow_starts, &key);
+		return 0;
+	}
+	__builtin_memcpy(r, start, sizeof(*r));
+	r->end_ns = bpf_ktime_get_ns();
+	if (ctx->sport != 0)
+		fill_tuple(r, ctx);
+	fill_identity(r, sk);
+	fill_counters(r, sk);
+	r->seq_flags = seq_flags(r, sk, ctx->oldstate);
+	err = BPF_CORE_READ(sk, sk_err);
+	r->sk_err = err;
+	if (r->established)
+		r->outcome = FLOW_OUTCOME_ESTABLISHED;
+	else if (err == ECONNREFUSED)
+		r->outcome = FLOW_OUTCOME_REFUSED;
+	else if (err == ETIMEDOUT)
+		r->outcome = FLOW_OUTCOME_TIMEOUT;
+	else
+		r->outcome = FLOW_OUTCOME_FAILED;
+	bpf_ringbuf_submit(r, 0);
+	bpf_map_delete_elem(&flow_starts, &key);
+	return 0;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int flow_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	int oldstate = ctx->oldstate, newstate = ctx->newstate;
+	__u64 key = (__u64)ctx->skaddr;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	if (ctx->family != AF_INET && ctx->family != AF_INET6)
+		return 0;
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
+		return 0; /* listening sockets are not flows */
+	if (newstate == TCP_SYN_SENT)
+		return on_open(ctx, key, FLOW_DIR_OUTBOUND);
+	if (newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN)
+		return on_open(ctx, key, FLOW_DIR_INBOUND);
+	if (newstate == TCP_ESTABLISHED)
+		return on_established(ctx, key);
+	if (newstate == TCP_CLOSE)
+		return on_close(ctx, key);
+	return 0;
+}

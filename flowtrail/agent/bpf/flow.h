@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The kernel/user record of flowtrail's capture, defined once.
+ *
+ * The BPF program writes `struct flow_record` into the ring buffer when a TCP socket closes and
+ * keeps one per live socket in the `flow_starts` hash map. flowtrail/agent/capture.py reads both
+ * with one numpy dtype; tests/kernel/test_record_layout.py checks that dtype against this
+ * struct's BTF in the compiled object, so change both together.
+ *
+ * Layout rules: fixed-width fields only, explicit padding, 8-byte aligned total size.
+ */
+#ifndef FLOWTRAIL_FLOW_H
+#define FLOWTRAIL_FLOW_H
+
+/* direction: how the connection was opened on this host */
+enum flow_direction {
+	FLOW_DIR_UNKNOWN = 0,
+	FLOW_DIR_OUTBOUND = 1, /* active open: this end called connect() */
+	FLOW_DIR_INBOUND = 2,  /* passive open: this end accepted it */
+};
+
+/* outcome: how the connection ended */
+enum flow_outcome {
+	FLOW_OUTCOME_ESTABLISHED = 0, /* reached ESTABLISHED, then closed */
+	FLOW_OUTCOME_REFUSED = 1,     /* never established: RST in SYN_SENT (ECONNREFUSED) */
+	FLOW_OUTCOME_TIMEOUT = 2,     /* never established: handshake timed out (ETIMEDOUT) */
+	FLOW_OUTCOME_FAILED = 3,      /* never established: any other reason (aborted, unreachable) */
+};
+
+/* drop reasons: indexes into the per-CPU `flow_drops` array */
+enum flow_drop_reason {
+	FLOW_DROP_RINGBUF_FULL = 0,   /* a closed record found no room in the ring buffer */
+	FLOW_DROP_MAP_FULL = 1,       /* a new socket found no room in flow_starts: never reported */
+	FLOW_DROP_UNTRACKED_CLOSE = 2, /* a socket closed that opened before capture started */
+	FLOW_DROP_READ_FAILED = 3,    /* a kernel read of the socket failed */
+	FLOW_DROP__COUNT = 4,
+};
+
+/*
+ * tcp_sock.bytes_acked / bytes_received count sequence space, so a SYN or FIN can sit inside
+ * them: the SYN of an active open is acked through tcp_ack(), a FIN takes one sequence number
+ * each way. The program reports which did; user space subtracts them to get payload bytes.
+ */
+enum flow_seq_flags {
+	FLOW_SEQ_SYN_ACKED = 1,   /* our SYN is counted in bytes_acked (active open, established) */
+	FLOW_SEQ_FIN_ACKED = 2,   /* our FIN is counted in bytes_acked */
+	FLOW_SEQ_FIN_RECEIVED = 4, /* the peer's FIN is counted in bytes_received */
+};
+
+struct flow_record {
+	__u64 sock_id;        /* unique per socket per boot (a counter seeded from CLOCK_MONOTONIC) */
+	__u64 start_ns;       /* CLOCK_MONOTONIC ns of the first state change seen (SYN_SENT/SYN_RECV) */
+	__u64 end_ns;         /* CLOCK_MONOTONIC ns of the change to CLOSE; 0 while live */
+	__u64 bytes_acked;    /* tcp_sock.bytes_acked */
+	__u64 bytes_received; /* tcp_sock.bytes_received */
+	__u64 cgroup_id;      /* the socket's own cgroup v2 id (sk_cgrp_data), kernfs node id */
+	__u32 segs_out;       /* tcp_sock.segs_out */
+	__u32 segs_in;        /* tcp_sock.segs_in */
+	__u32 total_retrans;  /* tcp_sock.total_retrans */
+	__u32 srtt_us;        /* smoothed RTT in microseconds (tcp_sock.srtt_us >> 3) */
+	__u32 netns_ino;      /* inode number of the socket's network namespace */
+	__u32 pid;            /* tgid of the task that called connect(); 0 for accepted sockets */
+	__u8 saddr[16];       /* local address: IPv4 in the first 4 bytes, else IPv6 */
+	__u8 daddr[16];       /* remote address, same encoding */
+	__u16 sport;          /* local port, host byte order */
+	__u16 dport;          /* remote port, host byte order */
+	__u16 family;         /* AF_INET (2) or AF_INET6 (10) */
+	__u8 direction;       /* enum flow_direction */
+	__u8 outcome;         /* enum flow_outcome */
+	__s32 sk_err;         /* sk->sk_err at close (positive errno), 0 if none */
+	__u8 established;     /* 1 once the socket reached ESTABLISHED */
+	__u8 seq_flags;       /* enum flow_seq_flags: control flags inside the byte counters */
+	__u8 _pad[2];
+	char comm[16];        /* comm of the task that called connect(); empty for accepted */
+};
+
+#endif /* FLOWTRAIL_FLOW_H */

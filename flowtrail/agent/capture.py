@@ -1,0 +1,431 @@
+"""Capture: the BPF flow program loaded into this kernel, read as RAW_SCHEMA Arrow batches.
+
+    with Capture() as cap:          # start(): checks, loads, attaches
+        batch = cap.poll(1000)      # closed connections since the last poll, or None
+        live = cap.live()           # sockets open right now (from the BPF start map)
+        cap.stats()                 # cumulative drops by reason, zeros included
+
+The ring buffer callback only copies raw record bytes into one growing numpy buffer; decoding is
+done in bulk with a numpy structured dtype that mirrors `struct flow_record` in bpf/flow.h (a
+kernel test checks it against the compiled object's BTF).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+
+from flowtrail.agent import libbpf
+from flowtrail.agent.clock import MonotonicClock
+from flowtrail.agent.records import RAW_SCHEMA
+from flowtrail.errors import CapabilityError, InputError
+
+BPF_DIR = Path(__file__).parent / "bpf"
+OBJECT_PATH = BPF_DIR / "flow.bpf.o"
+DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
+TRACEFS = "/sys/kernel/tracing"
+TRACEPOINT = ("sock", "inet_sock_set_state")
+PROGRAM = "flow_set_state"
+
+DEFAULT_RINGBUF_BYTES = 4 << 20
+DEFAULT_MAX_SOCKETS = 65536
+
+AF_INET, AF_INET6 = 2, 10
+
+# struct flow_record (bpf/flow.h), byte for byte: (member, numpy format, byte offset).
+FLOW_FIELDS: tuple[tuple[str, Any, int], ...] = (
+    ("sock_id", "<u8", 0),
+    ("start_ns", "<u8", 8),
+    ("end_ns", "<u8", 16),
+    ("bytes_acked", "<u8", 24),
+    ("bytes_received", "<u8", 32),
+    ("cgroup_id", "<u8", 40),
+    ("segs_out", "<u4", 48),
+    ("segs_in", "<u4", 52),
+    ("total_retrans", "<u4", 56),
+    ("srtt_us", "<u4", 60),
+    ("netns_ino", "<u4", 64),
+    ("pid", "<u4", 68),
+    ("saddr", ("u1", 16), 72),
+    ("daddr", ("u1", 16), 88),
+    ("sport", "<u2", 104),
+    ("dport", "<u2", 106),
+    ("family", "<u2", 108),
+    ("direction", "u1", 110),
+    ("outcome", "u1", 111),
+    ("sk_err", "<i4", 112),
+    ("established", "u1", 116),
+    ("seq_flags", "u1", 117),
+    ("comm", "S16", 120),
+)
+FLOW_DTYPE = np.dtype(
+    {
+        "names": [f[0] for f in FLOW_FIELDS],
+        "formats": [f[1] for f in FLOW_FIELDS],
+        "offsets": [f[2] for f in FLOW_FIELDS],
+        "itemsize": 136,
+    }
+)
+RECORD_SIZE = FLOW_DTYPE.itemsize
+
+# enum flow_seq_flags (bpf/flow.h)
+SEQ_SYN_ACKED, SEQ_FIN_ACKED, SEQ_FIN_RECEIVED = 1, 2, 4
+
+# enum flow_drop_reason (bpf/flow.h), in index order.
+DROP_REASONS = ("ringbuf_full", "map_full", "untracked_close", "read_failed")
+
+# enum flow_direction / enum flow_outcome (bpf/flow.h) to RAW_SCHEMA text, by code.
+_DIRECTIONS = pa.array([None, "outbound", "inbound"], pa.string())
+_OUTCOMES = pa.array(["established", "refused", "timeout", "failed"], pa.string())
+
+# CAP_* bit numbers (linux/capability.h)
+_CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
+
+
+def _effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def capability_problems(
+    *, btf_path: str = DEFAULT_BTF, tracefs: str = TRACEFS, object_path: Path = OBJECT_PATH
+) -> list[str]:
+    """Everything missing for capture on this machine, each said exactly; [] when all is there."""
+    problems = []
+    caps = _effective_caps()
+
+    def has(bit: int) -> bool:
+        return bool(caps >> bit & 1)
+
+    if not (has(_CAP_SYS_ADMIN) or (has(_CAP_BPF) and has(_CAP_PERFMON))):
+        missing = [
+            n for n, b in (("CAP_BPF", _CAP_BPF), ("CAP_PERFMON", _CAP_PERFMON)) if not has(b)
+        ]
+        problems.append(
+            f"missing {' and '.join(missing)} (or CAP_SYS_ADMIN): run as root or grant them"
+        )
+    if not Path(btf_path).is_file():
+        problems.append(
+            f"no kernel BTF at {btf_path}: CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        )
+    if not Path(tracefs, "events").is_dir():
+        problems.append(f"tracefs is not mounted at {tracefs} (mount -t tracefs tracefs {tracefs})")
+    elif not Path(tracefs, "events", *TRACEPOINT).is_dir():
+        problems.append(f"the kernel has no tracepoint {':'.join(TRACEPOINT)}")
+    if not object_path.is_file():
+        problems.append(f"the BPF object {object_path} is missing: run scripts/build-bpf")
+    return problems
+
+
+def _mount_tracefs(tracefs: str) -> None:
+    """Mount tracefs when it is absent (root can); failures are reported by the checks after."""
+    if Path(tracefs, "events").is_dir() or not Path(tracefs).is_dir():
+        return
+    subprocess.run(
+        ["mount", "-t", "tracefs", "tracefs", tracefs],
+        check=False,
+        capture_output=True,
+    )
+
+
+def _check_power_of_two_pages(name: str, value: int) -> None:
+    page = os.sysconf("SC_PAGE_SIZE")
+    if value < page or value & (value - 1):
+        raise InputError(
+            f"{name}={value}: must be a power of two and at least the page size ({page})"
+        )
+
+
+class Capture:
+    """The flow capture of this host's kernel; see the module docstring."""
+
+    def __init__(
+        self,
+        ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES,
+        max_sockets: int = DEFAULT_MAX_SOCKETS,
+        *,
+        btf_path: str = DEFAULT_BTF,
+        tracefs: str = TRACEFS,
+        object_path: str | Path = OBJECT_PATH,
+    ) -> None:
+        _check_power_of_two_pages("ringbuf_bytes", ringbuf_bytes)
+        if max_sockets < 1:
+            raise InputError(f"max_sockets={max_sockets}: must be at least 1")
+        self.ringbuf_bytes = ringbuf_bytes
+        self.max_sockets = max_sockets
+        self.btf_path = btf_path
+        self.tracefs = tracefs
+        self.object_path = Path(object_path)
+        self.clock: MonotonicClock | None = None
+        self._obj: libbpf.BpfObject | None = None
+        self._link: libbpf.Link | None = None
+        self._ring: libbpf.RingBuffer | None = None
+        self._fds: dict[str, int] = {}
+        # raw record bytes copied by the ring buffer callback, decoded in bulk by poll()
+        self._buf = np.empty(1024 * RECORD_SIZE, np.uint8)
+        self._buf_addr = self._buf.ctypes.data
+        self._used = 0
+        self._bad_size = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load and attach the program; CapabilityError naming exactly what is missing."""
+        if self._link is not None:
+            return
+        _mount_tracefs(self.tracefs)
+        problems = capability_problems(
+            btf_path=self.btf_path, tracefs=self.tracefs, object_path=self.object_path
+        )
+        if problems:
+            raise CapabilityError("eBPF capture cannot start: " + "; ".join(problems))
+        libbpf.lib()
+        libbpf.clear_log()
+        custom_btf = None if self.btf_path == DEFAULT_BTF else self.btf_path
+        try:
+            obj = libbpf.BpfObject(str(self.object_path), btf_custom_path=custom_btf)
+        except OSError as exc:
+            raise CapabilityError(f"cannot open {self.object_path}: {exc}") from exc
+        self._obj = obj
+        try:
+            obj.set_max_entries("flow_events", self.ringbuf_bytes)
+            obj.set_max_entries("flow_starts", self.max_sockets)
+            try:
+                obj.load()
+            except OSError as exc:
+                raise CapabilityError(self._load_problem(exc)) from exc
+            self._fds = {
+                name: obj.map_fd(name)
+                for name in ("flow_starts", "flow_events", "flow_drops", "flow_seq")
+            }
+            self._seed_sock_ids()
+            self.clock = MonotonicClock()
+            self._ring = libbpf.RingBuffer(self._fds["flow_events"], self._on_sample)
+            try:
+                self._link = obj.attach(PROGRAM)
+            except OSError as exc:
+                raise CapabilityError(
+                    f"cannot attach to tracepoint {':'.join(TRACEPOINT)}: {exc}" + self._log_tail()
+                ) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Detach and free everything; records not yet polled are lost (poll first)."""
+        if self._link is not None:
+            self._link.destroy()
+            self._link = None
+        if self._ring is not None:
+            self._ring.free()
+            self._ring = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+        self._fds = {}
+
+    def __enter__(self) -> Capture:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._link is not None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def poll(self, timeout_ms: int = 0) -> pa.RecordBatch | None:
+        """Closed connections since the last poll as one RAW_SCHEMA batch; None when none."""
+        ring = self._require(self._ring)
+        ring.poll(timeout_ms)
+        if self._used == 0:
+            return None
+        n = self._used // RECORD_SIZE
+        records = np.frombuffer(self._buf, FLOW_DTYPE, count=n).copy()
+        self._used = 0
+        return decode(records, self._require(self.clock))
+
+    def live(self) -> pa.RecordBatch:
+        """RAW_SCHEMA rows for sockets established right now, from the BPF start map.
+
+        start, tuple, cgroup, netns, direction and sock_id are real; end_ns is the time of this
+        call and the counters are 0 (the map keeps no counters: sock_diag has them).
+        """
+        fd = self._fds.get("flow_starts")
+        if fd is None:
+            raise RuntimeError("Capture is not started")
+        keys = np.empty(self.max_sockets, np.uint64)
+        values = np.empty(self.max_sockets, FLOW_DTYPE)
+        n = libbpf.map_lookup_batched(
+            fd, keys.ctypes.data, 8, values.ctypes.data, RECORD_SIZE, self.max_sockets
+        )
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        records = values[:n]
+        records = records[records["established"] == 1].copy()
+        records["end_ns"] = now
+        return decode(records, self._require(self.clock))
+
+    def stats(self) -> dict[str, int]:
+        """Cumulative drops by reason since start (every reason present, zero or not)."""
+        fd = self._fds.get("flow_drops")
+        if fd is None:
+            raise RuntimeError("Capture is not started")
+        ncpu = libbpf.num_possible_cpus()
+        values = (ctypes.c_uint64 * ncpu)()
+        out: dict[str, int] = {}
+        for index, reason in enumerate(DROP_REASONS):
+            key = ctypes.c_uint32(index)
+            libbpf.map_lookup(fd, key, values)
+            out[reason] = int(sum(values))
+        out["bad_record_size"] = self._bad_size
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _on_sample(self, data: int, size: int) -> int:
+        """libbpf calls this per record: copy the bytes, nothing more (decoding is bulk)."""
+        if size != RECORD_SIZE:
+            self._bad_size += 1
+            return 0
+        if self._used + size > self._buf.size:
+            grown = np.empty(self._buf.size * 2, np.uint8)
+            grown[: self._used] = self._buf[: self._used]
+            self._buf, self._buf_addr = grown, grown.ctypes.data
+        ctypes.memmove(self._buf_addr + self._used, data, size)
+        self._used += size
+        return 0
+
+    def _seed_sock_ids(self) -> None:
+        """Start the socket id counter at CLOCK_MONOTONIC now: ids never repeat within a boot.
+
+        Every earlier capture on this boot handed out fewer ids than nanoseconds have passed.
+        """
+        key = ctypes.c_uint32(0)
+        value = ctypes.c_uint64(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+        libbpf.map_update(self._fds["flow_seq"], key, value)
+
+    def _load_problem(self, exc: OSError) -> str:
+        if exc.errno == 1:  # EPERM: privilege, lockdown or an LSM said no
+            what = "the kernel refused to load the BPF program (EPERM): needs CAP_BPF+CAP_PERFMON"
+            what += " or root, and no lockdown/LSM policy forbidding BPF"
+        elif exc.errno == 13:  # EACCES: the verifier rejected the program
+            what = f"the BPF verifier of this kernel rejected {self.object_path}"
+        else:
+            what = f"the kernel could not load {self.object_path}: {exc}"
+        return what + self._log_tail()
+
+    @staticmethod
+    def _log_tail() -> str:
+        log = libbpf.recent_log(15)
+        return f"\nlibbpf said:\n{log}" if log else ""
+
+    @staticmethod
+    def _require(value: Any) -> Any:
+        if value is None:
+            raise RuntimeError("Capture is not started")
+        return value
+
+
+def _addresses(
+    family: npt.NDArray[np.uint16], raw: npt.NDArray[np.uint8]
+) -> tuple[pa.Array, npt.NDArray[np.uint8]]:
+    """Canonical address text and IP version (4/6) per row; IPv4-mapped IPv6 becomes IPv4.
+
+    Text is made once per distinct address (np.unique), then spread back with `take`.
+    """
+    n = len(family)
+    is6 = family == AF_INET6
+    mapped = is6 & (raw[:, :10] == 0).all(axis=1) & (raw[:, 10] == 0xFF) & (raw[:, 11] == 0xFF)
+    v4 = ~is6 | mapped
+    norm = np.zeros((n, 17), np.uint8)
+    norm[:, 0] = np.where(v4, 4, 6)
+    plain4 = ~is6
+    norm[plain4, 1:5] = raw[plain4, 0:4]
+    norm[mapped, 1:5] = raw[mapped, 12:16]
+    norm[~v4, 1:17] = raw[~v4]
+    keys = np.ascontiguousarray(norm).view("V17").ravel()
+    uniques, inverse = np.unique(keys, return_inverse=True)
+    texts = []
+    for u in uniques:
+        b = bytes(u)
+        texts.append(
+            str(ipaddress.IPv4Address(b[1:5]) if b[0] == 4 else ipaddress.IPv6Address(b[1:]))
+        )
+    text = pa.array(texts, pa.string()).take(pa.array(inverse.ravel().astype(np.int64)))
+    return text, np.where(v4, 4, 6).astype(np.uint8)
+
+
+def _comms(comm: npt.NDArray[np.bytes_]) -> pa.Array:
+    uniques, inverse = np.unique(comm, return_inverse=True)
+    texts = [bytes(u).decode("utf-8", errors="replace") for u in uniques]
+    return pa.array(texts, pa.string()).take(pa.array(inverse.ravel().astype(np.int64)))
+
+
+def payload_bytes(
+    records: npt.NDArray[Any],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Payload bytes sent (acked by the peer) and received: the kernel's sequence-space counters
+    less the SYN/FIN sequence numbers the BPF program saw inside them (enum flow_seq_flags)."""
+    flags = records["seq_flags"].astype(np.int64)
+    sent = records["bytes_acked"].astype(np.int64) - (flags & SEQ_SYN_ACKED > 0)
+    sent -= flags & SEQ_FIN_ACKED > 0
+    received = records["bytes_received"].astype(np.int64) - (flags & SEQ_FIN_RECEIVED > 0)
+    return np.maximum(sent, 0), np.maximum(received, 0)
+
+
+def decode(records: npt.NDArray[Any], clock: MonotonicClock) -> pa.RecordBatch:
+    """struct flow_record rows (numpy, FLOW_DTYPE) to one RAW_SCHEMA batch, vectorised."""
+    if len(records) == 0:
+        return _empty_batch()
+    local_ip, version = _addresses(records["family"], records["saddr"])
+    remote_ip, _ = _addresses(records["family"], records["daddr"])
+    sent, received = payload_bytes(records)
+    columns = {
+        "sock_id": pa.array(records["sock_id"], pa.uint64()),
+        "family": pa.array(version, pa.uint8()),
+        "local_ip": local_ip,
+        "local_port": pa.array(records["sport"].astype(np.int32), pa.int32()),
+        "remote_ip": remote_ip,
+        "remote_port": pa.array(records["dport"].astype(np.int32), pa.int32()),
+        "direction": _DIRECTIONS.take(pa.array(records["direction"].astype(np.int64))),
+        "outcome": _OUTCOMES.take(pa.array(records["outcome"].astype(np.int64))),
+        "start_ns": pa.array(clock.to_epoch(records["start_ns"]), pa.int64()),
+        "end_ns": pa.array(clock.to_epoch(records["end_ns"]), pa.int64()),
+        "bytes_sent": pa.array(sent, pa.int64()),
+        "bytes_received": pa.array(received, pa.int64()),
+        "segs_sent": pa.array(records["segs_out"].astype(np.int64), pa.int64()),
+        "segs_received": pa.array(records["segs_in"].astype(np.int64), pa.int64()),
+        "retransmits": pa.array(records["total_retrans"].astype(np.int64), pa.int64()),
+        "srtt_us": pa.array(records["srtt_us"].astype(np.int64), pa.int64()),
+        "cgroup_id": pa.array(records["cgroup_id"], pa.uint64()),
+        "netns_ino": pa.array(records["netns_ino"], pa.uint32()),
+        "pid": pa.array(records["pid"], pa.uint32()),
+        "comm": _comms(records["comm"]),
+    }
+    return pa.RecordBatch.from_arrays(
+        [columns[name] for name in RAW_SCHEMA.names], schema=RAW_SCHEMA
+    )
+
+
+def _empty_batch() -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], f.type) for f in RAW_SCHEMA], schema=RAW_SCHEMA)
