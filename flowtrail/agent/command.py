@@ -1,9 +1,295 @@
-"""`flowtrail agent` (stub: being built)."""
+"""`flowtrail agent`: capture this host's TCP connections and export named flow records."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TextIO
 
 import click
+import pyarrow as pa
+
+from flowtrail.errors import InputError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
-@click.command()
-def agent() -> None:
-    """Capture this host's TCP connections with eBPF (being built)."""
-    raise click.ClickException("not built yet")
+def parse_duration(text: str, flag: str) -> float:
+    """'60s', '1m', '500ms', '2' (seconds) → seconds; InputError naming the flag otherwise."""
+    m = _DURATION.match(text)
+    if not m:
+        raise InputError(f"{flag} {text!r}: expected a duration like 60s, 1m, 500ms")
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds <= 0:
+        raise InputError(f"{flag} {text!r}: must be more than zero")
+    return seconds
+
+
+def parse_size(text: str, flag: str) -> int:
+    m = re.match(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", text.lower())
+    if not m:
+        raise InputError(f"{flag} {text!r}: expected a size like 512M, 2G, 100000")
+    unit = (m.group(2) or "b")[0]
+    return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+HEADER = (
+    f"{'TIME':<12} {'PID':>7} {'COMM':<15} {'DIR':<3} {'LADDR':<22} {'RADDR':<22} "
+    f"{'TX_KB':>7} {'RX_KB':>7} {'MS':>9} {'OUTCOME':<11} {'LOCAL_WORKLOAD':<28} NAT_RADDR"
+)
+
+
+def _endpoint(ip: str | None, port: int | None) -> str:
+    if ip is None:
+        return "-"
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def human_lines(raw: pa.Table, flows: pa.Table) -> list[str]:
+    """One tcplife-like line per closed connection (a view for people, not a hot path)."""
+    r = raw.select(["pid", "comm"]).to_pydict()
+    f = flows.to_pydict()
+    lines = []
+    for i in range(flows.num_rows):
+        when = time.strftime("%H:%M:%S", time.localtime(f["end_ns"][i] / 1e9))
+        when += f".{(f['end_ns'][i] // 1_000_000) % 1000:03d}"
+        ms = (f["end_ns"][i] - f["start_ns"][i]) / 1e6
+        nat = _endpoint(f["nat_remote_ip"][i], f["nat_remote_port"][i])
+        lines.append(
+            f"{when:<12} {r['pid'][i] or '-':>7} {(r['comm'][i] or '-')[:15]:<15} "
+            f"{'OUT' if f['direction'][i] == 'outbound' else 'IN':<3} "
+            f"{_endpoint(f['local_ip'][i], f['local_port'][i]):<22} "
+            f"{_endpoint(f['remote_ip'][i], f['remote_port'][i]):<22} "
+            f"{f['bytes_sent'][i] // 1024:>7} {f['bytes_received'][i] // 1024:>7} {ms:>9.2f} "
+            f"{f['outcome'][i]:<11} {f['local_workload'][i] or '-':<28} {nat}"
+        )
+    return lines
+
+
+def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
+    def show(raw: pa.Table, flows: pa.Table) -> None:
+        for line in human_lines(raw, flows):
+            print(line, file=out)
+        out.flush()
+
+    return show
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--interval",
+    default="60s",
+    show_default=True,
+    help="How often a batch is exported (and long-lived connections snapshotted): 60s, 1m, 500ms.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    metavar="DIR",
+    help="Write one Parquet file (contract `flows` table) per interval into DIR.",
+)
+@click.option(
+    "--stdout",
+    "to_stdout",
+    is_flag=True,
+    help="Print one line per closed connection, with workload names (like tcplife).",
+)
+@click.option(
+    "--identity",
+    "identity_file",
+    metavar="FILE",
+    help="TOML identity file: host identity, resolver order, explicit registrations "
+    "(reloaded when it changes). See docs/agent.md.",
+)
+@click.option(
+    "--exporter",
+    "exporter_name",
+    metavar="NAME",
+    default=None,
+    help="This agent's name in the `exporter` column and flow ids [default: the host name].",
+)
+@click.option("--region", metavar="NAME", default=None, help="Value of the `region` column.")
+@click.option(
+    "--resolvers",
+    metavar="LIST",
+    default=None,
+    help="Identity resolver order, first answer wins "
+    "[default: explicit,kubernetes,container,systemd,host].",
+)
+@click.option(
+    "--host-workload",
+    metavar="NAME",
+    default=None,
+    help="The host's own identity, for sockets in the host network namespace "
+    "(overrides `host` in the identity file).",
+)
+@click.option(
+    "--sink",
+    default=None,
+    metavar="NAME",
+    help="Exporter kind: parquet (needs --out) or none [default: parquet with --out, else none].",
+)
+@click.option(
+    "--spool",
+    "spool_dir",
+    metavar="DIR",
+    default=None,
+    help="Where undeliverable batches wait [default: DIR.spool, beside --out DIR].",
+)
+@click.option(
+    "--spool-max",
+    default="256M",
+    show_default=True,
+    help="Spool size bound; the oldest batches are dropped (and counted) past it.",
+)
+@click.option(
+    "--ringbuf",
+    default="4M",
+    show_default=True,
+    help="BPF ring buffer size (a power of two, at least a page).",
+)
+@click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
+@click.option("--no-nat", is_flag=True, help="Do not resolve DNAT through conntrack.")
+@click.option(
+    "--metrics",
+    "metrics_file",
+    metavar="FILE",
+    default=None,
+    help="Write the counters as JSON to FILE every interval and at exit.",
+)
+def agent(
+    interval: str,
+    out_dir: str | None,
+    to_stdout: bool,
+    identity_file: str | None,
+    exporter_name: str | None,
+    region: str | None,
+    resolvers: str | None,
+    host_workload: str | None,
+    sink: str | None,
+    spool_dir: str | None,
+    spool_max: str,
+    ringbuf: str,
+    no_snapshots: bool,
+    no_nat: bool,
+    metrics_file: str | None,
+) -> None:
+    """Capture this host's TCP connections with eBPF and export named flow records.
+
+    Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), kernel BTF and the
+    sock:inet_sock_set_state tracepoint. Every closed connection becomes a row of the
+    contract's `flows` table with local_workload named by the identity resolvers (or null);
+    connections open longer than one interval also get `active` snapshot rows.
+    Stop with Ctrl-C or SIGTERM: the last batch is flushed before exit.
+
+    \b
+    Examples:
+      flowtrail agent --stdout
+      flowtrail agent --out /var/lib/flowtrail/flows --interval 60s --region eu-west
+      flowtrail agent --out DIR --identity /etc/flowtrail/identity.toml --resolvers explicit,host
+    """
+    from flowtrail.agent.capture import Capture
+    from flowtrail.agent.conntrack import NatResolver
+    from flowtrail.agent.exporter import Delivery, Spool, make_exporter
+    from flowtrail.agent.identity import IdentityChain, Registry, parse_resolvers
+    from flowtrail.agent.netlink import NetnsIndex
+    from flowtrail.agent.runner import Agent, AgentConfig
+    from flowtrail.agent.snapshots import Snapshotter
+
+    interval_s = parse_duration(interval, "--interval")
+    if not out_dir and not to_stdout:
+        raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
+    kind = sink or ("parquet" if out_dir else "none")
+    exporter = make_exporter(kind, out_dir)
+    spool = None
+    if kind != "none":
+        where = spool_dir or (f"{out_dir.rstrip('/')}.spool" if out_dir else None)
+        if where:
+            spool = Spool(where, parse_size(spool_max, "--spool-max"))
+    registry = Registry(identity_file)
+    order = parse_resolvers(resolvers) if resolvers else (registry.resolvers or None)
+    identity = IdentityChain.build(
+        order or ("explicit", "kubernetes", "container", "systemd", "host"),
+        registry=registry,
+        host_workload=host_workload,
+    )
+    netns = NetnsIndex()
+    capture = Capture(ringbuf_bytes=parse_size(ringbuf, "--ringbuf"))
+    capture.start()  # CapabilityError names what is missing
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    if to_stdout:
+        print(HEADER, flush=True)
+    runner = Agent(
+        capture,
+        AgentConfig(
+            exporter=exporter_name or socket.gethostname(),
+            region=region,
+            interval_s=interval_s,
+            snapshots=not no_snapshots,
+        ),
+        identity,
+        Delivery(exporter, spool),
+        nat=None if no_nat else NatResolver(netns),
+        snapshotter=None if no_snapshots else Snapshotter(netns),
+        on_closed=_printer(sys.stdout) if to_stdout else None,
+    )
+    identity.refresh()
+    writer = (
+        threading.Thread(
+            target=_write_metrics_loop, args=(runner, metrics_file, stop, interval_s), daemon=True
+        )
+        if metrics_file
+        else None
+    )
+    if writer:
+        writer.start()
+    try:
+        runner.run(stop)
+    finally:
+        summary = runner.metrics()
+        capture.close()
+        if metrics_file:
+            _write_metrics(summary, metrics_file)
+        click.echo(
+            "flowtrail agent: "
+            + ", ".join(
+                f"{k}={summary[k]}"
+                for k in ("captured_rows", "exported_rows", "active_rows", "dropped_malformed_rows")
+                if k in summary
+            )
+            + "; capture drops: "
+            + ", ".join(
+                f"{k[13:]}={v}" for k, v in summary.items() if k.startswith("capture_drop_")
+            ),
+            err=True,
+        )
+
+
+def _write_metrics(metrics: dict[str, int], path: str) -> None:
+    from pathlib import Path
+
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    tmp.replace(path)
+
+
+def _write_metrics_loop(runner: object, path: str, stop: threading.Event, every: float) -> None:
+    from flowtrail.agent.runner import Agent
+
+    assert isinstance(runner, Agent)
+    while not stop.wait(every):
+        _write_metrics(runner.metrics(), path)

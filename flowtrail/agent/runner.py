@@ -1,0 +1,201 @@
+"""The agent loop: poll capture, name and NAT-resolve each batch at once, export every interval.
+
+Each polled batch of closed connections is resolved immediately (identity while its cgroup
+surely exists, NAT while conntrack still holds the entry) and held until the interval ends.
+At each interval boundary the held rows plus `active` snapshots of long-lived connections are
+handed to the Delivery as one batch. Every second the agent also learns the cgroups of live
+sockets and rescans the cgroup tree, so a cgroup removed before export still has its name.
+
+Everything that moves is counted in `Agent.metrics()`; capture's own drops appear there as
+`capture_drop_<reason>`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
+
+from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_rows
+from flowtrail.agent.conntrack import NatResolver
+from flowtrail.agent.exporter import Delivery
+from flowtrail.agent.identity import IdentityChain
+from flowtrail.agent.snapshots import Snapshotter
+
+
+class CaptureLike(Protocol):
+    def poll(self, timeout_ms: int = 0) -> pa.RecordBatch | None: ...
+
+    def live(self) -> pa.RecordBatch: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+
+@dataclass
+class AgentConfig:
+    exporter: str
+    region: str | None = None
+    interval_s: float = 60.0
+    poll_ms: int = 200
+    learn_every_s: float = 1.0  # how often live sockets' cgroups are learned, tree rescanned
+    snapshots: bool = True
+
+
+OnClosed = Callable[[pa.Table, pa.Table], None]
+"""Called with (raw rows, assembled rows) of each polled batch: the human view hooks here."""
+
+
+class Agent:
+    def __init__(
+        self,
+        capture: CaptureLike,
+        config: AgentConfig,
+        identity: IdentityChain,
+        delivery: Delivery,
+        *,
+        nat: NatResolver | None = None,
+        snapshotter: Snapshotter | None = None,
+        on_closed: OnClosed | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        if config.interval_s <= 0:
+            raise ValueError("interval must be positive")
+        self.capture = capture
+        self.config = config
+        self.identity = identity
+        self.delivery = delivery
+        self.nat = nat
+        self.snapshotter = snapshotter
+        self.on_closed = on_closed
+        self.clock_ns = clock_ns
+        self._held: list[pa.Table] = []
+        self._interval_ns = int(config.interval_s * 1e9)
+        self._next_flush = clock_ns() + self._interval_ns
+        self._next_learn = 0
+        self.counters = {
+            "captured_rows": 0,
+            "closed_rows": 0,
+            "dropped_malformed_rows": 0,
+            "active_rows": 0,
+            "intervals": 0,
+        }
+
+    # -- one step at a time (tests drive these directly) -------------------------------------
+
+    def _resolve(self, raw: pa.Table, state: str) -> pa.Table:
+        workload = self.identity.resolve(raw)
+        nat = self.nat.resolve(raw) if self.nat is not None else None
+        return assemble(
+            raw,
+            exporter=self.config.exporter,
+            region=self.config.region,
+            state=state,
+            local_workload=workload,
+            nat=nat,
+        )
+
+    def ingest(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """Resolve one polled batch of closed connections now and hold it for the interval."""
+        check_raw(batch)
+        raw = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        self.counters["captured_rows"] += raw.num_rows
+        ok = valid_rows(raw)
+        good = raw.filter(ok)
+        self.counters["dropped_malformed_rows"] += raw.num_rows - good.num_rows
+        self.identity.observe(good)
+        flows = self._resolve(good, "closed")
+        self.counters["closed_rows"] += flows.num_rows
+        self._held.append(flows)
+        if self.on_closed is not None and flows.num_rows:
+            self.on_closed(good, flows)
+        return flows
+
+    def learn(self) -> None:
+        """Learn cgroups of sockets open now and rescan the tree (names outlive cgroups)."""
+        live = self.capture.live()
+        self.identity.observe(live)
+        self.identity.refresh()
+
+    def snapshot(self, now_ns: int) -> pa.Table:
+        if self.snapshotter is None or not self.config.snapshots:
+            return AGENT_SCHEMA.empty_table()
+        live = self.capture.live()
+        if live.num_rows:
+            check_raw(live)
+        self.identity.observe(live)
+        active = self.snapshotter.snapshot(live, now_ns, self._interval_ns)
+        if active.num_rows == 0:
+            return AGENT_SCHEMA.empty_table()
+        active = active.filter(valid_rows(active))
+        flows = self._resolve(active, "active")
+        self.counters["active_rows"] += flows.num_rows
+        return flows
+
+    def flush(self, now_ns: int | None = None, *, snapshots: bool = True) -> int:
+        """End the interval: held rows + active snapshots → one batch to the Delivery."""
+        now_ns = self.clock_ns() if now_ns is None else now_ns
+        parts = self._held
+        self._held = []
+        if snapshots:
+            parts.append(self.snapshot(now_ns))
+        self.counters["intervals"] += 1
+        table = pa.concat_tables(parts) if parts else AGENT_SCHEMA.empty_table()
+        if table.num_rows:
+            self.delivery.submit(table.combine_chunks())
+        else:
+            self.delivery.retry()
+        return int(table.num_rows)
+
+    def step(self) -> None:
+        """Poll once and do whatever is due."""
+        batch = self.capture.poll(self.config.poll_ms)
+        if batch is not None and batch.num_rows:
+            self.ingest(batch)
+        now = self.clock_ns()
+        if now >= self._next_learn:
+            self.learn()
+            self._next_learn = now + int(self.config.learn_every_s * 1e9)
+        if now >= self._next_flush:
+            self.flush(now)
+            self._next_flush = now + self._interval_ns
+        else:
+            self.delivery.retry()
+
+    def drain(self) -> None:
+        """Take everything capture still holds (at shutdown)."""
+        while True:
+            batch = self.capture.poll(0)
+            if batch is None or batch.num_rows == 0:
+                return
+            self.ingest(batch)
+
+    def run(self, stop: threading.Event) -> None:
+        """Loop until `stop` is set, then drain, export the last batch and retry the spool."""
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.drain()
+            self.flush(snapshots=False)
+            self.delivery.retry(force=True)
+
+    def metrics(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update(self.identity.stats)
+        out.update(self.identity.cgroups.stats)
+        if self.nat is not None:
+            out.update(self.nat.stats)
+        if self.snapshotter is not None:
+            out.update(self.snapshotter.stats)
+        out.update(self.delivery.metrics())
+        try:
+            for reason, count in self.capture.stats().items():
+                out[f"capture_drop_{reason}"] = count
+        except RuntimeError:
+            pass  # capture already closed
+        out["held_rows"] = sum(t.num_rows for t in self._held)
+        return out
