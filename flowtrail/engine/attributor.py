@@ -1,0 +1,334 @@
+"""The attribution engine: names each flow's remote workload, streaming, one batch at a time.
+
+One implementation serves the offline replay (`flowtrail attribute`, whose clock is each row's
+received_ns) and a live collector (wall clock). Callers hand over flows as plain column arrays
+with a row handle, tell the engine what time it is, and get decisions back as arrays.
+
+Order of evidence for a flow's remote address at its start (see docs/attribution.md):
+1. the other end's own row of the same connection (reversed 4-tuple, start within tolerance);
+2. ownership ranges covering [start - guard, start + guard] with one owner, where guard is
+   twice the worst per-host clock skew, so skew can never carry a lookup across a handover;
+3. after waiting max_wait without either: the event feed's time ranges, where safe;
+4. otherwise unattributed: an honest "don't know".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from flowtrail.engine import ownership as own
+from flowtrail.engine import peers as peer_mod
+from flowtrail.engine.events import UNKNOWN, EventFeed
+from flowtrail.engine.ownership import OwnershipRanges
+from flowtrail.engine.peers import PeerIndex
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+I8 = npt.NDArray[np.int8]
+
+SECOND = 1_000_000_000
+
+# remote_source codes, in schema.SOURCES order
+HEARTBEAT, EVENT, UNATTRIBUTED = 0, 1, 2
+# why a flow left unattributed
+REASON_NONE, REASON_NO_EVIDENCE, REASON_CONFLICT, REASON_EVENT_CONFLICT = 0, 1, 2, 3
+REASONS = ("", "no_evidence", "conflicting_claims", "event_feed_disagrees_with_heartbeats")
+# how a heartbeat decision was reached
+VIA_NONE, VIA_PEER, VIA_RANGES = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Settings:
+    method: str = "heartbeat"  # or "event" (the baseline)
+    max_wait_ns: int = 180 * SECOND
+    max_skew_ns: int = 100_000_000  # worst clock error of one host; two hosts differ by 2x
+    peer_tolerance_ns: int = 2 * SECOND  # start times of a connection's two rows differ by less
+    event_lag_ns: int = 120 * SECOND  # the feed holds every change older than now - lag
+    retention_ns: int = 3600 * SECOND  # ownership older than this (collector clock) is evicted
+    use_events: bool = True
+
+    @property
+    def guard_ns(self) -> int:
+        return 2 * self.max_skew_ns
+
+
+@dataclass
+class FlowArrays:
+    """The columns the engine needs, one entry per flow row (remote already NAT-resolved)."""
+
+    row: I64
+    local_key: U64
+    local_port: I32
+    remote_key: U64
+    remote_port: I32
+    start: I64
+    end: I64
+    local_owner: I32  # -1 when the agent could not tell
+    received: I64
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> FlowArrays:
+        return FlowArrays(**{k: v[idx] for k, v in self.__dict__.items()})
+
+    @staticmethod
+    def concat(parts: list[FlowArrays]) -> FlowArrays:
+        return FlowArrays(
+            **{k: np.concatenate([getattr(p, k) for p in parts]) for k in FlowArrays.fields()}
+        )
+
+    @staticmethod
+    def fields() -> tuple[str, ...]:
+        return (
+            "row", "local_key", "local_port", "remote_key", "remote_port", "start", "end",
+            "local_owner", "received",
+        )  # fmt: skip
+
+    @staticmethod
+    def empty() -> FlowArrays:
+        return FlowArrays(
+            np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.int32),
+            np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int64),
+            np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int64),
+        )  # fmt: skip
+
+
+@dataclass
+class Decisions:
+    row: I64
+    owner: I32
+    source: I8
+    reason: I8
+    via: I8
+    decided: I64
+    waited: I64  # decided - received
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    @staticmethod
+    def concat(parts: list[Decisions]) -> Decisions:
+        names = ("row", "owner", "source", "reason", "via", "decided", "waited")
+        return Decisions(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
+
+
+@dataclass
+class Counters:
+    """Everything that moves gets a counter."""
+
+    flows_in: int = 0
+    evidence_rows: int = 0
+    events_in: int = 0
+    decided: dict[str, int] = field(default_factory=lambda: {"heartbeat": 0, "event": 0})
+    unattributed: dict[str, int] = field(default_factory=dict)
+    via_peer: int = 0
+    via_ranges: int = 0
+    retries: int = 0
+    waited_flows: int = 0
+    evicted_segments: int = 0
+
+
+class Attributor:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        if self.settings.method not in ("heartbeat", "event"):
+            raise ValueError(f"unknown method {self.settings.method!r}")
+        self.ranges = OwnershipRanges()
+        self.peers = PeerIndex(retention_ns=self.settings.max_wait_ns + 600 * SECOND)
+        self.events = EventFeed()
+        self.counters = Counters()
+        self._pending = FlowArrays.empty()
+        self._pending_deadline = np.empty(0, np.int64)
+        self._pending_conflict = np.empty(0, bool)
+        self._new: list[FlowArrays] = []
+        self._touched: list[U64] = []
+        self._next_evict: int | None = None
+
+    # -- input -------------------------------------------------------------------------
+    def add_flows(self, flows: FlowArrays, now: int) -> None:
+        """Flows received at `now`: their local sides become evidence; all await a decision."""
+        if len(flows) == 0:
+            return
+        self.counters.flows_in += len(flows)
+        self._new.append(flows)
+        if self.settings.method != "heartbeat":
+            return
+        known = flows.local_owner >= 0
+        if known.any():
+            ev = flows.take(known)
+            self.counters.evidence_rows += len(ev)
+            self._touched.append(self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end))
+            self.peers.add(
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                ev.local_owner, now,
+            )  # fmt: skip
+
+    def add_events(
+        self, key: U64, owner: I32, assign: npt.NDArray[np.bool_], time: I64, received: I64
+    ) -> None:
+        self.counters.events_in += len(key)
+        self.events.add(key, owner, assign, time, received)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending) + sum(len(f) for f in self._new)
+
+    # -- decisions ---------------------------------------------------------------------
+    def tick(self, now: int) -> Decisions:
+        """Decide every flow that can be decided at collector time `now`."""
+        new = FlowArrays.concat(self._new) if self._new else FlowArrays.empty()
+        self._new = []
+        if self.settings.method == "event":
+            return self._decide_baseline(new, now)
+        touched = np.concatenate(self._touched) if self._touched else np.empty(0, np.uint64)
+        self._touched = []
+        self._maybe_evict(now)
+
+        # Retry waiting flows only where new evidence arrived, or whose wait is over.
+        p = self._pending
+        retry = self._pending_deadline <= now
+        if len(touched) and len(p):
+            retry |= np.isin(p.remote_key, touched)
+        self.counters.retries += int(np.count_nonzero(retry))
+        cand = FlowArrays.concat([p.take(retry), new])
+        deadline = np.concatenate(
+            [self._pending_deadline[retry], new.received + self.settings.max_wait_ns]
+        )
+        conflict_seen = np.concatenate([self._pending_conflict[retry], np.zeros(len(new), bool)])
+        keep_p = ~retry
+        waiting_p, waiting_deadline, waiting_conflict = (
+            p.take(keep_p), self._pending_deadline[keep_p], self._pending_conflict[keep_p],
+        )  # fmt: skip
+
+        decisions, still, conflict = self._decide(cand, deadline, conflict_seen, now)
+        self.counters.waited_flows += int(np.count_nonzero(still[len(cand) - len(new) :]))
+        self._pending = FlowArrays.concat([waiting_p, cand.take(still)])
+        self._pending_deadline = np.concatenate([waiting_deadline, deadline[still]])
+        self._pending_conflict = np.concatenate([waiting_conflict, conflict[still]])
+        return decisions
+
+    def _decide(
+        self, c: FlowArrays, deadline: I64, conflict_seen: npt.NDArray[np.bool_], now: int
+    ) -> tuple[Decisions, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Decisions for the flows that can be decided now, the rest's mask, conflicts seen."""
+        s = self.settings
+        g = s.guard_ns
+        n = len(c)
+        via_peer = self.peers.match(
+            c.local_key, c.local_port, c.remote_key, c.remote_port, c.start, s.peer_tolerance_ns
+        )
+        via_ranges = self.ranges.owner_over(c.remote_key, c.start - g, c.start + g)
+        conflict = (
+            conflict_seen
+            | (via_peer == peer_mod.CONFLICT)
+            | (via_ranges == own.CONFLICT)
+            | ((via_peer >= 0) & (via_ranges >= 0) & (via_peer != via_ranges))
+        )
+        by_peer = (via_peer >= 0) & ((via_ranges < 0) | (via_ranges == via_peer))
+        by_ranges = ~by_peer & (via_peer == peer_mod.NO_MATCH) & (via_ranges >= 0)
+        heartbeat = by_peer | by_ranges
+        expired = ~heartbeat & (deadline <= now)
+
+        owner = np.where(by_peer, via_peer, np.where(by_ranges, via_ranges, -1)).astype(np.int32)
+        source = np.full(n, UNATTRIBUTED, np.int8)
+        source[heartbeat] = HEARTBEAT
+        via = np.zeros(n, np.int8)
+        via[by_peer] = VIA_PEER
+        via[by_ranges] = VIA_RANGES
+        reason = np.zeros(n, np.int8)
+
+        if expired.any():
+            idx = np.flatnonzero(expired)
+            ev_owner = np.full(len(idx), UNKNOWN, np.int32)
+            if s.use_events:
+                ev_owner, r_start, r_end = self.events.safe_owner(
+                    c.remote_key[idx], c.start[idx], guard_ns=g, now=now, lag_ns=s.event_lag_ns
+                )
+                has = ev_owner >= 0
+                if has.any():
+                    # Agents' heartbeats inside the event's range must not name anyone else.
+                    n_seg, o_min, o_max = self.ranges.owners_within(
+                        c.remote_key[idx], r_start - g, r_end + g
+                    )
+                    agrees = (n_seg == 0) | ((o_min == ev_owner) & (o_max == ev_owner))
+                    reason[idx[has & ~agrees]] = REASON_EVENT_CONFLICT
+                    ev_owner = np.where(has & agrees, ev_owner, UNKNOWN).astype(np.int32)
+            by_event = ev_owner >= 0
+            owner[idx[by_event]] = ev_owner[by_event]
+            source[idx[by_event]] = EVENT
+            left = idx[~by_event]
+            no_reason = reason[left] == 0
+            reason[left[no_reason]] = np.where(
+                conflict[left[no_reason]], REASON_CONFLICT, REASON_NO_EVIDENCE
+            )
+
+        done = heartbeat | expired
+        out = Decisions(
+            row=c.row[done],
+            owner=owner[done],
+            source=source[done],
+            reason=reason[done],
+            via=via[done],
+            decided=np.full(int(np.count_nonzero(done)), now, np.int64),
+            waited=now - c.received[done],
+        )
+        self._count(out)
+        still = ~done
+        return out, still, conflict
+
+    def _decide_baseline(self, c: FlowArrays, now: int) -> Decisions:
+        owner = self.events.owner_now(c.remote_key)
+        has = owner >= 0
+        source = np.where(has, EVENT, UNATTRIBUTED).astype(np.int8)
+        reason = np.where(has, REASON_NONE, REASON_NO_EVIDENCE).astype(np.int8)
+        out = Decisions(
+            row=c.row, owner=owner, source=source, reason=reason,
+            via=np.zeros(len(c), np.int8), decided=np.full(len(c), now, np.int64),
+            waited=now - c.received,
+        )  # fmt: skip
+        self._count(out)
+        return out
+
+    def next_deadline(self) -> int | None:
+        """The earliest collector time at which a waiting flow's wait runs out."""
+        return int(self._pending_deadline.min()) if len(self._pending_deadline) else None
+
+    def run_until(self, now: int) -> list[Decisions]:
+        """Offline: decide, at their own deadlines, the flows whose wait ends before `now`."""
+        out: list[Decisions] = []
+        while (due := self.next_deadline()) is not None and due < now:
+            out.append(self.tick(due))
+        return out
+
+    def drain(self) -> list[Decisions]:
+        """Offline end of input: let the clock run until every waiting flow is decided."""
+        out: list[Decisions] = []
+        if self._new:
+            out.append(self.tick(int(np.concatenate([f.received for f in self._new]).max())))
+        out.extend(self.run_until(np.iinfo(np.int64).max))
+        return out
+
+    def _count(self, d: Decisions) -> None:
+        c = self.counters
+        c.decided["heartbeat"] += int(np.count_nonzero(d.source == HEARTBEAT))
+        c.decided["event"] += int(np.count_nonzero(d.source == EVENT))
+        c.via_peer += int(np.count_nonzero(d.via == VIA_PEER))
+        c.via_ranges += int(np.count_nonzero(d.via == VIA_RANGES))
+        un = d.reason[d.source == UNATTRIBUTED]
+        for code in np.unique(un):
+            name = REASONS[int(code)]
+            c.unattributed[name] = c.unattributed.get(name, 0) + int(np.count_nonzero(un == code))
+
+    def _maybe_evict(self, now: int) -> None:
+        period = max(self.settings.retention_ns // 10, SECOND)
+        if self._next_evict is None:
+            self._next_evict = now + period
+        if now >= self._next_evict:
+            self.counters.evicted_segments += self.ranges.evict(now - self.settings.retention_ns)
+            self.peers.evict(now)
+            self._next_evict = now + period

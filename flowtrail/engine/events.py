@@ -1,0 +1,118 @@
+"""The control plane's assign/unassign feed, read two ways.
+
+* As time ranges from the events' own timestamps (the fallback for addresses no agent
+  reports): an address belongs to the workload of the assign at or before the moment, until
+  the next event for that address. The answer is given only where it is safe: the moment is
+  at least `guard` away from both ends of the range, and an open range (no later event yet)
+  is trusted only up to the feed's watermark, now - lag.
+* As "who owns it now" (the event-based baseline flowtrail replaces): the latest assign
+  received, unless an unassign of that workload was received after it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from flowtrail.engine.keyed_search import key_blocks, search_in_blocks
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+B = npt.NDArray[np.bool_]
+
+UNKNOWN = -1
+
+
+class EventFeed:
+    def __init__(self) -> None:
+        self._chunks: list[tuple[U64, I32, B, I64, I64]] = []
+        self._by_time: tuple[U64, I32, B, I64] | None = None
+        self._now_state: tuple[U64, I32] | None = None
+        self.count = 0
+
+    def add(self, key: U64, owner: I32, assign: B, time: I64, received: I64) -> None:
+        if len(key) == 0:
+            return
+        self._chunks.append((key, owner, assign, time, received))
+        self.count += len(key)
+        self._by_time = None
+        self._now_state = None
+
+    def _all(self) -> tuple[U64, I32, B, I64, I64]:
+        if len(self._chunks) != 1:
+            cols = [np.concatenate(parts) for parts in zip(*self._chunks, strict=True)]
+            if not self._chunks:
+                cols = [
+                    np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, bool),
+                    np.empty(0, np.int64), np.empty(0, np.int64),
+                ]  # fmt: skip
+            self._chunks = [(cols[0], cols[1], cols[2], cols[3], cols[4])]
+        return self._chunks[0]
+
+    def _time_sorted(self) -> tuple[U64, I32, B, I64]:
+        if self._by_time is None:
+            key, owner, assign, time, received = self._all()
+            # Same time: unassign before assign, so a handover at one instant ends the old range.
+            order = np.lexsort((assign, received, time, key))
+            self._by_time = (key[order], owner[order], assign[order], time[order])
+        return self._by_time
+
+    def safe_owner(
+        self, key: U64, moment: I64, *, guard_ns: int, now: int, lag_ns: int
+    ) -> tuple[I32, I64, I64]:
+        """(owner or UNKNOWN, range start, range end) for each (address, moment)."""
+        n = len(key)
+        owner_out = np.full(n, UNKNOWN, np.int32)
+        r_start = np.zeros(n, np.int64)
+        r_end = np.zeros(n, np.int64)
+        k, owner, assign, time = self._time_sorted()
+        if len(k) == 0 or n == 0:
+            return owner_out, r_start, r_end
+        lo, hi = key_blocks(k, key)
+        pos = search_in_blocks(time, lo, hi, moment - guard_ns, side="right") - 1
+        has = pos >= lo
+        p = np.where(has, pos, 0)
+        nxt = p + 1
+        has_next = has & (nxt < hi)
+        nxt_time = np.where(has_next, time[np.minimum(nxt, len(time) - 1)], np.int64(0))
+        closed_ok = has_next & (nxt_time >= moment + guard_ns)
+        open_ok = has & ~has_next & (moment + guard_ns <= now - lag_ns)
+        ok = has & assign[p] & (closed_ok | open_ok)
+        owner_out[ok] = owner[p][ok]
+        r_start[ok] = time[p][ok]
+        r_end[ok] = np.where(has_next, nxt_time, now)[ok]
+        return owner_out, r_start, r_end
+
+    def _current(self) -> tuple[U64, I32]:
+        if self._now_state is None:
+            key, owner, assign, _time, received = self._all()
+            if len(key) == 0:
+                self._now_state = (np.empty(0, np.uint64), np.empty(0, np.int32))
+                return self._now_state
+            seq = np.arange(len(key))
+            # Per (address, workload): its last event in arrival order says held or released.
+            order = np.lexsort((seq, received, owner, key))
+            k, o, a, r = key[order], owner[order], assign[order], received[order]
+            last = np.ones(len(k), bool)
+            last[:-1] = (k[1:] != k[:-1]) | (o[1:] != o[:-1])
+            held = last & a
+            k, o, r = k[held], o[held], r[held]
+            # Per address: the holder assigned most recently (arrival order) wins.
+            order = np.lexsort((r, k))
+            k, o = k[order], o[order]
+            newest = np.ones(len(k), bool)
+            newest[:-1] = k[1:] != k[:-1]
+            self._now_state = (k[newest], o[newest])
+        return self._now_state
+
+    def owner_now(self, key: U64) -> I32:
+        """The baseline: who the feed received so far says owns each address now."""
+        k, o = self._current()
+        out = np.full(len(key), UNKNOWN, np.int32)
+        if len(k) == 0:
+            return out
+        pos = np.minimum(np.searchsorted(k, key), len(k) - 1)
+        hit = k[pos] == key
+        out[hit] = o[pos][hit]
+        return out

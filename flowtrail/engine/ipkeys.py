@@ -1,0 +1,119 @@
+"""IP text ↔ integer keys, vectorised over Arrow arrays.
+
+An IPv4 address's key is its 32-bit value; an IPv6 address gets an interned key at or above
+2**32 (assigned on first sight, stable for the process). Only distinct addresses are parsed
+(dictionary encoding), so the cost per row is a hash lookup, not a parse.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+U64 = npt.NDArray[np.uint64]
+V6_BASE = 1 << 32
+NO_KEY = np.uint64(np.iinfo(np.uint64).max)
+
+
+class IpKeys:
+    """Maps canonical IP text to uint64 keys; nulls map to NO_KEY."""
+
+    def __init__(self) -> None:
+        self._v6: dict[str, int] = {}
+        self._v6_values: list[int] = []  # 128-bit value per interned key - V6_BASE
+
+    def keys(self, values: pa.Array | pa.ChunkedArray) -> U64:
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        if len(values) == 0:
+            return np.empty(0, dtype=np.uint64)
+        encoded = pc.dictionary_encode(values)
+        dict_keys = self._parse_distinct(encoded.dictionary)
+        indices = encoded.indices
+        out = np.full(len(values), NO_KEY, dtype=np.uint64)
+        valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
+        idx = indices.to_numpy(zero_copy_only=False)
+        if indices.null_count:
+            out[valid] = dict_keys[idx[valid].astype(np.int64)]
+        else:
+            out[:] = dict_keys[idx]
+        return out
+
+    def _parse_distinct(self, distinct: pa.Array) -> U64:
+        is_v6 = pc.match_substring(distinct, ":").to_numpy(zero_copy_only=False)
+        out = np.empty(len(distinct), dtype=np.uint64)
+        v4_pos = np.flatnonzero(~is_v6)
+        if len(v4_pos):
+            v4 = pc.take(distinct, pa.array(v4_pos))
+            parts = pc.list_flatten(pc.split_pattern(v4, ".")).cast(pa.uint64())
+            octets = parts.to_numpy().reshape(-1, 4)
+            out[v4_pos] = (
+                (octets[:, 0] << np.uint64(24))
+                | (octets[:, 1] << np.uint64(16))
+                | (octets[:, 2] << np.uint64(8))
+                | octets[:, 3]
+            )
+        for pos in np.flatnonzero(is_v6):
+            text = distinct[int(pos)].as_py()
+            key = self._v6.get(text)
+            if key is None:
+                key = V6_BASE + len(self._v6_values)
+                self._v6[text] = key
+                self._v6_values.append(int(ipaddress.IPv6Address(text)))
+            out[pos] = key
+        return out
+
+    def v6_value(self, key: int) -> int:
+        """The 128-bit address of an interned IPv6 key."""
+        return self._v6_values[key - V6_BASE]
+
+    def text(self, key: int) -> str:
+        if key < V6_BASE:
+            return str(ipaddress.IPv4Address(key))
+        return str(ipaddress.IPv6Address(self.v6_value(key)))
+
+
+class Names:
+    """Interns workload names to int32 ids (per distinct value, vectorised per batch)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def ids(self, values: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int32]:
+        """Ids for `values`; null → -1."""
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        if len(values) == 0:
+            return np.empty(0, dtype=np.int32)
+        encoded = pc.dictionary_encode(values)
+        distinct = encoded.dictionary.to_pylist()
+        lut = np.empty(len(distinct), dtype=np.int32)
+        for i, name in enumerate(distinct):
+            got = self._ids.get(name)
+            if got is None:
+                got = len(self.names)
+                self._ids[name] = got
+                self.names.append(name)
+            lut[i] = got
+        idx = encoded.indices
+        out = np.full(len(values), -1, dtype=np.int32)
+        if idx.null_count:
+            valid = pc.is_valid(idx).to_numpy(zero_copy_only=False)
+            out[valid] = lut[idx.to_numpy(zero_copy_only=False)[valid].astype(np.int64)]
+        else:
+            out[:] = lut[idx.to_numpy()]
+        return out
+
+    def to_arrow(self, ids: npt.NDArray[np.int32]) -> pa.Array:
+        """Names for ids as an Arrow string array; negative ids → null."""
+        dictionary = pa.array(self.names, type=pa.string())
+        mask = ids < 0
+        indices = pa.array(np.where(mask, 0, ids), mask=mask, type=pa.int32())
+        if len(self.names) == 0:
+            return pa.nulls(len(ids), type=pa.string())
+        return pc.take(dictionary, indices)

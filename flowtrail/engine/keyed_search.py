@@ -1,0 +1,55 @@
+"""Vectorised binary search over arrays sorted by (key, time).
+
+numpy's searchsorted works on one sorted array; the engine's tables are sorted by an address
+key and then by a time. These helpers find, for many (key, time) queries at once, positions
+inside each key's block, with a handful of whole-array numpy steps per halving.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+I64 = npt.NDArray[np.int64]
+
+
+def key_blocks(
+    sorted_keys: npt.NDArray[np.uint64], query_keys: npt.NDArray[np.uint64]
+) -> tuple[I64, I64]:
+    """[lo, hi) of each query key's block in `sorted_keys` (empty where absent)."""
+    lo = np.searchsorted(sorted_keys, query_keys, side="left").astype(np.int64)
+    hi = np.searchsorted(sorted_keys, query_keys, side="right").astype(np.int64)
+    return lo, hi
+
+
+def search_in_blocks(values: I64, lo: I64, hi: I64, targets: I64, *, side: str) -> I64:
+    """Like searchsorted(values[lo:hi], target, side) + lo, for every query at once.
+
+    `values` must be ascending inside every [lo, hi) block.
+    """
+    left, right = lo.copy(), hi.copy()
+    if len(values) == 0:
+        return left
+    while True:
+        active = left < right
+        if not active.any():
+            return left
+        mid = (left + right) >> 1
+        probe = values[np.minimum(mid, len(values) - 1)]
+        go_right = probe < targets if side == "left" else probe <= targets
+        go_right &= active
+        go_left = active & ~go_right
+        left = np.where(go_right, mid + 1, left)
+        right = np.where(go_left, mid, right)
+
+
+def expand_ranges(starts: I64, stops: I64) -> tuple[I64, I64]:
+    """All (query, position) pairs for positions in [starts[q], stops[q]); vectorised."""
+    counts = np.maximum(stops - starts, 0)
+    total = int(counts.sum())
+    query = np.repeat(np.arange(len(starts), dtype=np.int64), counts)
+    if total == 0:
+        return query, np.empty(0, dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    within = np.arange(total, dtype=np.int64) - np.repeat(offsets, counts)
+    return query, np.repeat(starts, counts) + within

@@ -1,0 +1,223 @@
+"""IP ownership time ranges built from heartbeats (who owned this IP during this window?).
+
+Every flow row with a local_workload says: this workload owned local_ip during
+[start_ns, end_ns]. Per address we keep ascending, non-overlapping segments
+(start, end, owner). Evidence from the same owner merges; a different owner gets its own
+segment; where two owners claim the same instant the stretch becomes AMBIGUOUS, so it can
+never answer a lookup. Late evidence simply lands in its place: the segments of each touched
+address are recomputed from scratch, vectorised over all touched addresses at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from flowtrail.engine.keyed_search import expand_ranges, key_blocks, search_in_blocks
+
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+
+AMBIGUOUS = -1  # owner value of a stretch claimed by more than one workload
+NOT_COVERED = -1  # lookup answer: no single owner covers the window
+CONFLICT = -2  # lookup answer: the window touches an ambiguous stretch or another owner
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Segments sorted by (key, start); per key non-overlapping and maximally merged."""
+
+    key: U64
+    start: I64
+    end: I64
+    owner: I32
+
+    @staticmethod
+    def empty() -> Segments:
+        return Segments(
+            np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64),
+            np.empty(0, np.int32),
+        )  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+    def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> Segments:
+        return Segments(self.key[idx], self.start[idx], self.end[idx], self.owner[idx])
+
+
+def segment(key: U64, owner: I32, start: I64, end: I64) -> Segments:
+    """Turn raw claims (possibly overlapping, any order) into canonical segments.
+
+    Claims with owner AMBIGUOUS stay ambiguous. A zero-length claim is widened to 1 ns so
+    that a conflicting instant is never silently lost.
+    """
+    if len(key) == 0:
+        return Segments.empty()
+    end = np.maximum(end, start + 1)
+    key_u, owner_u, start_u, end_u = _union_per_owner(key, owner, start, end)
+    return _split_by_owner(key_u, owner_u, start_u, end_u)
+
+
+def _union_per_owner(key: U64, owner: I32, start: I64, end: I64) -> tuple[U64, I32, I64, I64]:
+    """Merge each owner's overlapping or touching claims per key (sweep of +1/-1 events)."""
+    n = len(key)
+    ev_key = np.concatenate([key, key])
+    ev_owner = np.concatenate([owner, owner])
+    ev_time = np.concatenate([start, end])
+    ev_kind = np.concatenate([np.zeros(n, np.int8), np.ones(n, np.int8)])  # starts first
+    order = np.lexsort((ev_kind, ev_time, ev_owner, ev_key))
+    delta = np.where(ev_kind[order] == 0, 1, -1).astype(np.int64)
+    depth = np.cumsum(delta)
+    opens = (delta == 1) & (depth == 1)
+    closes = (delta == -1) & (depth == 0)
+    o_idx, c_idx = order[opens], order[closes]
+    return ev_key[o_idx], ev_owner[o_idx], ev_time[o_idx], ev_time[c_idx]
+
+
+def _split_by_owner(key: U64, owner: I32, start: I64, end: I64) -> Segments:
+    """Cut per-owner runs into stretches with exactly one owner, or AMBIGUOUS."""
+    n = len(key)
+    ev_key = np.concatenate([key, key])
+    ev_time = np.concatenate([start, end])
+    ambiguous = owner == AMBIGUOUS
+    weight = np.where(ambiguous, 2, 1).astype(np.int64)  # an ambiguous run alone is ambiguous
+    who = np.where(ambiguous, 0, owner).astype(np.int64)
+    ev_count = np.concatenate([weight, -weight])
+    ev_who = np.concatenate([who, -who])
+    ev_kind = np.concatenate([np.ones(n, np.int8), np.zeros(n, np.int8)])  # ends first
+    order = np.lexsort((ev_kind, ev_time, ev_key))
+    k, t = ev_key[order], ev_time[order]
+    count = np.cumsum(ev_count[order])
+    who_sum = np.cumsum(ev_who[order])
+    # Elementary stretch i: [t[i], t[i+1]) on the same key, covered `count[i]` deep.
+    same_key = k[:-1] == k[1:]
+    keep = same_key & (t[1:] > t[:-1]) & (count[:-1] > 0)
+    s_key, s_start, s_end = k[:-1][keep], t[:-1][keep], t[1:][keep]
+    s_owner = np.where(count[:-1][keep] == 1, who_sum[:-1][keep], AMBIGUOUS).astype(np.int32)
+    if len(s_key) == 0:
+        return Segments.empty()
+    # Merge touching stretches of the same owner (they come from elementary cuts).
+    new_run = np.ones(len(s_key), dtype=bool)
+    new_run[1:] = (
+        (s_key[1:] != s_key[:-1]) | (s_owner[1:] != s_owner[:-1]) | (s_start[1:] != s_end[:-1])
+    )
+    run_start = np.flatnonzero(new_run)
+    run_last = np.append(run_start[1:] - 1, len(s_key) - 1)
+    return Segments(s_key[run_start], s_start[run_start], s_end[run_last], s_owner[run_start])
+
+
+class OwnershipRanges:
+    """The per-address ownership ranges, updated in place by batches of heartbeats."""
+
+    def __init__(self) -> None:
+        self.segments = Segments.empty()
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    @property
+    def addresses(self) -> int:
+        k = self.segments.key
+        return int(np.count_nonzero(k[1:] != k[:-1]) + 1) if len(k) else 0
+
+    @property
+    def nbytes(self) -> int:
+        s = self.segments
+        return s.key.nbytes + s.start.nbytes + s.end.nbytes + s.owner.nbytes
+
+    def add(self, key: U64, owner: I32, start: I64, end: I64) -> U64:
+        """Add claims; returns the distinct keys whose segments changed (may have grown)."""
+        if len(key) == 0:
+            return np.empty(0, np.uint64)
+        touched = np.unique(key)
+        seg = self.segments
+        lo, hi = key_blocks(seg.key, touched)
+        _, old_pos = expand_ranges(lo, hi)
+        merged = segment(
+            np.concatenate([seg.key[old_pos], key]),
+            np.concatenate([seg.owner[old_pos], owner]),
+            np.concatenate([seg.start[old_pos], start]),
+            np.concatenate([seg.end[old_pos], end]),
+        )
+        keep = np.ones(len(seg), dtype=bool)
+        keep[old_pos] = False
+        rest = seg.take(keep)
+        at = np.searchsorted(rest.key, merged.key, side="left")
+        self.segments = Segments(
+            np.insert(rest.key, at, merged.key),
+            np.insert(rest.start, at, merged.start),
+            np.insert(rest.end, at, merged.end),
+            np.insert(rest.owner, at, merged.owner),
+        )
+        return touched
+
+    def evict(self, before_ns: int) -> int:
+        """Drop segments that ended before `before_ns`; returns how many were dropped."""
+        keep = self.segments.end >= before_ns
+        dropped = int(len(keep) - np.count_nonzero(keep))
+        if dropped:
+            self.segments = self.segments.take(keep)
+        return dropped
+
+    def owner_over(self, key: U64, lo: I64, hi: I64) -> I32:
+        """Who owned each address over the whole window [lo, hi]?
+
+        Returns an owner id where one owner's single segment covers the closed window,
+        CONFLICT where the window touches an ambiguous stretch or another owner,
+        else NOT_COVERED.
+        """
+        seg = self.segments
+        b_lo, b_hi = key_blocks(seg.key, key)
+        # Last segment starting at or before lo.
+        pos = search_in_blocks(seg.start, b_lo, b_hi, lo, side="right") - 1
+        has = pos >= b_lo
+        p = np.where(has, pos, 0)
+        out = np.full(len(key), NOT_COVERED, dtype=np.int32)
+        if len(seg) == 0:
+            return out
+        covers = has & (seg.end[p] > hi)  # segment ends are exclusive
+        owner = seg.owner[p]
+        out[covers & (owner >= 0)] = owner[covers & (owner >= 0)]
+        # Not covered by one segment: is that because of a conflict inside the window?
+        first = search_in_blocks(seg.end, b_lo, b_hi, lo, side="left")  # first ending >= lo
+        last = search_in_blocks(seg.start, b_lo, b_hi, hi, side="right")  # first starting > hi
+        touching = last - first
+        ambiguous_hit = covers & (owner < 0)
+        several = ~covers & (touching >= 2)
+        out[ambiguous_hit] = CONFLICT
+        if several.any():
+            q, s = expand_ranges(first[several], last[several])
+            seg_owner = seg.owner[s]
+            idx = np.flatnonzero(several)
+            o_min = np.full(len(idx), np.iinfo(np.int32).max, np.int64)
+            o_max = np.full(len(idx), np.iinfo(np.int32).min, np.int64)
+            np.minimum.at(o_min, q, seg_owner)
+            np.maximum.at(o_max, q, seg_owner)
+            mixed = (o_min != o_max) | (o_min < 0)
+            out[idx[mixed]] = CONFLICT
+        one_other = ~covers & (touching == 1)
+        if one_other.any():
+            # A single segment inside the window that is ambiguous is a conflict too.
+            f = np.where(one_other, first, 0)
+            amb = one_other & (seg.owner[np.minimum(f, len(seg) - 1)] < 0)
+            out[amb] = CONFLICT
+        return out
+
+    def owners_within(self, key: U64, lo: I64, hi: I64) -> tuple[I64, I32, I32]:
+        """Per window: (segments touching it, min owner, max owner), for consistency checks."""
+        seg = self.segments
+        b_lo, b_hi = key_blocks(seg.key, key)
+        first = search_in_blocks(seg.end, b_lo, b_hi, lo, side="left")
+        last = search_in_blocks(seg.start, b_lo, b_hi, hi, side="right")
+        n = np.maximum(last - first, 0)
+        o_min = np.full(len(key), np.iinfo(np.int32).max, np.int64)
+        o_max = np.full(len(key), np.iinfo(np.int32).min, np.int64)
+        q, s = expand_ranges(first, last)
+        if len(s):
+            np.minimum.at(o_min, q, seg.owner[s])
+            np.maximum.at(o_max, q, seg.owner[s])
+        return n, o_min.astype(np.int32), o_max.astype(np.int32)

@@ -1,0 +1,245 @@
+"""Offline replay: drive the streaming engine with each row's received_ns as the collector clock.
+
+Rows and events are replayed in received order, in ticks of `tick_ns`; every tick the engine
+takes that tick's flows and events and decides what it can. When the input ends, the clock
+runs on until every waiting flow is decided. The output is the input, row for row, plus the
+contract's remote_workload, remote_source and attributed_ns.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.engine.attributor import (
+    EVENT,
+    HEARTBEAT,
+    UNATTRIBUTED,
+    Attributor,
+    Decisions,
+    FlowArrays,
+    Settings,
+)
+from flowtrail.engine.ipkeys import IpKeys, Names
+from flowtrail.engine.regions import RegionMap
+from flowtrail.schema import ATTRIBUTION_COLUMNS, DEFAULT_RECEIVE_DELAY_NS, SOURCES
+
+I64 = npt.NDArray[np.int64]
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ReplayResult:
+    table: pa.Table
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _col(t: pa.Table, name: str) -> pa.ChunkedArray | None:
+    return t.column(name) if name in t.column_names else None
+
+
+def _int64(arr: pa.ChunkedArray) -> I64:
+    return np.asarray(arr.to_numpy(), dtype=np.int64)
+
+
+def received_times(flows: pa.Table) -> I64:
+    """received_ns, defaulting to end_ns + 60 s where absent or null (CONTRACT.md)."""
+    default = pc.add(flows.column("end_ns"), DEFAULT_RECEIVE_DELAY_NS)
+    got = _col(flows, "received_ns")
+    merged = default if got is None else pc.coalesce(got, default)
+    return _int64(merged)
+
+
+def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
+    """The engine's view of a contract flows table (remote side NAT-resolved)."""
+    nat_ip = _col(flows, "nat_remote_ip")
+    nat_port = _col(flows, "nat_remote_port")
+    remote_ip = flows.column("remote_ip")
+    remote_port = flows.column("remote_port")
+    if nat_ip is not None:
+        use_nat = pc.is_valid(nat_ip)
+        remote_ip = pc.if_else(use_nat, nat_ip, remote_ip)
+        if nat_port is not None:
+            remote_port = pc.if_else(use_nat, pc.coalesce(nat_port, remote_port), remote_port)
+    workload = _col(flows, "local_workload")
+    n = flows.num_rows
+    return FlowArrays(
+        row=np.arange(n, dtype=np.int64),
+        local_key=ipkeys.keys(flows.column("local_ip")),
+        local_port=np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
+        remote_key=ipkeys.keys(remote_ip),
+        remote_port=np.asarray(remote_port.to_numpy(), dtype=np.int32),
+        start=_int64(flows.column("start_ns")),
+        end=_int64(flows.column("end_ns")),
+        local_owner=names.ids(workload) if workload is not None else np.full(n, -1, np.int32),
+        received=received_times(flows),
+    )
+
+
+def _tick_groups(received: I64, tick_ns: int) -> tuple[I64, I64, I64]:
+    """(order, tick id per group, group boundaries) for rows sorted by received time."""
+    order = np.argsort(received, kind="stable")
+    ticks = received[order] // tick_ns
+    bounds = np.flatnonzero(np.diff(ticks)) + 1
+    starts = np.concatenate([[0], bounds]).astype(np.int64)
+    stops = np.concatenate([bounds, [len(ticks)]]).astype(np.int64)
+    ids = ticks[starts] if len(ticks) else np.empty(0, np.int64)
+    return order.astype(np.int64), ids.astype(np.int64), np.stack([starts, stops], axis=1)
+
+
+def replay(
+    flows: pa.Table,
+    events: pa.Table | None = None,
+    regions: pa.Table | None = None,
+    *,
+    settings: Settings | None = None,
+    tick_ns: int = 1_000_000_000,
+    default_region: str | None = None,
+    progress: Progress | None = None,
+) -> ReplayResult:
+    settings = settings or Settings()
+    began = time.perf_counter()
+    ipkeys, names = IpKeys(), Names()
+    engine = Attributor(settings)
+    fa = flow_arrays(flows, ipkeys, names)
+    n = len(fa)
+
+    f_order, f_ticks, f_bounds = _tick_groups(fa.received, tick_ns)
+    fa_sorted = fa.take(f_order)
+    if events is not None and events.num_rows:
+        ev_key = ipkeys.keys(events.column("ip"))
+        ev_owner = names.ids(events.column("workload"))
+        ev_assign = np.asarray(
+            pc.equal(events.column("action"), "assign").to_numpy(zero_copy_only=False), bool
+        )
+        ev_time = _int64(events.column("time_ns"))
+        got = _col(events, "received_ns")
+        ev_recv = ev_time if got is None else _int64(pc.coalesce(got, events.column("time_ns")))
+        e_order, e_ticks, e_bounds = _tick_groups(ev_recv, tick_ns)
+        ev = (ev_key[e_order], ev_owner[e_order], ev_assign[e_order], ev_time[e_order],
+              ev_recv[e_order])  # fmt: skip
+    else:
+        e_ticks, e_bounds = np.empty(0, np.int64), np.empty((0, 2), np.int64)
+        ev = None
+
+    decisions: list[Decisions] = []
+    all_ticks = np.union1d(f_ticks, e_ticks)
+    fi = ei = 0
+    report_every = max(len(all_ticks) // 20, 1)
+    for i, tick in enumerate(all_ticks):
+        now = int(tick + 1) * tick_ns - 1
+        decisions.extend(engine.run_until(int(tick) * tick_ns))
+        if ev is not None and ei < len(e_ticks) and e_ticks[ei] == tick:
+            a, b = e_bounds[ei]
+            k, o, asg, t, r = ev
+            engine.add_events(k[a:b], o[a:b], asg[a:b], t[a:b], r[a:b])
+            ei += 1
+        if fi < len(f_ticks) and f_ticks[fi] == tick:
+            a, b = f_bounds[fi]
+            engine.add_flows(fa_sorted.take(np.arange(a, b)), now)
+            fi += 1
+        decisions.append(engine.tick(now))
+        if progress is not None and i % report_every == 0 and i:
+            done = sum(len(d) for d in decisions)
+            progress(f"replay: {i}/{len(all_ticks)} ticks, {done}/{n} flows decided")
+    decisions.extend(engine.drain())
+    d = Decisions.concat(decisions) if decisions else None
+
+    owner = np.full(n, -1, np.int32)
+    source = np.full(n, UNATTRIBUTED, np.int8)
+    decided = np.zeros(n, np.int64)
+    waited = np.zeros(n, np.int64)
+    reason = np.zeros(n, np.int8)
+    if d is not None and len(d):
+        if len(d) != n or len(np.unique(d.row)) != n:
+            raise AssertionError(f"engine decided {len(d)} rows for {n} input rows")
+        owner[d.row], source[d.row], decided[d.row] = d.owner, d.source, d.decided
+        waited[d.row], reason[d.row] = d.waited, d.reason
+
+    out = flows
+    owner_col = names.to_arrow(owner)
+    source_col = pc.take(pa.array(SOURCES), pa.array(source.astype(np.int32)))
+    for col, values in zip(
+        ATTRIBUTION_COLUMNS, (owner_col, source_col, pa.array(decided)), strict=True
+    ):
+        if col.name in out.column_names:
+            out = out.drop_columns([col.name])
+        out = out.append_column(col.field, values)
+
+    elapsed = time.perf_counter() - began
+    summary = _summary(engine, n, source, waited, elapsed)
+    summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
+    return ReplayResult(out, summary)
+
+
+def _summary(
+    engine: Attributor, n: int, source: npt.NDArray[np.int8], waited: I64, elapsed: float
+) -> dict[str, Any]:
+    c = engine.counters
+    waits = waited[source != UNATTRIBUTED] / 1e9
+    return {
+        "method": engine.settings.method,
+        "rows": n,
+        "heartbeat": int(np.count_nonzero(source == HEARTBEAT)),
+        "event": int(np.count_nonzero(source == EVENT)),
+        "unattributed": int(np.count_nonzero(source == UNATTRIBUTED)),
+        "unattributed_by_reason": dict(sorted(c.unattributed.items())),
+        "heartbeat_via_peer_row": c.via_peer,
+        "heartbeat_via_ranges": c.via_ranges,
+        "flows_that_waited": c.waited_flows,
+        "retries": c.retries,
+        "wait_seconds_p50": float(np.percentile(waits, 50)) if len(waits) else 0.0,
+        "wait_seconds_p99": float(np.percentile(waits, 99)) if len(waits) else 0.0,
+        "wait_seconds_max": float(waits.max()) if len(waits) else 0.0,
+        "ownership_segments": len(engine.ranges),
+        "ownership_addresses": engine.ranges.addresses,
+        "evidence_rows": c.evidence_rows,
+        "events": c.events_in,
+        "seconds": round(elapsed, 3),
+    }
+
+
+def _region_summary(
+    flows: pa.Table,
+    fa: FlowArrays,
+    ipkeys: IpKeys,
+    regions: pa.Table | None,
+    default_region: str | None,
+) -> dict[str, Any]:
+    """How many flows each region had to hand to another (remote address in its prefixes)."""
+    if regions is None or regions.num_rows == 0:
+        return {}
+    rmap = RegionMap(regions)
+    remote_region = rmap.lookup(fa.remote_key, ipkeys)
+    col = _col(flows, "region")
+    fallback = default_region or ""
+    exporter_region = (
+        pc.fill_null(col, fallback) if col is not None else pa.array([fallback] * flows.num_rows)
+    )
+    remote_names = pc.take(
+        pa.array([*rmap.names, None], type=pa.string()),
+        pa.array(np.where(remote_region < 0, len(rmap.names), remote_region)),
+    )
+    pairs = pa.table({"from": exporter_region, "to": remote_names})
+    counts = pairs.group_by(["from", "to"]).aggregate([([], "count_all")]).to_pylist()
+    handed: dict[str, int] = {}
+    unknown = 0
+    for row in counts:
+        if row["to"] is None:
+            unknown += row["count_all"]
+        elif row["from"] != row["to"]:
+            key = f"{row['from'] or '?'}->{row['to']}"
+            handed[key] = handed.get(key, 0) + row["count_all"]
+    return {"handed_to_other_region": dict(sorted(handed.items())), "remote_in_no_region": unknown}
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,38 @@
+"""Command-line units: durations like 180s, 100ms, 5m, 1h (a bare number means seconds)."""
+
+from __future__ import annotations
+
+import re
+
+import click
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ns|us|ms|s|m|h)?\s*$")
+
+
+def parse_duration_ns(text: str) -> int:
+    """'180s' → 180_000_000_000; raises ValueError with the accepted forms."""
+    m = _RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 180s, 100ms, 5m, 1h)")
+    value, unit = float(m.group(1)), m.group(2) or "s"
+    return round(value * _UNITS[unit])
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter holding a duration in nanoseconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration_ns(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
