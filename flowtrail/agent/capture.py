@@ -120,24 +120,33 @@ def capability_problems(
         problems.append(
             f"no kernel BTF at {btf_path}: CO-RE needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
         )
-    if not Path(tracefs, "events").is_dir():
+    if not _is_dir(tracefs, "events"):
         problems.append(f"tracefs is not mounted at {tracefs} (mount -t tracefs tracefs {tracefs})")
-    elif not Path(tracefs, "events", *TRACEPOINT).is_dir():
+    elif not _is_dir(tracefs, "events", *TRACEPOINT):
         problems.append(f"the kernel has no tracepoint {':'.join(TRACEPOINT)}")
     if not object_path.is_file():
         problems.append(f"the BPF object {object_path} is missing: run scripts/build-bpf")
     return problems
 
 
+def _is_dir(*parts: str) -> bool:
+    try:
+        return Path(*parts).is_dir()
+    except OSError:  # e.g. EACCES on tracefs for an unprivileged user
+        return False
+
+
 def _mount_tracefs(tracefs: str) -> None:
-    """Mount tracefs when it is absent (root can); failures are reported by the checks after."""
-    if Path(tracefs, "events").is_dir() or not Path(tracefs).is_dir():
+    """Mount tracefs at the standard place when it is absent (libbpf reads tracepoint ids there).
+
+    Only the standard path, only as root; any failure is reported by capability_problems().
+    """
+    if tracefs != TRACEFS or os.geteuid() != 0 or _is_dir(tracefs, "events"):
         return
-    subprocess.run(
-        ["mount", "-t", "tracefs", "tracefs", tracefs],
-        check=False,
-        capture_output=True,
-    )
+    if _is_dir(tracefs):
+        subprocess.run(
+            ["mount", "-t", "tracefs", "tracefs", tracefs], check=False, capture_output=True
+        )
 
 
 def _check_power_of_two_pages(name: str, value: int) -> None:

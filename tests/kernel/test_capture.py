@@ -1,0 +1,486 @@
+"""Capture against the real kernel: the BPF program loaded, real sockets, real namespaces.
+
+Every connection here stays on loopback or between network namespaces this file creates (with
+unique names, removed afterwards). Records are picked out of the host-wide capture by port and
+netns, since the tracepoint sees every TCP socket on the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from flowtrail.agent.capture import DROP_REASONS, RECORD_SIZE, Capture
+from flowtrail.agent.records import RAW_SCHEMA
+from flowtrail.errors import CapabilityError
+
+pytestmark = pytest.mark.kernel
+
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cap() -> Iterator[Capture]:
+    with Capture() as c:
+        yield c
+
+
+def collect(
+    cap: Capture, match: Callable[[dict[str, Any]], bool], want: int, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """Poll until `want` rows satisfy `match` (or time runs out); returns the matching rows."""
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(rows) < want and time.monotonic() < deadline:
+        batch = cap.poll(100)
+        if batch is not None:
+            assert batch.schema == RAW_SCHEMA
+            rows.extend(r for r in batch.to_pylist() if match(r))
+    return rows
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def netns_pair(v6: bool = False) -> Iterator[tuple[str, str, str, str]]:
+    """Two fresh network namespaces joined by a veth pair: (ns_a, ip_a, ns_b, ip_b)."""
+    tag = uuid.uuid4().hex[:8]
+    ns_a, ns_b = f"ftcap-a-{tag}", f"ftcap-b-{tag}"
+    if_a, if_b = f"fta{tag}", f"ftb{tag}"
+    # test-only addresses that exist only inside these two namespaces
+    ip_a, ip_b, plen = (
+        ("fd00:f10:7a11::1", "fd00:f10:7a11::2", 64) if v6 else ("10.213.7.1", "10.213.7.2", 30)
+    )
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    try:
+        run("ip", "netns", "add", ns_a)
+        run("ip", "netns", "add", ns_b)
+        run("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", if_b, "netns", ns_b)
+        for ns, ifname, ip in ((ns_a, if_a, ip_a), (ns_b, if_b, ip_b)):
+            extra = ["nodad"] if v6 else []
+            run("ip", "-n", ns, "addr", "add", f"{ip}/{plen}", "dev", ifname, *extra)
+            run("ip", "-n", ns, "link", "set", ifname, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns_a, ip_a, ns_b, ip_b
+    finally:
+        for ns in (ns_a, ns_b):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+
+def netns_inode(ns: str) -> int:
+    return os.stat(f"/run/netns/{ns}").st_ino
+
+
+@contextlib.contextmanager
+def cgroup() -> Iterator[Path]:
+    """A fresh cgroup v2 directory; its processes are moved out before it is removed."""
+    path = CGROUP2 / unique("flowtrail-test-")
+    path.mkdir()
+    try:
+        yield path
+    finally:
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                (CGROUP2 / "cgroup.procs").write_text(pid)
+        for _ in range(50):
+            try:
+                path.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+# A peer process (started inside its cgroup and netns): serves or connects, and prints what it
+# saw as "key=value" lines.
+PEER = r"""
+import os, socket, sys
+role, host, port, send, expect = sys.argv[1:6]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+send, expect = int(send), int(expect)
+def recv_exact(s, n):
+    got = 0
+    while got < n:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += len(d)
+    return got
+if role == "server":
+    ls = socket.socket(fam)
+    ls.bind((host, int(port)))
+    ls.listen(8)
+    print("port=%d" % ls.getsockname()[1], flush=True)
+    c, addr = ls.accept()
+    got = recv_exact(c, expect)
+    c.sendall(b"s" * send)
+    c.shutdown(socket.SHUT_WR)
+    recv_exact(c, 1)
+    print("peer_port=%d got=%d" % (addr[1], got), flush=True)
+    c.close()
+    ls.close()
+else:
+    c = socket.socket(fam)
+    c.connect((host, int(port)))
+    print("local_port=%d" % c.getsockname()[1], flush=True)
+    c.sendall(b"c" * send)
+    got = recv_exact(c, expect)
+    print("got=%d" % got, flush=True)
+    c.close()
+"""
+
+
+def spawn(
+    ns: str | None, cg: Path | None, role: str, host: str, port: int, send: int, expect: int
+) -> subprocess.Popen[str]:
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    argv = [*prefix, sys.executable, "-c", PEER, role, host, str(port), str(send), str(expect)]
+
+    def join_cgroup() -> None:
+        # in the child before exec: `ip netns exec` remounts /sys, so join while it is visible
+        if cg is not None:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=join_cgroup
+    )
+
+
+def read_kv(proc: subprocess.Popen[str]) -> dict[str, int]:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        _, err = proc.communicate(timeout=5)
+        raise AssertionError(f"peer died: {err}")
+    return {k: int(v) for k, v in (kv.split("=") for kv in line.split())}
+
+
+def tcp_pair(family: int, host: str) -> tuple[socket.socket, socket.socket, socket.socket]:
+    """(listener, client, accepted) on `host`, connected, in this process."""
+    listener = socket.socket(family)
+    listener.bind((host, 0))
+    listener.listen(8)
+    client = socket.create_connection(listener.getsockname()[:2])
+    accepted, _ = listener.accept()
+    return listener, client, accepted
+
+
+def exchange(client: socket.socket, server: socket.socket, up: int, down: int) -> None:
+    client.sendall(b"u" * up)
+    got = 0
+    while got < up:
+        got += len(server.recv(65536))
+    server.sendall(b"d" * down)
+    got = 0
+    while got < down:
+        got += len(client.recv(65536))
+
+
+def own_cgroup_inode() -> int:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return os.stat(CGROUP2 / line[3:].lstrip("/")).st_ino
+    raise AssertionError("no cgroup v2 line in /proc/self/cgroup")
+
+
+# -- tests -----------------------------------------------------------------------------------
+
+
+def test_loopback_ipv4_both_ends_exact(cap: Capture) -> None:
+    listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+    cport, sport = client.getsockname()[1], listener.getsockname()[1]
+    exchange(client, accepted, 12345, 678)
+    client.close()
+    accepted.close()
+    listener.close()
+    rows = collect(cap, lambda r: {r["local_port"], r["remote_port"]} == {cport, sport}, 2)
+    assert len(rows) == 2, rows
+    out = next(r for r in rows if r["direction"] == "outbound")
+    inb = next(r for r in rows if r["direction"] == "inbound")
+    assert (out["local_ip"], out["local_port"], out["remote_ip"], out["remote_port"]) == (
+        "127.0.0.1", cport, "127.0.0.1", sport,
+    )  # fmt: skip
+    assert (inb["local_port"], inb["remote_port"]) == (sport, cport)
+    assert (out["bytes_sent"], out["bytes_received"]) == (12345, 678)
+    assert (inb["bytes_sent"], inb["bytes_received"]) == (678, 12345)
+    for r in rows:
+        assert r["family"] == 4 and r["outcome"] == "established"
+        assert r["cgroup_id"] == own_cgroup_inode()
+        assert r["netns_ino"] == os.stat("/proc/self/ns/net").st_ino
+        assert r["segs_sent"] > 0 and r["segs_received"] > 0 and r["retransmits"] == 0
+        # times are epoch ns around now, and ordered
+        assert abs(r["end_ns"] - time.time_ns()) < 30e9
+        assert r["start_ns"] <= r["end_ns"]
+    assert out["pid"] == os.getpid() and out["comm"]
+    assert inb["pid"] == 0  # accepted sockets are made in softirq: no owning task known
+    assert out["sock_id"] != inb["sock_id"]
+
+
+def test_listening_socket_is_not_a_flow(cap: Capture) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    listener.close()
+    assert collect(cap, lambda r: port in (r["local_port"], r["remote_port"]), 1, 0.5) == []
+
+
+def test_ipv6_loopback_and_ipv4_mapped(cap: Capture) -> None:
+    listener, client, accepted = tcp_pair(socket.AF_INET6, "::1")
+    ports6 = {client.getsockname()[1], listener.getsockname()[1]}
+    exchange(client, accepted, 1000, 2000)
+    for s in (client, accepted, listener):
+        s.close()
+    # an IPv6 socket talking IPv4 sees ::ffff:127.0.0.1; the row must say 127.0.0.1
+    listener = socket.socket(socket.AF_INET6)
+    listener.bind(("::", 0))
+    listener.listen(1)
+    client = socket.socket(socket.AF_INET6)
+    client.connect(("::ffff:127.0.0.1", listener.getsockname()[1]))
+    accepted, _ = listener.accept()
+    ports4 = {client.getsockname()[1], listener.getsockname()[1]}
+    exchange(client, accepted, 10, 20)
+    for s in (client, accepted, listener):
+        s.close()
+    rows = collect(cap, lambda r: {r["local_port"], r["remote_port"]} in (ports6, ports4), 4)
+    rows6 = [r for r in rows if {r["local_port"], r["remote_port"]} == ports6]
+    rows4 = [r for r in rows if {r["local_port"], r["remote_port"]} == ports4]
+    assert len(rows6) == 2 and len(rows4) == 2
+    for r in rows6:
+        assert (r["family"], r["local_ip"], r["remote_ip"]) == (6, "::1", "::1")
+    out6 = next(r for r in rows6 if r["direction"] == "outbound")
+    assert (out6["bytes_sent"], out6["bytes_received"]) == (1000, 2000)
+    for r in rows4:
+        assert (r["family"], r["local_ip"], r["remote_ip"]) == (4, "127.0.0.1", "127.0.0.1")
+
+
+def test_refused_connection(cap: Capture) -> None:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]  # bound, not listening: the kernel answers SYN with RST
+    client = socket.socket()
+    with pytest.raises(ConnectionRefusedError):
+        client.connect(("127.0.0.1", port))
+    client.close()
+    probe.close()
+    rows = collect(cap, lambda r: r["remote_port"] == port, 1)
+    assert len(rows) == 1
+    (r,) = rows
+    assert (r["direction"], r["outcome"]) == ("outbound", "refused")
+    assert (r["bytes_sent"], r["bytes_received"]) == (0, 0)
+    assert r["local_port"] != 0 and r["pid"] == os.getpid()
+
+
+def test_live_rows_share_sock_id_with_closed_record(cap: Capture) -> None:
+    listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+    cport = client.getsockname()[1]
+    live = [r for r in cap.live().to_pylist() if r["local_port"] == cport]
+    assert len(live) == 1
+    assert (live[0]["direction"], live[0]["outcome"]) == ("outbound", "established")
+    assert live[0]["start_ns"] <= live[0]["end_ns"] <= time.time_ns() + 10**9
+    exchange(client, accepted, 5, 5)
+    for s in (client, accepted, listener):
+        s.close()
+    rows = collect(cap, lambda r: r["local_port"] == cport, 1)
+    assert [r["sock_id"] for r in rows] == [live[0]["sock_id"]]
+    assert rows[0]["start_ns"] == live[0]["start_ns"]
+    # gone from the live view once closed
+    assert not [r for r in cap.live().to_pylist() if r["local_port"] == cport]
+
+
+def test_cross_netns_and_cgroups_both_ends(cap: Capture) -> None:
+    with netns_pair() as (ns_a, ip_a, ns_b, ip_b), cgroup() as cg_a, cgroup() as cg_b:
+        server = spawn(ns_a, cg_a, "server", ip_a, 0, 4321, 98765)
+        port = read_kv(server)["port"]
+        client = spawn(ns_b, cg_b, "client", ip_a, port, 98765, 4321)
+        cport = read_kv(client)["local_port"]
+        assert read_kv(client)["got"] == 4321
+        assert read_kv(server) == {"peer_port": cport, "got": 98765}
+        client.wait(5)
+        server.wait(5)
+        rows = collect(cap, lambda r: {r["local_port"], r["remote_port"]} == {port, cport}, 2)
+        cg_a_id, cg_b_id = cg_a.stat().st_ino, cg_b.stat().st_ino
+    assert len(rows) == 2, rows
+    out = next(r for r in rows if r["direction"] == "outbound")
+    inb = next(r for r in rows if r["direction"] == "inbound")
+    assert (out["local_ip"], out["local_port"], out["remote_ip"], out["remote_port"]) == (
+        ip_b, cport, ip_a, port,
+    )  # fmt: skip
+    assert (inb["local_ip"], inb["local_port"], inb["remote_ip"], inb["remote_port"]) == (
+        ip_a, port, ip_b, cport,
+    )  # fmt: skip
+    assert (out["bytes_sent"], out["bytes_received"]) == (98765, 4321)
+    assert (inb["bytes_sent"], inb["bytes_received"]) == (4321, 98765)
+    assert out["cgroup_id"] == cg_b_id and inb["cgroup_id"] == cg_a_id
+    assert out["netns_ino"] != inb["netns_ino"]
+    assert out["pid"] == client.pid and out["outcome"] == inb["outcome"] == "established"
+
+
+def test_netns_inode_matches_namespace_file(cap: Capture) -> None:
+    with netns_pair(v6=True) as (ns_a, ip_a, ns_b, ip_b):
+        ino_a, ino_b = netns_inode(ns_a), netns_inode(ns_b)
+        server = spawn(ns_a, None, "server", ip_a, 0, 10, 20)
+        port = read_kv(server)["port"]
+        client = spawn(ns_b, None, "client", ip_a, port, 20, 10)
+        cport = read_kv(client)["local_port"]
+        client.wait(5)
+        server.wait(5)
+        rows = collect(cap, lambda r: {r["local_port"], r["remote_port"]} == {port, cport}, 2)
+    assert {(r["direction"], r["netns_ino"], r["local_ip"]) for r in rows} == {
+        ("outbound", ino_b, ip_b),
+        ("inbound", ino_a, ip_a),
+    }
+    assert all(r["family"] == 6 for r in rows)
+
+
+def test_handshake_timeout(cap: Capture) -> None:
+    """SYNs dropped by nftables inside our own namespace: the connect times out."""
+    with netns_pair() as (ns_a, ip_a, ns_b, _ip_b):
+        table = unique("ftcap")
+        ruleset = (
+            f"table inet {table} {{\n chain in {{\n"
+            "  type filter hook input priority 0; policy accept;\n  tcp dport 9 drop\n }\n}\n"
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", ns_a, "nft", "-f", "-"], input=ruleset, text=True, check=True
+        )  # the table lives and dies with the namespace
+        code = (
+            "import socket\n"
+            "s = socket.socket()\n"
+            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)\n"
+            f"try:\n    s.connect(({ip_a!r}, 9))\nexcept TimeoutError as e:\n    print('timeout')\n"
+        )
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns_b, sys.executable, "-c", code],
+            check=True, capture_output=True, text=True, timeout=20,
+        )  # fmt: skip
+        assert out.stdout.strip() == "timeout"
+        rows = collect(cap, lambda r: r["remote_ip"] == ip_a and r["remote_port"] == 9, 1)
+    assert [(r["direction"], r["outcome"]) for r in rows] == [("outbound", "timeout")]
+    assert rows[0]["segs_sent"] >= 2  # the SYN and its retry
+
+
+def test_tiny_ring_buffer_counts_drops() -> None:
+    burst = 100
+    with Capture(ringbuf_bytes=4096) as small:
+        before = small.stats()
+        for _ in range(burst):
+            listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+            for s in (client, accepted, listener):
+                s.close()
+        after = small.stats()
+        got = 0
+        while (batch := small.poll(0)) is not None:
+            got += batch.num_rows
+    capacity = 4096 // (RECORD_SIZE + 8)  # each record carries an 8-byte ring header
+    dropped = after["ringbuf_full"] - before["ringbuf_full"]
+    assert got <= capacity
+    assert dropped >= 2 * burst - capacity
+    assert set(DROP_REASONS) <= set(after)
+
+
+def test_full_start_map_counts_drops() -> None:
+    with Capture(max_sockets=4) as small:
+        conns = [tcp_pair(socket.AF_INET, "127.0.0.1") for _ in range(6)]
+        stats = small.stats()
+        assert stats["map_full"] >= 12 - 4
+        assert len(small.live()) <= 4
+        for trio in conns:
+            for s in trio:
+                s.close()
+
+
+def test_stats_expose_every_reason_even_when_zero(cap: Capture) -> None:
+    stats = cap.stats()
+    assert set(DROP_REASONS) <= set(stats)
+    assert all(isinstance(v, int) and v >= 0 for v in stats.values())
+
+
+def test_poll_returns_none_when_idle_and_close_is_idempotent() -> None:
+    c = Capture()
+    c.start()
+    c.poll(0)
+    c.close()
+    c.close()
+    with pytest.raises(RuntimeError):
+        c.poll(0)
+
+
+def test_missing_btf_is_a_capability_error() -> None:
+    with pytest.raises(CapabilityError, match="no kernel BTF at /nonexistent/vmlinux"):
+        Capture(btf_path="/nonexistent/vmlinux").start()
+
+
+def test_missing_tracefs_is_a_capability_error(tmp_path: Path) -> None:
+    with pytest.raises(CapabilityError, match=f"tracefs is not mounted at {tmp_path}"):
+        Capture(tracefs=str(tmp_path)).start()
+
+
+def test_unprivileged_start_names_missing_capabilities() -> None:
+    code = (
+        "from flowtrail.agent.capture import Capture\n"
+        "from flowtrail.errors import CapabilityError\n"
+        "try:\n    Capture().start()\nexcept CapabilityError as e:\n    print(e)\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+         sys.executable, "-c", code],
+        capture_output=True, text=True, timeout=30, cwd="/",
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert "missing CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)" in out.stdout, out.stderr
+
+
+def test_bad_sizes_are_input_errors() -> None:
+    from flowtrail.errors import InputError
+
+    with pytest.raises(InputError, match="ringbuf_bytes=5000"):
+        Capture(ringbuf_bytes=5000)
+    with pytest.raises(InputError, match="max_sockets=0"):
+        Capture(max_sockets=0)
+
+
+def test_concurrent_closes_from_threads_are_all_recorded(cap: Capture) -> None:
+    """Closes on both CPUs at once: every socket gets exactly one record."""
+    pairs: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(50):
+            listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+            with lock:
+                pairs.append((client.getsockname()[1], listener.getsockname()[1]))
+            for s in (client, accepted, listener):
+                s.close()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wanted = set(pairs)
+    assert len(wanted) == 200  # a 4-tuple in TIME_WAIT is not reused
+
+    def match(r: dict[str, Any]) -> bool:
+        return r["direction"] == "outbound" and (r["local_port"], r["remote_port"]) in wanted
+
+    rows = collect(cap, match, 200)
+    assert sorted((r["local_port"], r["remote_port"]) for r in rows) == sorted(pairs)
+    assert len({r["sock_id"] for r in rows}) == 200
+    assert pa.Table.from_pylist(rows, RAW_SCHEMA).num_rows == 200

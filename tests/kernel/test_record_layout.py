@@ -1,0 +1,55 @@
+"""The Python view of `struct flow_record` matches the compiled object's BTF, byte for byte.
+
+Reads the BTF of the shipped flow.bpf.o through libbpf (btf__parse_elf), the same library that
+loads it; and checks the shipped object is built from the sources beside it.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from flowtrail.agent import libbpf
+from flowtrail.agent.capture import DROP_REASONS, FLOW_DTYPE, FLOW_FIELDS, OBJECT_PATH
+
+pytestmark = pytest.mark.kernel
+
+REPO = Path(__file__).resolve().parents[2]
+HEADER = OBJECT_PATH.parent / "flow.h"
+
+
+def test_dtype_matches_btf_offsets_and_sizes() -> None:
+    size, members = libbpf.struct_layout(str(OBJECT_PATH), "flow_record")
+    assert FLOW_DTYPE.itemsize == size
+    padding = {name for name in members if name.startswith("_pad")}
+    assert set(FLOW_DTYPE.names) == set(members) - padding
+    for name in FLOW_DTYPE.names:
+        fmt, offset = FLOW_DTYPE.fields[name][:2]
+        assert (offset, fmt.itemsize) == members[name], name
+    # the declared order is the struct's order
+    assert [f[0] for f in FLOW_FIELDS] == [m for m in members if m not in padding]
+
+
+def test_unknown_struct_is_reported() -> None:
+    with pytest.raises(KeyError, match="no_such_struct"):
+        libbpf.struct_layout(str(OBJECT_PATH), "no_such_struct")
+
+
+def test_enums_in_header_match_python_names() -> None:
+    """Drop reasons are indexes the program writes: the header's order is the Python order."""
+    text = HEADER.read_text()
+    body = re.search(r"enum flow_drop_reason \{(.*?)\};", text, re.S)
+    assert body is not None
+    names = re.findall(r"FLOW_DROP_(\w+) = (\d+)", body.group(1))
+    reasons = [(n.lower(), int(v)) for n, v in names if not n.startswith("_")]
+    assert reasons == [(r, i) for i, r in enumerate(DROP_REASONS)]
+
+
+def test_shipped_object_is_built_from_current_sources() -> None:
+    out = subprocess.run(
+        [str(REPO / "scripts" / "build-bpf"), "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
