@@ -1,0 +1,538 @@
+"""The whole agent against the real kernel: BPF capture, cgroups, namespaces, conntrack, nftables.
+
+A lab of two network namespaces joined by a veth pair (unique names, test-only addresses that
+exist only inside them) and cgroups under /sys/fs/cgroup/unified/flowtrail-test-<tag>/ named
+like a Kubernetes pod container and like systemd services. Worker processes move themselves
+into a cgroup and a namespace before opening sockets, so the sockets really belong there.
+One agent (real Capture, interval 1 s) runs in a thread for the module and writes Parquet;
+each test picks its rows out of the output by port. Everything is removed at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flowtrail.agent.capture import Capture
+from flowtrail.agent.conntrack import NatResolver
+from flowtrail.agent.exporter import Delivery, ParquetDir
+from flowtrail.agent.identity import IdentityChain
+from flowtrail.agent.netlink import NetnsIndex
+from flowtrail.agent.records import RAW_SCHEMA
+from flowtrail.agent.runner import Agent, AgentConfig
+from flowtrail.agent.snapshots import Snapshotter
+from flowtrail.schema import FLOWS
+from flowtrail.tables import validate
+
+pytestmark = pytest.mark.kernel
+
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+INTERVAL_S = 1.0
+
+# A worker: join a cgroup and a netns, then run one scripted TCP role. Prints "ready" once
+# its socket is listening/connected so the test can sequence roles without sleeping blindly.
+WORKER = r"""
+import ctypes, json, os, socket, sys, time
+spec = json.loads(sys.argv[1])
+with open(spec["cgroup"] + "/cgroup.procs", "w") as f:
+    f.write("0")
+fd = os.open("/run/netns/" + spec["netns"], os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
+fam = socket.AF_INET6 if ":" in spec["ip"] else socket.AF_INET
+time.sleep(spec.get("wait", 0))
+
+def recv_exact(s, n):
+    got = 0
+    while got < n:
+        chunk = s.recv(min(65536, n - got))
+        if not chunk:
+            raise SystemExit("peer closed early")
+        got += len(chunk)
+
+if spec["role"] == "server":
+    ls = socket.socket(fam, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((spec["ip"], spec["port"]))
+    ls.listen(16)
+    print("ready", flush=True)
+    for _ in range(spec["accepts"]):
+        c, _ = ls.accept()
+        recv_exact(c, spec["recv"])
+        c.sendall(b"s" * spec["send"])
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+        c.close()
+else:
+    c = socket.socket(fam, socket.SOCK_STREAM)
+    c.bind((spec["bind"], spec["bind_port"]))
+    try:
+        c.connect((spec["ip"], spec["port"]))
+    except ConnectionRefusedError:
+        print("refused", flush=True)
+        raise SystemExit(0)
+    print("ready", flush=True)
+    chunks = spec["chunks"] if "chunks" in spec else [spec["send"]]
+    for i, n in enumerate(chunks):
+        if i:
+            time.sleep(spec.get("gap", 0))
+        c.sendall(b"c" * n)
+    recv_exact(c, spec["recv"])
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    c.close()
+    print("done", flush=True)
+"""
+
+
+@dataclass
+class Lab:
+    tag: str
+    client_ns: str
+    server_ns: str
+    client_ip: str
+    server_ip: str
+    client_ip6: str
+    server_ip6: str
+    vip: str
+    root: Path
+    pod_uid: str
+    pod_cgroup: Path
+    svc_cgroup: Path
+    worker: Path
+    out: Path
+    agent: Agent
+    ports: Iterator[int]
+
+    def port(self) -> int:
+        return next(self.ports)
+
+    def spawn(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(self.worker), json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def server(
+        self, ip: str, port: int, recv: int, send: int, accepts: int = 1
+    ) -> subprocess.Popen[str]:
+        spec = {"role": "server", "cgroup": str(self.svc_cgroup), "netns": self.server_ns}
+        p = self.spawn(
+            {**spec, "ip": ip, "port": port, "recv": recv, "send": send, "accepts": accepts}
+        )
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        return p
+
+    def client(self, **spec: Any) -> subprocess.Popen[str]:
+        base = {"role": "client", "cgroup": str(self.pod_cgroup), "netns": self.client_ns}
+        return self.spawn({**base, **spec})
+
+    def rows(self) -> pa.Table:
+        files = sorted(self.out.glob("flows-*.parquet"))
+        if not files:
+            return pa.table({})
+        return pa.concat_tables([pq.read_table(f) for f in files])
+
+    def wait_rows(
+        self, match: Callable[[dict[str, Any]], bool], want: int, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        found: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            t = self.rows()
+            found = [r for r in t.to_pylist() if match(r)] if t.num_rows else []
+            if len(found) >= want:
+                return found
+            time.sleep(0.2)
+        return found
+
+
+def run(*args: str, stdin: str | None = None) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    tag = uuid.uuid4().hex[:8]
+    net = random.randint(0, 255)
+    client_ns, server_ns = f"ftag-c-{tag}", f"ftag-s-{tag}"
+    if_c, if_s = f"ftc{tag}", f"fts{tag}"
+    client_ip, server_ip, vip = f"10.214.{net}.1", f"10.214.{net}.2", f"10.214.{net}.100"
+    client_ip6, server_ip6 = f"fd00:f10:{net:x}::1", f"fd00:f10:{net:x}::2"
+    root = CGROUP2 / f"flowtrail-test-{tag}"
+    pod_uid = str(uuid.uuid4())
+    pod_cgroup = (
+        root
+        / "kubepods.slice"
+        / "kubepods-burstable.slice"
+        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
+        / f"cri-containerd-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope"
+    )
+    svc_cgroup = root / "system.slice" / f"foo-{tag}.service"
+    tmp = tmp_path_factory.mktemp("agent")
+    worker = tmp / "worker.py"
+    worker.write_text(WORKER)
+    out = tmp / "out"
+    stop = threading.Event()
+    thread: threading.Thread | None = None
+    capture: Capture | None = None
+    try:
+        run("ip", "netns", "add", client_ns)
+        run("ip", "netns", "add", server_ns)
+        run(
+            "ip",
+            "link",
+            "add",
+            if_c,
+            "netns",
+            client_ns,
+            "type",
+            "veth",
+            "peer",
+            if_s,
+            "netns",
+            server_ns,
+        )
+        for ns, ifname, ip4, ip6 in (
+            (client_ns, if_c, client_ip, client_ip6),
+            (server_ns, if_s, server_ip, server_ip6),
+        ):
+            run("ip", "-n", ns, "addr", "add", f"{ip4}/24", "dev", ifname)
+            run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", ifname, "nodad")
+            run("ip", "-n", ns, "link", "set", ifname, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        # A ClusterIP-like VIP, translated in the client's namespace to the real backend.
+        run(
+            "ip",
+            "netns",
+            "exec",
+            client_ns,
+            "nft",
+            "-f",
+            "-",
+            stdin=f"table ip ftnat{tag} {{\n chain out {{\n  type nat hook output priority -100;\n"
+            f"  ip daddr {vip} tcp dport 80 dnat to {server_ip}:8080\n }}\n}}\n",
+        )
+        pod_cgroup.mkdir(parents=True)
+        svc_cgroup.mkdir(parents=True)
+        capture = Capture()
+        capture.start()
+        netns = NetnsIndex()
+        agent = Agent(
+            capture,
+            AgentConfig(exporter="lab-host", region="lab", interval_s=INTERVAL_S, poll_ms=100),
+            IdentityChain.build(host_workload="lab-host-itself"),
+            Delivery(ParquetDir(out)),
+            nat=NatResolver(netns),
+            snapshotter=Snapshotter(netns),
+        )
+        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+        thread.start()
+        base = random.randint(20000, 50000)
+        yield Lab(
+            tag,
+            client_ns,
+            server_ns,
+            client_ip,
+            server_ip,
+            client_ip6,
+            server_ip6,
+            vip,
+            root,
+            pod_uid,
+            pod_cgroup,
+            svc_cgroup,
+            worker,
+            out,
+            agent,
+            iter(range(base, base + 1000)),
+        )
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join(10)
+        if capture is not None:
+            capture.close()
+        for ns in (client_ns, server_ns):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        if root.exists():
+            for d in sorted(
+                (p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
+            ):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                root.rmdir()
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 10) -> str:
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out
+    return out
+
+
+def exchange(lab: Lab, server_ip: str, client_ip: str, up: int, down: int) -> tuple[int, int]:
+    sport, cport = lab.port(), lab.port()
+    srv = lab.server(server_ip, sport, recv=up, send=down)
+    finish(
+        lab.client(ip=server_ip, port=sport, bind=client_ip, bind_port=cport, send=up, recv=down)
+    )
+    finish(srv)
+    return sport, cport
+
+
+def by_port(port: int) -> Callable[[dict[str, Any]], bool]:
+    return lambda r: r["local_port"] == port or r["remote_port"] == port
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_both_ends_named_with_exact_ports_directions_bytes(lab: Lab, v6: bool) -> None:
+    server_ip, client_ip = (
+        (lab.server_ip6, lab.client_ip6) if v6 else (lab.server_ip, lab.client_ip)
+    )
+    sport, cport = exchange(lab, server_ip, client_ip, up=123_457, down=9_876)
+    rows = lab.wait_rows(
+        lambda r: r["local_port"] in (sport, cport) and r["remote_port"] in (sport, cport), 2
+    )
+    assert len(rows) == 2, rows
+    out = next(r for r in rows if r["direction"] == "outbound")
+    inb = next(r for r in rows if r["direction"] == "inbound")
+    assert (out["local_ip"], out["local_port"], out["remote_ip"], out["remote_port"]) == (
+        client_ip,
+        cport,
+        server_ip,
+        sport,
+    )
+    assert (inb["local_ip"], inb["local_port"], inb["remote_ip"], inb["remote_port"]) == (
+        server_ip,
+        sport,
+        client_ip,
+        cport,
+    )
+    assert (out["bytes_sent"], out["bytes_received"]) == (123_457, 9_876)
+    assert (inb["bytes_sent"], inb["bytes_received"]) == (9_876, 123_457)
+    assert out["local_workload"] == f"k8s:pod/{lab.pod_uid}"
+    assert inb["local_workload"] == f"systemd:foo-{lab.tag}.service"
+    for r in rows:
+        assert r["state"] == "closed" and r["outcome"] == "established"
+        assert r["exporter"] == "lab-host" and r["region"] == "lab"
+        assert r["flow_id"].startswith("lab-host:")
+        assert r["nat_remote_ip"] is None and r["nat_remote_port"] is None
+        assert 0 < r["end_ns"] - r["start_ns"] < 10e9
+        assert abs(r["end_ns"] - time.time_ns()) < 30e9  # epoch ns, not boot time
+    assert out["flow_id"] != inb["flow_id"]
+    validate(lab.rows(), FLOWS)
+
+
+def test_dnat_resolved_to_real_backend(lab: Lab) -> None:
+    cport = lab.port()
+    srv = lab.server(lab.server_ip, 8080, recv=500, send=600)
+    finish(lab.client(ip=lab.vip, port=80, bind=lab.client_ip, bind_port=cport, send=500, recv=600))
+    finish(srv)
+    rows = lab.wait_rows(lambda r: cport in (r["local_port"], r["remote_port"]), 2)
+    out = next(r for r in rows if r["direction"] == "outbound")
+    inb = next(r for r in rows if r["direction"] == "inbound")
+    # The client's kernel saw the VIP; conntrack knows the backend.
+    assert (out["remote_ip"], out["remote_port"]) == (lab.vip, 80)
+    assert (out["nat_remote_ip"], out["nat_remote_port"]) == (lab.server_ip, 8080)
+    assert (out["bytes_sent"], out["bytes_received"]) == (500, 600)
+    assert (inb["local_ip"], inb["local_port"], inb["remote_ip"]) == (
+        lab.server_ip,
+        8080,
+        lab.client_ip,
+    )
+    assert inb["nat_remote_ip"] is None
+
+
+def test_refused_connection_is_a_named_closed_row(lab: Lab) -> None:
+    cport, dead = lab.port(), lab.port()
+    out = finish(
+        lab.client(ip=lab.server_ip, port=dead, bind=lab.client_ip, bind_port=cport, send=1, recv=1)
+    )
+    assert "refused" in out
+    (row,) = lab.wait_rows(lambda r: r["local_port"] == cport, 1)
+    assert row["outcome"] == "refused" and row["state"] == "closed"
+    assert row["direction"] == "outbound" and row["remote_port"] == dead
+    assert row["bytes_sent"] == 0 and row["bytes_received"] == 0
+    assert row["local_workload"] == f"k8s:pod/{lab.pod_uid}"
+
+
+def test_long_lived_connection_gets_active_snapshots(lab: Lab) -> None:
+    sport, cport = lab.port(), lab.port()
+    chunks = [10_000] * 8
+    srv = lab.server(lab.server_ip, sport, recv=sum(chunks), send=77)
+    cli = lab.client(
+        ip=lab.server_ip,
+        port=sport,
+        bind=lab.client_ip,
+        bind_port=cport,
+        chunks=chunks,
+        gap=0.45,
+        recv=77,
+    )
+    finish(cli, timeout=20)
+    finish(srv)
+    mine = lambda r: r["local_port"] == cport  # noqa: E731
+    lab.wait_rows(lambda r: mine(r) and r["state"] == "closed", 1)
+    rows = sorted((r for r in lab.rows().to_pylist() if mine(r)), key=lambda r: r["end_ns"])
+    active = [r for r in rows if r["state"] == "active"]
+    closed = [r for r in rows if r["state"] == "closed"]
+    assert len(closed) == 1 and len(active) >= 2, [(r["state"], r["bytes_sent"]) for r in rows]
+    assert {r["flow_id"] for r in rows} == {closed[0]["flow_id"]}
+    sent = [r["bytes_sent"] for r in active]
+    assert sent == sorted(sent) and sent[-1] > sent[0] > 0  # counters grow between snapshots
+    assert sent[-1] <= closed[0]["bytes_sent"] == sum(chunks)
+    for r in active:
+        assert r["start_ns"] == closed[0]["start_ns"]
+        assert (
+            r["end_ns"] - r["start_ns"] >= INTERVAL_S * 1e9
+        )  # only connections older than the interval
+        assert r["local_workload"] == f"k8s:pod/{lab.pod_uid}"
+        assert r["segs_sent"] > 0 and r["srtt_us"] > 0
+
+
+def test_removed_cgroup_still_named(lab: Lab) -> None:
+    gone = lab.root / "system.slice" / f"short-lived-{lab.tag}.service"
+    gone.mkdir(parents=True)
+    cg_id = gone.stat().st_ino
+    sport, cport = lab.port(), lab.port()
+    srv = lab.server(lab.server_ip, sport, recv=300, send=400)
+    # The workload lives a little (past one cgroup rescan), talks, exits; its cgroup goes at once.
+    cli = lab.spawn(
+        {
+            "role": "client",
+            "cgroup": str(gone),
+            "netns": lab.client_ns,
+            "wait": 1.3,
+            "ip": lab.server_ip,
+            "port": sport,
+            "bind": lab.client_ip,
+            "bind_port": cport,
+            "send": 300,
+            "recv": 400,
+        }
+    )
+    finish(cli)
+    finish(srv)
+    gone.rmdir()
+    assert not gone.exists()
+    (row,) = lab.wait_rows(lambda r: r["local_port"] == cport, 1)
+    assert row["local_workload"] == f"systemd:short-lived-{lab.tag}.service"
+    # And the name is still there for anything resolved after the removal.
+    probe = pa.Table.from_pylist(
+        [
+            {
+                **{f.name: None for f in RAW_SCHEMA},
+                "cgroup_id": cg_id,
+                "netns_ino": 1,
+                "local_ip": "10.0.0.1",
+                "local_port": 1,
+            }
+        ],
+        schema=RAW_SCHEMA,
+    )
+    assert lab.agent.identity.resolve(probe).to_pylist() == [
+        f"systemd:short-lived-{lab.tag}.service"
+    ]
+
+
+def test_agent_metrics_account_for_every_row(lab: Lab) -> None:
+    m = lab.agent.metrics()
+    for reason in ("ringbuf_full", "map_full"):
+        assert f"capture_drop_{reason}" in m
+    assert m["captured_rows"] >= m["closed_rows"] > 0
+    assert m["captured_rows"] == m["closed_rows"] + m["dropped_malformed_rows"]
+    assert m["nat_resolved"] >= 1 and m["snapshots"] >= 2
+
+
+def test_cli_stdout_and_sigterm_flushes_last_batch(lab: Lab, tmp_path: Path) -> None:
+    out = tmp_path / "cli-out"
+    ident = tmp_path / "identity.toml"
+    ident.write_text(f'[[register]]\nworkload = "registered-client"\nip = "{lab.client_ip}"\n')
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from flowtrail.cli import main; main()",
+            "agent",
+            "--stdout",
+            "--out",
+            str(out),
+            "--interval",
+            "60s",
+            "--identity",
+            str(ident),
+            "--exporter",
+            "cli-host",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "LOCAL_WORKLOAD" in proc.stdout.readline()  # header printed once attached
+        time.sleep(0.3)
+        sport, cport = exchange(lab, lab.server_ip, lab.client_ip, up=2048, down=4096)
+        deadline = time.monotonic() + 10
+        line = ""
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if f"{lab.client_ip}:{cport}" in line and "OUT" in line:
+                break
+        assert "registered-client" in line and f"{lab.server_ip}:{sport}" in line
+        proc.send_signal(signal.SIGTERM)  # the interval is 60 s: only the shutdown flush writes
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    files = list(out.glob("flows-*.parquet"))
+    assert len(files) == 1
+    rows = [r for r in pq.read_table(files[0]).to_pylist() if r["local_port"] == cport]
+    assert len(rows) == 1 and rows[0]["local_workload"] == "registered-client"
+    assert rows[0]["flow_id"].startswith("cli-host:")
+    assert "captured_rows=" in err
+
+
+def test_netns_gone_before_lookup_is_counted_not_fatal() -> None:
+    # A namespace inode nobody can enter any more: NAT lookups are skipped and counted.
+    nat = NatResolver(NetnsIndex(rescan_s=0))
+    raw = pa.Table.from_pylist(
+        [
+            {
+                **{f.name: None for f in RAW_SCHEMA},
+                "direction": "outbound",
+                "netns_ino": 1,
+                "pid": 0,
+                "local_ip": "10.0.0.1",
+                "local_port": 1,
+                "remote_ip": "10.0.0.2",
+                "remote_port": 2,
+            }
+        ],
+        schema=RAW_SCHEMA,
+    )
+    ip, port = nat.resolve(raw)
+    assert ip.to_pylist() == [None] and port.to_pylist() == [None]
+    assert nat.stats["nat_netns_unreachable"] == 1
+    assert os.path.exists("/proc/self/ns/net")
