@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from flowtrail.cli import main
 from flowtrail.errors import ContractError
 from flowtrail.evaluate import EvalReport, evaluate, format_report, format_side_by_side
+from flowtrail.evaluate.command import eval_command
 from flowtrail.schema import ATTRIBUTED, TRUTH
 
 S = 1_000_000_000  # one second in ns
@@ -449,3 +450,11 @@ def test_truth_schema_is_the_contracts() -> None:
     # The helper above builds exactly the contract's truth columns, so the tests use the
     # same shape a simulator writes.
     assert tuple(truth(("10.0.0.2", "a", 0, None)).column_names) == TRUTH.names
+
+
+def test_every_eval_option_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "evaluation.md").read_text()
+    flags = [opt for p in eval_command.params for opt in p.opts if opt.startswith("--")]
+    assert flags, "the command has options"
+    undocumented = [f for f in flags if f"`{f}" not in doc]
+    assert not undocumented, f"options missing from docs/evaluation.md: {undocumented}"
