@@ -42,6 +42,10 @@ class AgentConfig:
     interval_s: float = 60.0
     poll_ms: int = 200
     learn_every_s: float = 1.0  # how often live sockets' cgroups are learned, tree rescanned
+    # Polled rows are resolved together at most this often (or at `resolve_rows`): one
+    # conntrack dump per namespace serves many closes. Well within conntrack's 10 s CLOSE.
+    resolve_every_s: float = 0.1
+    resolve_rows: int = 65536
     snapshots: bool = True
 
 
@@ -73,6 +77,9 @@ class Agent:
         self.on_closed = on_closed
         self.clock_ns = clock_ns
         self._held: list[pa.Table] = []
+        self._polled: list[pa.RecordBatch] = []
+        self._polled_rows = 0
+        self._next_resolve = 0
         self._interval_ns = int(config.interval_s * 1e9)
         self._next_flush = clock_ns() + self._interval_ns
         self._next_learn = 0
@@ -150,16 +157,30 @@ class Agent:
             self.delivery.retry()
         return int(table.num_rows)
 
+    def _ingest_polled(self) -> None:
+        if not self._polled:
+            return
+        batches, self._polled, self._polled_rows = self._polled, [], 0
+        self.ingest(pa.Table.from_batches(batches).combine_chunks())
+
     def step(self) -> None:
         """Poll once and do whatever is due."""
         batch = self.capture.poll(self.config.poll_ms)
         if batch is not None and batch.num_rows:
-            self.ingest(batch)
+            check_raw(batch)
+            self._polled.append(batch)
+            self._polled_rows += batch.num_rows
         now = self.clock_ns()
+        if self._polled and (
+            now >= self._next_resolve or self._polled_rows >= self.config.resolve_rows
+        ):
+            self._ingest_polled()
+            self._next_resolve = now + int(self.config.resolve_every_s * 1e9)
         if now >= self._next_learn:
             self.learn()
             self._next_learn = now + int(self.config.learn_every_s * 1e9)
         if now >= self._next_flush:
+            self._ingest_polled()
             self.flush(now)
             self._next_flush = now + self._interval_ns
         else:
@@ -170,8 +191,10 @@ class Agent:
         while True:
             batch = self.capture.poll(0)
             if batch is None or batch.num_rows == 0:
-                return
-            self.ingest(batch)
+                break
+            check_raw(batch)
+            self._polled.append(batch)
+        self._ingest_polled()
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set, then drain, export the last batch and retry the spool."""
@@ -197,5 +220,5 @@ class Agent:
                 out[f"capture_drop_{reason}"] = count
         except RuntimeError:
             pass  # capture already closed
-        out["held_rows"] = sum(t.num_rows for t in self._held)
+        out["held_rows"] = sum(t.num_rows for t in self._held) + self._polled_rows
         return out

