@@ -484,3 +484,27 @@ def test_concurrent_closes_from_threads_are_all_recorded(cap: Capture) -> None:
     assert sorted((r["local_port"], r["remote_port"]) for r in rows) == sorted(pairs)
     assert len({r["sock_id"] for r in rows}) == 200
     assert pa.Table.from_pylist(rows, RAW_SCHEMA).num_rows == 200
+
+
+def test_libbpf_reader_gives_the_same_rows() -> None:
+    """The portable reader (libbpf's ring_buffer__poll) decodes to the same exact rows."""
+    with Capture(reader="libbpf", wakeup_bytes=0) as c:
+        listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+        ports = {client.getsockname()[1], listener.getsockname()[1]}
+        exchange(client, accepted, 777, 3333)
+        for s in (client, accepted, listener):
+            s.close()
+        rows = collect(c, lambda r: {r["local_port"], r["remote_port"]} == ports, 2)
+    got = sorted((r["direction"], r["bytes_sent"], r["bytes_received"]) for r in rows)
+    assert got == [("inbound", 3333, 777), ("outbound", 777, 3333)]
+
+
+def test_poll_timeout_bounds_latency_below_wakeup_threshold(cap: Capture) -> None:
+    """One record is far below wakeup_bytes: poll still returns it once its timeout passes."""
+    listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+    cport = client.getsockname()[1]
+    for s in (client, accepted, listener):
+        s.close()
+    t0 = time.monotonic()
+    rows = collect(cap, lambda r: r["local_port"] == cport, 1, timeout=3)
+    assert len(rows) == 1 and time.monotonic() - t0 < 2

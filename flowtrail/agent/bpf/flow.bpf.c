@@ -61,6 +61,13 @@ struct {
 	__type(value, __u64);
 } flow_seq SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_config);
+} flow_config SEC(".maps");
+
 /* A zeroed record to seed new map entries (too big for the 512-byte BPF stack many times over). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -174,6 +181,22 @@ static __always_inline int on_established(const struct trace_event_raw_inet_sock
 	return 0;
 }
 
+/*
+ * Waking the reader for every record costs more than the record at high close rates: wake it
+ * once wakeup_bytes are queued; below that it finds the records when its poll times out.
+ */
+static __always_inline __u64 wakeup_flags(void)
+{
+	__u32 zero = 0;
+	struct flow_config *cfg = bpf_map_lookup_elem(&flow_config, &zero);
+
+	if (!cfg || !cfg->wakeup_bytes)
+		return 0; /* the kernel's default: wake when the reader had caught up */
+	if (bpf_ringbuf_query(&flow_events, BPF_RB_AVAIL_DATA) >= cfg->wakeup_bytes)
+		return BPF_RB_FORCE_WAKEUP;
+	return BPF_RB_NO_WAKEUP;
+}
+
 static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_state *ctx,
 				    __u64 key)
 {
@@ -209,7 +232,7 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 		r->outcome = FLOW_OUTCOME_TIMEOUT;
 	else
 		r->outcome = FLOW_OUTCOME_FAILED;
-	bpf_ringbuf_submit(r, 0);
+	bpf_ringbuf_submit(r, wakeup_flags());
 	bpf_map_delete_elem(&flow_starts, &key);
 	return 0;
 }

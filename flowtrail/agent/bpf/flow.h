@@ -74,4 +74,9 @@ struct flow_record {
 	char comm[16];        /* comm of the task that called connect(); empty for accepted */
 };
 
+/* Settings user space writes into the one-entry `flow_config` array after load. */
+struct flow_config {
+	__u64 wakeup_bytes; /* wake the reader only once this much is queued (0: every record) */
+};
+
 #endif /* FLOWTRAIL_FLOW_H */
