@@ -37,8 +37,9 @@ def evaluate(
 ) -> EvalReport:
     """Judge `attributed` (the contract's attributed-flows table) against `truth`.
 
-    Both tables are validated against the contract first (a no-op cast for tables that came
-    from read_table). The paths only name the files in error messages.
+    Both tables are validated against the contract first, so in-memory tables get the same
+    checks as files (for a table from read_table the casts are no-ops; the value checks cost
+    about 0.4 s per 3 million rows). The paths only name the files in error messages.
     """
     attributed = validate(attributed, ATTRIBUTED, path=attributed_path)
     truth = validate(truth, TRUTH, path=truth_path)
