@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -458,3 +459,30 @@ def test_every_eval_option_is_documented() -> None:
     assert flags, "the command has options"
     undocumented = [f for f in flags if f"`{f}" not in doc]
     assert not undocumented, f"options missing from docs/evaluation.md: {undocumented}"
+
+
+def test_cli_csv_input_with_true_start_is_judged_at_the_true_start(tmp_path: Path) -> None:
+    _, t = write_inputs(tmp_path)
+    a = tmp_path / "attributed.csv"
+    table = attributed(
+        hb("api", start_ns=20 * S + 1, sim_true_start_ns=20 * S - 1),  # right at the true time
+        extra={"sim_true_start_ns": pa.int64()},
+    )
+    pacsv.write_csv(table, a)
+    args = ["eval", "--attributed", str(a), "--truth", str(t), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["time_column"] == "sim_true_start_ns"
+    assert (report["flows"]["correct"], report["flows"]["misattributed"]) == (1, 0)
+
+
+def test_cli_unwritable_out_exits_2_naming_the_flag(tmp_path: Path) -> None:
+    a, t = write_inputs(tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "report.json"  # its parent is a file
+    args = ["eval", "--attributed", str(a), "--truth", str(t), "--out", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "--out" in result.output and "Traceback" not in result.output
