@@ -156,3 +156,13 @@ def test_flag_parsing_names_the_flag() -> None:
     assert parse_size("4M", "--ringbuf") == 4 << 20
     with pytest.raises(InputError, match="--spool-max"):
         parse_size("lots", "--spool-max")
+
+
+def test_every_cli_option_is_documented() -> None:
+    from flowtrail.agent.command import agent
+
+    doc = (Path(__file__).parents[2] / "docs" / "agent.md").read_text()
+    for param in agent.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert f"`{opt}" in doc, f"{opt} is not documented in docs/agent.md"
