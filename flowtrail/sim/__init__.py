@@ -15,7 +15,7 @@ from flowtrail.sim.scenarios import (
     ScenarioConfig,
     scenario,
 )
-from flowtrail.sim.simulate import SimOutput, simulate, write_sim
+from flowtrail.sim.simulation import SimOutput, simulate, write_sim
 
 __all__ = [
     "CONN_ID_COLUMN",

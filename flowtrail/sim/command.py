@@ -16,7 +16,7 @@ from flowtrail.sim.scenarios import (
     Knob,
     parse_seconds,
 )
-from flowtrail.sim.simulate import SimOutput, simulate, write_sim
+from flowtrail.sim.simulation import SimOutput, simulate, write_sim
 
 
 def _knob_help(knob: Knob) -> str:

@@ -26,10 +26,11 @@ class Connections:
 
     mode: np.ndarray  # MODE_* actually used
     external: np.ndarray  # bool: caller has no agent (no client row)
+    client_inst: np.ndarray  # -1 for external callers
     client_service: np.ndarray  # -1 for external callers
     client_host: np.ndarray  # -1 for external callers
     client_addr: np.ndarray
-    client_port: np.ndarray
+    client_port: np.ndarray  # set by assign_ephemeral_ports once all chunks are joined
     server_service: np.ndarray
     server_host: np.ndarray
     server_addr: np.ndarray  # the backend instance's address
@@ -129,6 +130,14 @@ def _pick_lb(world: World, dep: np.ndarray, t: np.ndarray) -> np.ndarray:
     return stepped
 
 
+def _take(values: np.ndarray, idx: np.ndarray, fill: int) -> np.ndarray:
+    """values[idx], with `fill` where idx < 0 (also when `values` is empty)."""
+    if len(values) == 0:
+        return np.full(len(idx), fill, dtype=values.dtype)
+    out: np.ndarray = np.where(idx >= 0, values[np.maximum(idx, 0)], fill)
+    return out
+
+
 def generate(
     world: World, graph: Graph, cfg: ScenarioConfig, rng: np.random.Generator, n: int
 ) -> Connections:
@@ -189,7 +198,7 @@ def generate(
     is_lb = mode == MODE_LB
     lb = np.full(n, -1, dtype=np.int64)
     lb[is_lb] = _pick_lb(world, dep_s[is_lb], t[is_lb])
-    lb_release = np.where(is_lb, world.lb_release_ns[np.maximum(lb, 0)], NEVER)
+    lb_release = np.where(is_lb, _take(world.lb_release_ns, lb, NEVER), NEVER)
     lb_limit = np.where(lb_release == NEVER, NEVER, lb_release - 1_000)
     end = np.minimum(np.minimum(t + dur_ns, client_drain), lb_limit)
 
@@ -224,7 +233,7 @@ def generate(
     front = np.where(
         mode == MODE_VIP,
         world.dep_vip[dep_s],
-        np.where(is_lb, world.lb_addr[np.maximum(lb, 0)], -1),
+        np.where(is_lb, _take(world.lb_addr, lb, -1), -1),
     ).astype(np.int32)
     svc_port = world.service_port[server_svc]
     front_port = np.where(mode == MODE_DIRECT, svc_port, world.service_vip_port[server_svc])
@@ -243,16 +252,17 @@ def generate(
         mode=mode[k],
         external=external[k],
         client_service=client_svc[k],
+        client_inst=client[k],
         client_host=np.where(external, -1, world.inst_host[csafe])[k].astype(np.int32),
         client_addr=client_addr[k],
-        client_port=rng.integers(32768, 61000, n, dtype=np.int32)[k],
+        client_port=np.zeros(len(k), np.int32),
         server_service=server_svc[k],
         server_host=world.inst_host[bsafe][k],
         server_addr=server_addr[k],
         server_port=svc_port[k],
         front_addr=front[k],
         front_port=front_port[k].astype(np.int32),
-        lb_port=rng.integers(1024, 65536, n, dtype=np.int32)[k],
+        lb_port=np.zeros(len(k), np.int32),
         nat_missing=((mode == MODE_VIP) & (rng.random(n) < cfg.nat_missing))[k],
         start_ns=t[k],
         end_ns=end[k],
@@ -268,3 +278,39 @@ def generate(
         dropped_no_client=dropped_no_client,
         dropped_no_server=dropped_no_server,
     )
+
+
+EPHEMERAL_LO, EPHEMERAL_N = 32768, 28232  # Linux's default ip_local_port_range 32768..60999
+
+
+def assign_ephemeral_ports(c: Connections, n_instances: int) -> None:
+    """Source ports the way Linux roughly picks them: a hashed offset per (source, destination)
+    plus a counter stepping by 2, so connections of one source to one destination never share
+    a 4-tuple while they overlap (ports repeat only after ~14k connections to that destination).
+    The LB's legs to its backends get ports the same way, keyed by the LB's address."""
+    # Client legs: the source is the client instance (its own kernel), or the external address.
+    source = np.where(c.client_inst >= 0, c.client_inst, n_instances + c.client_addr)
+    dest = np.where(c.front_addr >= 0, c.front_addr, c.server_addr)
+    c.client_port[:] = _ports(source, dest, c.front_port, c.start_ns)
+    # LB -> backend legs: the LB's address is the source.
+    c.lb_port[:] = _ports(
+        c.front_addr.astype(np.int64), c.server_addr, c.server_port, c.server_start_ns
+    )
+
+
+def _ports(source: np.ndarray, dest: np.ndarray, dport: np.ndarray, t: np.ndarray) -> np.ndarray:
+    src = source.astype(np.uint64)
+    dst = dest.astype(np.uint64)
+    dp = dport.astype(np.uint64)
+    order = np.lexsort((t, dp, dst, src))
+    s, d, p = src[order], dst[order], dp[order]
+    new_group = np.r_[True, (s[1:] != s[:-1]) | (d[1:] != d[:-1]) | (p[1:] != p[:-1])]
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(s)), 0))
+    rank = (np.arange(len(s)) - group_start).astype(np.uint64)
+    mix = (s * np.uint64(0x9E3779B97F4A7C15)) ^ (d * np.uint64(0xC2B2AE3D27D4EB4F)) ^ p
+    mix ^= mix >> np.uint64(29)
+    port = np.empty(len(s), np.int32)
+    port[order] = EPHEMERAL_LO + ((mix + np.uint64(2) * rank) % np.uint64(EPHEMERAL_N)).astype(
+        np.int32
+    )
+    return port

@@ -162,6 +162,60 @@ def test_both_rows_of_a_connection_mirror_each_other(hostile: SimOutput) -> None
     assert (diff != 0).mean() > 0.9
 
 
+def test_no_two_live_connections_share_a_four_tuple() -> None:
+    """A kernel cannot hold two connections with one 4-tuple at once; peers match on it.
+
+    A dense world (two services, one or two instances each, half the connections long-lived)
+    makes random source ports collide (about 30 overlaps for this seed); Linux-like ports don't.
+    """
+    import polars as pl
+
+    out = simulate(
+        "churny", seed=5, flows=60_000, services=2, replicas=1, hosts=2, long_lived=0.5,
+        lifetime=900, duration=600, lb_share=0, vip_share=0,
+    )  # fmt: skip
+    closed = out.flows.filter(pc.equal(out.flows.column("state"), "closed"))
+    f = pl.from_arrow(closed)
+    assert isinstance(f, pl.DataFrame)
+    tup = ["exporter", "local_ip", "local_port", "remote_ip", "remote_port"]
+    f = f.with_columns(
+        true_end=pl.col("end_ns") - (pl.col("start_ns") - pl.col("sim_true_start_ns"))
+    ).sort([*tup, "sim_true_start_ns"])
+    f = f.with_columns(prev_end=pl.col("true_end").cum_max().shift(1).over(tup))
+    overlapping = f.filter(pl.col("prev_end") > pl.col("sim_true_start_ns"))
+    assert f.height > 15_000
+    assert overlapping.height == 0, overlapping.head(3)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"lb_share": 0, "vip_share": 0, "external_share": 1},
+        {"lb_share": 1, "vip_share": 0, "ipv6_share": 1},
+        {"lb_share": 0, "vip_share": 1, "both_regions": 1, "cross_region": 1},
+        {"services": 2, "hosts": 2, "replicas": 1, "pool_slack": 1, "lifetime": 0.5},
+        {"lost_batches": 1},
+        {"flows": 1, "duration": 1},
+    ],
+)
+def test_extreme_knobs_still_give_truthful_output(knobs: dict[str, float]) -> None:
+    out = simulate("hostile", seed=1, **{"flows": 3_000, "duration": 300, **knobs})
+    validate(out.flows, FLOWS)
+    validate(out.events, EVENTS)
+    validate(out.truth, TRUTH)
+    if out.flows.num_rows == 0:
+        assert knobs.get("lost_batches") == 1 and out.stats["flow_rows"]["lost_rows"] > 0
+        return
+    f = out.flows
+    target = pc.coalesce(f.column("nat_remote_ip"), f.column("remote_ip")).to_numpy(
+        zero_copy_only=False
+    )
+    owners = owner_at(out.truth, target, col(f, "sim_true_start_ns"))
+    assert (owners[~in_net(target, EXTERNAL_NET)] != "").all()
+    wl = col(f, "local_workload").astype(str)
+    assert (owner_at(out.truth, col(f, "local_ip"), col(f, "sim_true_start_ns")) == wl).all()
+
+
 def test_vip_rows_name_vip_and_backend(hostile: SimOutput) -> None:
     f = hostile.flows
     vip = in_net(col(f, "remote_ip"), ipaddress.ip_network("172.16.0.0/12"))

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from flowtrail.errors import InputError
 from flowtrail.sim.addresses import regions_table
-from flowtrail.sim.connections import build_graph, generate
+from flowtrail.sim.connections import assign_ephemeral_ports, build_graph, generate
 from flowtrail.sim.ownership import events_table, ownership, reuse_stats, truth_table
 from flowtrail.sim.rows import build_rows
 from flowtrail.sim.scenarios import ScenarioConfig, scenario
@@ -72,6 +72,7 @@ def simulate(
     # (Rows per *asked* connection, so connections dropped for want of a live instance count.)
     asked = min(_PILOT, max(cfg.flows, 1000))
     pilot = generate(world, graph, cfg, pilot_rng, asked)
+    assign_ephemeral_ports(pilot, len(world.inst_slot))
     pilot_rows, _ = build_rows(world, pilot, cfg, pilot_rng)
     per_conn = max(pilot_rows.num_rows / asked, 0.1)
     n_conn = max(round(cfg.flows / per_conn), 1)
@@ -86,6 +87,7 @@ def simulate(
         if n_conn > _CHUNK:
             say(f"connections: {done:,}/{n_conn:,}")
     conns = _concat(conn_parts)
+    assign_ephemeral_ports(conns, len(world.inst_slot))
     flows, row_stats = build_rows(world, conns, cfg, row_rng)
     say(f"flows: {flows.num_rows:,} rows")
 
