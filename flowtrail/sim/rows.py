@@ -41,6 +41,7 @@ class RowStats:
     late_batches: int
     late_rows: int
     nat_missing_rows: int
+    unknown_local_rows: int
 
 
 def _ends(world: World, c: Connections) -> dict[str, np.ndarray]:
@@ -114,6 +115,10 @@ def build_rows(
     late_lo = min(60.0, cfg.late_batch_delay)
     late_extra = np.where(late, rng.uniform(late_lo, cfg.late_batch_delay, n_batches) * NS, 0)
     net_delay = rng.lognormal(np.log(0.05), 0.8, n_batches) * NS  # collector is ~50 ms away
+    # Ends whose agent cannot name the local workload: decided per end, so snapshots agree.
+    # (Drawn after the batches, so that the lost/late pattern does not depend on --flows.)
+    unknown = rng.random(len(host)) < cfg.unknown_local
+    e["service"] = np.where(unknown, -1, e["service"])
     batch = host[rep].astype(np.int64) * n_k + k + _K_OFFSET
     all_rows = np.bincount(batch, minlength=n_batches)  # before losses, for the counts
     keep = ~lost[batch]
@@ -173,6 +178,7 @@ def build_rows(
         late_batches=int((late & nonempty).sum()),
         late_rows=int(batch_rows[late].sum()),
         nat_missing_rows=int(e["nat_missing"][rep].sum()),
+        unknown_local_rows=int(table.column("local_workload").null_count),
     )
     return table, stats
 
@@ -187,7 +193,7 @@ def _to_table(world: World, cols: dict[str, np.ndarray]) -> pa.Table:
         return pa.array(p, pa.int32(), mask=p < 0)
 
     def names(values: list[str] | tuple[str, ...], idx: np.ndarray) -> pa.Array:
-        return pa.array(list(values), pa.string()).take(pa.array(idx, pa.int32()))
+        return pa.array(list(values), pa.string()).take(pa.array(idx, pa.int32(), mask=idx < 0))
 
     flow_id = pa.array(cols["conn"] * 2 + cols["side"], pa.int64()).cast(pa.string())
     region = world.host_region[cols["host"]]

@@ -66,6 +66,14 @@ KNOBS: tuple[Knob, ...] = (
     Knob("cross_region", float, "fraction of calls sent to the other region when possible", 0, 1),
     Knob("ipv6_share", float, "fraction of services dual-stack (IPv4 + IPv6 addresses)", 0, 1),
     Knob("external_share", float, "fraction of calls from agent-less external callers", 0, 1),
+    Knob(
+        "unknown_local",
+        float,
+        "fraction of connection ends whose agent can't name the local "
+        "workload (null local_workload)",
+        0,
+        1,
+    ),
 )
 
 KNOB_BY_NAME = {k.name: k for k in KNOBS}
@@ -104,6 +112,7 @@ class ScenarioConfig:
     cross_region: float
     ipv6_share: float
     external_share: float
+    unknown_local: float
 
     def validate(self) -> ScenarioConfig:
         """Raise InputError naming the flag of the first bad knob; return self when sound."""
@@ -189,6 +198,7 @@ _CALM = ScenarioConfig(
     cross_region=0.1,
     ipv6_share=0.25,
     external_share=0.0,
+    unknown_local=0.0,
 )
 
 _CHURNY = dataclasses.replace(
@@ -213,6 +223,7 @@ _CHURNY = dataclasses.replace(
     nat_missing=0.03,
     long_lived=0.03,
     external_share=0.003,
+    unknown_local=0.002,
 )
 
 _HOSTILE = dataclasses.replace(
@@ -236,6 +247,7 @@ _HOSTILE = dataclasses.replace(
     nat_missing=0.05,
     long_lived=0.04,
     external_share=0.005,
+    unknown_local=0.005,
 )
 
 _REUSE_STORM = dataclasses.replace(

@@ -132,9 +132,12 @@ def test_local_side_is_truthful_from_start_to_end(hostile: SimOutput) -> None:
     skew = col(f, "start_ns") - true_start
     true_end = col(f, "end_ns") - skew
     local = col(f, "local_ip")
-    wl = col(f, "local_workload").astype(str)
-    assert (owner_at(hostile.truth, local, true_start) == wl).all()
-    assert (owner_at(hostile.truth, local, true_end) == wl).all()
+    wl = col(f, "local_workload")
+    known = np.array([w is not None for w in wl])
+    # hostile: 0.5% of ends have no local workload (the agent could not tell); never a wrong one.
+    assert 0.002 < 1 - known.mean() < 0.01
+    assert (owner_at(hostile.truth, local, true_start)[known] == wl[known].astype(str)).all()
+    assert (owner_at(hostile.truth, local, true_end)[known] == wl[known].astype(str)).all()
 
 
 def test_both_rows_of_a_connection_mirror_each_other(hostile: SimOutput) -> None:
@@ -212,8 +215,10 @@ def test_extreme_knobs_still_give_truthful_output(knobs: dict[str, float]) -> No
     )
     owners = owner_at(out.truth, target, col(f, "sim_true_start_ns"))
     assert (owners[~in_net(target, EXTERNAL_NET)] != "").all()
-    wl = col(f, "local_workload").astype(str)
-    assert (owner_at(out.truth, col(f, "local_ip"), col(f, "sim_true_start_ns")) == wl).all()
+    wl = col(f, "local_workload")
+    known = np.array([w is not None for w in wl])
+    owners = owner_at(out.truth, col(f, "local_ip"), col(f, "sim_true_start_ns"))
+    assert (owners[known] == wl[known].astype(str)).all()
 
 
 def test_vip_rows_name_vip_and_backend(hostile: SimOutput) -> None:
