@@ -72,6 +72,7 @@ class CgroupPaths:
         self._lock = threading.Lock()
         self._libc: ctypes.CDLL | None = None
         self._by_handle_ok = True
+        self._missing: dict[int, None] = {}  # ids the kernel could not open: gone for good
         self.stats = {"cgroup_lookups": 0, "cgroup_unknown": 0}
 
     def _remember(self, cg_id: int, path: str) -> None:
@@ -126,10 +127,17 @@ class CgroupPaths:
             known = self._paths.get(cg_id)
         if known is not None:
             return known
+        if cg_id in self._missing:
+            return None
         self.stats["cgroup_lookups"] += 1
         found = self._by_handle(cg_id)
         if found is None:
+            # Ids are never reused, so a cgroup that cannot be opened now never will be;
+            # only a scan that still finds it (a race with creation) can name it later.
             self.stats["cgroup_unknown"] += 1
+            if len(self._missing) >= self.max_cached:
+                self._missing.pop(next(iter(self._missing)))
+            self._missing[cg_id] = None
             return None
         with self._lock:
             self._remember(cg_id, found)

@@ -43,9 +43,11 @@ class AgentConfig:
     poll_ms: int = 200
     learn_every_s: float = 1.0  # how often live sockets' cgroups are learned, tree rescanned
     # Polled rows are resolved together at most this often (or at `resolve_rows`): one
-    # conntrack dump per namespace serves many closes. Well within conntrack's 10 s CLOSE.
-    resolve_every_s: float = 0.1
+    # conntrack dump per namespace (~7 ms: it walks the kernel's global conntrack hash) serves
+    # every close of the round. Well within conntrack's 10 s CLOSE timeout.
+    resolve_every_s: float = 0.5
     resolve_rows: int = 65536
+    backlog_rows: int = 2_000_000  # read from the ring but not yet resolved: memory bound
     snapshots: bool = True
 
 
@@ -78,6 +80,9 @@ class Agent:
         self.clock_ns = clock_ns
         self._held: list[pa.Table] = []
         self._polled: list[pa.RecordBatch] = []
+        self._lock = threading.Lock()
+        self._queue: list[pa.RecordBatch] = []  # filled by the reader thread in `run`
+        self._queued_rows = 0
         self._polled_rows = 0
         self._next_resolve = 0
         self._interval_ns = int(config.interval_s * 1e9)
@@ -89,6 +94,7 @@ class Agent:
             "dropped_malformed_rows": 0,
             "active_rows": 0,
             "intervals": 0,
+            "backlog_dropped_rows": 0,
         }
 
     # -- one step at a time (tests drive these directly) -------------------------------------
@@ -163,13 +169,13 @@ class Agent:
         batches, self._polled, self._polled_rows = self._polled, [], 0
         self.ingest(pa.Table.from_batches(batches).combine_chunks())
 
-    def step(self) -> None:
-        """Poll once and do whatever is due."""
-        batch = self.capture.poll(self.config.poll_ms)
+    def _accept(self, batch: pa.RecordBatch | None) -> None:
         if batch is not None and batch.num_rows:
             check_raw(batch)
             self._polled.append(batch)
             self._polled_rows += batch.num_rows
+
+    def _do_due(self) -> None:
         now = self.clock_ns()
         if self._polled and (
             now >= self._next_resolve or self._polled_rows >= self.config.resolve_rows
@@ -186,22 +192,55 @@ class Agent:
         else:
             self.delivery.retry()
 
+    def step(self) -> None:
+        """Poll once and do whatever is due (single-threaded use; `run` reads in a thread)."""
+        self._accept(self.capture.poll(self.config.poll_ms))
+        self._do_due()
+
     def drain(self) -> None:
         """Take everything capture still holds (at shutdown)."""
+        self._take_queued()
         while True:
             batch = self.capture.poll(0)
             if batch is None or batch.num_rows == 0:
                 break
-            check_raw(batch)
-            self._polled.append(batch)
+            self._accept(batch)
         self._ingest_polled()
+
+    def _read_loop(self, stop: threading.Event) -> None:
+        """Only empties the ring buffer into memory, so slow work (a Parquet write, a conntrack
+        dump, a CPU-starved moment) never leaves the kernel's ring full. Bounded: past
+        `backlog_rows` the newest batch is dropped and counted."""
+        while not stop.is_set():
+            batch = self.capture.poll(self.config.poll_ms)
+            if batch is None or batch.num_rows == 0:
+                continue
+            with self._lock:
+                if self._queued_rows + batch.num_rows > self.config.backlog_rows:
+                    self.counters["backlog_dropped_rows"] += batch.num_rows
+                    continue
+                self._queue.append(batch)
+                self._queued_rows += batch.num_rows
+
+    def _take_queued(self) -> None:
+        with self._lock:
+            batches, self._queue, self._queued_rows = self._queue, [], 0
+        for batch in batches:
+            self._accept(batch)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until `stop` is set, then drain, export the last batch and retry the spool."""
+        reader = threading.Thread(
+            target=self._read_loop, args=(stop,), name="flowtrail-capture-reader", daemon=True
+        )
+        reader.start()
         try:
-            while not stop.is_set():
-                self.step()
+            while not stop.wait(self.config.resolve_every_s / 2):
+                self._take_queued()
+                self._do_due()
         finally:
+            stop.set()
+            reader.join()
             self.drain()
             self.flush(snapshots=False)
             self.delivery.retry(force=True)
@@ -221,4 +260,5 @@ class Agent:
         except RuntimeError:
             pass  # capture already closed
         out["held_rows"] = sum(t.num_rows for t in self._held) + self._polled_rows
+        out["queued_rows"] = self._queued_rows
         return out
