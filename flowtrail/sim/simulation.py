@@ -20,7 +20,8 @@ from flowtrail.sim.addresses import regions_table
 from flowtrail.sim.connections import assign_ephemeral_ports, build_graph, generate
 from flowtrail.sim.ownership import events_table, ownership, reuse_stats, truth_table
 from flowtrail.sim.rows import build_rows
-from flowtrail.sim.scenarios import ScenarioConfig, scenario
+from flowtrail.sim.scenarios import ScenarioConfig
+from flowtrail.sim.scenarios import scenario as named_scenario
 from flowtrail.sim.world import build_world
 from flowtrail.tables import write_table
 
@@ -42,15 +43,13 @@ class SimOutput:
 
 
 def simulate(
-    scenario_or_config: str | ScenarioConfig,
+    scenario: str | ScenarioConfig,
     seed: int = 0,
     progress: Progress | None = None,
     **knobs: Any,
 ) -> SimOutput:
     """Simulate a fleet. `knobs` override the scenario's (e.g. flows=2_000_000, max_skew=50)."""
-    base = (
-        scenario(scenario_or_config) if isinstance(scenario_or_config, str) else scenario_or_config
-    )
+    base = named_scenario(scenario) if isinstance(scenario, str) else scenario
     cfg = base.with_knobs(**knobs).validate()
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise InputError(f"--seed: must be an integer in 0..2**63-1, got {seed!r}")

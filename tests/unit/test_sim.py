@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from flowtrail.cli import main
 from flowtrail.errors import InputError
 from flowtrail.schema import EVENTS, FLOWS, REGIONS, TRUTH
-from flowtrail.sim import KNOBS, SimOutput, simulate, write_sim
+from flowtrail.sim import KNOBS, SCENARIOS, SimOutput, simulate, write_sim
 from flowtrail.sim.addresses import region_of
 from flowtrail.tables import read_table, validate
 
@@ -395,6 +395,14 @@ def test_flows_knob_sets_row_count() -> None:
 def test_bad_knobs_name_the_flag(knobs: dict[str, float], needle: str) -> None:
     with pytest.raises(InputError, match=needle):
         simulate("churny", seed=0, **knobs)
+
+
+def test_api_takes_a_config_or_a_name() -> None:
+    cfg = SCENARIOS["calm"].with_knobs(flows=2_000, duration=120.0)
+    by_config = simulate(scenario=cfg, seed=5)
+    by_name = simulate(scenario="calm", seed=5, flows=2_000, duration=120.0)
+    assert by_config.flows.equals(by_name.flows)
+    assert by_config.config == by_name.config
 
 
 def test_unknown_scenario_lists_the_known_ones() -> None:
