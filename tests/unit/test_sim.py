@@ -97,6 +97,15 @@ def test_same_seed_same_output_other_seed_differs() -> None:
     assert not a.truth.equals(c.truth)
 
 
+def test_more_flows_same_world() -> None:
+    """--flows scales the traffic only: the fleet, its truth and its event feed stay put."""
+    small = simulate("hostile", seed=8, flows=3_000, duration=300)
+    big = simulate("hostile", seed=8, flows=12_000, duration=300)
+    assert small.truth.equals(big.truth)
+    assert small.events.equals(big.events)
+    assert 3 < big.flows.num_rows / small.flows.num_rows < 5
+
+
 def test_truth_intervals_of_one_ip_never_overlap(hostile: SimOutput) -> None:
     t = hostile.truth.sort_by([("ip", "ascending"), ("from_ns", "ascending")])
     ip = col(t, "ip").astype(str)
