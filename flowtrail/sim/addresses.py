@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
+from flowtrail.errors import InputError
 from flowtrail.schema import REGIONS
 
 REGION_NAMES = ("us-east", "eu-west")
@@ -24,16 +25,19 @@ REGION_PREFIXES: tuple[tuple[str, str], ...] = (
     ("10.70.0.0/16", "us-east"),
     ("fd00:ab::/32", "us-east"),
     ("fd00:ab:e000::/36", "eu-west"),
-    ("198.51.100.0/24", "us-east"),
-    ("198.51.100.128/25", "eu-west"),
+    ("198.18.0.0/15", "us-east"),
+    ("198.19.0.0/16", "eu-west"),
     ("172.16.0.0/12", "us-east"),
     ("172.24.0.0/16", "eu-west"),
 )
 
 # Pools draw from these subnets, interleaved when a region has several.
-POD_V4 = {"us-east": ("10.1.0.0/16", "10.70.0.0/16"), "eu-west": ("10.65.0.0/16",)}
+POD_V4 = {
+    "us-east": ("10.1.0.0/16", "10.70.0.0/16", "10.8.0.0/13"),
+    "eu-west": ("10.65.0.0/16", "10.72.0.0/13"),
+}
 POD_V6 = {"us-east": ("fd00:ab:1::/64",), "eu-west": ("fd00:ab:e001::/64",)}
-LB_V4 = {"us-east": ("198.51.100.0/25",), "eu-west": ("198.51.100.128/25",)}
+LB_V4 = {"us-east": ("198.18.0.0/16",), "eu-west": ("198.19.0.0/16",)}  # RFC 2544 range
 VIP_V4 = {"us-east": ("172.16.0.0/16",), "eu-west": ("172.24.0.0/16",)}
 EXTERNAL_V4 = "203.0.113.0/24"  # TEST-NET-3: agent-less callers, deliberately in no region
 
@@ -60,7 +64,10 @@ class AddressBook:
                 out.append(len(self._texts))
                 self._texts.append(str(ip))
             if not progressed:
-                raise ValueError(f"{what}: pool of {size} addresses exceeds {subnets}")
+                raise InputError(
+                    f"the {what} address pool needs {size:,} addresses, more than "
+                    f"{', '.join(subnets)} hold: lower --services, --replicas or --pool-slack"
+                )
         return out
 
     def __len__(self) -> int:

@@ -24,7 +24,7 @@ from flowtrail.sim.addresses import region_of
 from flowtrail.tables import read_table, validate
 
 NS = 1_000_000_000
-LB_NET = ipaddress.ip_network("198.51.100.0/24")
+LB_NET = ipaddress.ip_network("198.18.0.0/15")
 EXTERNAL_NET = ipaddress.ip_network("203.0.113.0/24")
 
 
@@ -398,6 +398,7 @@ def test_flows_knob_sets_row_count() -> None:
         ({"max_skew": 40_000}, "--max-skew"),
         ({"flows": 2.5}, "--flows"),
         ({"lb_share": 0.7, "vip_share": 0.7}, "--vip-share"),
+        ({"pool_slack": 200_000}, "--pool-slack: must be at most 100000"),
         ({"bogus": 1}, "bogus"),
     ],
 )
