@@ -84,7 +84,7 @@ RECORD_SIZE = FLOW_DTYPE.itemsize
 SEQ_SYN_ACKED, SEQ_FIN_ACKED, SEQ_FIN_RECEIVED = 1, 2, 4
 
 # enum flow_drop_reason (bpf/flow.h), in index order.
-DROP_REASONS = ("ringbuf_full", "map_full", "untracked_close", "read_failed")
+DROP_REASONS = ("ringbuf_full", "map_full", "untracked_close", "read_failed", "stale_start")
 
 # enum flow_direction / enum flow_outcome (bpf/flow.h) to RAW_SCHEMA text, by code.
 _DIRECTIONS = pa.array([None, "outbound", "inbound"], pa.string())
@@ -315,6 +315,7 @@ class Capture:
         self.tracefs = tracefs
         self.object_path = Path(object_path)
         self.reader = reader
+        self._prog_fd = -1
         # default: wake the reader when an eighth of the ring is queued
         self.wakeup_bytes = ringbuf_bytes // 8 if wakeup_bytes is None else wakeup_bytes
         if not 0 <= self.wakeup_bytes <= ringbuf_bytes:
@@ -356,6 +357,7 @@ class Capture:
                 name: obj.map_fd(name)
                 for name in ("flow_starts", "flow_events", "flow_drops", "flow_seq", "flow_config")
             }
+            self._prog_fd = obj.prog_fd(PROGRAM)
             self._seed_sock_ids()
             libbpf.map_update(
                 self._fds["flow_config"], ctypes.c_uint32(0), ctypes.c_uint64(self.wakeup_bytes)
@@ -453,6 +455,8 @@ class Capture:
             libbpf.map_lookup(fd, key, values)
             out[reason] = int(sum(values))
         out["bad_record_size"] = self._ring.bad_size if self._ring is not None else 0
+        # events the kernel never ran the program for (nested on one CPU): closes or opens lost
+        out["recursion_miss"] = libbpf.prog_recursion_misses(self._prog_fd)
         return out
 
     # -- internals ---------------------------------------------------------------------------

@@ -98,6 +98,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_program__attach": (_P, [_P]),
+    "bpf_program__fd": (ctypes.c_int, [_P]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
@@ -225,6 +227,15 @@ class BpfObject:
             raise _errno_error(f"bpf_program__attach({prog_name})")
         return Link(int(link))
 
+    def prog_fd(self, prog_name: str) -> int:
+        prog = lib().bpf_object__find_program_by_name(self._obj(), prog_name.encode())
+        if not prog:
+            raise KeyError(f"no program {prog_name!r} in {self.path}")
+        fd = int(lib().bpf_program__fd(prog))
+        if fd < 0:
+            raise _errno_error(f"bpf_program__fd({prog_name})", -fd)
+        return fd
+
     def close(self) -> None:
         if self._ptr is not None:
             lib().bpf_object__close(self._ptr)
@@ -280,6 +291,25 @@ def map_lookup_batched(
         token_in.value = token_out.value
         first = False
     return total
+
+
+# struct bpf_prog_info (uapi linux/bpf.h): stable ABI offsets of the run statistics
+_PROG_INFO_SIZE = 232
+_PROG_INFO_RECURSION_MISSES = 208
+
+
+def prog_recursion_misses(prog_fd: int) -> int:
+    """How often the kernel skipped the program because one was already running on that CPU
+    (a tracepoint hit from softirq while the program ran in process context)."""
+    info = (ctypes.c_uint8 * _PROG_INFO_SIZE)()
+    length = ctypes.c_uint32(_PROG_INFO_SIZE)
+    if lib().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(length)) != 0:
+        raise _errno_error("bpf_obj_get_info_by_fd")
+    if length.value < _PROG_INFO_RECURSION_MISSES + 8:
+        return 0  # a kernel too old to count them
+    return int.from_bytes(
+        bytes(info[_PROG_INFO_RECURSION_MISSES : _PROG_INFO_RECURSION_MISSES + 8]), "little"
+    )
 
 
 class RingBuffer:

@@ -19,6 +19,7 @@
 #define IPPROTO_TCP 6
 #define ECONNREFUSED 111
 #define ETIMEDOUT 110
+#define EEXIST 17
 
 /* TCP states as the tracepoint reports them (include/net/tcp_states.h) */
 #define TCP_ESTABLISHED 1
@@ -92,13 +93,16 @@ static __always_inline void fill_tuple(struct flow_record *r,
 	r->sport = ctx->sport;
 	r->dport = ctx->dport;
 	/* the verifier forbids loads through an offset ctx pointer: copy with the read helper */
-	if (ctx->family == AF_INET) {
-		bpf_probe_read_kernel(r->saddr, 4, ctx->saddr);
-		bpf_probe_read_kernel(r->daddr, 4, ctx->daddr);
-	} else {
-		bpf_probe_read_kernel(r->saddr, 16, ctx->saddr_v6);
-		bpf_probe_read_kernel(r->daddr, 16, ctx->daddr_v6);
-	}
+	long err;
+
+	if (ctx->family == AF_INET)
+		err = bpf_probe_read_kernel(r->saddr, 4, ctx->saddr) |
+		      bpf_probe_read_kernel(r->daddr, 4, ctx->daddr);
+	else
+		err = bpf_probe_read_kernel(r->saddr, 16, ctx->saddr_v6) |
+		      bpf_probe_read_kernel(r->daddr, 16, ctx->daddr_v6);
+	if (err)
+		count_drop(FLOW_DROP_READ_FAILED); /* the record goes on, its addresses zero */
 }
 
 static __always_inline void fill_identity(struct flow_record *r, struct sock *sk)
@@ -148,6 +152,7 @@ static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_st
 	struct flow_record *r = bpf_map_lookup_elem(&flow_scratch, &zero);
 	__u64 *seq = bpf_map_lookup_elem(&flow_seq, &zero);
 	struct sock *sk = (struct sock *)ctx->skaddr;
+	long err;
 
 	if (!r || !seq)
 		return 0;
@@ -162,7 +167,12 @@ static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_st
 	}
 	fill_tuple(r, ctx);
 	fill_identity(r, sk);
-	if (bpf_map_update_elem(&flow_starts, &key, r, BPF_NOEXIST) != 0)
+	err = bpf_map_update_elem(&flow_starts, &key, r, BPF_NOEXIST);
+	if (err == -EEXIST) {
+		count_drop(FLOW_DROP_STALE_START);
+		err = bpf_map_update_elem(&flow_starts, &key, r, BPF_EXIST);
+	}
+	if (err != 0)
 		count_drop(FLOW_DROP_MAP_FULL);
 	return 0;
 }
@@ -221,6 +231,10 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 		fill_tuple(r, ctx);
 	fill_identity(r, sk);
 	fill_counters(r, sk);
+	/* closing from any state past the handshake means it was established, even when the
+	 * ESTABLISHED transition itself was missed (a nested tracepoint the kernel skipped) */
+	if (ctx->oldstate != TCP_SYN_SENT && ctx->oldstate != TCP_SYN_RECV)
+		r->established = 1;
 	r->seq_flags = seq_flags(r, sk, ctx->oldstate);
 	err = BPF_CORE_READ(sk, sk_err);
 	r->sk_err = err;

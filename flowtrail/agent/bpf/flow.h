@@ -33,7 +33,9 @@ enum flow_drop_reason {
 	FLOW_DROP_MAP_FULL = 1,       /* a new socket found no room in flow_starts: never reported */
 	FLOW_DROP_UNTRACKED_CLOSE = 2, /* a socket closed that opened before capture started */
 	FLOW_DROP_READ_FAILED = 3,    /* a kernel read of the socket failed */
-	FLOW_DROP__COUNT = 4,
+	FLOW_DROP_STALE_START = 4,    /* a new socket found an old entry at its address (that
+				       * socket's close was never seen): the old one is lost */
+	FLOW_DROP__COUNT = 5,
 };
 
 /*
