@@ -24,6 +24,7 @@ from flowtrail.engine import peers as peer_mod
 from flowtrail.engine.events import UNKNOWN, EventFeed
 from flowtrail.engine.ownership import OwnershipRanges
 from flowtrail.engine.peers import PeerIndex
+from flowtrail.engine.pending import PendingPool
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -47,7 +48,7 @@ class Settings:
     max_wait_ns: int = 180 * SECOND
     max_skew_ns: int = 100_000_000  # worst clock error of one host; two hosts differ by 2x
     peer_tolerance_ns: int = 2 * SECOND  # start times of a connection's two rows differ by less
-    event_lag_ns: int = 120 * SECOND  # the feed holds every change older than now - lag
+    event_lag_ns: int = 1200 * SECOND  # the feed holds every change older than now - lag
     retention_ns: int = 3600 * SECOND  # ownership older than this (collector clock) is evicted
     use_events: bool = True
 
@@ -56,46 +57,73 @@ class Settings:
         return 2 * self.max_skew_ns
 
 
-@dataclass
-class FlowArrays:
-    """The columns the engine needs, one entry per flow row (remote already NAT-resolved)."""
+FLOW_DTYPE = np.dtype(
+    [
+        ("row", np.int64),
+        ("local_key", np.uint64),
+        ("remote_key", np.uint64),
+        ("start", np.int64),
+        ("end", np.int64),
+        ("received", np.int64),
+        ("deadline", np.int64),  # engine-internal: when the wait ends
+        ("peer_hash", np.uint64),  # engine-internal: tuple_hash of the other end's row
+        ("local_port", np.int32),
+        ("remote_port", np.int32),
+        ("local_owner", np.int32),  # -1 when the agent could not tell
+        ("conflict", np.bool_),  # engine-internal: a conflicting claim was seen
+    ]
+)
 
-    row: I64
-    local_key: U64
-    local_port: I32
-    remote_key: U64
-    remote_port: I32
-    start: I64
-    end: I64
-    local_owner: I32  # -1 when the agent could not tell
-    received: I64
+
+class FlowArrays:
+    """The columns the engine needs, one entry per flow row (remote already NAT-resolved).
+
+    One structured array, so that selecting, queueing and concatenating flows is one numpy
+    call each rather than one per column.
+    """
+
+    __slots__ = ("rec",)
+
+    def __init__(self, rec: npt.NDArray[np.void]) -> None:
+        self.rec = rec
+
+    @staticmethod
+    def build(
+        *, row: I64, local_key: U64, local_port: I32, remote_key: U64, remote_port: I32,
+        start: I64, end: I64, local_owner: I32, received: I64,
+    ) -> FlowArrays:  # fmt: skip
+        rec = np.zeros(len(row), FLOW_DTYPE)
+        rec["row"], rec["local_key"], rec["local_port"] = row, local_key, local_port
+        rec["remote_key"], rec["remote_port"] = remote_key, remote_port
+        rec["start"], rec["end"], rec["local_owner"] = start, end, local_owner
+        rec["received"] = received
+        return FlowArrays(rec)
 
     def __len__(self) -> int:
-        return len(self.row)
+        return len(self.rec)
 
-    def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> FlowArrays:
-        return FlowArrays(**{k: v[idx] for k, v in self.__dict__.items()})
+    def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_] | slice) -> FlowArrays:
+        return FlowArrays(self.rec[idx])
 
     @staticmethod
     def concat(parts: list[FlowArrays]) -> FlowArrays:
-        return FlowArrays(
-            **{k: np.concatenate([getattr(p, k) for p in parts]) for k in FlowArrays.fields()}
-        )
-
-    @staticmethod
-    def fields() -> tuple[str, ...]:
-        return (
-            "row", "local_key", "local_port", "remote_key", "remote_port", "start", "end",
-            "local_owner", "received",
-        )  # fmt: skip
+        return FlowArrays(np.concatenate([p.rec for p in parts]))
 
     @staticmethod
     def empty() -> FlowArrays:
-        return FlowArrays(
-            np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.int32),
-            np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int64),
-            np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int64),
-        )  # fmt: skip
+        return FlowArrays(np.zeros(0, FLOW_DTYPE))
+
+    row = property(lambda self: self.rec["row"])
+    local_key = property(lambda self: self.rec["local_key"])
+    local_port = property(lambda self: self.rec["local_port"])
+    remote_key = property(lambda self: self.rec["remote_key"])
+    remote_port = property(lambda self: self.rec["remote_port"])
+    start = property(lambda self: self.rec["start"])
+    end = property(lambda self: self.rec["end"])
+    local_owner = property(lambda self: self.rec["local_owner"])
+    received = property(lambda self: self.rec["received"])
+    deadline = property(lambda self: self.rec["deadline"])
+    conflict = property(lambda self: self.rec["conflict"])
 
 
 @dataclass
@@ -130,6 +158,7 @@ class Counters:
     via_ranges: int = 0
     retries: int = 0
     waited_flows: int = 0
+    waited_for_events: int = 0
     evicted_segments: int = 0
 
 
@@ -142,9 +171,7 @@ class Attributor:
         self.peers = PeerIndex(retention_ns=self.settings.max_wait_ns + 600 * SECOND)
         self.events = EventFeed()
         self.counters = Counters()
-        self._pending = FlowArrays.empty()
-        self._pending_deadline = np.empty(0, np.int64)
-        self._pending_conflict = np.empty(0, bool)
+        self._pending = PendingPool(FLOW_DTYPE)
         self._new: list[FlowArrays] = []
         self._touched: list[U64] = []
         self._next_evict: int | None = None
@@ -162,11 +189,16 @@ class Attributor:
         if known.any():
             ev = flows.take(known)
             self.counters.evidence_rows += len(ev)
-            self._touched.append(self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end))
+            self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
+            own_hash = peer_mod.tuple_hash(
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port
+            )
             self.peers.add(
                 ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
-                ev.local_owner, now,
+                ev.local_owner, now, own_hash,
             )  # fmt: skip
+            # Waiting flows whose other end this is are retried at the next tick.
+            self._touched.append(own_hash)
 
     def add_events(
         self, key: U64, owner: I32, assign: npt.NDArray[np.bool_], time: I64, received: I64
@@ -189,33 +221,26 @@ class Attributor:
         self._touched = []
         self._maybe_evict(now)
 
-        # Retry waiting flows only where new evidence arrived, or whose wait is over.
-        p = self._pending
-        retry = self._pending_deadline <= now
-        if len(touched) and len(p):
-            retry |= np.isin(p.remote_key, touched)
-        self.counters.retries += int(np.count_nonzero(retry))
-        cand = FlowArrays.concat([p.take(retry), new])
-        deadline = np.concatenate(
-            [self._pending_deadline[retry], new.received + self.settings.max_wait_ns]
+        # Retry waiting flows whose other end's row just arrived, or whose wait is over;
+        # evidence from other connections is looked at again when the wait ends.
+        retry = FlowArrays(self._pending.take(now, touched))
+        self.counters.retries += len(retry)
+        new.rec["deadline"] = new.received + self.settings.max_wait_ns
+        new.rec["peer_hash"] = peer_mod.tuple_hash(
+            new.remote_key, new.remote_port, new.local_key, new.local_port
         )
-        conflict_seen = np.concatenate([self._pending_conflict[retry], np.zeros(len(new), bool)])
-        keep_p = ~retry
-        waiting_p, waiting_deadline, waiting_conflict = (
-            p.take(keep_p), self._pending_deadline[keep_p], self._pending_conflict[keep_p],
-        )  # fmt: skip
+        cand = FlowArrays.concat([retry, new])
 
-        decisions, still, conflict = self._decide(cand, deadline, conflict_seen, now)
-        self.counters.waited_flows += int(np.count_nonzero(still[len(cand) - len(new) :]))
-        self._pending = FlowArrays.concat([waiting_p, cand.take(still)])
-        self._pending_deadline = np.concatenate([waiting_deadline, deadline[still]])
-        self._pending_conflict = np.concatenate([waiting_conflict, conflict[still]])
+        decisions, still = self._decide(cand, now)
+        self.counters.waited_flows += int(np.count_nonzero(still[len(retry) :]))
+        self._pending.add(cand.rec[still])
         return decisions
 
-    def _decide(
-        self, c: FlowArrays, deadline: I64, conflict_seen: npt.NDArray[np.bool_], now: int
-    ) -> tuple[Decisions, npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-        """Decisions for the flows that can be decided now, the rest's mask, conflicts seen."""
+    def _decide(self, c: FlowArrays, now: int) -> tuple[Decisions, npt.NDArray[np.bool_]]:
+        """Decisions for the flows that can be decided now, and the mask of those that wait.
+
+        Updates the waiting flows' deadline and conflict fields in place.
+        """
         s = self.settings
         g = s.guard_ns
         n = len(c)
@@ -224,7 +249,7 @@ class Attributor:
         )
         via_ranges = self.ranges.owner_over(c.remote_key, c.start - g, c.start + g)
         conflict = (
-            conflict_seen
+            c.conflict
             | (via_peer == peer_mod.CONFLICT)
             | (via_ranges == own.CONFLICT)
             | ((via_peer >= 0) & (via_ranges >= 0) & (via_peer != via_ranges))
@@ -232,6 +257,8 @@ class Attributor:
         by_peer = (via_peer >= 0) & ((via_ranges < 0) | (via_ranges == via_peer))
         by_ranges = ~by_peer & (via_peer == peer_mod.NO_MATCH) & (via_ranges >= 0)
         heartbeat = by_peer | by_ranges
+        c.rec["conflict"] = conflict
+        deadline = c.deadline
         expired = ~heartbeat & (deadline <= now)
 
         owner = np.where(by_peer, via_peer, np.where(by_ranges, via_ranges, -1)).astype(np.int32)
@@ -242,6 +269,8 @@ class Attributor:
         via[by_ranges] = VIA_RANGES
         reason = np.zeros(n, np.int8)
 
+        if s.use_events and expired.any():
+            self._extend_for_event_watermark(c, deadline, expired, now)
         if expired.any():
             idx = np.flatnonzero(expired)
             ev_owner = np.full(len(idx), UNKNOWN, np.int32)
@@ -278,8 +307,27 @@ class Attributor:
             waited=now - c.received[done],
         )
         self._count(out)
-        still = ~done
-        return out, still, conflict
+        return out, ~done
+
+    def _extend_for_event_watermark(
+        self, c: FlowArrays, deadline: I64, expired: npt.NDArray[np.bool_], now: int
+    ) -> None:
+        """Flows heartbeats did not name wait on until the event feed has settled their moment.
+
+        The feed answers only behind its watermark (now - lag), so a flow whose moment is not
+        yet behind it keeps waiting — and keeps being retried as heartbeats arrive, which
+        also rescues flows whose other end's batch came in late. Updates `deadline` and
+        `expired` in place.
+        """
+        if self.events.count == 0:
+            return
+        s = self.settings
+        idx = np.flatnonzero(expired)
+        settles_at = c.start[idx] + s.guard_ns + s.event_lag_ns
+        early = settles_at > now
+        deadline[idx[early]] = settles_at[early]
+        expired[idx[early]] = False
+        self.counters.waited_for_events += int(np.count_nonzero(early))
 
     def _decide_baseline(self, c: FlowArrays, now: int) -> Decisions:
         owner = self.events.owner_now(c.remote_key)
@@ -296,21 +344,25 @@ class Attributor:
 
     def next_deadline(self) -> int | None:
         """The earliest collector time at which a waiting flow's wait runs out."""
-        return int(self._pending_deadline.min()) if len(self._pending_deadline) else None
+        return self._pending.next_deadline()
 
-    def run_until(self, now: int) -> list[Decisions]:
-        """Offline: decide, at their own deadlines, the flows whose wait ends before `now`."""
+    def run_until(self, now: int, step_ns: int = SECOND) -> list[Decisions]:
+        """Offline: tick through the quiet time before `now` wherever a wait runs out.
+
+        Ticks fall on the `step_ns` grid (the end of the step in which a deadline falls),
+        as a live collector ticking every step would decide them.
+        """
         out: list[Decisions] = []
         while (due := self.next_deadline()) is not None and due < now:
-            out.append(self.tick(due))
+            out.append(self.tick(min((due // step_ns + 1) * step_ns - 1, now - 1)))
         return out
 
-    def drain(self) -> list[Decisions]:
+    def drain(self, step_ns: int = SECOND) -> list[Decisions]:
         """Offline end of input: let the clock run until every waiting flow is decided."""
         out: list[Decisions] = []
         if self._new:
             out.append(self.tick(int(np.concatenate([f.received for f in self._new]).max())))
-        out.extend(self.run_until(np.iinfo(np.int64).max))
+        out.extend(self.run_until(np.iinfo(np.int64).max, step_ns))
         return out
 
     def _count(self, d: Decisions) -> None:

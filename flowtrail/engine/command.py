@@ -63,7 +63,7 @@ from flowtrail.units import DURATION
 @click.option(
     "--event-lag",
     type=DURATION,
-    default="120s",
+    default="20m",
     show_default=True,
     help="The event feed is trusted to be complete up to now minus this.",
 )

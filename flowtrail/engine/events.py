@@ -3,8 +3,8 @@
 * As time ranges from the events' own timestamps (the fallback for addresses no agent
   reports): an address belongs to the workload of the assign at or before the moment, until
   the next event for that address. The answer is given only where it is safe: the moment is
-  at least `guard` away from both ends of the range, and an open range (no later event yet)
-  is trusted only up to the feed's watermark, now - lag.
+  at least `guard` away from both ends of the range, and only once the feed's watermark
+  (now - lag: every change older than that has arrived) has passed the moment plus guard.
 * As "who owns it now" (the event-based baseline flowtrail replaces): the latest assign
   received, unless an unassign of that workload was received after it.
 """
@@ -76,9 +76,10 @@ class EventFeed:
         nxt = p + 1
         has_next = has & (nxt < hi)
         nxt_time = np.where(has_next, time[np.minimum(nxt, len(time) - 1)], np.int64(0))
-        closed_ok = has_next & (nxt_time >= moment + guard_ns)
-        open_ok = has & ~has_next & (moment + guard_ns <= now - lag_ns)
-        ok = has & assign[p] & (closed_ok | open_ok)
+        # The feed is complete only up to its watermark: a range that looks closed may still
+        # get a late event inside it, so both kinds wait for now - lag to pass the moment.
+        settled = moment + guard_ns <= now - lag_ns
+        ok = has & assign[p] & settled & (~has_next | (nxt_time >= moment + guard_ns))
         owner_out[ok] = owner[p][ok]
         r_start[ok] = time[p][ok]
         r_end[ok] = np.where(has_next, nxt_time, now)[ok]

@@ -5,8 +5,7 @@ workload, and its 4-tuple is the client's row reversed. Matching the reversed 4-
 start-time tolerance names the remote side of the very same connection, even for connections
 too short for ownership ranges to cover safely under clock skew.
 
-Rows are kept in two sorted levels (a small recent one, re-sorted every update, and a large
-base one merged into rarely), so an update costs little however large the index grows.
+Matching is by hash of the 4-tuple, then checked exactly, so a hash collision never matches.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine.keyed_search import expand_ranges, key_blocks, search_in_blocks
+from flowtrail.engine.hashindex import HashMultimap
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -44,50 +43,40 @@ def tuple_hash(a_key: U64, a_port: I32, b_key: U64, b_port: I32) -> U64:
     return h
 
 
-_FIELDS = ("hash", "start", "local_key", "local_port", "remote_key", "remote_port", "owner", "seen")
-
-
-class _Level:
-    def __init__(self, cols: dict[str, np.ndarray] | None = None) -> None:
-        self.cols: dict[str, np.ndarray] = cols if cols is not None else _empty()
-
-    def __len__(self) -> int:
-        return len(self.cols["hash"])
-
-    @staticmethod
-    def build(cols: dict[str, np.ndarray]) -> _Level:
-        order = np.lexsort((cols["start"], cols["hash"]))
-        return _Level({k: v[order] for k, v in cols.items()})
-
-
-def _empty() -> dict[str, np.ndarray]:
-    return {
-        "hash": np.empty(0, np.uint64),
-        "start": np.empty(0, np.int64),
-        "local_key": np.empty(0, np.uint64),
-        "local_port": np.empty(0, np.int32),
-        "remote_key": np.empty(0, np.uint64),
-        "remote_port": np.empty(0, np.int32),
-        "owner": np.empty(0, np.int32),
-        "seen": np.empty(0, np.int64),
-    }
+PEER_DTYPE = np.dtype(
+    [
+        ("hash", np.uint64),
+        ("start", np.int64),
+        ("local_key", np.uint64),
+        ("remote_key", np.uint64),
+        ("seen", np.int64),
+        ("local_port", np.int32),
+        ("remote_port", np.int32),
+        ("owner", np.int32),
+    ]
+)
 
 
 class PeerIndex:
-    """Recent attributed rows, findable by their 4-tuple and start time."""
+    """Recent attributed rows, findable by their 4-tuple and start time.
 
-    def __init__(self, *, retention_ns: int, recent_limit: int = 1 << 16) -> None:
+    Rows are appended to a growing store; a vectorised hash multimap finds them by 4-tuple
+    hash in O(1) expected probes. Rows past the retention are forgotten in bulk.
+    """
+
+    def __init__(self, *, retention_ns: int) -> None:
         self.retention_ns = retention_ns
-        self.recent_limit = recent_limit
-        self._base = _Level()
-        self._recent = _Level()
+        self._store = np.zeros(1 << 12, PEER_DTYPE)
+        self._size = 0
+        self._table = HashMultimap()
+        self._compacted_size = 0
 
     def __len__(self) -> int:
-        return len(self._base) + len(self._recent)
+        return self._size
 
     @property
     def nbytes(self) -> int:
-        return sum(v.nbytes for lvl in (self._base, self._recent) for v in lvl.cols.values())
+        return self._store.nbytes + self._table.nbytes
 
     def add(
         self,
@@ -98,32 +87,46 @@ class PeerIndex:
         start: I64,
         owner: I32,
         now: int,
+        hashes: U64 | None = None,
     ) -> None:
-        if len(local_key) == 0:
+        """Index rows; `hashes` (their tuple_hash, local end first) when already computed."""
+        n = len(local_key)
+        if n == 0:
             return
-        new = {
-            "hash": tuple_hash(local_key, local_port, remote_key, remote_port),
-            "start": start,
-            "local_key": local_key,
-            "local_port": local_port,
-            "remote_key": remote_key,
-            "remote_port": remote_port,
-            "owner": owner,
-            "seen": np.full(len(local_key), now, np.int64),
-        }
-        merged = {k: np.concatenate([self._recent.cols[k], new[k]]) for k in _FIELDS}
-        self._recent = _Level.build(merged)
-        if len(self._recent) > max(self.recent_limit, len(self._base) // 4):
-            self._compact(now)
-
-    def _compact(self, now: int) -> None:
-        both = {k: np.concatenate([self._base.cols[k], self._recent.cols[k]]) for k in _FIELDS}
-        keep = both["seen"] >= now - self.retention_ns
-        self._base = _Level.build({k: v[keep] for k, v in both.items()})
-        self._recent = _Level()
+        if self._size + n > len(self._store):
+            grown = np.zeros(max(2 * len(self._store), self._size + n), PEER_DTYPE)
+            grown[: self._size] = self._store[: self._size]
+            self._store = grown
+        rec = self._store[self._size : self._size + n]
+        rec["hash"] = (
+            hashes
+            if hashes is not None
+            else tuple_hash(local_key, local_port, remote_key, remote_port)
+        )
+        rec["start"], rec["local_key"], rec["remote_key"] = start, local_key, remote_key
+        rec["local_port"], rec["remote_port"], rec["owner"] = local_port, remote_port, owner
+        rec["seen"] = now
+        rows = np.arange(self._size, self._size + n, dtype=np.int64)
+        self._size += n
+        self._table.insert(np.ascontiguousarray(rec["hash"]), rows)
 
     def evict(self, now: int) -> None:
-        self._compact(now)
+        """Forget rows first seen more than the retention ago.
+
+        Compacting rebuilds the table, so it happens only once the index has doubled since
+        the last compaction: O(1) amortised per row.
+        """
+        if self._size < 2 * max(self._compacted_size, 1 << 16):
+            return
+        live = self._store[: self._size]
+        kept = live[live["seen"] >= now - self.retention_ns]
+        self._store = np.zeros(max(2 * len(kept), 1 << 12), PEER_DTYPE)
+        self._store[: len(kept)] = kept
+        self._size = len(kept)
+        self._compacted_size = len(kept)
+        self._table.rebuild(
+            np.ascontiguousarray(kept["hash"]), np.arange(len(kept), dtype=np.int64)
+        )
 
     def match(
         self,
@@ -140,38 +143,25 @@ class PeerIndex:
         NO_MATCH where no row matches.
         """
         n = len(local_key)
-        q_hash = tuple_hash(remote_key, remote_port, local_key, local_port)
+        out = np.full(n, NO_MATCH, np.int32)
+        if n == 0 or self._size == 0:
+            return out
+        query, row = self._table.lookup(tuple_hash(remote_key, remote_port, local_key, local_port))
+        if len(row) == 0:
+            return out
+        r = self._store[row]
+        exact = (
+            (r["local_key"] == remote_key[query])
+            & (r["local_port"] == remote_port[query])
+            & (r["remote_key"] == local_key[query])
+            & (r["remote_port"] == local_port[query])
+            & (np.abs(r["start"] - start[query]) <= tolerance_ns)
+        )
+        query, owner = query[exact], r["owner"][exact]
         o_min = np.full(n, np.iinfo(np.int32).max, np.int64)
         o_max = np.full(n, np.iinfo(np.int32).min, np.int64)
-        for level in (self._base, self._recent):
-            c = level.cols
-            if len(level) == 0:
-                continue
-            b_lo, b_hi = key_blocks(c["hash"], q_hash)
-            found = b_hi > b_lo
-            if not found.any():
-                continue
-            qi = np.flatnonzero(found)
-            lo = search_in_blocks(
-                c["start"], b_lo[qi], b_hi[qi], start[qi] - tolerance_ns, side="left"
-            )
-            hi = search_in_blocks(
-                c["start"], b_lo[qi], b_hi[qi], start[qi] + tolerance_ns, side="right"
-            )
-            q, pos = expand_ranges(lo, hi)
-            if len(pos) == 0:
-                continue
-            query = qi[q]
-            exact = (
-                (c["local_key"][pos] == remote_key[query])
-                & (c["local_port"][pos] == remote_port[query])
-                & (c["remote_key"][pos] == local_key[query])
-                & (c["remote_port"][pos] == local_port[query])
-            )
-            query, pos = query[exact], pos[exact]
-            np.minimum.at(o_min, query, c["owner"][pos])
-            np.maximum.at(o_max, query, c["owner"][pos])
-        out = np.full(n, NO_MATCH, np.int32)
+        np.minimum.at(o_min, query, owner)
+        np.maximum.at(o_max, query, owner)
         hit = o_max >= o_min
         agree = hit & (o_min == o_max)
         out[agree] = o_min[agree].astype(np.int32)

@@ -71,7 +71,7 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
             remote_port = pc.if_else(use_nat, pc.coalesce(nat_port, remote_port), remote_port)
     workload = _col(flows, "local_workload")
     n = flows.num_rows
-    return FlowArrays(
+    return FlowArrays.build(
         row=np.arange(n, dtype=np.int64),
         local_key=ipkeys.keys(flows.column("local_ip")),
         local_port=np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
@@ -136,7 +136,7 @@ def replay(
     report_every = max(len(all_ticks) // 20, 1)
     for i, tick in enumerate(all_ticks):
         now = int(tick + 1) * tick_ns - 1
-        decisions.extend(engine.run_until(int(tick) * tick_ns))
+        decisions.extend(engine.run_until(int(tick) * tick_ns, tick_ns))
         if ev is not None and ei < len(e_ticks) and e_ticks[ei] == tick:
             a, b = e_bounds[ei]
             k, o, asg, t, r = ev
@@ -144,13 +144,13 @@ def replay(
             ei += 1
         if fi < len(f_ticks) and f_ticks[fi] == tick:
             a, b = f_bounds[fi]
-            engine.add_flows(fa_sorted.take(np.arange(a, b)), now)
+            engine.add_flows(fa_sorted.take(slice(a, b)), now)
             fi += 1
         decisions.append(engine.tick(now))
         if progress is not None and i % report_every == 0 and i:
             done = sum(len(d) for d in decisions)
             progress(f"replay: {i}/{len(all_ticks)} ticks, {done}/{n} flows decided")
-    decisions.extend(engine.drain())
+    decisions.extend(engine.drain(tick_ns))
     d = Decisions.concat(decisions) if decisions else None
 
     owner = np.full(n, -1, np.int32)
@@ -159,7 +159,7 @@ def replay(
     waited = np.zeros(n, np.int64)
     reason = np.zeros(n, np.int8)
     if d is not None and len(d):
-        if len(d) != n or len(np.unique(d.row)) != n:
+        if len(d) != n or not np.all(np.bincount(d.row, minlength=n) == 1):
             raise AssertionError(f"engine decided {len(d)} rows for {n} input rows")
         owner[d.row], source[d.row], decided[d.row] = d.owner, d.source, d.decided
         waited[d.row], reason[d.row] = d.waited, d.reason

@@ -1,0 +1,125 @@
+"""Flows waiting for evidence, retrievable by peer hash (their other end arrived) and deadline.
+
+A collector may hold many waiting flows (those bound for the event fallback wait for the
+feed's watermark, minutes), so nothing here costs O(waiting) per tick: flows are appended to
+a store, found by peer hash through a hash multimap and by deadline through per-second
+buckets, and taken out by marking them dead. The store is compacted once the dead outnumber
+the living, which keeps every operation O(1) amortised per flow.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import numpy.typing as npt
+
+from flowtrail.engine.hashindex import HashMultimap
+
+Rec = npt.NDArray[np.void]
+I64 = npt.NDArray[np.int64]
+
+BUCKET_NS = 1_000_000_000
+
+
+class PendingPool:
+    def __init__(self, dtype: np.dtype) -> None:  # type: ignore[type-arg]
+        self._dtype = dtype
+        self._reset(np.zeros(0, dtype))
+
+    def _reset(self, rec: Rec) -> None:
+        cap = max(2 * len(rec), 1 << 12)
+        self._store = np.zeros(cap, self._dtype)
+        self._store[: len(rec)] = rec
+        self._alive = np.zeros(cap, bool)
+        self._alive[: len(rec)] = True
+        self._size = len(rec)
+        self._live = len(rec)
+        self._table = HashMultimap(2 * len(rec))
+        self._buckets: dict[int, list[I64]] = {}
+        self._heap: list[int] = []
+        if len(rec):
+            rows = np.arange(len(rec), dtype=np.int64)
+            self._table.insert(np.ascontiguousarray(rec["peer_hash"]), rows)
+            self._file(rows)
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def nbytes(self) -> int:
+        return self._store.nbytes + self._alive.nbytes + self._table.nbytes
+
+    def _file(self, rows: I64) -> None:
+        """Put rows into the bucket of their deadline."""
+        bucket = self._store["deadline"][rows] // BUCKET_NS
+        order = np.argsort(bucket, kind="stable")
+        rows, bucket = rows[order], bucket[order]
+        cuts = np.flatnonzero(np.diff(bucket)) + 1
+        for b, part in zip(bucket[np.concatenate([[0], cuts])], np.split(rows, cuts), strict=True):
+            key = int(b)
+            if key not in self._buckets:
+                self._buckets[key] = []
+                heapq.heappush(self._heap, key)
+            self._buckets[key].append(part)
+
+    def add(self, rec: Rec) -> None:
+        n = len(rec)
+        if n == 0:
+            return
+        if self._size + n > len(self._store):
+            cap = max(2 * len(self._store), self._size + n)
+            store = np.zeros(cap, self._dtype)
+            store[: self._size] = self._store[: self._size]
+            alive = np.zeros(cap, bool)
+            alive[: self._size] = self._alive[: self._size]
+            self._store, self._alive = store, alive
+        rows = np.arange(self._size, self._size + n, dtype=np.int64)
+        self._store[rows] = rec
+        self._alive[rows] = True
+        self._size += n
+        self._live += n
+        self._table.insert(np.ascontiguousarray(rec["peer_hash"]), rows)
+        self._file(rows)
+
+    def take(self, now: int, touched: npt.NDArray[np.uint64]) -> Rec:
+        """Remove and return flows whose deadline is <= now or whose peer hash is in touched."""
+        parts: list[I64] = []
+        last = now // BUCKET_NS
+        while self._heap and self._heap[0] <= last:
+            key = heapq.heappop(self._heap)
+            rows = np.concatenate(self._buckets.pop(key))
+            if key == last:  # the current second: only what is due by now
+                later = self._store["deadline"][rows] > now
+                if later.any():
+                    self._buckets[key] = [rows[later]]
+                    heapq.heappush(self._heap, key)
+                    rows = rows[~later]
+            parts.append(rows)
+        if len(touched):
+            _, rows = self._table.lookup(touched)
+            parts.append(rows)
+        if not parts:
+            return np.zeros(0, self._dtype)
+        rows = np.sort(np.concatenate(parts))
+        rows = rows[self._alive[rows]]
+        if len(rows) > 1:  # a flow may be both due and touched, or touched twice
+            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
+        self._alive[rows] = False
+        self._live -= len(rows)
+        out = self._store[rows]
+        if self._size > (1 << 16) and self._live < self._size // 2:
+            self._reset(self._store[: self._size][self._alive[: self._size]])
+        return out
+
+    def next_deadline(self) -> int | None:
+        while self._heap:
+            key = self._heap[0]
+            rows = np.concatenate(self._buckets[key])
+            rows = rows[self._alive[rows]]
+            if len(rows):
+                self._buckets[key] = [rows]
+                return int(self._store["deadline"][rows].min())
+            heapq.heappop(self._heap)
+            del self._buckets[key]
+        return None
