@@ -50,7 +50,7 @@ class Settings:
     peer_tolerance_ns: int = 2 * SECOND  # start times of a connection's two rows differ by less
     event_lag_ns: int = 1200 * SECOND  # the feed holds every change older than now - lag
     retention_ns: int = 3600 * SECOND  # ownership older than this (collector clock) is evicted
-    use_events: bool = True
+    use_events: bool = True  # is there an event feed at all (else nothing waits for it)
 
     @property
     def guard_ns(self) -> int:
@@ -319,8 +319,6 @@ class Attributor:
         also rescues flows whose other end's batch came in late. Updates `deadline` and
         `expired` in place.
         """
-        if self.events.count == 0:
-            return
         s = self.settings
         idx = np.flatnonzero(expired)
         settles_at = c.start[idx] + s.guard_ns + s.event_lag_ns

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -105,7 +105,9 @@ def replay(
     default_region: str | None = None,
     progress: Progress | None = None,
 ) -> ReplayResult:
-    settings = settings or Settings()
+    settings = replace(
+        settings or Settings(), use_events=events is not None and events.num_rows > 0
+    )
     began = time.perf_counter()
     ipkeys, names = IpKeys(), Names()
     engine = Attributor(settings)
