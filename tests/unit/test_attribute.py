@@ -86,7 +86,8 @@ def test_conflicting_heartbeats_leave_the_flow_unattributed() -> None:
 
 def test_regions_longest_prefix_wins_v4_and_v6() -> None:
     regions = pa.table({
-        "cidr": ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "fd00::/8", "fd00:1::/32", "0.0.0.0/0"],
+        "cidr": ["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "fd00::/8", "fd00:1::/32",
+                 "0.0.0.0/0"],
         "region": ["a", "b", "c", "v6a", "v6b", "world"],
     })  # fmt: skip
     keys = IpKeys()

@@ -30,7 +30,7 @@ def flow_rows(n: int = 3) -> list[dict[str, object]]:
             "bytes_sent": 10,
             "bytes_received": 20,
             "team": f"t{i}",
-        }  # fmt: skip
+        }
         for i in range(n)
     ]
 
