@@ -115,12 +115,13 @@ class Agent:
         """Resolve one polled batch of closed connections now and hold it for the interval."""
         check_raw(batch)
         raw = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-        self.counters["captured_rows"] += raw.num_rows
         ok = valid_rows(raw)
         good = raw.filter(ok)
-        self.counters["dropped_malformed_rows"] += raw.num_rows - good.num_rows
         self.identity.observe(good)
         flows = self._resolve(good, "closed")
+        # Counted together, after the work, so a reader sees them agree (all but a moment).
+        self.counters["captured_rows"] += raw.num_rows
+        self.counters["dropped_malformed_rows"] += raw.num_rows - good.num_rows
         self.counters["closed_rows"] += flows.num_rows
         self._held.append(flows)
         if self.on_closed is not None and flows.num_rows:

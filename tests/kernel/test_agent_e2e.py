@@ -460,7 +460,9 @@ def test_agent_metrics_account_for_every_row(lab: Lab) -> None:
     for reason in ("ringbuf_full", "map_full"):
         assert f"capture_drop_{reason}" in m
     assert m["captured_rows"] >= m["closed_rows"] > 0
-    assert m["captured_rows"] == m["closed_rows"] + m["dropped_malformed_rows"]
+    # Read while the agent runs: a round may be between its counters (exact accounting is
+    # checked single-threaded in test_agent_drops.py).
+    assert m["captured_rows"] >= m["closed_rows"] + m["dropped_malformed_rows"]
     assert m["nat_resolved"] >= 1 and m["snapshots"] >= 2
 
 
