@@ -66,7 +66,6 @@ FLOW_DTYPE = np.dtype(
         ("end", np.int64),
         ("received", np.int64),
         ("deadline", np.int64),  # engine-internal: when the wait ends
-        ("peer_hash", np.uint64),  # engine-internal: tuple_hash of the other end's row
         ("local_port", np.int32),
         ("remote_port", np.int32),
         ("local_owner", np.int32),  # -1 when the agent could not tell
@@ -173,7 +172,6 @@ class Attributor:
         self.counters = Counters()
         self._pending = PendingPool(FLOW_DTYPE)
         self._new: list[FlowArrays] = []
-        self._touched: list[U64] = []
         self._next_evict: int | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -190,15 +188,10 @@ class Attributor:
             ev = flows.take(known)
             self.counters.evidence_rows += len(ev)
             self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
-            own_hash = peer_mod.tuple_hash(
-                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port
-            )
             self.peers.add(
                 ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
-                ev.local_owner, now, own_hash,
+                ev.local_owner, now, ev.row,
             )  # fmt: skip
-            # Waiting flows whose other end this is are retried at the next tick.
-            self._touched.append(own_hash)
 
     def add_events(
         self, key: U64, owner: I32, assign: npt.NDArray[np.bool_], time: I64, received: I64
@@ -217,34 +210,34 @@ class Attributor:
         self._new = []
         if self.settings.method == "event":
             return self._decide_baseline(new, now)
-        touched = np.concatenate(self._touched) if self._touched else np.empty(0, np.uint64)
-        self._touched = []
         self._maybe_evict(now)
 
-        # Retry waiting flows whose other end's row just arrived, or whose wait is over;
-        # evidence from other connections is looked at again when the wait ends.
-        retry = FlowArrays(self._pending.take(now, touched))
-        self.counters.retries += len(retry)
+        # Flows whose wait is over are decided now, with everything known by now.
+        retry = FlowArrays(self._pending.take_due(now))
         new.rec["deadline"] = new.received + self.settings.max_wait_ns
-        new.rec["peer_hash"] = peer_mod.tuple_hash(
-            new.remote_key, new.remote_port, new.local_key, new.local_port
-        )
         cand = FlowArrays.concat([retry, new])
-
-        decisions, still = self._decide(cand, now)
+        decisions, still, partners = self._decide(cand, now)
         self.counters.waited_flows += int(np.count_nonzero(still[len(retry) :]))
         self._pending.add(cand.rec[still])
-        return decisions
+        # Waiting flows whose other end's row just arrived are decided now too.
+        woke = FlowArrays(self._pending.take_rows(partners))
+        self.counters.retries += len(retry) + len(woke)
+        if len(woke) == 0:
+            return decisions
+        more, still, _ = self._decide(woke, now)
+        self._pending.add(woke.rec[still])
+        return Decisions.concat([decisions, more])
 
-    def _decide(self, c: FlowArrays, now: int) -> tuple[Decisions, npt.NDArray[np.bool_]]:
-        """Decisions for the flows that can be decided now, and the mask of those that wait.
+    def _decide(self, c: FlowArrays, now: int) -> tuple[Decisions, npt.NDArray[np.bool_], I64]:
+        """Decisions for the flows that can be decided now, the mask of those that wait, and
+        the row handles of the other ends found (some of them may be waiting).
 
         Updates the waiting flows' deadline and conflict fields in place.
         """
         s = self.settings
         g = s.guard_ns
         n = len(c)
-        via_peer = self.peers.match(
+        via_peer, partners = self.peers.match(
             c.local_key, c.local_port, c.remote_key, c.remote_port, c.start, s.peer_tolerance_ns
         )
         via_ranges = self.ranges.owner_over(c.remote_key, c.start - g, c.start + g)
@@ -307,7 +300,7 @@ class Attributor:
             waited=now - c.received[done],
         )
         self._count(out)
-        return out, ~done
+        return out, ~done, partners
 
     def _extend_for_event_watermark(
         self, c: FlowArrays, deadline: I64, expired: npt.NDArray[np.bool_], now: int

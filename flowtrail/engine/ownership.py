@@ -182,29 +182,12 @@ class OwnershipRanges:
         covers = has & (seg.end[p] > hi)  # segment ends are exclusive
         owner = seg.owner[p]
         out[covers & (owner >= 0)] = owner[covers & (owner >= 0)]
+        out[covers & (owner < 0)] = CONFLICT
         # Not covered by one segment: is that because of a conflict inside the window?
-        first = search_in_blocks(seg.end, b_lo, b_hi, lo, side="left")  # first ending >= lo
-        last = search_in_blocks(seg.start, b_lo, b_hi, hi, side="right")  # first starting > hi
-        touching = last - first
-        ambiguous_hit = covers & (owner < 0)
-        several = ~covers & (touching >= 2)
-        out[ambiguous_hit] = CONFLICT
-        if several.any():
-            q, s = expand_ranges(first[several], last[several])
-            seg_owner = seg.owner[s]
-            idx = np.flatnonzero(several)
-            o_min = np.full(len(idx), np.iinfo(np.int32).max, np.int64)
-            o_max = np.full(len(idx), np.iinfo(np.int32).min, np.int64)
-            np.minimum.at(o_min, q, seg_owner)
-            np.maximum.at(o_max, q, seg_owner)
-            mixed = (o_min != o_max) | (o_min < 0)
-            out[idx[mixed]] = CONFLICT
-        one_other = ~covers & (touching == 1)
-        if one_other.any():
-            # A single segment inside the window that is ambiguous is a conflict too.
-            f = np.where(one_other, first, 0)
-            amb = one_other & (seg.owner[np.minimum(f, len(seg) - 1)] < 0)
-            out[amb] = CONFLICT
+        nc = np.flatnonzero(~covers)
+        if len(nc):
+            n_seg, o_min, o_max = self.owners_within(key[nc], lo[nc], hi[nc])
+            out[nc[(n_seg > 0) & ((o_min < 0) | (o_min != o_max))]] = CONFLICT
         return out
 
     def owners_within(self, key: U64, lo: I64, hi: I64) -> tuple[I64, I32, I32]:

@@ -50,6 +50,7 @@ PEER_DTYPE = np.dtype(
         ("local_key", np.uint64),
         ("remote_key", np.uint64),
         ("seen", np.int64),
+        ("row", np.int64),  # the caller's handle of the row, to wake it when its peer comes
         ("local_port", np.int32),
         ("remote_port", np.int32),
         ("owner", np.int32),
@@ -87,9 +88,9 @@ class PeerIndex:
         start: I64,
         owner: I32,
         now: int,
-        hashes: U64 | None = None,
+        rows: I64,
     ) -> None:
-        """Index rows; `hashes` (their tuple_hash, local end first) when already computed."""
+        """Index attributed rows (`rows`: the caller's handles for them)."""
         n = len(local_key)
         if n == 0:
             return
@@ -98,17 +99,15 @@ class PeerIndex:
             grown[: self._size] = self._store[: self._size]
             self._store = grown
         rec = self._store[self._size : self._size + n]
-        rec["hash"] = (
-            hashes
-            if hashes is not None
-            else tuple_hash(local_key, local_port, remote_key, remote_port)
-        )
+        rec["hash"] = tuple_hash(local_key, local_port, remote_key, remote_port)
         rec["start"], rec["local_key"], rec["remote_key"] = start, local_key, remote_key
         rec["local_port"], rec["remote_port"], rec["owner"] = local_port, remote_port, owner
         rec["seen"] = now
-        rows = np.arange(self._size, self._size + n, dtype=np.int64)
+        rec["row"] = rows
         self._size += n
-        self._table.insert(np.ascontiguousarray(rec["hash"]), rows)
+        self._table.insert(
+            np.ascontiguousarray(rec["hash"]), np.arange(self._size - n, self._size, dtype=np.int64)
+        )
 
     def evict(self, now: int) -> None:
         """Forget rows first seen more than the retention ago.
@@ -136,19 +135,20 @@ class PeerIndex:
         remote_port: I32,
         start: I64,
         tolerance_ns: int,
-    ) -> I32:
-        """The owner named by the other end's row of each connection.
+    ) -> tuple[I32, I64]:
+        """The owner named by the other end's row of each connection, and those rows' handles.
 
         Returns the owner where every matching row agrees, CONFLICT where they disagree,
-        NO_MATCH where no row matches.
+        NO_MATCH where no row matches; and the handles of all matching rows.
         """
         n = len(local_key)
         out = np.full(n, NO_MATCH, np.int32)
+        none = np.empty(0, np.int64)
         if n == 0 or self._size == 0:
-            return out
+            return out, none
         query, row = self._table.lookup(tuple_hash(remote_key, remote_port, local_key, local_port))
         if len(row) == 0:
-            return out
+            return out, none
         r = self._store[row]
         exact = (
             (r["local_key"] == remote_key[query])
@@ -157,7 +157,7 @@ class PeerIndex:
             & (r["remote_port"] == local_port[query])
             & (np.abs(r["start"] - start[query]) <= tolerance_ns)
         )
-        query, owner = query[exact], r["owner"][exact]
+        query, owner, partners = query[exact], r["owner"][exact], r["row"][exact]
         o_min = np.full(n, np.iinfo(np.int32).max, np.int64)
         o_max = np.full(n, np.iinfo(np.int32).min, np.int64)
         np.minimum.at(o_min, query, owner)
@@ -166,4 +166,4 @@ class PeerIndex:
         agree = hit & (o_min == o_max)
         out[agree] = o_min[agree].astype(np.int32)
         out[hit & ~agree] = CONFLICT
-        return out
+        return out, partners

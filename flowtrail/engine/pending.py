@@ -1,8 +1,8 @@
-"""Flows waiting for evidence, retrievable by peer hash (their other end arrived) and deadline.
+"""Flows waiting for evidence, retrievable by row handle (their other end arrived) and deadline.
 
 A collector may hold many waiting flows (those bound for the event fallback wait for the
 feed's watermark, minutes), so nothing here costs O(waiting) per tick: flows are appended to
-a store, found by peer hash through a hash multimap and by deadline through per-second
+a store, found by row handle through a position map and by deadline through per-second
 buckets, and taken out by marking them dead. The store is compacted once the dead outnumber
 the living, which keeps every operation O(1) amortised per flow.
 """
@@ -13,8 +13,6 @@ import heapq
 
 import numpy as np
 import numpy.typing as npt
-
-from flowtrail.engine.hashindex import HashMultimap
 
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
@@ -35,12 +33,15 @@ class PendingPool:
         self._alive[: len(rec)] = True
         self._size = len(rec)
         self._live = len(rec)
-        self._table = HashMultimap(2 * len(rec))
+        # Where each row handle sits in the store (-1: not waiting). Handles are the
+        # caller's row numbers, small non-negative integers.
+        top = int(rec["row"].max()) + 1 if len(rec) else 0
+        self._pos = np.full(max(top, 1 << 12), -1, np.int64)
         self._buckets: dict[int, list[I64]] = {}
         self._heap: list[int] = []
         if len(rec):
             rows = np.arange(len(rec), dtype=np.int64)
-            self._table.insert(np.ascontiguousarray(rec["peer_hash"]), rows)
+            self._pos[rec["row"]] = rows
             self._file(rows)
 
     def __len__(self) -> int:
@@ -48,7 +49,7 @@ class PendingPool:
 
     @property
     def nbytes(self) -> int:
-        return self._store.nbytes + self._alive.nbytes + self._table.nbytes
+        return self._store.nbytes + self._alive.nbytes + self._pos.nbytes
 
     def _file(self, rows: I64) -> None:
         """Put rows into the bucket of their deadline."""
@@ -79,11 +80,17 @@ class PendingPool:
         self._alive[rows] = True
         self._size += n
         self._live += n
-        self._table.insert(np.ascontiguousarray(rec["peer_hash"]), rows)
+        handles = rec["row"]
+        top = int(handles.max()) + 1
+        if top > len(self._pos):
+            grown = np.full(max(2 * len(self._pos), top), -1, np.int64)
+            grown[: len(self._pos)] = self._pos
+            self._pos = grown
+        self._pos[handles] = rows
         self._file(rows)
 
-    def take(self, now: int, touched: npt.NDArray[np.uint64]) -> Rec:
-        """Remove and return flows whose deadline is <= now or whose peer hash is in touched."""
+    def take_due(self, now: int) -> Rec:
+        """Remove and return the flows whose deadline is <= now."""
         parts: list[I64] = []
         last = now // BUCKET_NS
         while self._heap and self._heap[0] <= last:
@@ -96,16 +103,18 @@ class PendingPool:
                     heapq.heappush(self._heap, key)
                     rows = rows[~later]
             parts.append(rows)
-        if len(touched):
-            _, rows = self._table.lookup(touched)
-            parts.append(rows)
-        if not parts:
-            return np.zeros(0, self._dtype)
-        rows = np.sort(np.concatenate(parts))
+        return self._remove(np.concatenate(parts) if parts else np.empty(0, np.int64))
+
+    def take_rows(self, handles: I64) -> Rec:
+        """Remove and return the waiting flows among these row handles."""
+        handles = handles[(handles >= 0) & (handles < len(self._pos))]
+        rows = self._pos[handles]
+        return self._remove(np.unique(rows[rows >= 0]))
+
+    def _remove(self, rows: I64) -> Rec:
         rows = rows[self._alive[rows]]
-        if len(rows) > 1:  # a flow may be both due and touched, or touched twice
-            rows = rows[np.concatenate([[True], rows[1:] != rows[:-1]])]
         self._alive[rows] = False
+        self._pos[self._store["row"][rows]] = -1
         self._live -= len(rows)
         out = self._store[rows]
         if self._size > (1 << 16) and self._live < self._size // 2:
