@@ -159,6 +159,14 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
 @click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
 @click.option("--no-nat", is_flag=True, help="Do not resolve DNAT through conntrack.")
 @click.option(
+    "--api",
+    "api_socket",
+    metavar="PATH",
+    default=None,
+    help="Listen on a Unix socket (mode 0600) for run-time registrations, JSON lines; "
+    "see docs/agent.md.",
+)
+@click.option(
     "--metrics",
     "metrics_file",
     metavar="FILE",
@@ -180,6 +188,7 @@ def agent(
     ringbuf: str,
     no_snapshots: bool,
     no_nat: bool,
+    api_socket: str | None,
     metrics_file: str | None,
 ) -> None:
     """Capture this host's TCP connections with eBPF and export named flow records.
@@ -222,6 +231,11 @@ def agent(
         host_workload=host_workload,
     )
     netns = NetnsIndex()
+    api = None
+    if api_socket:
+        from flowtrail.agent.identity_api import RegistrationServer
+
+        api = RegistrationServer(api_socket, registry).start()
     capture = Capture(ringbuf_bytes=parse_size(ringbuf, "--ringbuf"))
     capture.start()  # CapabilityError names what is missing
     stop = threading.Event()
@@ -260,6 +274,8 @@ def agent(
     try:
         runner.run(stop)
     finally:
+        if api is not None:
+            api.stop()
         summary = runner.metrics()
         capture.close()
         if metrics_file:
