@@ -6,7 +6,9 @@
  *   loadgen SECONDS CLIENT_THREADS [RATE]
  *
  * A server thread accepts, reads until EOF and closes; each client thread loops: connect to
- * 127.0.0.1, send 64 bytes, close. RATE (connections/s over all clients, 0 = as fast as
+ * 127.0.0.1, send 64 bytes, close. Clients bind a rotating source address in 127.0.0.0/24
+ * (port chosen at connect, IP_BIND_ADDRESS_NO_PORT): the TIME_WAIT sockets a run leaves behind
+ * then never crowd the 4-tuple space of the next run, which otherwise makes rates drift. RATE (connections/s over all clients, 0 = as fast as
  * possible) paces the clients. Prints "connections=N seconds=S rate=R errors=E" and exits.
  * Only loopback is used.
  */
@@ -59,11 +61,18 @@ static void *client(void *arg)
 {
 	static const char payload[64] = "flowtrail-loadgen";
 	double next = now();
+	unsigned int seq = (unsigned int)(long)arg * 7919;
+	int one = 1;
 
-	(void)arg;
 	while (!atomic_load(&stop)) {
 		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in src = {.sin_family = AF_INET};
 
+		src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 1 + seq++ % 250); /* 127.0.0.2-251 */
+		if (fd >= 0) {
+			setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+			bind(fd, (struct sockaddr *)&src, sizeof(src));
+		}
 		if (fd < 0 || connect(fd, (struct sockaddr *)&server_addr, sizeof(server_addr)) != 0 ||
 		    write(fd, payload, sizeof(payload)) != (ssize_t)sizeof(payload)) {
 			atomic_fetch_add(&error_count, 1);
@@ -120,7 +129,7 @@ int main(int argc, char **argv)
 	cl = calloc(threads, sizeof(*cl));
 	start = now();
 	for (int i = 0; i < threads; i++)
-		pthread_create(&cl[i], NULL, client, NULL);
+		pthread_create(&cl[i], NULL, client, (void *)(long)i);
 	usleep((useconds_t)(seconds * 1e6));
 	atomic_store(&stop, 1);
 	elapsed = now() - start;

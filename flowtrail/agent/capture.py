@@ -316,6 +316,7 @@ class Capture:
         self.object_path = Path(object_path)
         self.reader = reader
         self._prog_fd = -1
+        self._expired = 0  # start-map entries live() found certainly dead and removed
         # default: wake the reader when an eighth of the ring is queued
         self.wakeup_bytes = ringbuf_bytes // 8 if wakeup_bytes is None else wakeup_bytes
         if not 0 <= self.wakeup_bytes <= ringbuf_bytes:
@@ -437,7 +438,14 @@ class Capture:
             fd, keys.ctypes.data, 8, values.ctypes.data, RECORD_SIZE, self.max_sockets
         )
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        records = values[:n]
+        records, keys = values[:n], keys[:n]
+        dead = dead_entries(records, now)
+        if dead.any():
+            # their closes were missed (recursion_miss): free the slots, never report them
+            for key in keys[dead]:
+                libbpf.map_delete(fd, ctypes.c_uint64(int(key)))
+            self._expired += int(dead.sum())
+            records = records[~dead]
         records = records[records["established"] == 1].copy()
         records["end_ns"] = now
         return decode(records, self._require(self.clock))
@@ -455,6 +463,7 @@ class Capture:
             libbpf.map_lookup(fd, key, values)
             out[reason] = int(sum(values))
         out["bad_record_size"] = self._ring.bad_size if self._ring is not None else 0
+        out["expired_start"] = self._expired
         # events the kernel never ran the program for (nested on one CPU): closes or opens lost
         out["recursion_miss"] = libbpf.prog_recursion_misses(self._prog_fd)
         return out
@@ -490,6 +499,38 @@ class Capture:
         if value is None:
             raise RuntimeError("Capture is not started")
         return value
+
+
+HANDSHAKE_LIMIT_NS = 600 * 10**9  # SYN retries give up long before (127 s by default)
+
+
+def dead_entries(records: npt.NDArray[Any], now_mono_ns: int) -> npt.NDArray[np.bool_]:
+    """Start-map entries whose socket is certainly gone though its close was never seen.
+
+    - an entry still in its handshake after HANDSHAKE_LIMIT_NS;
+    - an established entry whose 4-tuple (in its netns) a newer established entry also has:
+      one tuple cannot name two live sockets, so the older one closed unseen.
+    """
+    dead = (records["established"] == 0) & (
+        records["start_ns"].astype(np.int64) < now_mono_ns - HANDSHAKE_LIMIT_NS
+    )
+    est = np.flatnonzero(records["established"] == 1)
+    if len(est) > 1:
+        r = records[est]
+        tuples = np.zeros(len(r), [("ns", "<u4"), ("fam", "<u2"), ("sp", "<u2"), ("dp", "<u2"),
+                                   ("s", "V16"), ("d", "V16")])  # fmt: skip
+        tuples["ns"], tuples["fam"] = r["netns_ino"], r["family"]
+        tuples["sp"], tuples["dp"] = r["sport"], r["dport"]
+        tuples["s"] = r["saddr"].copy().view("V16").ravel()
+        tuples["d"] = r["daddr"].copy().view("V16").ravel()
+        keys = tuples.view(f"V{tuples.dtype.itemsize}")
+        tuple_id = np.unique(keys, return_inverse=True)[1].ravel()
+        order = np.lexsort((r["start_ns"], tuple_id))  # by tuple, then oldest first
+        group = tuple_id[order]
+        older = np.zeros(len(r), bool)
+        older[order[:-1]] = group[:-1] == group[1:]  # not the newest of its tuple
+        dead[est[older]] = True
+    return np.asarray(dead, dtype=np.bool_)
 
 
 def _addresses(

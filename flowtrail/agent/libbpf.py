@@ -103,6 +103,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
+    "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, _P]),
     "bpf_map_lookup_batch": (
         ctypes.c_int,
         [ctypes.c_int, _P, _P, _P, _P, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(_BatchOpts)],
@@ -257,6 +258,16 @@ def map_update(fd: int, key: Any, value: Any, flags: int = 0) -> None:
     rc = lib().bpf_map_update_elem(fd, ctypes.addressof(key), ctypes.addressof(value), flags)
     if rc != 0:
         raise _errno_error("bpf_map_update_elem")
+
+
+def map_delete(fd: int, key: Any) -> bool:
+    """Delete one key; False when it was already gone."""
+    if lib().bpf_map_delete_elem(fd, ctypes.addressof(key)) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno_mod.ENOENT:
+        return False
+    raise _errno_error("bpf_map_delete_elem", err)
 
 
 def map_lookup_batched(
