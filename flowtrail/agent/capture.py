@@ -116,7 +116,8 @@ def capability_problems(
             n for n, b in (("CAP_BPF", _CAP_BPF), ("CAP_PERFMON", _CAP_PERFMON)) if not has(b)
         ]
         problems.append(
-            f"missing {' and '.join(missing)} (or CAP_SYS_ADMIN): run as root or grant them"
+            f"missing {' and '.join(missing)} (or CAP_SYS_ADMIN):"
+            " run as root with its capabilities, or grant them"
         )
     if not Path(btf_path).is_file():
         problems.append(
