@@ -83,6 +83,7 @@ class Agent:
         self._lock = threading.Lock()
         self._queue: list[pa.RecordBatch] = []  # filled by the reader thread in `run`
         self._queued_rows = 0
+        self._reader_error: Exception | None = None
         self._polled_rows = 0
         self._next_resolve = 0
         self._interval_ns = int(config.interval_s * 1e9)
@@ -213,7 +214,12 @@ class Agent:
         dump, a CPU-starved moment) never leaves the kernel's ring full. Bounded: past
         `backlog_rows` the newest batch is dropped and counted."""
         while not stop.is_set():
-            batch = self.capture.poll(self.config.poll_ms)
+            try:
+                batch = self.capture.poll(self.config.poll_ms)
+            except Exception as exc:  # surfaced by run() after the last flush
+                self._reader_error = exc
+                stop.set()
+                return
             if batch is None or batch.num_rows == 0:
                 continue
             with self._lock:
@@ -242,9 +248,15 @@ class Agent:
         finally:
             stop.set()
             reader.join()
-            self.drain()
+            if self._reader_error is None:
+                self.drain()
+            else:
+                self._take_queued()
+                self._ingest_polled()
             self.flush(snapshots=False)
             self.delivery.retry(force=True)
+        if self._reader_error is not None:
+            raise self._reader_error
 
     def metrics(self) -> dict[str, int]:
         out = dict(self.counters)

@@ -166,3 +166,27 @@ def test_every_cli_option_is_documented() -> None:
         for opt in param.opts:
             if opt.startswith("--"):
                 assert f"`{opt}" in doc, f"{opt} is not documented in docs/agent.md"
+
+
+class FailingCapture(ListCapture):
+    """Gives its batches, then fails the way a broken ring buffer read would."""
+
+    def poll(self, timeout_ms: int = 0) -> pa.RecordBatch | None:
+        if not self.batches:
+            raise OSError(5, "ring buffer read failed")
+        return super().poll(timeout_ms)
+
+
+def test_run_exports_what_it_has_then_raises_a_capture_failure(tmp_path: Path) -> None:
+    import threading
+
+    agent = Agent(
+        FailingCapture([raw([{}]), raw([{"sock_id": 8}])]),
+        AgentConfig(exporter="h1", interval_s=3600, poll_ms=10, resolve_every_s=0.02),
+        IdentityChain.build(("host",), host_workload="box", host_netns=HOST_NS),
+        Delivery(ParquetDir(tmp_path)),
+    )
+    with pytest.raises(OSError, match="ring buffer read failed"):
+        agent.run(threading.Event())
+    (f,) = tmp_path.glob("flows-*.parquet")
+    assert read_table(f, FLOWS).column("flow_id").to_pylist() == ["h1:7", "h1:8"]
