@@ -7,9 +7,9 @@ import click
 
 def register(group: click.Group) -> None:
     from flowtrail.agent.command import agent
+    from flowtrail.demo import demo
     from flowtrail.engine.command import attribute
     from flowtrail.evaluate.command import eval_command
-    from flowtrail.demo import demo
     from flowtrail.sim.command import sim
 
     for command in (attribute, sim, eval_command, demo, agent):

@@ -1,10 +1,10 @@
 """The exception tree. Every error flowtrail raises on purpose is a FlowtrailError.
 
-    FlowtrailError
-    ├── InputError            bad input: a file, a row, a column, a flag (names which)
-    │   └── ContractError     a table breaks CONTRACT.md (missing column, wrong type, bad value)
-    ├── CapabilityError       the machine lacks what is needed (root, CAP_BPF, BTF, a tracepoint)
-    └── ExportError           an exporter could not deliver (after its retries)
+FlowtrailError
+├── InputError            bad input: a file, a row, a column, a flag (names which)
+│   └── ContractError     a table breaks CONTRACT.md (missing column, wrong type, bad value)
+├── CapabilityError       the machine lacks what is needed (root, CAP_BPF, BTF, a tracepoint)
+└── ExportError           an exporter could not deliver (after its retries)
 """
 
 from __future__ import annotations

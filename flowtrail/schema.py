@@ -94,7 +94,9 @@ FLOWS = Table(
         Column("retransmits", I64, False, "retransmitted segments", Kind.COUNT),
         Column("srtt_us", I64, False, "smoothed RTT, microseconds", Kind.COUNT),
         Column("local_workload", S, False, "who owned local_ip here; null = unknown"),
-        Column("received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME),
+        Column(
+            "received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME
+        ),
     ),
 )
 
