@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,29 +173,41 @@ def pipeline_only(total: int, batch: int) -> dict[str, object]:
     }
 
 
+def bare_rate(seconds: float, threads: int, rate: int) -> float:
+    alone = subprocess.run(
+        [str(loadgen()), str(seconds), str(threads), str(rate)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(dict(kv.split("=") for kv in alone.stdout.split())["rate"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of each timed run")
+    ap.add_argument("--rounds", type=int, default=1, help="alone/attached pairs, interleaved")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rate", type=int, default=0, help="connections/s, 0 = as fast as possible")
     ap.add_argument("--skip-load", action="store_true")
     args = ap.parse_args()
     report: dict[str, object] = {}
     if not args.skip_load:
-        # The same loop without any agent first, then with the whole agent attached.
-        alone = subprocess.run(
-            [str(loadgen()), str(args.seconds), str(args.threads), str(args.rate)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        bare = dict(kv.split("=") for kv in alone.stdout.split())
-        loaded = under_load(args.seconds, args.threads, args.rate)
-        with_agent = float(loaded["loadgen"]["rate"])  # type: ignore[index]
-        report["rate_without_agent"] = float(bare["rate"])
-        report["rate_with_agent"] = with_agent
-        report["rate_ratio"] = round(with_agent / float(bare["rate"]), 3)
-        report["under_load"] = loaded
+        # Pairs of the same loop without any agent, then with the whole agent attached,
+        # interleaved so that drift (and other load on the host) hits both sides alike.
+        pairs = []
+        for _ in range(args.rounds):
+            bare = bare_rate(args.seconds, args.threads, args.rate)
+            loaded = under_load(args.seconds, args.threads, args.rate)
+            with_agent = float(loaded["loadgen"]["rate"])  # type: ignore[index]
+            made = 2 * int(loaded["loadgen"]["connections"])  # type: ignore[index]
+            loaded["flows_from_other_processes"] = int(loaded["flows_captured"]) - made  # type: ignore[call-overload]
+            pairs.append(
+                {"without": bare, "with": with_agent, "ratio": round(with_agent / bare, 3)}
+            )
+            report["under_load_last_round"] = loaded
+        report["rate_pairs"] = pairs
+        report["rate_ratio_median"] = statistics.median(p["ratio"] for p in pairs)
     report["pipeline_only"] = [pipeline_only(200_000, b) for b in (500, 2_000, 20_000)]
     json.dump(report, sys.stdout, indent=1)
     print()
