@@ -24,7 +24,37 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowtrail.errors import ExportError, InputError
-from flowtrail.tables import write_table
+
+# Columns with few distinct values per batch: dictionary-encoded. flow_id, ports, times and
+# counters are near-unique, where a dictionary only costs time (measured: 0.63 → 0.34 µs/row).
+DICTIONARY_COLUMNS = (
+    "exporter",
+    "region",
+    "local_ip",
+    "remote_ip",
+    "nat_remote_ip",
+    "direction",
+    "state",
+    "local_workload",
+    "outcome",
+)
+
+
+def write_parquet(table: pa.Table, path: Path) -> None:
+    """Write atomically (temp file + rename): a reader never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="snappy",
+            use_dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names],
+        )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 class Exporter(Protocol):
@@ -45,7 +75,7 @@ class ParquetDir:
         self.prefix = prefix
 
     def export(self, table: pa.Table, batch_id: str) -> None:
-        write_table(table, self.directory / f"{self.prefix}-{batch_id}.parquet")
+        write_parquet(table, self.directory / f"{self.prefix}-{batch_id}.parquet")
 
 
 class NullExporter:
@@ -115,7 +145,7 @@ class Spool:
     def put(self, table: pa.Table, batch_id: str) -> bool:
         """Keep `table` for later; False when it could not be kept (counted as dropped)."""
         try:
-            write_table(table, self.directory / f"{batch_id}.parquet")
+            write_parquet(table, self.directory / f"{batch_id}.parquet")
         except OSError:
             self.stats["spool_write_failed_rows"] += table.num_rows
             return False
