@@ -466,8 +466,15 @@ class Capture:
         out["bad_record_size"] = self._ring.bad_size if self._ring is not None else 0
         out["expired_start"] = self._expired
         # events the kernel never ran the program for (nested on one CPU): closes or opens lost
-        out["recursion_miss"] = libbpf.prog_recursion_misses(self._prog_fd)
+        out["recursion_miss"] = libbpf.prog_stats(self._prog_fd)["recursion_misses"]
         return out
+
+    def program_stats(self) -> dict[str, int]:
+        """The kernel's counters for the attached program: run_cnt and run_time_ns (kept only
+        while sysctl kernel.bpf_stats_enabled=1) and recursion_misses."""
+        if self._link is None:
+            raise RuntimeError("Capture is not started")
+        return libbpf.prog_stats(self._prog_fd)
 
     # -- internals ---------------------------------------------------------------------------
 

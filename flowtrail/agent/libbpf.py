@@ -306,21 +306,22 @@ def map_lookup_batched(
 
 # struct bpf_prog_info (uapi linux/bpf.h): stable ABI offsets of the run statistics
 _PROG_INFO_SIZE = 232
-_PROG_INFO_RECURSION_MISSES = 208
+_PROG_INFO_FIELDS = {"run_time_ns": 192, "run_cnt": 200, "recursion_misses": 208}
 
 
-def prog_recursion_misses(prog_fd: int) -> int:
-    """How often the kernel skipped the program because one was already running on that CPU
-    (a tracepoint hit from softirq while the program ran in process context)."""
+def prog_stats(prog_fd: int) -> dict[str, int]:
+    """run_time_ns and run_cnt (counted only while kernel.bpf_stats_enabled=1), and
+    recursion_misses: how often the kernel skipped the program because one was already running
+    on that CPU (a tracepoint hit from softirq while the program ran in process context)."""
     info = (ctypes.c_uint8 * _PROG_INFO_SIZE)()
     length = ctypes.c_uint32(_PROG_INFO_SIZE)
     if lib().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(length)) != 0:
         raise _errno_error("bpf_obj_get_info_by_fd")
-    if length.value < _PROG_INFO_RECURSION_MISSES + 8:
-        return 0  # a kernel too old to count them
-    return int.from_bytes(
-        bytes(info[_PROG_INFO_RECURSION_MISSES : _PROG_INFO_RECURSION_MISSES + 8]), "little"
-    )
+    raw = bytes(info)
+    return {
+        name: int.from_bytes(raw[off : off + 8], "little") if length.value >= off + 8 else 0
+        for name, off in _PROG_INFO_FIELDS.items()
+    }
 
 
 class RingBuffer:

@@ -397,23 +397,23 @@ def test_cross_netns_and_cgroups_both_ends(cap: Recorder) -> None:
     assert out["pid"] == client.pid and out["outcome"] == inb["outcome"] == "established"
 
 
-def test_netns_inode_matches_namespace_file(cap: Recorder) -> None:
+def test_ipv6_across_namespaces_netns_inodes_and_bytes(cap: Recorder) -> None:
     with netns_pair(v6=True) as (ns_a, ip_a, ns_b, ip_b):
         ino_a, ino_b = netns_inode(ns_a), netns_inode(ns_b)
-        server = spawn(ns_a, None, "server", ip_a, 0, 10, 20)
+        server = spawn(ns_a, None, "server", ip_a, 0, 70000, 2000)
         port = read_kv(server)["port"]
-        client = spawn(ns_b, None, "client", ip_a, port, 20, 10)
+        client = spawn(ns_b, None, "client", ip_a, port, 2000, 70000)
         cport = read_kv(client)["local_port"]
         client.wait(5)
         server.wait(5)
         rows = collect(
             cap, {port, cport}, lambda r: {r["local_port"], r["remote_port"]} == {port, cport}, 2
         )
-    assert {(r["direction"], r["netns_ino"], r["local_ip"]) for r in rows} == {
-        ("outbound", ino_b, ip_b),
-        ("inbound", ino_a, ip_a),
-    }
-    assert all(r["family"] == 6 for r in rows)
+    assert {
+        (r["direction"], r["netns_ino"], r["local_ip"], r["bytes_sent"], r["bytes_received"])
+        for r in rows
+    } == {("outbound", ino_b, ip_b, 2000, 70000), ("inbound", ino_a, ip_a, 70000, 2000)}
+    assert all(r["family"] == 6 and r["remote_ip"] in (ip_a, ip_b) for r in rows)
 
 
 def test_handshake_timeout(cap: Recorder) -> None:
@@ -579,3 +579,31 @@ def test_poll_timeout_bounds_latency_below_wakeup_threshold() -> None:
         t0 = time.monotonic()
         rows = collect(c, {cport}, lambda r: r["local_port"] == cport, 1, timeout=3)
         assert len(rows) == 1 and time.monotonic() - t0 < 2
+
+
+def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
+    """The socket keeps the id of the cgroup it was made in, even once that cgroup is gone."""
+    home = next(
+        line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line[:3] == "0::"
+    )
+    path = CGROUP2 / unique("flowtrail-test-")
+    path.mkdir()
+    try:
+        cg_id = path.stat().st_ino
+        (path / "cgroup.procs").write_text(str(os.getpid()))  # this process, for one connect
+        try:
+            listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
+        finally:
+            (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+        path.rmdir()  # no process left in it; the sockets still refer to it
+        assert not path.exists()
+        cport = client.getsockname()[1]
+        exchange(client, accepted, 3, 4)
+        for s in (client, accepted, listener):
+            s.close()
+    finally:
+        if path.exists():
+            (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+            path.rmdir()
+    rows = collect(cap, {cport}, lambda r: cport in (r["local_port"], r["remote_port"]), 2)
+    assert [r["cgroup_id"] for r in rows] == [cg_id, cg_id]  # the accepted one via its listener

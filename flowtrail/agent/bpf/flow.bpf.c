@@ -5,7 +5,8 @@
  * A socket enters `flow_starts` on its first opening transition (CLOSE->SYN_SENT for connect(),
  * LISTEN->SYN_RECV for an accepted child) and leaves it on the change to CLOSE, when its record
  * goes to the ring buffer. Identity (cgroup, netns) is read from the socket itself, never from the
- * current task, because closes often run in softirq on behalf of nobody in particular.
+ * current task: accepted sockets are made, and closes often run, in softirq on behalf of nobody
+ * in particular.
  * Listening sockets never enter the map. Every loss is counted in `flow_drops`.
  */
 #include "vmlinux.h"
@@ -184,9 +185,10 @@ static __always_inline int on_established(const struct trace_event_raw_inet_sock
 
 	if (!r)
 		return 0;
-	/* the local port of connect() is picked after SYN_SENT: take the final tuple now */
-	fill_tuple(r, ctx);
-	fill_identity(r, (struct sock *)ctx->skaddr);
+	/* connect() picks its local port after SYN_SENT: take the final tuple now (an accepted
+	 * child had its whole tuple at SYN_RECV) */
+	if (r->direction == FLOW_DIR_OUTBOUND)
+		fill_tuple(r, ctx);
 	r->established = 1;
 	return 0;
 }
@@ -227,9 +229,11 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 	}
 	__builtin_memcpy(r, start, sizeof(*r));
 	r->end_ns = bpf_ktime_get_ns();
-	if (ctx->sport != 0)
+	/* a tuple still without its local port (the ESTABLISHED change was never seen) */
+	if (r->sport == 0 && ctx->sport != 0)
 		fill_tuple(r, ctx);
-	fill_identity(r, sk);
+	/* cgroup and netns were read from the socket at open: a socket's sk_cgrp_data is set
+	 * when it is created (or cloned from its listener) and never changes, nor does its netns */
 	fill_counters(r, sk);
 	/* closing from any state past the handshake means it was established, even when the
 	 * ESTABLISHED transition itself was missed (a nested tracepoint the kernel skipped) */
