@@ -2,13 +2,15 @@
 
 numpy's searchsorted works on one sorted array; the engine's tables are sorted by an address
 key and then by a time. These helpers find, for many (key, time) queries at once, positions
-inside each key's block, with a handful of whole-array numpy steps per halving.
+inside each key's block (the binary search inside a block is a compiled kernel).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+
+from flowtrail.engine import kernels
 
 I64 = npt.NDArray[np.int64]
 
@@ -27,20 +29,12 @@ def search_in_blocks(values: I64, lo: I64, hi: I64, targets: I64, *, side: str) 
 
     `values` must be ascending inside every [lo, hi) block.
     """
-    left, right = lo.copy(), hi.copy()
-    if len(values) == 0:
-        return left
-    while True:
-        active = left < right
-        if not active.any():
-            return left
-        mid = (left + right) >> 1
-        probe = values[np.minimum(mid, len(values) - 1)]
-        go_right = probe < targets if side == "left" else probe <= targets
-        go_right &= active
-        go_left = active & ~go_right
-        left = np.where(go_right, mid + 1, left)
-        right = np.where(go_left, mid, right)
+    if len(targets) == 0:
+        return np.empty(0, np.int64)
+    return kernels.search_in_blocks(  # type: ignore[no-any-return]
+        values, lo.astype(np.int64), hi.astype(np.int64), targets.astype(np.int64),
+        side == "right",
+    )  # fmt: skip
 
 
 def expand_ranges(starts: I64, stops: I64) -> tuple[I64, I64]:

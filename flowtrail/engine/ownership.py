@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from flowtrail.engine import kernels
 from flowtrail.engine.keyed_search import expand_ranges, key_blocks, search_in_blocks
 
 U64 = npt.NDArray[np.uint64]
@@ -171,24 +172,12 @@ class OwnershipRanges:
         else NOT_COVERED.
         """
         seg = self.segments
-        b_lo, b_hi = key_blocks(seg.key, key)
-        # Last segment starting at or before lo.
-        pos = search_in_blocks(seg.start, b_lo, b_hi, lo, side="right") - 1
-        has = pos >= b_lo
-        p = np.where(has, pos, 0)
-        out = np.full(len(key), NOT_COVERED, dtype=np.int32)
-        if len(seg) == 0:
-            return out
-        covers = has & (seg.end[p] > hi)  # segment ends are exclusive
-        owner = seg.owner[p]
-        out[covers & (owner >= 0)] = owner[covers & (owner >= 0)]
-        out[covers & (owner < 0)] = CONFLICT
-        # Not covered by one segment: is that because of a conflict inside the window?
-        nc = np.flatnonzero(~covers)
-        if len(nc):
-            n_seg, o_min, o_max = self.owners_within(key[nc], lo[nc], hi[nc])
-            out[nc[(n_seg > 0) & ((o_min < 0) | (o_min != o_max))]] = CONFLICT
-        return out
+        if len(seg) == 0 or len(key) == 0:
+            return np.full(len(key), NOT_COVERED, dtype=np.int32)
+        return kernels.window_owner(  # type: ignore[no-any-return]
+            seg.key, seg.start, seg.end, seg.owner, np.ascontiguousarray(key),
+            np.ascontiguousarray(lo), np.ascontiguousarray(hi),
+        )  # fmt: skip
 
     def owners_within(self, key: U64, lo: I64, hi: I64) -> tuple[I64, I32, I32]:
         """Per window: (segments touching it, min owner, max owner), for consistency checks."""

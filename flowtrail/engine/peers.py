@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from flowtrail.engine import kernels
 from flowtrail.engine.hashindex import HashMultimap
 
 U64 = npt.NDArray[np.uint64]
@@ -142,28 +143,12 @@ class PeerIndex:
         NO_MATCH where no row matches; and the handles of all matching rows.
         """
         n = len(local_key)
-        out = np.full(n, NO_MATCH, np.int32)
-        none = np.empty(0, np.int64)
         if n == 0 or self._size == 0:
-            return out, none
-        query, row = self._table.lookup(tuple_hash(remote_key, remote_port, local_key, local_port))
-        if len(row) == 0:
-            return out, none
-        r = self._store[row]
-        exact = (
-            (r["local_key"] == remote_key[query])
-            & (r["local_port"] == remote_port[query])
-            & (r["remote_key"] == local_key[query])
-            & (r["remote_port"] == local_port[query])
-            & (np.abs(r["start"] - start[query]) <= tolerance_ns)
-        )
-        query, owner, partners = query[exact], r["owner"][exact], r["row"][exact]
-        o_min = np.full(n, np.iinfo(np.int32).max, np.int64)
-        o_max = np.full(n, np.iinfo(np.int32).min, np.int64)
-        np.minimum.at(o_min, query, owner)
-        np.maximum.at(o_max, query, owner)
-        hit = o_max >= o_min
-        agree = hit & (o_min == o_max)
-        out[agree] = o_min[agree].astype(np.int32)
-        out[hit & ~agree] = CONFLICT
+            return np.full(n, NO_MATCH, np.int32), np.empty(0, np.int64)
+        table_hash, table_row = self._table.arrays
+        out, partners = kernels.peer_match(
+            table_hash, table_row, self._store,
+            tuple_hash(remote_key, remote_port, local_key, local_port),
+            local_key, local_port, remote_key, remote_port, start, tolerance_ns,
+        )  # fmt: skip
         return out, partners

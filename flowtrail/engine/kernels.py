@@ -1,0 +1,170 @@
+"""Compiled inner loops (numba) for the few places where numpy's whole-array passes lose.
+
+Hash probing and per-query binary searches touch a handful of elements per query at random;
+numpy can only express them as many full passes over the query arrays. These kernels do the
+same work in one pass, on plain arrays: no Python objects, no per-flow interpreter work.
+Compiled code is cached beside this file after the first call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# Everything below takes and returns plain numpy arrays; types are inferred by numba.
+
+
+@njit(cache=True, nogil=True)
+def hash_place(table_hash, table_row, hashes, rows):  # type: ignore[no-untyped-def]
+    """Linear-probing insert; the table must have a free slot for every hash."""
+    mask = len(table_hash) - 1
+    for i in range(len(hashes)):
+        h = hashes[i] | np.uint64(1)  # 0 marks an empty slot
+        s = np.int64(h & np.uint64(mask))
+        while table_hash[s] != 0:
+            s = (s + 1) & mask
+        table_hash[s] = h
+        table_row[s] = rows[i]
+
+
+@njit(cache=True, nogil=True)
+def hash_lookup(table_hash, table_row, hashes):  # type: ignore[no-untyped-def]
+    """Every (query index, stored row) pair with an equal hash."""
+    mask = len(table_hash) - 1
+    cap = max(16, len(hashes))
+    out_q = np.empty(cap, np.int64)
+    out_r = np.empty(cap, np.int64)
+    n = 0
+    for i in range(len(hashes)):
+        h = hashes[i] | np.uint64(1)
+        s = np.int64(h & np.uint64(mask))
+        while table_hash[s] != 0:
+            if table_hash[s] == h:
+                if n == len(out_q):
+                    grown_q = np.empty(2 * n, np.int64)
+                    grown_q[:n] = out_q
+                    out_q = grown_q
+                    grown_r = np.empty(2 * n, np.int64)
+                    grown_r[:n] = out_r
+                    out_r = grown_r
+                out_q[n] = i
+                out_r[n] = table_row[s]
+                n += 1
+            s = (s + 1) & mask
+    return out_q[:n], out_r[:n]
+
+
+@njit(cache=True, nogil=True)
+def search_in_blocks(values, lo, hi, targets, right):  # type: ignore[no-untyped-def]
+    """searchsorted(values[lo[i]:hi[i]], targets[i], side) + lo[i] for every i."""
+    out = np.empty(len(targets), np.int64)
+    for i in range(len(targets)):
+        a, b, t = lo[i], hi[i], targets[i]
+        while a < b:
+            m = (a + b) >> 1
+            if values[m] < t or (right and values[m] == t):
+                a = m + 1
+            else:
+                b = m
+        out[i] = a
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _block(keys, key):  # type: ignore[no-untyped-def]
+    """[lo, hi) of `key` in sorted `keys`."""
+    a, b = 0, len(keys)
+    while a < b:
+        m = (a + b) >> 1
+        if keys[m] < key:
+            a = m + 1
+        else:
+            b = m
+    lo = a
+    b = len(keys)
+    while a < b:
+        m = (a + b) >> 1
+        if keys[m] <= key:
+            a = m + 1
+        else:
+            b = m
+    return lo, a
+
+
+@njit(cache=True, nogil=True)
+def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: ignore[no-untyped-def]
+    """Per query: the owner whose one segment covers [lo, hi]; -2 conflict; -1 not covered.
+
+    Segments are sorted by (key, start), non-overlapping and merged per key; an owner < 0
+    marks an ambiguous stretch. See OwnershipRanges.owner_over.
+    """
+    out = np.full(len(key), -1, np.int32)
+    for i in range(len(key)):
+        b_lo, b_hi = _block(seg_key, key[i])
+        if b_lo == b_hi:
+            continue
+        # Last segment starting at or before lo.
+        a, b = b_lo, b_hi
+        while a < b:
+            m = (a + b) >> 1
+            if seg_start[m] <= lo[i]:
+                a = m + 1
+            else:
+                b = m
+        p = a - 1
+        if p >= b_lo and seg_end[p] > hi[i]:
+            out[i] = seg_owner[p] if seg_owner[p] >= 0 else -2
+            continue
+        # Not covered by one segment: a conflict if the window sees another owner or ambiguity.
+        a, b = b_lo, b_hi
+        while a < b:  # first segment ending at or after lo
+            m = (a + b) >> 1
+            if seg_end[m] < lo[i]:
+                a = m + 1
+            else:
+                b = m
+        first = np.int64(-1)
+        j = a
+        while j < b_hi and seg_start[j] <= hi[i]:
+            if seg_owner[j] < 0 or (first >= 0 and seg_owner[j] != first):
+                out[i] = -2
+                break
+            first = seg_owner[j]
+            j += 1
+    return out
+
+
+@njit(cache=True, nogil=True)
+def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
+               remote_port, start, tolerance):  # fmt: skip
+    """Per query: the owner of the other end's matching rows (-1 none, -2 they disagree),
+    plus the row handles of every matching row."""
+    mask = len(table_hash) - 1
+    out = np.full(len(q_hash), -1, np.int32)
+    partners = np.empty(max(16, len(q_hash)), np.int64)
+    n = 0
+    for i in range(len(q_hash)):
+        h = q_hash[i] | np.uint64(1)
+        s = np.int64(h & np.uint64(mask))
+        while table_hash[s] != 0:
+            if table_hash[s] == h:
+                r = store[table_row[s]]
+                if (
+                    r["local_key"] == remote_key[i]
+                    and r["local_port"] == remote_port[i]
+                    and r["remote_key"] == local_key[i]
+                    and r["remote_port"] == local_port[i]
+                    and abs(r["start"] - start[i]) <= tolerance
+                ):
+                    if out[i] == -1:
+                        out[i] = r["owner"]
+                    elif out[i] != r["owner"]:
+                        out[i] = -2
+                    if n == len(partners):
+                        grown = np.empty(2 * n, np.int64)
+                        grown[:n] = partners
+                        partners = grown
+                    partners[n] = r["row"]
+                    n += 1
+            s = (s + 1) & mask
+    return out, partners[:n]
