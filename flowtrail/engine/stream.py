@@ -1,0 +1,121 @@
+"""The engine for a live collector: Arrow batches in, attributed Arrow tables out.
+
+The same Attributor as the offline replay (one implementation of attribution), driven by a
+clock the caller supplies (wall time in a collector). Rows wait inside until decided; the
+caller gets back each submitted batch's rows as they are decided, with the contract's
+remote_workload, remote_source and attributed_ns appended and every input column unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.engine.attributor import Attributor, Decisions, Settings
+from flowtrail.engine.ipkeys import IpKeys, Names
+from flowtrail.engine.replay import _int64, flow_arrays
+from flowtrail.schema import ATTRIBUTION_COLUMNS, FLOWS, SOURCES
+
+
+@dataclass
+class _Batch:
+    table: pa.Table
+    first: int  # row handle of its first row
+    left: int  # rows not yet decided
+
+
+class StreamingAttribution:
+    """Submit validated contract `flows` tables and `events` tables; tick to get results."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.engine = Attributor(settings)
+        self.ipkeys = IpKeys()
+        self.names = Names()
+        self._next = 0
+        self._batches: dict[int, _Batch] = {}
+        self._firsts = np.empty(0, np.int64)  # sorted first handles of live batches
+
+    @property
+    def waiting(self) -> int:
+        return self.engine.pending
+
+    def submit_flows(self, flows: pa.Table, now: int) -> pa.Table:
+        """Hand over a batch received at `now`; returns it with received_ns filled in.
+
+        A null or absent received_ns becomes `now`: the collector's own clock is what the
+        contract means by it.
+        """
+        idx = flows.column_names.index("received_ns") if "received_ns" in flows.column_names else -1
+        field = FLOWS.column("received_ns").field
+        if idx < 0:
+            flows = flows.append_column(field, pa.array(np.full(flows.num_rows, now, np.int64)))
+        elif flows.column(idx).null_count:
+            flows = flows.set_column(idx, field, pc.fill_null(flows.column(idx), now))
+        n = flows.num_rows
+        if n == 0:
+            return flows
+        fa = flow_arrays(flows, self.ipkeys, self.names)
+        fa.rec["row"] += self._next
+        self._batches[self._next] = _Batch(flows, self._next, n)
+        self._firsts = np.append(self._firsts, self._next)
+        self._next += n
+        self.engine.add_flows(fa, now)
+        return flows
+
+    def submit_events(self, events: pa.Table, now: int) -> None:
+        if events.num_rows == 0:
+            return
+        time_ns = events.column("time_ns")
+        got = events.column("received_ns") if "received_ns" in events.column_names else None
+        received = _int64(pc.fill_null(got, now)) if got is not None else None
+        self.engine.add_events(
+            self.ipkeys.keys(events.column("ip")),
+            self.names.ids(events.column("workload")),
+            np.asarray(pc.equal(events.column("action"), "assign").to_numpy(zero_copy_only=False)),
+            _int64(time_ns),
+            received if received is not None else np.full(events.num_rows, now, np.int64),
+        )
+
+    def tick(self, now: int) -> list[pa.Table]:
+        """Decide what can be decided at `now`; one attributed table per batch touched."""
+        return self._tables(self.engine.tick(now))
+
+    def _tables(self, d: Decisions) -> list[pa.Table]:
+        if len(d) == 0:
+            return []
+        order = np.argsort(d.row, kind="stable")
+        rows, owner, source, decided = (
+            d.row[order],
+            d.owner[order],
+            d.source[order],
+            d.decided[order],
+        )
+        which = np.searchsorted(self._firsts, rows, side="right") - 1
+        out: list[pa.Table] = []
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        finished: list[int] = []
+        for part in np.split(np.arange(len(rows)), cuts):
+            first = int(self._firsts[which[part[0]]])
+            batch = self._batches[first]
+            taken = batch.table.take(pa.array(rows[part] - first))
+            cols = (
+                self.names.to_arrow(owner[part]),
+                pc.take(pa.array(SOURCES), pa.array(source[part].astype(np.int32))),
+                pa.array(decided[part]),
+            )
+            for col, values in zip(ATTRIBUTION_COLUMNS, cols, strict=True):
+                if col.name in taken.column_names:
+                    taken = taken.drop_columns([col.name])
+                taken = taken.append_column(col.field, values)
+            out.append(taken)
+            batch.left -= len(part)
+            if batch.left == 0:
+                finished.append(first)
+        if finished:
+            for first in finished:
+                del self._batches[first]
+            self._firsts = self._firsts[~np.isin(self._firsts, finished)]
+        return out
