@@ -1,4 +1,5 @@
-"""Command-line units: durations like 180s, 100ms, 5m, 1h (a bare number means seconds)."""
+"""Command-line units: durations like 180s, 100ms, 5m, 1h (a bare number means seconds), and
+sizes like 512M, 2G (a bare number means bytes)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,18 @@ def parse_duration_ns(text: str) -> int:
         raise ValueError(f"{text!r} is not a duration (examples: 180s, 100ms, 5m, 1h)")
     value, unit = float(m.group(1)), m.group(2) or "s"
     return round(value * _UNITS[unit])
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$")
+
+
+def parse_size(text: str) -> int:
+    """'512M' → 536870912; raises ValueError with the accepted forms."""
+    m = _SIZE_RE.match(text.lower())
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 512M, 2G, 100000)")
+    unit = (m.group(2) or "b")[0]
+    return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import sys
@@ -16,29 +15,26 @@ from typing import TextIO
 import click
 import pyarrow as pa
 
+from flowtrail import units
 from flowtrail.errors import InputError
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def parse_duration(text: str, flag: str) -> float:
     """'60s', '1m', '500ms', '2' (seconds) → seconds; InputError naming the flag otherwise."""
-    m = _DURATION.match(text)
-    if not m:
-        raise InputError(f"{flag} {text!r}: expected a duration like 60s, 1m, 500ms")
-    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    try:
+        seconds = units.parse_duration_ns(text) / 1e9
+    except ValueError as exc:
+        raise InputError(f"{flag} {exc}") from exc
     if seconds <= 0:
         raise InputError(f"{flag} {text!r}: must be more than zero")
     return seconds
 
 
 def parse_size(text: str, flag: str) -> int:
-    m = re.match(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", text.lower())
-    if not m:
-        raise InputError(f"{flag} {text!r}: expected a size like 512M, 2G, 100000")
-    unit = (m.group(2) or "b")[0]
-    return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise InputError(f"{flag} {exc}") from exc
 
 
 HEADER = (
