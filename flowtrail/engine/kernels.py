@@ -15,6 +15,17 @@ from numba import njit
 
 
 @njit(cache=True, nogil=True)
+def _push(buf, n, value):  # type: ignore[no-untyped-def]
+    """buf[n] = value, doubling buf when full; returns the (possibly new) buffer."""
+    if n == len(buf):
+        grown = np.empty(2 * n, buf.dtype)
+        grown[:n] = buf
+        buf = grown
+    buf[n] = value
+    return buf
+
+
+@njit(cache=True, nogil=True)
 def hash_place(table_hash, table_row, hashes, rows):  # type: ignore[no-untyped-def]
     """Linear-probing insert; the table must have a free slot for every hash."""
     mask = len(table_hash) - 1
@@ -40,15 +51,8 @@ def hash_lookup(table_hash, table_row, hashes):  # type: ignore[no-untyped-def]
         s = np.int64(h & np.uint64(mask))
         while table_hash[s] != 0:
             if table_hash[s] == h:
-                if n == len(out_q):
-                    grown_q = np.empty(2 * n, np.int64)
-                    grown_q[:n] = out_q
-                    out_q = grown_q
-                    grown_r = np.empty(2 * n, np.int64)
-                    grown_r[:n] = out_r
-                    out_r = grown_r
-                out_q[n] = i
-                out_r[n] = table_row[s]
+                out_q = _push(out_q, n, i)
+                out_r = _push(out_r, n, table_row[s])
                 n += 1
             s = (s + 1) & mask
     return out_q[:n], out_r[:n]
@@ -160,11 +164,7 @@ def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remo
                         out[i] = r["owner"]
                     elif out[i] != r["owner"]:
                         out[i] = -2
-                    if n == len(partners):
-                        grown = np.empty(2 * n, np.int64)
-                        grown[:n] = partners
-                        partners = grown
-                    partners[n] = r["row"]
+                    partners = _push(partners, n, r["row"])
                     n += 1
             s = (s + 1) & mask
     return out, partners[:n]
