@@ -51,6 +51,9 @@ class Settings:
     event_lag_ns: int = 1200 * SECOND  # the feed holds every change older than now - lag
     retention_ns: int = 3600 * SECOND  # ownership older than this (collector clock) is evicted
     use_events: bool = True  # is there an event feed at all (else nothing waits for it)
+    # False gives the "plain" heartbeat design for comparison: ranges only, looked up at the
+    # start instant (set max_skew_ns=0 and event_lag_ns=0 too).
+    use_peers: bool = True
 
     @property
     def guard_ns(self) -> int:
@@ -188,10 +191,11 @@ class Attributor:
             ev = flows.take(known)
             self.counters.evidence_rows += len(ev)
             self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
-            self.peers.add(
-                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
-                ev.local_owner, now, ev.row,
-            )  # fmt: skip
+            if self.settings.use_peers:
+                self.peers.add(
+                    ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                    ev.local_owner, now, ev.row,
+                )  # fmt: skip
 
     def add_events(
         self, key: U64, owner: I32, assign: npt.NDArray[np.bool_], time: I64, received: I64
