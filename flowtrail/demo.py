@@ -55,13 +55,21 @@ def compare(sim: SimOutput) -> dict[str, Any]:
 )
 @click.option("--seed", default=0, show_default=True, help="Simulator seed.")
 @click.option(
+    "--flows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Approximate flow rows per scenario (default: each scenario's own size).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(file_okay=False),
     help="Keep each scenario's inputs and both attributed outputs here (default: discard).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
-def demo(scenarios: tuple[str, ...], seed: int, out_dir: str | None, as_json: bool) -> None:
+def demo(
+    scenarios: tuple[str, ...], seed: int, flows: int | None, out_dir: str | None, as_json: bool
+) -> None:
     """Simulate a fleet, attribute it three ways, and print how each did against the truth.
 
     For each scenario (calm to hostile) the simulator writes what agents and the control
@@ -75,7 +83,7 @@ def demo(scenarios: tuple[str, ...], seed: int, out_dir: str | None, as_json: bo
     results: dict[str, Any] = {}
     for name in chosen:
         print(f"demo: {name}: simulating", file=sys.stderr, flush=True)
-        sim = simulate(name, seed)
+        sim = simulate(name, seed, **({"flows": flows} if flows else {}))
         print(
             f"demo: {name}: {sim.flows.num_rows:,} flows; attributing {len(METHODS)} ways",
             file=sys.stderr,
