@@ -3,6 +3,10 @@
 An IPv4 address's key is its 32-bit value; an IPv6 address gets an interned key at or above
 2**32 (assigned on first sight, stable for the process). Only distinct addresses are parsed
 (dictionary encoding), so the cost per row is a hash lookup, not a parse.
+
+Host-scoped addresses (loopback, link-local) mean a different thing on every host: 127.0.0.1
+on one host is not 127.0.0.1 on another. Given the exporter of each row as `scope`, such an
+address gets a key of its own per exporter, so one host's evidence never names another's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ V6_BASE = 1 << 32
 NO_KEY = np.uint64(np.iinfo(np.uint64).max)
 
 
+HOST_SCOPED = r"^(127\.|169\.254\.|::1$|fe[89ab][0-9a-f]:)"
+NO_VALUE = -1  # the 128-bit value stored for a host-scoped key: it belongs to no region
+
+
 class IpKeys:
     """Maps canonical IP text to uint64 keys; nulls map to NO_KEY."""
 
@@ -26,11 +34,42 @@ class IpKeys:
         self._v6: dict[str, int] = {}
         self._v6_values: list[int] = []  # 128-bit value per interned key - V6_BASE
 
-    def keys(self, values: pa.Array | pa.ChunkedArray) -> U64:
+    def keys(
+        self, values: pa.Array | pa.ChunkedArray, scope: pa.Array | pa.ChunkedArray | None = None
+    ) -> U64:
+        """Keys for `values`; host-scoped addresses keyed per `scope` value when given."""
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
         if len(values) == 0:
             return np.empty(0, dtype=np.uint64)
+        out = self._keys(values)
+        if scope is not None:
+            local = pc.fill_null(pc.match_substring_regex(values, HOST_SCOPED), False)
+            pos = np.flatnonzero(local.to_numpy(zero_copy_only=False))
+            if len(pos):
+                taken = pa.array(pos)
+                scoped = pc.binary_join_element_wise(
+                    pc.cast(pc.take(scope, taken), pa.string()), pc.take(values, taken), "|"
+                )
+                out[pos] = self._intern(scoped)
+        return out
+
+    def _intern(self, texts: pa.Array) -> U64:
+        """Interned keys for host-scoped "exporter|address" texts (no address value)."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        encoded = pc.dictionary_encode(texts)
+        lut = np.empty(len(encoded.dictionary), np.uint64)
+        for i, text in enumerate(encoded.dictionary.to_pylist()):
+            key = self._v6.get(text)
+            if key is None:
+                key = V6_BASE + len(self._v6_values)
+                self._v6[text] = key
+                self._v6_values.append(NO_VALUE)
+            lut[i] = key
+        return np.asarray(lut[encoded.indices.to_numpy(zero_copy_only=False)], np.uint64)
+
+    def _keys(self, values: pa.Array) -> U64:
         encoded = pc.dictionary_encode(values)
         dict_keys = self._parse_distinct(encoded.dictionary)
         indices = encoded.indices
@@ -68,7 +107,7 @@ class IpKeys:
         return out
 
     def v6_value(self, key: int) -> int:
-        """The 128-bit address of an interned IPv6 key."""
+        """The 128-bit address of an interned IPv6 key (NO_VALUE for a host-scoped key)."""
         return self._v6_values[key - V6_BASE]
 
     def text(self, key: int) -> str:

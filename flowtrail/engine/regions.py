@@ -68,6 +68,8 @@ class RegionMap:
             found[sel] = ids[pos[hit]]
         for i in np.flatnonzero(~is_v4 & (distinct != NO_KEY)):
             value = ipkeys.v6_value(int(distinct[i]))
+            if value < 0:  # host-scoped: loopback and link-local belong to no region
+                continue
             for length, table in self._v6:
                 net = (value >> (128 - length)) << (128 - length) if length else 0
                 if net in table:

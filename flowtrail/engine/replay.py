@@ -70,12 +70,13 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
         if nat_port is not None:
             remote_port = pc.if_else(use_nat, pc.coalesce(nat_port, remote_port), remote_port)
     workload = _col(flows, "local_workload")
+    exporter = flows.column("exporter")
     n = flows.num_rows
     return FlowArrays.build(
         row=np.arange(n, dtype=np.int64),
-        local_key=ipkeys.keys(flows.column("local_ip")),
+        local_key=ipkeys.keys(flows.column("local_ip"), exporter),
         local_port=np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
-        remote_key=ipkeys.keys(remote_ip),
+        remote_key=ipkeys.keys(remote_ip, exporter),
         remote_port=np.asarray(remote_port.to_numpy(), dtype=np.int32),
         start=_int64(flows.column("start_ns")),
         end=_int64(flows.column("end_ns")),

@@ -170,3 +170,22 @@ def test_every_row_once_with_extra_columns_untouched(method: str) -> None:
     assert src <= {"heartbeat", "event", "unattributed"}
     ns = np.asarray(out.column("attributed_ns"))
     assert np.all(ns >= np.asarray(out.column("received_ns")))
+
+
+def test_loopback_is_per_host_and_never_names_another_hosts_workload() -> None:
+    # Host a runs "cache" on 127.0.0.1:6379; host b talks to its own 127.0.0.1:6379, which no
+    # evidence on host b names. Host b's flow must not inherit host a's "cache".
+    def row(exporter: str, lport: int, rport: int, workload: str | None, direction: str,
+            start: int) -> dict[str, object]:  # fmt: skip
+        return {"exporter": exporter, "local_ip": "127.0.0.1", "local_port": lport,
+                "remote_ip": "127.0.0.1", "remote_port": rport, "start_ns": start,
+                "end_ns": start + 600 * S, "received_ns": start + 660 * S,
+                "local_workload": workload, "direction": direction}  # fmt: skip
+
+    flows = flows_table([
+        row("a", 6379, 40000, "cache", "inbound", 0),
+        row("a", 40000, 6379, "api", "outbound", 0),
+        row("b", 40001, 6379, "worker", "outbound", 10 * S),
+    ])  # fmt: skip
+    out = replay(flows).table.column("remote_workload").to_pylist()
+    assert out == ["api", "cache", None]
