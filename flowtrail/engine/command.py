@@ -68,6 +68,14 @@ from flowtrail.units import DURATION
     help="The event feed is trusted to be complete up to now minus this.",
 )
 @click.option(
+    "--retention",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Ownership ranges that ended longer ago than this (collector clock) are forgotten; "
+    "bounds memory. Must exceed --max-wait plus the lateness of the latest rows.",
+)
+@click.option(
     "--tick",
     type=DURATION,
     default="1s",
@@ -97,6 +105,7 @@ def attribute(
     max_wait: int,
     max_skew: int,
     event_lag: int,
+    retention: int,
     tick: int,
     default_region: str | None,
     out_path: str,
@@ -114,8 +123,14 @@ def attribute(
     flows = read_table(flows_path, FLOWS)
     events = read_table(events_path, EVENTS) if events_path else None
     regions = read_table(regions_path, REGIONS) if regions_path else None
+    if retention <= max_wait:
+        raise click.BadParameter("must be longer than --max-wait", param_hint="--retention")
     settings = Settings(
-        method=method, max_wait_ns=max_wait, max_skew_ns=max_skew, event_lag_ns=event_lag
+        method=method,
+        max_wait_ns=max_wait,
+        max_skew_ns=max_skew,
+        event_lag_ns=event_lag,
+        retention_ns=retention,
     )
     result = replay(
         flows, events, regions, settings=settings, tick_ns=tick, default_region=default_region,
@@ -148,7 +163,7 @@ def format_summary(result: ReplayResult) -> str:
         f"max {s['wait_seconds_max']:.1f}s",
         f"ownership         {s['ownership_segments']:,} ranges over "
         f"{s['ownership_addresses']:,} addresses",
-        f"time              {s['seconds']:.2f}s",
+        f"time              {s['seconds']:.2f}s ({s['cpu_seconds']:.2f}s CPU)",
     ]
     regions = s.get("regions") or {}
     for pair, count in regions.get("handed_to_other_region", {}).items():

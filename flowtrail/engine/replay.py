@@ -109,7 +109,7 @@ def replay(
     settings = replace(
         settings or Settings(), use_events=events is not None and events.num_rows > 0
     )
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     ipkeys, names = IpKeys(), Names()
     engine = Attributor(settings)
     fa = flow_arrays(flows, ipkeys, names)
@@ -179,6 +179,7 @@ def replay(
 
     elapsed = time.perf_counter() - began
     summary = _summary(engine, n, source, waited, elapsed)
+    summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
     summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
     return ReplayResult(out, summary)
 
