@@ -299,7 +299,12 @@ def test_listening_socket_is_not_a_flow(cap: Recorder) -> None:
     listener.listen(1)
     port = listener.getsockname()[1]
     listener.close()
-    assert collect(cap, {port}, lambda r: True, 1, 0.5) == []
+    closed = time.time_ns()
+    # a busy host may reuse the port for a later connection: only earlier rows would be ours
+    rows = collect(
+        cap, {port}, lambda r: r["local_port"] == port and r["start_ns"] <= closed, 1, 0.5
+    )
+    assert rows == []
 
 
 def test_ipv6_loopback_and_ipv4_mapped(cap: Recorder) -> None:
@@ -342,7 +347,9 @@ def test_refused_connection(cap: Recorder) -> None:
         client.connect(("127.0.0.1", port))
     client.close()
     probe.close()
-    rows = collect(cap, {port}, lambda r: r["remote_port"] == port, 1)
+    rows = collect(
+        cap, {port}, lambda r: (r["local_ip"], r["remote_port"]) == ("127.0.0.1", port), 1
+    )
     assert len(rows) == 1
     (r,) = rows
     assert (r["direction"], r["outcome"]) == ("outbound", "refused")
@@ -352,19 +359,23 @@ def test_refused_connection(cap: Recorder) -> None:
 
 def test_live_rows_share_sock_id_with_closed_record(cap: Recorder) -> None:
     listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
-    cport = client.getsockname()[1]
-    live = [r for r in cap.live().to_pylist() if r["local_port"] == cport]
+    cport, sport = client.getsockname()[1], listener.getsockname()[1]
+
+    def mine(r: dict[str, Any]) -> bool:
+        return (r["local_ip"], r["local_port"], r["remote_port"]) == ("127.0.0.1", cport, sport)
+
+    live = [r for r in cap.live().to_pylist() if mine(r)]
     assert len(live) == 1
     assert (live[0]["direction"], live[0]["outcome"]) == ("outbound", "established")
     assert live[0]["start_ns"] <= live[0]["end_ns"] <= time.time_ns() + 10**9
     exchange(client, accepted, 5, 5)
     for s in (client, accepted, listener):
         s.close()
-    rows = collect(cap, {cport}, lambda r: r["local_port"] == cport, 1)
+    rows = collect(cap, {cport}, mine, 1)
     assert [r["sock_id"] for r in rows] == [live[0]["sock_id"]]
     assert rows[0]["start_ns"] == live[0]["start_ns"]
     # gone from the live view once closed
-    assert not [r for r in cap.live().to_pylist() if r["local_port"] == cport]
+    assert not [r for r in cap.live().to_pylist() if mine(r)]
 
 
 def test_cross_netns_and_cgroups_both_ends(cap: Recorder) -> None:
@@ -417,7 +428,22 @@ def test_ipv6_across_namespaces_netns_inodes_and_bytes(cap: Recorder) -> None:
 
 
 def test_handshake_timeout(cap: Recorder) -> None:
-    """SYNs dropped by nftables inside our own namespace: the connect times out."""
+    """SYNs dropped by nftables inside our own namespace: the connect times out.
+
+    The close runs from a timer in softirq; on a host busy with other BPF-traced work the kernel
+    may skip the program there (counted as recursion_miss). Only then is it tried once more.
+    """
+    for attempt in range(2):
+        misses = cap.stats()["recursion_miss"]
+        rows = handshake_timeout_rows(cap)
+        if rows or cap.stats()["recursion_miss"] == misses or attempt == 1:
+            break
+    got = [(r["direction"], r["outcome"]) for r in rows]
+    assert got == [("outbound", "timeout")], cap.stats()
+    assert rows[0]["segs_sent"] >= 2  # the SYN and its retry
+
+
+def handshake_timeout_rows(cap: Recorder) -> list[dict[str, Any]]:
     with netns_pair() as (ns_a, ip_a, ns_b, _ip_b):
         table = unique("ftcap")
         ruleset = (
@@ -438,24 +464,23 @@ def test_handshake_timeout(cap: Recorder) -> None:
             check=True, capture_output=True, text=True, timeout=20,
         )  # fmt: skip
         assert out.stdout.strip() == "timeout"
-        rows = collect(cap, {9}, lambda r: r["remote_ip"] == ip_a and r["remote_port"] == 9, 1)
-    got = [(r["direction"], r["outcome"]) for r in rows]
-    assert got == [("outbound", "timeout")], cap.stats()
-    assert rows[0]["segs_sent"] >= 2  # the SYN and its retry
+        return collect(cap, {9}, lambda r: r["remote_ip"] == ip_a and r["remote_port"] == 9, 1)
 
 
 def test_tiny_ring_buffer_counts_drops() -> None:
     burst = 100
     with Capture(ringbuf_bytes=4096) as small:
         before = small.stats()
-        ports: set[int] = set()
+        pairs: set[frozenset[int]] = set()
         for _ in range(burst):
             listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
-            ports.add(client.getsockname()[1])
+            pairs.add(frozenset((client.getsockname()[1], listener.getsockname()[1])))
             for s in (client, accepted, listener):
                 s.close()
         after = small.stats()
-        got = len(collect(small, ports, lambda r: True, 2 * burst, timeout=0.5))
+        ports = {p for pair in pairs for p in pair}
+        ours = lambda r: frozenset((r["local_port"], r["remote_port"])) in pairs  # noqa: E731
+        got = len(collect(small, ports, ours, 2 * burst, timeout=0.5))
     capacity = 4096 // (RECORD_SIZE + 8)  # each record carries an 8-byte ring header
     # every one of our 2*burst sockets either arrived or was counted as dropped (other
     # processes' closes can only add drops); the ring held far fewer than the burst
@@ -573,12 +598,14 @@ def test_poll_timeout_bounds_latency_below_wakeup_threshold() -> None:
     """One record is far below wakeup_bytes: poll still returns it once its timeout passes."""
     with Capture() as c:
         listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
-        cport = client.getsockname()[1]
+        ports = {client.getsockname()[1], listener.getsockname()[1]}
         for s in (client, accepted, listener):
             s.close()
         t0 = time.monotonic()
-        rows = collect(c, {cport}, lambda r: r["local_port"] == cport, 1, timeout=3)
-        assert len(rows) == 1 and time.monotonic() - t0 < 2
+        rows = collect(
+            c, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2, timeout=3
+        )
+        assert len(rows) == 2 and time.monotonic() - t0 < 2
 
 
 def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
@@ -597,7 +624,7 @@ def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
             (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
         path.rmdir()  # no process left in it; the sockets still refer to it
         assert not path.exists()
-        cport = client.getsockname()[1]
+        ports = {client.getsockname()[1], listener.getsockname()[1]}
         exchange(client, accepted, 3, 4)
         for s in (client, accepted, listener):
             s.close()
@@ -605,5 +632,5 @@ def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
         if path.exists():
             (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
             path.rmdir()
-    rows = collect(cap, {cport}, lambda r: cport in (r["local_port"], r["remote_port"]), 2)
+    rows = collect(cap, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2)
     assert [r["cgroup_id"] for r in rows] == [cg_id, cg_id]  # the accepted one via its listener
