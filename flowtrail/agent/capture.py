@@ -5,9 +5,10 @@
         live = cap.live()           # sockets open right now (from the BPF start map)
         cap.stats()                 # cumulative drops by reason, zeros included
 
-The ring buffer callback only copies raw record bytes into one growing numpy buffer; decoding is
-done in bulk with a numpy structured dtype that mirrors `struct flow_record` in bpf/flow.h (a
-kernel test checks it against the compiled object's BTF).
+The ring buffer is read straight from its memory mapping, each run of committed records as one
+numpy array (or, with reader="libbpf", through ring_buffer__poll with a callback that only copies
+bytes); decoding is done in bulk with a numpy structured dtype that mirrors `struct flow_record`
+in bpf/flow.h (a kernel test checks it against the compiled object's BTF). See docs/bpf.md.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ class _MmapRing:
 
     def _drain(self) -> npt.NDArray[Any]:
         parts = []
-        while True:  # at most twice: a burst may land while we copy
+        for _ in range(2):  # a second pass for a burst that lands while we copy; no more
             cons, prod = int(self._cons[0]), int(self._prod[0])
             if prod == cons:
                 break
