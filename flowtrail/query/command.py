@@ -1,0 +1,242 @@
+"""`flowtrail query`: ask the store (or the Parquet lake) about attributed flows."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import duckdb
+import pyarrow as pa
+
+from flowtrail.errors import FlowtrailError, InputError
+from flowtrail.query.output import FORMATS, render
+from flowtrail.query.queries import (
+    MAX_NS,
+    TALKER_KEYS,
+    FlowFilter,
+    Window,
+    attribution_health,
+    dependencies,
+    flows,
+    top_talkers,
+)
+from flowtrail.schema import SOURCES
+from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
+from flowtrail.store.lake import lake_glob
+from flowtrail.units import parse_duration_ns
+
+
+class _QueryGroup(click.Group):
+    """Bad input becomes one line on stderr and exit status 2, as in the main command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FlowtrailError as exc:
+            click.echo(f"flowtrail: error: {exc}", err=True)
+            sys.exit(2)
+
+
+def parse_time(text: str, flag: str, now_ns: int) -> int:
+    """A bare integer is ns since the epoch; a duration (1h, 90s, 15m) means that long ago."""
+    text = text.strip()
+    if text == "now":
+        return now_ns
+    if text.lstrip("-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise InputError(f"{flag} {text}: a time in ns since the epoch must not be negative")
+        return value
+    try:
+        ago = parse_duration_ns(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{flag} {text!r}: give a duration ago (1h, 15m, 90s) or ns since the epoch"
+        ) from exc
+    return now_ns - ago
+
+
+def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A connection and the relation to query: the store's table, or a view over the lake."""
+    if (db is None) == (lake is None):
+        raise InputError("give exactly one of --db FILE (the store) or --lake DIR")
+    if db is not None:
+        con = open_database(db, read_only=True)
+        check_layout(con, db)
+        return con, FLOWS_TABLE
+    assert lake is not None
+    root = Path(lake)
+    if not root.is_dir():
+        raise InputError(f"--lake {root}: no such directory")
+    if not any(root.rglob("*.parquet")):
+        raise InputError(f"--lake {root}: holds no Parquet files")
+    con = duckdb.connect()
+    glob = lake_glob(root).replace("'", "''")
+    con.execute(
+        f"CREATE VIEW lake_flows AS SELECT * FROM read_parquet('{glob}', hive_partitioning = "
+        "true, union_by_name = true, hive_types = {'region': VARCHAR, 'date': DATE, "
+        "'hour': INTEGER})"
+    )
+    return con, "lake_flows"
+
+
+def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--db", type=str, help="The store: a flowtrail DuckDB database file."),
+        click.option("--lake", type=str, help="Or the Parquet lake directory (Hive layout)."),
+        click.option(
+            "--since",
+            default=None,
+            help="Window start: a duration ago (1h, 15m) or ns since the epoch. "
+            "Default: the beginning.",
+        ),
+        click.option(
+            "--until",
+            default=None,
+            help="Window end (exclusive): a duration ago or ns since the epoch. Default: no end.",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default="table",
+            show_default=True,
+            help="Output format.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run(
+    db: str | None,
+    lake: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    query: Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table],
+) -> None:
+    now = time.time_ns()
+    window = Window(
+        0 if since is None else parse_time(since, "--since", now),
+        MAX_NS if until is None else parse_time(until, "--until", now),
+    )
+    con, source = _open(db, lake)
+    try:
+        result = query(con, window, source)
+    except duckdb.Error as exc:
+        raise InputError(f"query failed: {exc}") from exc
+    finally:
+        con.close()
+    click.echo(render(result, fmt), nl=False)
+
+
+@click.group("query", cls=_QueryGroup)
+def query() -> None:
+    """Ask the store about attributed flows: dependencies, top talkers, flows, health.
+
+    \b
+    Every subcommand reads --db FILE (the store) or --lake DIR (the Parquet lake) and a
+    window --since/--until on each row's end_ns: a duration ago (1h) or ns since the epoch.
+    """
+
+
+@query.command("dependencies")
+@_source_options
+@click.option("--workload", help="Only edges where this workload calls or is called.")
+@click.option("--known-only", is_flag=True, help="Leave out edges with an unnamed side.")
+def dependencies_command(
+    db: str | None,
+    lake: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    workload: str | None,
+    known_only: bool,
+) -> None:
+    """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs)."""
+    _run(
+        db,
+        lake,
+        since,
+        until,
+        fmt,
+        lambda con, w, src: dependencies(
+            con, w, source=src, workload=workload, known_only=known_only
+        ),
+    )
+
+
+@query.command("top-talkers")
+@_source_options
+@click.option(
+    "--by", type=click.Choice(TALKER_KEYS), default="workload", show_default=True, help="Group by."
+)
+@click.option("--limit", type=int, default=10, show_default=True, help="How many to list.")
+def top_talkers_command(
+    db: str | None,
+    lake: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    by: str,
+    limit: int,
+) -> None:
+    """Workloads (or IPs) moving the most bytes, sent plus received."""
+    _run(
+        db,
+        lake,
+        since,
+        until,
+        fmt,
+        lambda con, w, src: top_talkers(con, w, source=src, by=by, limit=limit),
+    )
+
+
+@query.command("flows")
+@_source_options
+@click.option("--workload", help="Local or remote workload equals this.")
+@click.option("--ip", help="Local, remote or NAT-resolved remote address equals this.")
+@click.option("--port", type=int, help="Local, remote or NAT-resolved remote port equals this.")
+@click.option(
+    "--source", "remote_source", type=click.Choice(SOURCES), help="How the remote was named."
+)
+@click.option("--exporter", help="Captured by this exporter.")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
+def flows_command(
+    db: str | None,
+    lake: str | None,
+    since: str | None,
+    until: str | None,
+    fmt: str,
+    workload: str | None,
+    ip: str | None,
+    port: int | None,
+    remote_source: str | None,
+    exporter: str | None,
+    limit: int,
+) -> None:
+    """Attributed flow rows matching every filter given, newest first."""
+    where = FlowFilter(workload, ip, port, remote_source, exporter)
+    _run(
+        db,
+        lake,
+        since,
+        until,
+        fmt,
+        lambda con, w, src: flows(con, w, source=src, where=where, limit=limit),
+    )
+
+
+@query.command("health")
+@_source_options
+def health_command(
+    db: str | None, lake: str | None, since: str | None, until: str | None, fmt: str
+) -> None:
+    """Attribution health: attributed %, by source, unattributed by reason, wait p50/p99."""
+    _run(db, lake, since, until, fmt, lambda con, w, src: attribution_health(con, w, source=src))

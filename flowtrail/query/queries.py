@@ -1,0 +1,285 @@
+"""The questions people ask of attributed flows, as SQL over DuckDB returning Arrow tables.
+
+Every query reads a relation with the store's columns (the store's `flows` table, or a view
+over the Parquet lake) and a time window: a row is in [since, until) when its end_ns is (the
+close, or an active snapshot's time).
+
+Connections, not rows. Dependencies and top talkers first reduce rows to connections:
+- interim `active` snapshots of one connection share a flow_id and carry cumulative counters,
+  so each (exporter, flow_id) counts once, with its latest row in the window;
+- a connection captured at both ends has a client (`outbound`) row and a server (`inbound`)
+  row. They are paired on the 4-tuple (client ip:port, server ip:port, the client's side
+  NAT-resolved) with starts within `pair_tolerance_ns`, and counted once. The pair's names are
+  merged with coalesce, which is safe because a name that is present is right (a null is
+  "unknown", never a guess). Unpaired rows (one end not captured, or source NAT in between)
+  count on their own.
+
+Direction (docs/evaluation.md): an outbound row gives local_workload → remote_workload, an
+inbound row remote_workload → local_workload; the caller is the side that connected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from flowtrail.errors import InputError
+from flowtrail.schema import ATTRIBUTED, SOURCES
+from flowtrail.store.columns import query_arrow
+from flowtrail.tables import invalid_ips
+
+SECOND_NS = 1_000_000_000
+DEFAULT_PAIR_TOLERANCE_NS = 5 * SECOND_NS
+MAX_NS = 2**63 - 1
+TALKER_KEYS = ("workload", "ip")
+UNRECORDED_REASON = "(not recorded)"
+REASON_KEY = "unattributed_reason"  # an extra column a collector may add per unattributed row
+
+
+@dataclass(frozen=True)
+class Window:
+    """[since_ns, until_ns): rows whose end_ns falls inside."""
+
+    since_ns: int = 0
+    until_ns: int = MAX_NS
+
+    def __post_init__(self) -> None:
+        if self.since_ns < 0:
+            raise InputError(f"--since: {self.since_ns} ns is before the epoch")
+        if self.until_ns <= self.since_ns:
+            raise InputError(
+                f"--since/--until: empty window (since {self.since_ns} ns is not before "
+                f"until {self.until_ns} ns)"
+            )
+
+    def sql(self) -> str:
+        return f"end_ns >= {int(self.since_ns)} AND end_ns < {int(self.until_ns)}"
+
+
+def _connections_sql(source: str, window: Window, tolerance_ns: int) -> str:
+    """CTEs ending in `c`: one row per connection (see the module doc)."""
+    if tolerance_ns < 0:
+        raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
+    return f"""
+    w AS (
+        SELECT * FROM {source} WHERE {window.sql()}
+        QUALIFY row_number() OVER (
+            PARTITION BY exporter, flow_id ORDER BY end_ns DESC, (state = 'closed') DESC
+        ) = 1
+    ),
+    o AS (
+        SELECT local_ip AS caller_ip, local_port AS caller_port,
+               coalesce(nat_remote_ip, remote_ip) AS callee_ip,
+               CASE WHEN nat_remote_ip IS NOT NULL THEN coalesce(nat_remote_port, remote_port)
+                    ELSE remote_port END AS callee_port,
+               start_ns, local_workload AS caller, remote_workload AS callee,
+               bytes_sent AS to_callee, bytes_received AS to_caller, retransmits, srtt_us
+        FROM w WHERE direction = 'outbound'
+    ),
+    i AS (
+        SELECT remote_ip AS caller_ip, remote_port AS caller_port,
+               local_ip AS callee_ip, local_port AS callee_port,
+               start_ns, remote_workload AS caller, local_workload AS callee,
+               bytes_received AS to_callee, bytes_sent AS to_caller, retransmits, srtt_us
+        FROM w WHERE direction = 'inbound'
+    ),
+    c AS (
+        SELECT coalesce(o.caller, i.caller) AS caller,
+               coalesce(o.callee, i.callee) AS callee,
+               coalesce(o.caller_ip, i.caller_ip) AS caller_ip,
+               coalesce(o.callee_ip, i.callee_ip) AS callee_ip,
+               coalesce(o.to_callee, i.to_callee) AS to_callee,
+               coalesce(o.to_caller, i.to_caller) AS to_caller,
+               coalesce(o.retransmits, 0) + coalesce(i.retransmits, 0) AS retransmits,
+               coalesce(o.srtt_us, i.srtt_us) AS srtt_us,
+               (o.caller_ip IS NOT NULL AND i.caller_ip IS NOT NULL) AS both_ends
+        FROM o FULL OUTER JOIN i
+          ON o.caller_ip = i.caller_ip AND o.caller_port = i.caller_port
+         AND o.callee_ip = i.callee_ip AND o.callee_port = i.callee_port
+         AND abs(o.start_ns - i.start_ns) <= {int(tolerance_ns)}
+    )"""
+
+
+def dependencies(
+    con: duckdb.DuckDBPyConnection,
+    window: Window = Window(),
+    *,
+    source: str = "flows",
+    workload: str | None = None,
+    known_only: bool = False,
+    pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
+) -> pa.Table:
+    """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs).
+
+    A null caller or callee is a side nobody could name; `known_only` drops such edges,
+    `workload` keeps the edges touching that workload.
+    """
+    where, params = ["TRUE"], []
+    if known_only:
+        where.append("caller IS NOT NULL AND callee IS NOT NULL")
+    if workload is not None:
+        where.append("(caller = ? OR callee = ?)")
+        params += [workload, workload]
+    sql = f"""
+    WITH {_connections_sql(source, window, pair_tolerance_ns)}
+    SELECT caller, callee,
+           count(*)::BIGINT AS flows,
+           sum(both_ends::INTEGER)::BIGINT AS seen_both_ends,
+           sum(to_callee)::BIGINT AS bytes_to_callee,
+           sum(to_caller)::BIGINT AS bytes_to_caller,
+           sum(retransmits)::BIGINT AS retransmits,
+           quantile_cont(srtt_us, 0.5) AS rtt_p50_us,
+           quantile_cont(srtt_us, 0.99) AS rtt_p99_us
+    FROM c WHERE {" AND ".join(where)}
+    GROUP BY caller, callee
+    ORDER BY bytes_to_callee + bytes_to_caller DESC, flows DESC, caller NULLS LAST,
+             callee NULLS LAST
+    """
+    return query_arrow(con, sql, params)
+
+
+def top_talkers(
+    con: duckdb.DuckDBPyConnection,
+    window: Window = Window(),
+    *,
+    source: str = "flows",
+    by: str = "workload",
+    limit: int = 10,
+    pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
+) -> pa.Table:
+    """Who moves the most bytes (sent + received over its connections), by workload or IP."""
+    if by not in TALKER_KEYS:
+        raise InputError(f"--by {by!r}: choose {' or '.join(TALKER_KEYS)}")
+    _check_limit(limit)
+    key_caller, key_callee = (
+        ("caller", "callee") if by == "workload" else ("caller_ip", "callee_ip")
+    )
+    sql = f"""
+    WITH {_connections_sql(source, window, pair_tolerance_ns)},
+    e AS (
+        SELECT {key_caller} AS talker, to_callee AS sent, to_caller AS received FROM c
+        UNION ALL
+        SELECT {key_callee} AS talker, to_caller AS sent, to_callee AS received FROM c
+    )
+    SELECT talker AS {by}, count(*)::BIGINT AS flows,
+           sum(sent)::BIGINT AS bytes_sent, sum(received)::BIGINT AS bytes_received,
+           (sum(sent) + sum(received))::BIGINT AS bytes_total
+    FROM e GROUP BY talker
+    ORDER BY bytes_total DESC, flows DESC, talker NULLS LAST
+    LIMIT {int(limit)}
+    """
+    return query_arrow(con, sql)
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """Row filters for `flows`; every given one must hold."""
+
+    workload: str | None = None  # local or remote workload
+    ip: str | None = None  # local, remote or NAT-resolved remote address
+    port: int | None = None  # local, remote or NAT-resolved remote port
+    remote_source: str | None = None
+    exporter: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.ip is not None and invalid_ips(pa.array([self.ip])):
+            raise InputError(f"--ip {self.ip!r}: not a canonical IPv4/IPv6 address")
+        if self.port is not None and not 0 <= self.port <= 65535:
+            raise InputError(f"--port {self.port}: must be 0..65535")
+        if self.remote_source is not None and self.remote_source not in SOURCES:
+            raise InputError(f"--source {self.remote_source!r}: choose {', '.join(SOURCES)}")
+
+    def sql(self) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+        if self.workload is not None:
+            where.append("(local_workload = ? OR remote_workload = ?)")
+            params += [self.workload] * 2
+        if self.ip is not None:
+            where.append("(local_ip = ? OR remote_ip = ? OR nat_remote_ip = ?)")
+            params += [self.ip] * 3
+        if self.port is not None:
+            where.append("(local_port = ? OR remote_port = ? OR nat_remote_port = ?)")
+            params += [self.port] * 3
+        if self.remote_source is not None:
+            where.append("remote_source = ?")
+            params.append(self.remote_source)
+        if self.exporter is not None:
+            where.append("exporter = ?")
+            params.append(self.exporter)
+        return (" AND ".join(where) or "TRUE"), params
+
+
+def flows(
+    con: duckdb.DuckDBPyConnection,
+    window: Window = Window(),
+    *,
+    source: str = "flows",
+    where: FlowFilter = FlowFilter(),
+    limit: int = 100,
+) -> pa.Table:
+    """Attributed flow rows (contract columns), newest end_ns first."""
+    _check_limit(limit)
+    cond, params = where.sql()
+    columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names)
+    sql = f"""
+    SELECT {columns} FROM {source}
+    WHERE {window.sql()} AND {cond}
+    ORDER BY end_ns DESC, exporter, flow_id, state
+    LIMIT {int(limit)}
+    """
+    return query_arrow(con, sql, params)
+
+
+def attribution_health(
+    con: duckdb.DuckDBPyConnection, window: Window = Window(), *, source: str = "flows"
+) -> pa.Table:
+    """How attribution went, one line per group: rows, share of all rows, wait p50/p99 (ms).
+
+    Groups: all, attributed, each remote_source, and unattributed rows by reason (from an
+    `unattributed_reason` extra column when the collector recorded one). Wait is
+    attributed_ns - received_ns: how long a row waited for heartbeats before its decision.
+    Every row counts, interim snapshots included: attribution is decided per row.
+    """
+    sql = f"""
+    WITH w AS (
+        SELECT remote_workload, remote_source,
+               (attributed_ns - received_ns) / 1e6 AS wait_ms,
+               coalesce(json_extract_string(extra, '$.{REASON_KEY}'), '{UNRECORDED_REASON}')
+                   AS reason
+        FROM {source} WHERE {window.sql()}
+    ),
+    total AS (SELECT count(*) AS n FROM w),
+    g AS (
+        SELECT 0 AS ord, 'all' AS grp, * FROM w
+        UNION ALL SELECT 1, 'attributed', * FROM w WHERE remote_workload IS NOT NULL
+        UNION ALL SELECT 2, 'source=' || remote_source, * FROM w
+        UNION ALL SELECT 3, 'unattributed reason=' || reason, * FROM w
+            WHERE remote_workload IS NULL
+    )
+    SELECT grp AS "group", count(*)::BIGINT AS rows,
+           round(100.0 * count(*) / nullif(any_value(total.n), 0), 3) AS pct,
+           quantile_cont(wait_ms, 0.5) AS wait_p50_ms,
+           quantile_cont(wait_ms, 0.99) AS wait_p99_ms
+    FROM g, total GROUP BY ord, grp ORDER BY ord, rows DESC, grp
+    """
+    table = query_arrow(con, sql)
+    if table.num_rows == 0:  # an empty window still answers: zero rows in all
+        table = pa.table(
+            {
+                "group": ["all"],
+                "rows": pa.array([0], pa.int64()),
+                "pct": pa.array([None], pa.float64()),
+                "wait_p50_ms": pa.array([None], pa.float64()),
+                "wait_p99_ms": pa.array([None], pa.float64()),
+            }
+        )
+    return table
+
+
+def _check_limit(limit: int) -> None:
+    if limit <= 0:
+        raise InputError(f"--limit {limit}: must be positive")
