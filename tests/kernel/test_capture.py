@@ -634,3 +634,15 @@ def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
             path.rmdir()
     rows = collect(cap, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2)
     assert [r["cgroup_id"] for r in rows] == [cg_id, cg_id]  # the accepted one via its listener
+
+
+def test_missing_object_is_a_capability_error(tmp_path: Path) -> None:
+    missing = tmp_path / "flow.bpf.o"
+    with pytest.raises(CapabilityError, match=f"BPF object {missing} is missing"):
+        Capture(object_path=missing).start()
+
+
+def test_program_stats_count_runs_only_when_enabled(cap: Recorder) -> None:
+    stats = cap.capture.program_stats()
+    assert set(stats) == {"run_time_ns", "run_cnt", "recursion_misses"}
+    assert stats["recursion_misses"] == cap.stats()["recursion_miss"]
