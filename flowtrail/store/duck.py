@@ -103,15 +103,21 @@ class Store:
 
     def _init_schema(self) -> None:
         con = self._con
-        con.execute(
-            f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)"
-        )
-        con.execute(create_table_sql(FLOWS_TABLE))
-        con.execute(
-            f"INSERT OR IGNORE INTO {META_TABLE} VALUES "
-            f"('store_format', '{STORE_FORMAT}'), ('contract_version', '{CONTRACT_VERSION}')"
-        )
-        check_layout(con, str(self.path))
+        tables = con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()[0][0]
+        if tables == 0:  # a new file: lay it out; any other database is only checked
+            con.execute("BEGIN")
+            con.execute(f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
+            con.execute(create_table_sql(FLOWS_TABLE))
+            con.execute(
+                f"INSERT INTO {META_TABLE} VALUES "
+                f"('store_format', '{STORE_FORMAT}'), ('contract_version', '{CONTRACT_VERSION}')"
+            )
+            con.execute("COMMIT")
+        try:
+            check_layout(con, str(self.path))
+        except InputError:
+            con.close()
+            raise
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -1,0 +1,162 @@
+"""The DuckDB store: faithful round trip, idempotent writes, retention, clear refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from flowtrail.engine.replay import replay
+from flowtrail.errors import ContractError, InputError
+from flowtrail.schema import ATTRIBUTED
+from flowtrail.sim.simulation import simulate
+from flowtrail.store import Store
+from flowtrail.store.duck import open_database
+
+KEY = ["exporter", "flow_id", "state", "end_ns"]
+HOUR = 3600 * 10**9
+
+
+@pytest.fixture(scope="module")
+def attributed() -> pa.Table:
+    """Realistic attributed rows: a simulated fleet through the real engine."""
+    sim = simulate("churny", 3, flows=6_000)
+    return replay(sim.flows, sim.events, sim.regions).table
+
+
+def _sorted(t: pa.Table) -> pa.Table:
+    return t.sort_by([(k, "ascending") for k in KEY])
+
+
+def test_round_trip_keeps_every_contract_column_and_the_extras(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    with Store(tmp_path / "f.duckdb") as store:
+        assert store.write(attributed) == attributed.num_rows
+        back = _sorted(store.read())
+    want = _sorted(attributed)
+    for name in ATTRIBUTED.names:
+        assert back.column(name).type == ATTRIBUTED.column(name).type, name
+        assert back.column(name).to_pylist() == want.column(name).to_pylist(), name
+    extras = [json.loads(x) for x in back.column("extra").to_pylist()]
+    assert [e["sim_conn_id"] for e in extras] == want.column("sim_conn_id").to_pylist()
+    assert [e["sim_true_start_ns"] for e in extras] == want.column("sim_true_start_ns").to_pylist()
+
+
+def test_writes_are_idempotent_per_exporter_flow_state_end(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    n = attributed.num_rows
+    with Store(tmp_path / "f.duckdb") as store:
+        first = store.write(attributed.slice(0, n // 2 + 100))
+        # Overlapping resend (what a restarted collector replays): only the new rows land.
+        second = store.write(attributed.slice(n // 2))
+        assert first == n // 2 + 100
+        assert second == n - n // 2 - 100
+        assert store.write(attributed) == 0
+        assert store.count() == n
+        assert store.stats["rows_duplicate"] == 100 + n
+        # Duplicates inside one batch count once.
+        doubled = pa.concat_tables([attributed.slice(0, 10), attributed.slice(0, 10)])
+        assert Store(tmp_path / "g.duckdb").write(doubled) == 10
+
+
+def test_a_later_snapshot_of_the_same_flow_is_a_new_row(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    row = attributed.slice(0, 1)
+    later = row.set_column(
+        row.column_names.index("end_ns"), "end_ns", pc.add(row.column("end_ns"), 1)
+    )
+    other = "active" if row.column("state")[0].as_py() == "closed" else "closed"
+    flipped = row.set_column(row.column_names.index("state"), "state", pa.array([other]))
+    with Store(tmp_path / "f.duckdb") as store:
+        assert store.write(row) == 1
+        assert store.write(later) == 1
+        assert store.write(flipped) == 1
+        assert store.write(pa.concat_tables([row, later, flipped])) == 0
+
+
+def test_key_parts_cannot_run_together(tmp_path: Path, attributed: pa.Table) -> None:
+    """exporter 'ab' + flow 'c' and exporter 'a' + flow 'bc' are different rows."""
+    two = attributed.slice(0, 2)
+    two = two.set_column(two.column_names.index("exporter"), "exporter", pa.array(["ab", "a"]))
+    two = two.set_column(two.column_names.index("flow_id"), "flow_id", pa.array(["c", "bc"]))
+    two = two.set_column(two.column_names.index("end_ns"), "end_ns", pa.array([5, 5], pa.int64()))
+    two = two.set_column(two.column_names.index("state"), "state", pa.array(["closed"] * 2))
+    with Store(tmp_path / "f.duckdb") as store:
+        assert store.write(two) == 2
+
+
+def test_retention_deletes_exactly_the_rows_older_than_it(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    end = np.asarray(attributed.column("end_ns"))
+    now = int(np.median(end)) + 2 * HOUR
+    with Store(tmp_path / "f.duckdb", retention_ns=2 * HOUR) as store:
+        store.write(attributed)
+        deleted = store.apply_retention(now)
+        assert deleted == int((end < now - 2 * HOUR).sum())
+        assert 0 < deleted < attributed.num_rows
+        left = np.asarray(store.read().column("end_ns"))
+        assert left.min() >= now - 2 * HOUR
+        assert store.apply_retention(now) == 0
+    with Store(tmp_path / "g.duckdb", retention_ns=None) as keep_all:
+        keep_all.write(attributed)
+        assert keep_all.apply_retention(int(end.max()) * 2) == 0
+
+
+def test_reopen_keeps_rows_and_idempotence(tmp_path: Path, attributed: pa.Table) -> None:
+    path = tmp_path / "f.duckdb"
+    with Store(path) as store:
+        store.write(attributed)
+    with Store(path) as again:
+        assert again.count() == attributed.num_rows
+        assert again.write(attributed) == 0
+
+
+def test_missing_optional_columns_are_stored_as_null(tmp_path: Path, attributed: pa.Table) -> None:
+    slim = attributed.select([c.name for c in ATTRIBUTED.columns if c.required]).slice(0, 50)
+    with Store(tmp_path / "f.duckdb") as store:
+        assert store.write(slim) == 50
+        back = store.read()
+    assert back.column("srtt_us").null_count == 50
+    assert back.column("extra").null_count == 50
+
+
+def test_bad_batches_are_refused_and_store_nothing(tmp_path: Path, attributed: pa.Table) -> None:
+    batch = attributed.slice(0, 20)
+    bad_source = batch.set_column(
+        batch.column_names.index("remote_source"), "remote_source", pa.array(["guess"] * 20)
+    )
+    with Store(tmp_path / "f.duckdb") as store:
+        with pytest.raises(ContractError, match=r"row 1.*remote_source"):
+            store.write(bad_source)
+        with pytest.raises(ContractError, match="missing required"):
+            store.write(batch.drop_columns(["attributed_ns"]))
+        with pytest.raises(ContractError, match="reserved"):
+            store.write(batch.append_column("row_key", pa.array(range(20))))
+        assert store.count() == 0
+        assert store.write(batch) == 20  # the store carries on
+
+
+def test_a_database_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(other))
+    con.execute("CREATE TABLE flows (x INTEGER)")
+    con.close()
+    with pytest.raises(InputError, match="not a flowtrail store"):
+        Store(other)
+    junk = tmp_path / "junk.duckdb"
+    junk.write_bytes(b"this is no database" * 100)
+    with pytest.raises(InputError, match=r"junk\.duckdb"):
+        Store(junk)
+    with pytest.raises(InputError, match="no such database file"):
+        open_database(tmp_path / "absent.duckdb", read_only=True)
+    with pytest.raises(InputError, match="retention"):
+        Store(tmp_path / "r.duckdb", retention_ns=0)
