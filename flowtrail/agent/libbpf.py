@@ -296,7 +296,9 @@ def map_lookup_batched(
         err = ctypes.get_errno() if rc != 0 else 0
         total += count.value
         if rc != 0:
-            if err == errno_mod.ENOENT:
+            # ENOENT: the end. ENOSPC: the next bucket has more entries than slots are left,
+            # which only happens when the map is fuller than `capacity` allows: keep what we got
+            if err in (errno_mod.ENOENT, errno_mod.ENOSPC):
                 return total
             raise _errno_error("bpf_map_lookup_batch", err)
         token_in.value = token_out.value
