@@ -17,6 +17,7 @@ import ctypes
 import ipaddress
 import mmap
 import os
+import platform
 import select
 import subprocess
 import time
@@ -303,10 +304,13 @@ class Capture:
         btf_path: str = DEFAULT_BTF,
         tracefs: str = TRACEFS,
         object_path: str | Path = OBJECT_PATH,
-        reader: str = "mmap",
+        reader: str | None = None,
         wakeup_bytes: int | None = None,
     ) -> None:
         _check_power_of_two_pages("ringbuf_bytes", ringbuf_bytes)
+        # the mmap reader relies on x86-64's memory ordering; elsewhere libbpf does the fencing
+        if reader is None:
+            reader = "mmap" if platform.machine() in ("x86_64", "AMD64") else "libbpf"
         if reader not in ("mmap", "libbpf"):
             raise InputError(f"reader={reader!r}: must be 'mmap' or 'libbpf'")
         if max_sockets < 1:
