@@ -32,7 +32,9 @@ from flowtrail.store.columns import query_arrow
 from flowtrail.tables import invalid_ips
 
 SECOND_NS = 1_000_000_000
-DEFAULT_PAIR_TOLERANCE_NS = 5 * SECOND_NS
+# Hosts' clocks disagree by milliseconds under NTP; a closed 4-tuple is not reused for ~60 s
+# (TIME_WAIT; about 1 s with tcp_tw_reuse), so 1 s pairs ends without joining two connections.
+DEFAULT_PAIR_TOLERANCE_NS = 1 * SECOND_NS
 MAX_NS = 2**63 - 1
 TALKER_KEYS = ("workload", "ip")
 UNRECORDED_REASON = "(not recorded)"
