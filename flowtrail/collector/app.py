@@ -1,0 +1,134 @@
+"""One collector process assembled: log, sink, quarantine, engine, HTTPS server.
+
+`CollectorApp(options).start()` returns once it listens; `stop()` shuts down cleanly (the
+server first, then a last tick, then the log). `flowtrail collector` and `flowtrail up`
+both build it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flowtrail.collector.quarantine import Quarantine
+from flowtrail.collector.server import CollectorHTTPServer, tls_context
+from flowtrail.collector.service import Collector, CollectorConfig
+from flowtrail.collector.sink import ParquetSink, Sink
+from flowtrail.collector.tokens import Tokens
+from flowtrail.collector.wal import WriteAheadLog
+from flowtrail.errors import InputError
+
+
+@dataclass
+class CollectorOptions:
+    data_dir: Path
+    tokens_file: Path
+    host: str = "127.0.0.1"
+    port: int = 4740
+    cert: Path | None = None
+    key: Path | None = None
+    plaintext: bool = False  # loopback only
+    sink: str = "store"  # store (DuckDB file) or parquet (a directory)
+    db: Path | None = None  # default: data_dir/flows.duckdb
+    store_retention_ns: int | None = 7 * 86_400 * 10**9
+    max_body_bytes: int = 256 << 20
+    max_connections: int = 64
+    config: CollectorConfig = field(default_factory=CollectorConfig)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_sink(options: CollectorOptions) -> Sink:
+    if options.sink == "parquet":
+        return ParquetSink(options.data_dir / "flows")
+    if options.sink == "store":
+        from flowtrail.store import Store
+
+        db = options.db or options.data_dir / "flows.duckdb"
+        return Store(db, retention_ns=options.store_retention_ns)  # type: ignore[no-any-return]
+    raise InputError(f"--sink {options.sink!r}: choose store or parquet")
+
+
+class CollectorApp:
+    def __init__(self, options: CollectorOptions) -> None:
+        self.options = options
+        if options.plaintext:
+            if not _is_loopback(options.host):
+                raise InputError(f"--plaintext: only on loopback, not {options.host!r}")
+            self._tls = None
+        else:
+            if options.cert is None or options.key is None:
+                raise InputError("give --tls-cert and --tls-key (or --plaintext on loopback)")
+            try:
+                self._tls = tls_context(str(options.cert), str(options.key))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"--tls-cert/--tls-key: cannot load: {exc}") from exc
+        tokens = Tokens.load(options.tokens_file)
+        data = options.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        cfg = options.config
+        self.collector = Collector(
+            cfg,
+            tokens=tokens,
+            wal=WriteAheadLog(
+                data / "wal",
+                segment_bytes=cfg.segment_bytes,
+                segment_age_ns=cfg.segment_age_ns,
+                fsync=cfg.fsync,
+            ),
+            sink=make_sink(options),
+            quarantine=Quarantine(data / "quarantine", cfg.quarantine_bytes),
+        )
+        self.server: CollectorHTTPServer | None = None
+        self._serving: threading.Thread | None = None
+
+    def start(self) -> int:
+        """Replay the log, then listen; returns the port (useful with port 0)."""
+        self.collector.start()
+        try:
+            self.server = CollectorHTTPServer(
+                (self.options.host, self.options.port),
+                self.collector,
+                tls=self._tls,
+                max_body_bytes=self.options.max_body_bytes,
+                max_connections=self.options.max_connections,
+            )
+        except OSError as exc:
+            self.collector.stop()
+            raise InputError(
+                f"--listen {self.options.host}:{self.options.port}: cannot listen: {exc}"
+            ) from exc
+        self._serving = threading.Thread(
+            target=self.server.serve_forever, name="collector-http", daemon=True
+        )
+        self._serving.start()
+        return self.server.port
+
+    def url(self) -> str:
+        assert self.server is not None
+        scheme = "http" if self._tls is None else "https"
+        return f"{scheme}://{self.options.host}:{self.server.port}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        if self._serving is not None:
+            self._serving.join()
+        self.collector.stop()
+
+
+def write_port_file(path: Path, port: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, path)

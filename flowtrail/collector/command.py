@@ -1,0 +1,262 @@
+"""`flowtrail collector`: receive agents' flow batches over HTTPS, attribute, store."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from flowtrail.collector.app import CollectorApp, CollectorOptions, write_port_file
+from flowtrail.collector.door import Limits
+from flowtrail.collector.service import CollectorConfig
+from flowtrail.engine.attributor import Settings
+from flowtrail.errors import InputError
+from flowtrail.units import DURATION, parse_size
+
+
+class _Size(click.ParamType):  # type: ignore[type-arg]
+    name = "size"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SIZE = _Size()
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise InputError(f"--listen {text!r}: expected HOST:PORT (port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@click.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:4740",
+    show_default=True,
+    help="Address and port to serve HTTPS on (port 0: any free port).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM certificate (chain) the collector presents.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="PEM private key of --tls-cert.",
+)
+@click.option(
+    "--plaintext",
+    is_flag=True,
+    help="Serve plain HTTP: allowed only on a loopback address (flowtrail up).",
+)
+@click.option(
+    "--tokens",
+    "tokens_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Lines '<exporter> <token> [flows,events]': who may send, as whom.",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write-ahead log, quarantine and (by default) the store live here.",
+)
+@click.option(
+    "--sink",
+    type=click.Choice(["store", "parquet"]),
+    default="store",
+    show_default=True,
+    help="store: the DuckDB file (idempotent writes). parquet: DATA/flows/date=/hour=/.",
+)
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="DuckDB store file [default: DATA/flows.duckdb].",
+)
+@click.option(
+    "--store-retention",
+    type=DURATION,
+    default="168h",
+    show_default=True,
+    help="Stored flows older than this (end_ns) are deleted.",
+)
+@click.option(
+    "--max-body",
+    type=SIZE,
+    default="256M",
+    show_default=True,
+    help="Largest request body accepted (413 beyond).",
+)
+@click.option(
+    "--max-rows",
+    type=int,
+    default=1_000_000,
+    show_default=True,
+    help="Most rows in one batch (413 beyond).",
+)
+@click.option(
+    "--rate",
+    "rate",
+    type=float,
+    default=2_000_000.0,
+    show_default=True,
+    help="Rows per second each exporter may send (429 beyond).",
+)
+@click.option(
+    "--burst",
+    type=float,
+    default=None,
+    help="Rows an exporter may send at once above its rate [default: 2 x --rate].",
+)
+@click.option(
+    "--max-future",
+    type=DURATION,
+    default="10m",
+    show_default=True,
+    help="Refuse times further than this ahead of the collector's clock.",
+)
+@click.option(
+    "--max-age",
+    type=DURATION,
+    default="168h",
+    show_default=True,
+    help="Refuse times older than this (an agent's spool may hold data this long).",
+)
+@click.option(
+    "--max-wait",
+    type=DURATION,
+    default="180s",
+    show_default=True,
+    help="How long a flow waits for heartbeats before the event fallback.",
+)
+@click.option(
+    "--max-skew",
+    type=DURATION,
+    default="100ms",
+    show_default=True,
+    help="Worst clock error of any one host.",
+)
+@click.option(
+    "--event-lag",
+    type=DURATION,
+    default="20m",
+    show_default=True,
+    help="The event feed is trusted complete up to now minus this.",
+)
+@click.option(
+    "--retention",
+    type=DURATION,
+    default="1h",
+    show_default=True,
+    help="Ownership ranges older than this are forgotten (bounds memory).",
+)
+@click.option("--no-events", is_flag=True, help="There is no event feed: do not wait for one.")
+@click.option(
+    "--tick",
+    type=DURATION,
+    default="1s",
+    show_default=True,
+    help="How often waiting flows are decided and results stored.",
+)
+@click.option(
+    "--keep-log",
+    type=DURATION,
+    default="15m",
+    show_default=True,
+    help="Stored batches stay in the write-ahead log this long, to rebuild "
+    "ownership state after a restart.",
+)
+@click.option(
+    "--quarantine-max",
+    type=SIZE,
+    default="256M",
+    show_default=True,
+    help="Bytes of refused batches kept; the oldest go first.",
+)
+@click.option(
+    "--no-fsync",
+    is_flag=True,
+    help="Acknowledge without fsync (benchmarks only: a crash may lose batches).",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the port listened on here once ready.",
+)
+def collector(
+    listen: str, tls_cert: Path | None, tls_key: Path | None, plaintext: bool,
+    tokens_file: Path, data_dir: Path, sink: str, db: Path | None, store_retention: int,
+    max_body: int, max_rows: int, rate: float, burst: float | None, max_future: int,
+    max_age: int, max_wait: int, max_skew: int, event_lag: int, retention: int,
+    no_events: bool, tick: int, keep_log: int, quarantine_max: int, no_fsync: bool,
+    port_file: Path | None,
+) -> None:  # fmt: skip
+    """Receive flow batches from agents, attribute remote workloads, store the results.
+
+    \b
+    Agents POST Arrow IPC streams to https://HOST:PORT/v1/flows with
+    'Authorization: Bearer TOKEN'; the control plane's feed goes to /v1/events.
+    A batch is acknowledged (200) only once it is in the write-ahead log on disk.
+    GET /metrics (Prometheus) and /healthz on the same port.
+
+    \b
+      flowtrail collector --tokens tokens.txt --data-dir /var/lib/flowtrail \\
+          --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:4740
+    """
+    host, port = _listen(listen)
+    if max_rows <= 0 or rate <= 0 or (burst is not None and burst <= 0):
+        raise InputError("--max-rows, --rate and --burst must be positive")
+    config = CollectorConfig(
+        limits=Limits(max_rows=max_rows, max_future_ns=max_future, max_age_ns=max_age),
+        settings=Settings(
+            max_wait_ns=max_wait,
+            max_skew_ns=max_skew,
+            event_lag_ns=event_lag,
+            retention_ns=retention,
+            use_events=not no_events,
+        ),
+        rate_rows_per_s=rate,
+        burst_rows=burst if burst is not None else 2 * rate,
+        tick_ns=tick,
+        keep_log_ns=keep_log,
+        fsync=not no_fsync,
+        quarantine_bytes=quarantine_max,
+    )
+    options = CollectorOptions(
+        data_dir=data_dir, tokens_file=tokens_file, host=host, port=port, cert=tls_cert,
+        key=tls_key, plaintext=plaintext, sink=sink, db=db, store_retention_ns=store_retention,
+        max_body_bytes=max_body, config=config,
+    )  # fmt: skip
+    app = CollectorApp(options)
+    stopping = threading.Event()
+
+    def _on_signal(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    bound = app.start()
+    if port_file is not None:
+        write_port_file(port_file, bound)
+    click.echo(f"flowtrail collector: listening on {app.url()}, data in {data_dir}", err=True)
+    while not stopping.wait(0.5):
+        pass
+    click.echo("flowtrail collector: stopping", err=True)
+    app.stop()
+    sys.stdout.flush()

@@ -1,0 +1,468 @@
+"""The collector's core, free of transport: accept batches, attribute them, store the results.
+
+    ingest(kind, token, body, batch_id)   auth → read → limits → checks → log (fsync) → engine
+    tick(now)                             decide what can be decided → sink → mark stored
+    start() / stop()                      replay the log, then tick every `tick_ns` in a thread
+
+Row ids: every accepted flow row gets a number from the write-ahead log (in a column the
+sink never sees). After the sink takes rows, their ids go back into the log as a `stored`
+record, so a restart re-feeds every logged row to a fresh engine (rebuilding ownership state
+from recent data) but stores only rows not stored before.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.collector.door import ROW_ID, Limits, Refusal, check, read_ipc
+from flowtrail.collector.metrics import Metrics
+from flowtrail.collector.quarantine import Quarantine
+from flowtrail.collector.ratelimit import RowRateLimit
+from flowtrail.collector.sink import Sink
+from flowtrail.collector.tokens import Tokens
+from flowtrail.collector.wal import WriteAheadLog
+from flowtrail.engine.attributor import Settings
+from flowtrail.engine.pending import BUCKET_NS as PENDING_BUCKET_NS
+from flowtrail.engine.stream import StreamingAttribution
+from flowtrail.schema import FLOWS
+
+SECOND = 1_000_000_000
+KINDS = ("flows", "events")
+IN_FLIGHT, DURABLE = 0, 1
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    limits: Limits = field(default_factory=Limits)
+    settings: Settings = field(default_factory=Settings)
+    rate_rows_per_s: float = 2_000_000.0
+    burst_rows: float = 4_000_000.0
+    tick_ns: int = SECOND
+    keep_log_ns: int = 15 * 60 * SECOND  # stored rows stay in the log this long, for restarts
+    segment_bytes: int = 64 << 20
+    segment_age_ns: int = 30 * SECOND
+    fsync: bool = True
+    quarantine_bytes: int = 256 << 20
+    remembered_batches: int = 200_000  # batch ids kept to answer re-sends idempotently
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: dict[str, Any]
+    retry_after_s: float | None = None
+
+    def json(self) -> bytes:
+        return (json.dumps(self.body) + "\n").encode()
+
+
+@dataclass
+class _Segment:
+    first_row: int
+    outstanding: int = 0  # flow rows not yet stored
+    newest_ns: int = 0  # latest receive time of a record in it
+
+
+class Collector:
+    def __init__(
+        self,
+        config: CollectorConfig,
+        *,
+        tokens: Tokens,
+        wal: WriteAheadLog,
+        sink: Sink,
+        quarantine: Quarantine,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.config = config
+        self.tokens, self.wal, self.sink, self.quarantine = tokens, wal, sink, quarantine
+        self.clock = clock
+        self.metrics = Metrics()
+        self.rate = RowRateLimit(config.rate_rows_per_s, config.burst_rows)
+        self.engine = StreamingAttribution(config.settings)
+        self._engine_lock = threading.Lock()
+        self._sink_lock = threading.Lock()
+        self._seen_lock = threading.Lock()
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._segments: dict[int, _Segment] = {}
+        self._backlog: list[pa.Table] = []  # decided, not yet taken by the sink
+        self._already_stored = np.empty(0, np.int64)  # replayed rows stored before the crash
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started_ns = 0
+        self.last_tick_ns = 0
+        self.last_sink_error: str | None = None
+        self.unreadable_log_records = 0
+        self.metrics.add_live(self._live)
+
+    # -- lifetime ----------------------------------------------------------------------
+    def start(self, *, background: bool = True) -> None:
+        self.recover()
+        self.started_ns = self.clock()
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="collector-tick", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.tick(self.clock())  # what is decidable now goes out; the rest waits in the log
+        self.wal.close()
+        self.sink.close()
+
+    def _loop(self) -> None:
+        tick_s = self.config.tick_ns / SECOND
+        while not self._stop.wait(tick_s):
+            self.tick(self.clock())
+
+    # -- replay ------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Re-feed the log to the engine; remember which rows were already stored."""
+        now = self.clock()
+        stored_runs: list[npt.NDArray[np.int64]] = []
+        firsts: dict[int, int | None] = {}
+        ends: dict[int, int] = {}
+        next_row = 0
+        lowest: int | None = None
+        for rec in self.wal.replay():
+            h = rec.header
+            kind = str(h.get("kind"))
+            firsts.setdefault(rec.segment, None)
+            seg = self._segments.setdefault(rec.segment, _Segment(first_row=0))
+            if kind == "stored":
+                stored_runs.append(np.frombuffer(rec.body, np.int64).reshape(-1, 2))
+                continue
+            received = int(h["recv"])
+            try:
+                where = f"log segment {rec.segment}"
+                data = check(kind, read_ipc(rec.body, where), h["exporter"], received,
+                             self.config.limits, where)  # fmt: skip
+            except Refusal:
+                self.unreadable_log_records += 1  # it passed at the door: the disk changed it
+                continue
+            seg.newest_ns = max(seg.newest_ns, received)
+            self._remember(h["exporter"], h.get("batch"))
+            if kind == "flows":
+                first = int(h["row"])
+                if firsts[rec.segment] is None:
+                    firsts[rec.segment] = first
+                lowest = first if lowest is None else lowest
+                self._submit_flows(data, first, received)
+                seg.outstanding += data.num_rows
+                next_row = ends[rec.segment] = first + data.num_rows
+            else:
+                self._submit_events(data, received)
+            self.metrics.rows_replayed.labels(kind).inc(data.num_rows)
+        # A segment without flow rows starts where the rows before it ended.
+        carry = lowest or 0
+        for s in sorted(firsts):
+            seg_first = firsts[s]
+            self._segments[s].first_row = seg_first if seg_first is not None else carry
+            carry = ends.get(s, carry)
+        if stored_runs and lowest is not None:
+            ids = np.unique(_expand_runs(np.concatenate(stored_runs)))
+            ids = ids[ids >= lowest]  # marks for rows of segments already deleted
+            self._already_stored = ids
+            self._count_stored(ids)
+        self.wal.open(now, next_row)
+        self._segments.setdefault(self.wal.current_segment, _Segment(first_row=next_row))
+        self._forget_old_segments(now)
+
+    # -- ingest ------------------------------------------------------------------------
+    def authenticate(self, kind: str, token: str | None) -> Answer | str:
+        """The exporter name for this token and kind, or the refusal to send."""
+        ident = self.tokens.lookup(token)
+        if ident is None:
+            self.metrics.refused.labels("unauthenticated").inc()
+            return Answer(401, {"error": "missing or unknown bearer token"})
+        if kind not in ident.kinds:
+            self.metrics.refused.labels("forbidden_kind").inc()
+            return Answer(
+                403, {"error": f"exporter {ident.exporter!r} may not send {kind} (token kinds)"}
+            )
+        return ident.exporter
+
+    def refuse_unread(self, reason: str, status: int, message: str) -> Answer:
+        """A refusal decided before the body was read (size limits, bad requests)."""
+        self.metrics.refused.labels(reason).inc()
+        return Answer(status, {"error": message, "reason": reason})
+
+    def ingest(self, kind: str, token: str | None, body: bytes, batch_id: str | None) -> Answer:
+        began = time.perf_counter()
+        who = self.authenticate(kind, token)
+        if isinstance(who, Answer):
+            return who
+        exporter = who
+        now = self.clock()
+        where = f"batch {batch_id or '(no id)'} from {exporter}"
+        rows = 0
+        try:
+            raw = read_ipc(body, where)
+            rows = raw.num_rows
+            if rows > self.config.limits.max_rows or rows > self.config.burst_rows:
+                limit = int(min(self.config.limits.max_rows, self.config.burst_rows))
+                raise Refusal(
+                    413, "too_many_rows",
+                    f"{where}: {rows} rows, the limit is {limit}; send smaller batches",
+                    quarantine=False,
+                )  # fmt: skip
+            wait = self.rate.take(exporter, rows)
+            if wait > 0:
+                self.metrics.refused.labels("rate_limited").inc()
+                self.metrics.refused_rows.labels("rate_limited").inc(rows)
+                return Answer(
+                    429,
+                    {
+                        "error": f"{where}: exporter {exporter!r} is over its rate of "
+                        f"{self.config.rate_rows_per_s:.0f} rows/s; retry later",
+                        "reason": "rate_limited",
+                    },
+                    retry_after_s=wait,
+                )
+            data = check(kind, raw, exporter, now, self.config.limits, where)
+        except Refusal as r:
+            return self._refused(r, body, exporter, batch_id, rows)
+        if batch_id and not self._claim(exporter, batch_id):
+            if self._seen.get((exporter, batch_id)) != DURABLE:
+                self.metrics.refused.labels("in_flight").inc()
+                return Answer(
+                    409, {"error": f"{where}: the same batch is being logged now; retry"},
+                    retry_after_s=1.0,
+                )  # fmt: skip
+            self.metrics.duplicates.inc()
+            return Answer(200, {"rows": rows, "duplicate": True})
+        header = {"kind": kind, "exporter": exporter, "batch": batch_id, "recv": now}
+        try:
+            done = self.wal.append(header, body, rows if kind == "flows" else 0, now)
+            self.wal.sync(done.position)
+        except OSError as exc:
+            self._unclaim(exporter, batch_id)
+            self.metrics.refused.labels("log_failed").inc()
+            return Answer(503, {"error": f"cannot log the batch durably: {exc}"})
+        if batch_id:
+            self._seen[(exporter, batch_id)] = DURABLE
+        self._note_segment(done.segment, done.first_row, now)
+        if kind == "flows":
+            self._submit_flows(data, done.first_row, now, segment=done.segment)
+        else:
+            self._submit_events(data, now)
+        self.metrics.rows_in.labels(kind).inc(rows)
+        self.metrics.batches_in.labels(kind).inc()
+        self.metrics.latency.labels(kind).observe(time.perf_counter() - began)
+        return Answer(200, {"rows": rows})
+
+    def _refused(
+        self, r: Refusal, body: bytes, exporter: str, batch_id: str | None, rows: int
+    ) -> Answer:
+        self.metrics.refused.labels(r.reason).inc()
+        self.metrics.refused_rows.labels(r.reason).inc(rows)
+        answer: dict[str, Any] = {"error": r.message, "reason": r.reason}
+        if r.quarantine:
+            note = {"reason": r.reason, "status": r.status, "error": r.message,
+                    "exporter": exporter, "batch": batch_id, "rows": rows,
+                    "received_ns": self.clock()}  # fmt: skip
+            name = self.quarantine.keep(body, note)
+            if name is not None:
+                self.metrics.quarantined.inc()
+                answer["quarantined_as"] = name
+        return Answer(r.status, answer)
+
+    def _claim(self, exporter: str, batch_id: str) -> bool:
+        key = (exporter, batch_id)
+        with self._seen_lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = IN_FLIGHT
+            while len(self._seen) > self.config.remembered_batches:
+                self._seen.popitem(last=False)
+            return True
+
+    def _unclaim(self, exporter: str, batch_id: str | None) -> None:
+        if batch_id:
+            with self._seen_lock:
+                self._seen.pop((exporter, batch_id), None)
+
+    def _remember(self, exporter: str, batch_id: str | None) -> None:
+        if batch_id:
+            self._claim(exporter, batch_id)
+            self._seen[(exporter, batch_id)] = DURABLE
+
+    def _note_segment(self, segment: int, first_row: int, now: int) -> None:
+        with self._engine_lock:
+            seg = self._segments.setdefault(segment, _Segment(first_row=first_row))
+            seg.newest_ns = max(seg.newest_ns, now)
+
+    def _submit_flows(
+        self, data: pa.Table, first_row: int, received: int, segment: int | None = None
+    ) -> None:
+        n = data.num_rows
+        ids = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+        data = data.append_column(pa.field(ROW_ID, pa.int64()), ids)
+        with self._engine_lock:
+            self.engine.submit_flows(data, received)
+            if segment is not None:
+                self._segments[segment].outstanding += n
+
+    def _submit_events(self, data: pa.Table, received: int) -> None:
+        with self._engine_lock:
+            self.engine.submit_events(data, received)
+
+    # -- decisions -----------------------------------------------------------------------
+    def tick(self, now: int) -> int:
+        """Decide, store, mark stored; returns rows stored now."""
+        # Decide at the end of the last whole second: PendingPool.take_due (engine/pending.py)
+        # loops forever when the current second's bucket holds a flow due later in it, so
+        # the collector never ticks inside a bucket. Costs at most a second of delay.
+        now = (now // PENDING_BUCKET_NS) * PENDING_BUCKET_NS - 1
+        with self._engine_lock:
+            decided = self.engine.tick(now)
+        with self._sink_lock:
+            for table in decided:
+                table = self._drop_already_stored(table)
+                if table.num_rows:
+                    self._observe(table)
+                    self._backlog.append(table)
+            stored = self._flush(now)
+        self.last_tick_ns = now
+        with self._engine_lock:
+            self._forget_old_segments(now)
+        return stored
+
+    def _drop_already_stored(self, table: pa.Table) -> pa.Table:
+        if len(self._already_stored) == 0:
+            return table
+        ids = np.asarray(table.column(ROW_ID).to_numpy())
+        hit = np.isin(ids, self._already_stored, assume_unique=True)
+        if not hit.any():
+            return table
+        self._already_stored = np.setdiff1d(self._already_stored, ids[hit], assume_unique=True)
+        return table.filter(pa.array(~hit))
+
+    def _observe(self, table: pa.Table) -> None:
+        waited = np.asarray(
+            pc.subtract(table.column("attributed_ns"), table.column("received_ns")).to_numpy()
+        )
+        self.metrics.wait.observe_ns(np.maximum(waited, 0))
+
+    def _flush(self, now: int) -> int:
+        if not self._backlog:
+            return 0
+        tables = self._backlog
+        try:
+            out = pa.concat_tables(tables, promote_options="permissive")
+            groups = [out]
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            groups = list(tables)  # extra columns of clashing types: one write each
+        written = 0
+        for i, table in enumerate(groups):
+            try:
+                self.sink.write(table.drop_columns([ROW_ID]))
+            except Exception as exc:  # any sink failure: keep the rows, retry next tick
+                self.metrics.sink_failures.inc()
+                self.last_sink_error = f"{type(exc).__name__}: {exc}"
+                self._backlog = groups[i:]
+                return written
+            self.last_sink_error = None
+            ids = np.asarray(table.column(ROW_ID).to_numpy())
+            self._mark_stored(ids, now)
+            written += table.num_rows
+            self.metrics.rows_out.inc(table.num_rows)
+        self._backlog = []
+        return written
+
+    def _mark_stored(self, ids: npt.NDArray[np.int64], now: int) -> None:
+        runs = _runs(np.sort(ids))
+        done = self.wal.append({"kind": "stored", "recv": now}, runs.tobytes(), 0, now)
+        self.wal.sync(done.position)
+        with self._engine_lock:
+            self._count_stored(ids)
+
+    def _count_stored(self, ids: npt.NDArray[np.int64]) -> None:
+        if not self._segments or len(ids) == 0:
+            return
+        segs = sorted(self._segments)
+        firsts = np.array([self._segments[s].first_row for s in segs], np.int64)
+        which = np.searchsorted(firsts, ids, side="right") - 1
+        counts = np.bincount(which[which >= 0], minlength=len(segs))
+        for s, n in zip(segs, counts, strict=True):
+            self._segments[s].outstanding -= int(n)
+
+    def _forget_old_segments(self, now: int) -> None:
+        """Delete the oldest segments once all their rows are stored and they are old enough."""
+        for s in sorted(self._segments):
+            seg = self._segments[s]
+            if s == self.wal.current_segment or seg.outstanding > 0:
+                break
+            if seg.newest_ns > now - self.config.keep_log_ns:
+                break
+            self.wal.delete(s)
+            del self._segments[s]
+
+    # -- health --------------------------------------------------------------------------
+    def _live(self) -> dict[str, object]:
+        with self._engine_lock:
+            c = self.engine.engine.counters
+            waiting = self.engine.waiting
+            entries = len(self.engine.engine.ranges)
+            decided = dict(c.decided)
+            unattributed = dict(c.unattributed)
+            segments = len(self._segments)
+        decided["unattributed"] = sum(unattributed.values())
+        return {
+            "waiting_flows": waiting,
+            "ownership_entries": entries,
+            "wal_bytes": self.wal.bytes_on_disk(),
+            "wal_segments": segments,
+            "sink_backlog_rows": sum(t.num_rows for t in self._backlog),
+            "decided": decided,
+            "unattributed": unattributed,
+            "wait": self.metrics.wait,
+        }
+
+    def health(self) -> Answer:
+        now = self.clock()
+        stale = self._thread is not None and now - self.last_tick_ns > 10 * self.config.tick_ns
+        ok = not stale and self.last_sink_error is None
+        with self._engine_lock:
+            waiting = self.engine.waiting
+        body = {
+            "ok": ok,
+            "waiting_flows": waiting,
+            "sink_error": self.last_sink_error,
+            "last_tick_age_s": (now - self.last_tick_ns) / SECOND if self.last_tick_ns else None,
+        }
+        return Answer(200 if ok else 503, body)
+
+
+def _runs(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Sorted ids → (start, length) pairs of consecutive runs."""
+    if len(ids) == 0:
+        return np.empty((0, 2), np.int64)
+    breaks = np.flatnonzero(np.diff(ids) != 1) + 1
+    starts = np.concatenate([[0], breaks])
+    ends = np.concatenate([breaks, [len(ids)]])
+    return np.stack([ids[starts], ends - starts], axis=1).astype(np.int64)
+
+
+def _expand_runs(runs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    if len(runs) == 0:
+        return np.empty(0, np.int64)
+    starts, lengths = runs[:, 0], runs[:, 1]
+    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    out: npt.NDArray[np.int64] = np.arange(int(lengths.sum()), dtype=np.int64) + offsets
+    return out
+
+
+__all__ = ["FLOWS", "Answer", "Collector", "CollectorConfig"]
