@@ -83,7 +83,7 @@ def demo(
     results: dict[str, Any] = {}
     for name in chosen:
         print(f"demo: {name}: simulating", file=sys.stderr, flush=True)
-        sim = simulate(name, seed, **({"flows": flows} if flows else {}))
+        sim = simulate(name, seed, None, **({"flows": flows} if flows else {}))
         print(
             f"demo: {name}: {sim.flows.num_rows:,} flows; attributing {len(METHODS)} ways",
             file=sys.stderr,
