@@ -29,7 +29,7 @@ from flowtrail.collector.door import ROW_ID, Limits, Refusal, check, read_ipc
 from flowtrail.collector.metrics import Metrics
 from flowtrail.collector.quarantine import Quarantine
 from flowtrail.collector.ratelimit import RowRateLimit
-from flowtrail.collector.sink import Sink
+from flowtrail.collector.sink import NamedSink, Sink
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.engine.attributor import Settings
@@ -142,7 +142,9 @@ class Collector:
             firsts.setdefault(rec.segment, None)
             seg = self._segments.setdefault(rec.segment, _Segment(first_row=0))
             if kind == "stored":
-                stored_runs.append(np.frombuffer(rec.body, np.int64).reshape(-1, 2))
+                name = h.get("name")
+                if name is None or (isinstance(self.sink, NamedSink) and self.sink.has(name)):
+                    stored_runs.append(np.frombuffer(rec.body, np.int64).reshape(-1, 2))
                 continue
             received = int(h["recv"])
             try:
@@ -367,27 +369,38 @@ class Collector:
             groups = list(tables)  # extra columns of clashing types: one write each
         written = 0
         for i, table in enumerate(groups):
+            ids = np.asarray(table.column(ROW_ID).to_numpy())
+            rows = table.drop_columns([ROW_ID])
             try:
-                self.sink.write(table.drop_columns([ROW_ID]))
+                if isinstance(self.sink, NamedSink):
+                    # Intent first: the file's existence later decides whether these rows
+                    # were stored.
+                    name = self.sink.next_name()
+                    self._log_stored(ids, now, name)
+                    self.sink.write_named(rows, name)
+                else:
+                    self.sink.write(rows)  # idempotent: a crash before the mark re-writes
+                    self._log_stored(ids, now, None)
             except Exception as exc:  # any sink failure: keep the rows, retry next tick
                 self.metrics.sink_failures.inc()
                 self.last_sink_error = f"{type(exc).__name__}: {exc}"
                 self._backlog = groups[i:]
                 return written
             self.last_sink_error = None
-            ids = np.asarray(table.column(ROW_ID).to_numpy())
-            self._mark_stored(ids, now)
+            with self._engine_lock:
+                self._count_stored(ids)
             written += table.num_rows
             self.metrics.rows_out.inc(table.num_rows)
         self._backlog = []
         return written
 
-    def _mark_stored(self, ids: npt.NDArray[np.int64], now: int) -> None:
+    def _log_stored(self, ids: npt.NDArray[np.int64], now: int, name: str | None) -> None:
         runs = _runs(np.sort(ids))
-        done = self.wal.append({"kind": "stored", "recv": now}, runs.tobytes(), 0, now)
+        header: dict[str, Any] = {"kind": "stored", "recv": now}
+        if name is not None:
+            header["name"] = name
+        done = self.wal.append(header, runs.tobytes(), 0, now)
         self.wal.sync(done.position)
-        with self._engine_lock:
-            self._count_stored(ids)
 
     def _count_stored(self, ids: npt.NDArray[np.int64]) -> None:
         if not self._segments or len(ids) == 0:

@@ -4,9 +4,12 @@
     ParquetSink   the fallback: one Parquet file per write, hour-partitioned, fsynced
     StoreSink     flowtrail.store's DuckDB Store (idempotent on exporter, flow_id, state, end_ns)
 
-The collector marks rows as stored in its write-ahead log only after `write` returns, so a
-crash between the two re-writes those rows on replay: harmless for an idempotent sink
-(the Store), a duplicate for the Parquet fallback (see docs/collector.md).
+Exactly once across kill -9, two ways:
+- an idempotent sink (the Store): rows are marked stored in the write-ahead log after `write`
+  returns; a crash between the two re-writes them on replay, which the sink ignores;
+- a `NamedSink` (the Parquet fallback): the log first records "these rows go to file N",
+  then the file appears atomically under N; on replay, rows count as stored exactly when
+  their file exists.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +31,19 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class NamedSink(Sink, Protocol):
+    def next_name(self) -> str:
+        """A fresh name for the next write (recorded in the log before writing)."""
+        ...
+
+    def write_named(self, table: pa.Table, name: str) -> int:
+        """Write atomically under `name`: afterwards `has(name)`, before it not."""
+        ...
+
+    def has(self, name: str) -> bool: ...
+
+
 class ParquetSink:
     """`<dir>/date=YYYY-MM-DD/hour=HH/<ns>-<pid>-<seq>.parquet`, by the collector's clock."""
 
@@ -38,31 +54,40 @@ class ParquetSink:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._seq = 0
 
-    def write(self, table: pa.Table) -> int:
-        if table.num_rows == 0:
-            return 0
+    def next_name(self) -> str:
         now = time.time_ns()
-        part = self.directory / time.strftime("date=%Y-%m-%d/hour=%H", time.gmtime(now / 1e9))
-        part.mkdir(parents=True, exist_ok=True)
         self._seq += 1
-        final = part / f"{now:020d}-{os.getpid()}-{self._seq:06d}.parquet"
-        tmp = part / f".{final.name}.tmp"
+        part = time.strftime("date=%Y-%m-%d/hour=%H", time.gmtime(now / 1e9))
+        return f"{part}/{now:020d}-{os.getpid()}-{self._seq:06d}.parquet"
+
+    def has(self, name: str) -> bool:
+        return (self.directory / name).is_file()
+
+    def write(self, table: pa.Table) -> int:
+        return self.write_named(table, self.next_name())
+
+    def write_named(self, table: pa.Table, name: str) -> int:
+        final = self.directory / name
+        if final.parent.parent.parent != self.directory or not final.name.endswith(".parquet"):
+            raise ValueError(f"not a name this sink gave out: {name!r}")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
         pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(tmp)
         os.replace(tmp, final)
-        dfd = os.open(part, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        _fsync(final.parent)
         return int(table.num_rows)
 
     def close(self) -> None:
         return None
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_parquet_sink(directory: str | os.PathLike[str]) -> pa.Table:
