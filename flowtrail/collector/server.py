@@ -48,6 +48,22 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def _discard(self, length: int) -> None:
+        """Read and drop a refused body, so the sender can read the answer; bounded.
+
+        Closing with the body unread would reset the connection under the sender before it
+        reads why. Bodies beyond `discard_limit` are not read: the connection just closes.
+        """
+        self.close_connection = True
+        if length > self.server.discard_limit:
+            return
+        left = length
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 20))
+            if not chunk:
+                return
+            left -= len(chunk)
+
     def do_GET(self) -> None:
         c = self.server.collector
         if self.path == "/metrics":
@@ -69,21 +85,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._send(c.refuse_unread("bad_path", 404, f"no such path {self.path!r}"))
             return
-        token = _bearer(self.headers.get("Authorization"))
-        who = c.authenticate(kind, token)
-        if isinstance(who, Answer):  # refuse before reading a byte of the body
-            self.close_connection = True
-            self._send(who)
-            return
         length_text = self.headers.get("Content-Length")
         if length_text is None or not length_text.isdigit():
             self.close_connection = True
             self._send(c.refuse_unread("no_length", 411, "a Content-Length header is required"))
             return
         length = int(length_text)
+        token = _bearer(self.headers.get("Authorization"))
+        who = c.authenticate(kind, token)
+        if isinstance(who, Answer):  # refused before the body is looked at
+            self._discard(length)
+            self._send(who)
+            return
         limit = self.server.max_body_bytes
         if length > limit:
-            self.close_connection = True
+            self._discard(length)
             self._send(
                 c.refuse_unread(
                     "body_too_large",
@@ -135,6 +151,7 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         self.collector = collector
         self.tls = tls
         self.max_body_bytes = max_body_bytes
+        self.discard_limit = min(4 * max_body_bytes, 1 << 30)
         self.idle_timeout_s = idle_timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused_connections = 0
