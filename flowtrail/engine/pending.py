@@ -2,7 +2,7 @@
 
 A collector may hold many waiting flows (those bound for the event fallback wait for the
 feed's watermark, minutes), so nothing here costs O(waiting) per tick: flows are appended to
-a store, found by row handle through a position map and by deadline through per-second
+a store, found by row handle through a position map and by deadline through ten-second
 buckets, and taken out by marking them dead. The store is compacted once the dead outnumber
 the living, which keeps every operation O(1) amortised per flow.
 """
@@ -17,7 +17,7 @@ import numpy.typing as npt
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
 
-BUCKET_NS = 1_000_000_000
+BUCKET_NS = 10_000_000_000  # coarse: few buckets per tick; exact deadlines are checked
 
 
 class PendingPool:
@@ -93,16 +93,17 @@ class PendingPool:
         """Remove and return the flows whose deadline is <= now."""
         parts: list[I64] = []
         last = now // BUCKET_NS
+        kept: I64 | None = None
         while self._heap and self._heap[0] <= last:
             key = heapq.heappop(self._heap)
             rows = np.concatenate(self._buckets.pop(key))
-            if key == last:  # the current second: only what is due by now
+            if key == last:  # the current bucket: only what is due by now
                 later = self._store["deadline"][rows] > now
-                if later.any():
-                    self._buckets[key] = [rows[later]]
-                    heapq.heappush(self._heap, key)
-                    rows = rows[~later]
+                kept, rows = rows[later], rows[~later]
             parts.append(rows)
+        if kept is not None and len(kept):
+            self._buckets[last] = [kept]
+            heapq.heappush(self._heap, last)
         return self._remove(np.concatenate(parts) if parts else np.empty(0, np.int64))
 
     def take_rows(self, handles: I64) -> Rec:

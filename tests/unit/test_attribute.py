@@ -189,3 +189,27 @@ def test_loopback_is_per_host_and_never_names_another_hosts_workload() -> None:
     ])  # fmt: skip
     out = replay(flows).table.column("remote_workload").to_pylist()
     assert out == ["api", "cache", None]
+
+
+def test_pending_pool_hands_out_each_flow_once_by_deadline_or_handle() -> None:
+    from flowtrail.engine.attributor import FLOW_DTYPE
+    from flowtrail.engine.pending import PendingPool
+
+    rng = np.random.default_rng(3)
+    rec = np.zeros(5000, FLOW_DTYPE)
+    rec["row"] = np.arange(5000)
+    rec["deadline"] = rng.integers(0, 100 * S, 5000)
+    pool = PendingPool(FLOW_DTYPE)
+    for part in np.array_split(rec, 7):
+        pool.add(part)
+    seen: list[np.ndarray] = [pool.take_rows(np.array([5, 5, 17, 999_999]))["row"]]
+    now = 0
+    while len(pool):
+        due = pool.next_deadline()
+        assert due is not None
+        now = due + int(rng.integers(0, 3 * S))
+        got = pool.take_due(now)
+        assert np.all(got["deadline"] <= now)
+        seen.append(got["row"])
+    rows = np.concatenate(seen)
+    assert sorted(rows.tolist()) == list(range(5000))
