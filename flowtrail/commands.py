@@ -7,10 +7,12 @@ import click
 
 def register(group: click.Group) -> None:
     from flowtrail.agent.command import agent
+    from flowtrail.collector.command import collector
     from flowtrail.demo import demo
     from flowtrail.engine.command import attribute
     from flowtrail.evaluate.command import eval_command
+    from flowtrail.query.command import query
     from flowtrail.sim.command import sim
 
-    for command in (attribute, sim, eval_command, demo, agent):
+    for command in (attribute, sim, eval_command, demo, agent, collector, query):
         group.add_command(command)
