@@ -134,10 +134,17 @@ class OwnershipRanges:
         """Add claims; returns the distinct keys whose segments changed (may have grown)."""
         if len(key) == 0:
             return np.empty(0, np.uint64)
-        touched = np.unique(key)
+        # Old segments that end before the earliest new claim of their address cannot merge
+        # or conflict with it: they stay as they are, and only the rest is re-segmented.
+        order = np.argsort(key, kind="stable")
+        heads = np.concatenate([[0], np.flatnonzero(np.diff(key[order])) + 1])
+        touched = key[order][heads]
+        earliest = np.minimum.reduceat(start[order], heads)
         seg = self.segments
         lo, hi = key_blocks(seg.key, touched)
-        _, old_pos = expand_ranges(lo, hi)
+        which, old_pos = expand_ranges(lo, hi)
+        near = seg.end[old_pos] >= earliest[which]
+        old_pos = old_pos[near]
         merged = segment(
             np.concatenate([seg.key[old_pos], key]),
             np.concatenate([seg.owner[old_pos], owner]),
@@ -147,7 +154,8 @@ class OwnershipRanges:
         keep = np.ones(len(seg), dtype=bool)
         keep[old_pos] = False
         rest = seg.take(keep)
-        at = np.searchsorted(rest.key, merged.key, side="left")
+        # After the untouched (earlier) segments of the same address.
+        at = np.searchsorted(rest.key, merged.key, side="right")
         self.segments = Segments(
             np.insert(rest.key, at, merged.key),
             np.insert(rest.start, at, merged.start),
