@@ -138,7 +138,7 @@ class OwnershipRanges:
         # or conflict with it: they stay as they are, and only the rest is re-segmented.
         order = np.argsort(key, kind="stable")
         heads = np.concatenate([[0], np.flatnonzero(np.diff(key[order])) + 1])
-        touched = key[order][heads]
+        touched: U64 = key[order][heads]
         earliest = np.minimum.reduceat(start[order], heads)
         seg = self.segments
         lo, hi = key_blocks(seg.key, touched)
