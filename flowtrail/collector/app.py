@@ -55,7 +55,8 @@ def make_sink(options: CollectorOptions) -> Sink:
         from flowtrail.store import Store
 
         db = options.db or options.data_dir / "flows.duckdb"
-        return Store(db, retention_ns=options.store_retention_ns)  # type: ignore[no-any-return]
+        # Rows were validated at the door and the attribution columns come from the engine.
+        return Store(db, retention_ns=options.store_retention_ns, validate_rows=False)  # type: ignore[no-any-return]
     raise InputError(f"--sink {options.sink!r}: choose store or parquet")
 
 

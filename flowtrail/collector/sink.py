@@ -31,6 +31,14 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+# Few distinct values per write: dictionary-encoded. Near-unique columns (flow ids, ports,
+# times, counters) are not: a dictionary there only costs time (0.8 → 0.5 µs/row measured).
+DICTIONARY_COLUMNS = (
+    "exporter", "region", "local_ip", "remote_ip", "nat_remote_ip", "direction", "state",
+    "local_workload", "remote_workload", "remote_source",
+)  # fmt: skip
+
+
 @runtime_checkable
 class NamedSink(Sink, Protocol):
     def next_name(self) -> str:
@@ -72,7 +80,8 @@ class ParquetSink:
             raise ValueError(f"not a name this sink gave out: {name!r}")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp")
-        pq.write_table(table, tmp, compression="zstd")
+        dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
+        pq.write_table(table, tmp, compression="snappy", use_dictionary=dictionary)
         _fsync(tmp)
         os.replace(tmp, final)
         _fsync(final.parent)
