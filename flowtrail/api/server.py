@@ -1,0 +1,216 @@
+"""The HTTP server: GET /api/<query>?params → JSON (default) or CSV; /healthz; nothing else.
+
+Read-only and loopback-only by construction: the handler has no write path, and the server
+refuses to bind anything but a loopback address. Each request runs on its own thread with its
+own DuckDB cursor from `connect()` (DuckDB allows one writer process; in `flowtrail up` the
+collector's Store is that writer and hands out cursors on its connection, so readers see every
+committed write without opening the file a second time).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+import duckdb
+import pyarrow as pa
+
+from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
+from flowtrail.errors import InputError
+from flowtrail.query.output import render
+from flowtrail.query.queries import attribution_health, dependencies, flows, top_talkers
+from flowtrail.store.duck import FLOWS_TABLE
+
+Connect = Callable[[], duckdb.DuckDBPyConnection]
+Health = Callable[[], tuple[bool, dict[str, Any]]]
+CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run_query(
+    con: duckdb.DuckDBPyConnection, req: ApiRequest, source: str = FLOWS_TABLE
+) -> pa.Table:
+    """The same query functions `flowtrail query` calls, with the request's parameters."""
+    if req.endpoint == "dependencies":
+        return dependencies(
+            con, req.window, source=source, workload=req.workload, known_only=req.known_only
+        )
+    if req.endpoint == "top-talkers":
+        return top_talkers(con, req.window, source=source, by=req.by, limit=req.limit)
+    if req.endpoint == "flows":
+        return flows(con, req.window, source=source, where=req.where, limit=req.limit)
+    if req.endpoint == "health":
+        return attribution_health(con, req.window, source=source)
+    raise ValueError(f"unknown endpoint {req.endpoint!r}")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+    timeout = 30  # a client that stops sending cannot hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # `flowtrail up` prints its own status; counters are on the server
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: object) -> None:
+        self._send(status, (json.dumps(obj) + "\n").encode(), CONTENT_TYPES["json"])
+
+    def _error(self, status: int, message: str, parameter: str | None = None) -> None:
+        self.server.count(f"error_{status}")
+        body: dict[str, Any] = {"error": message}
+        if parameter is not None:
+            body["parameter"] = parameter
+        self._json(status, body)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        if path == "/healthz":
+            ok, body = self.server.health()
+            self._json(200 if ok else 503, {"ok": ok, **body})
+            return
+        if path in ("/", "/api"):
+            self._json(200, {"endpoints": {f"/api/{e}": list(p) for e, p in ENDPOINTS.items()}})
+            return
+        endpoint = path.removeprefix("/api/") if path.startswith("/api/") else None
+        if endpoint not in ENDPOINTS:
+            self._error(404, f"no such endpoint {parts.path!r}; try /api for the list")
+            return
+        try:
+            req = parse_request(endpoint, parts.query, time.time_ns())
+        except ParamError as exc:
+            self._error(400, str(exc), exc.parameter)
+            return
+        except InputError as exc:  # a check inside the query layer
+            self._error(400, str(exc))
+            return
+        self.server.count(f"query_{endpoint}")
+        try:
+            table = self.server.query(req)
+        except InputError as exc:
+            self._error(400, str(exc))
+            return
+        except duckdb.ConnectionException as exc:  # the store closed (shutting down)
+            self._error(503, f"store unavailable: {exc}")
+            return
+        except duckdb.Error as exc:
+            self._error(500, f"query failed: {exc}")
+            return
+        self._send(200, render(table, req.fmt).encode(), CONTENT_TYPES[req.fmt])
+
+    do_HEAD = do_GET
+
+    def _read_only(self) -> None:
+        self.close_connection = True
+        self._error(405, "read-only API: only GET")
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = _read_only
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], connect: Connect, health: Health, source: str
+    ) -> None:
+        self.connect, self._health, self.source = connect, health, source
+        self.stats: dict[str, int] = {}
+        self._stats_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] = self.stats.get(key, 0) + 1
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return self._health()
+
+    def query(self, req: ApiRequest) -> pa.Table:
+        cur = self.connect()
+        try:
+            return run_query(cur, req, self.source)
+        finally:
+            cur.close()
+
+
+def _always_ok() -> tuple[bool, dict[str, Any]]:
+    return True, {}
+
+
+class QueryAPI:
+    """`QueryAPI(connect, host, port).start()` serves until `stop()`; port 0 picks a free one."""
+
+    def __init__(
+        self,
+        connect: Connect,
+        host: str = "127.0.0.1",
+        port: int = 4741,
+        *,
+        health: Health = _always_ok,
+        source: str = FLOWS_TABLE,
+    ) -> None:
+        if not is_loopback(host):
+            raise InputError(f"query API: {host!r} is not a loopback address (localhost only)")
+        if not 0 <= port <= 65535:
+            raise InputError(f"query API port {port}: must be 0..65535")
+        self.host, self.port = host, port
+        self._connect, self._health, self._source = connect, health, source
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> int:
+        try:
+            self._server = _Server(
+                (self.host, self.port), self._connect, self._health, self._source
+            )
+        except OSError as exc:
+            raise InputError(f"query API {self.host}:{self.port}: cannot listen: {exc}") from exc
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="query-api", daemon=True
+        )
+        self._thread.start()
+        return self.port
+
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._server.stats) if self._server is not None else {}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        self._server = self._thread = None

@@ -1,0 +1,468 @@
+"""`flowtrail up`: the whole system on this machine in one process, data under one directory.
+
+What runs (all on loopback):
+
+    agent (eBPF capture of this host) --HTTPS + token--> collector (WAL, attribution, store)
+                                                         query API (read-only HTTP) --> store
+
+DIR holds everything: tls/ (a fresh self-signed certificate each start), tokens.txt (this
+host's exporter and a random token, made once, mode 0600), wal/, quarantine/, spool/ (the
+agent's undelivered batches), flows.duckdb (the store) and up.json (where everything listens,
+written once ready). Stop with Ctrl-C or SIGTERM: the agent exports its last batch, the
+collector decides what it can and stores it (the rest stays in its write-ahead log for the
+next start), then the API stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+
+from flowtrail.api.server import QueryAPI, is_loopback
+from flowtrail.errors import CapabilityError, FlowtrailError, InputError
+from flowtrail.units import DURATION
+
+SECOND = 1_000_000_000
+TOKENS_FILE = "tokens.txt"
+STATE_FILE = "up.json"
+
+
+@dataclass
+class Layout:
+    """Where each part keeps its files under the one data directory."""
+
+    root: Path
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / TOKENS_FILE
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "flows.duckdb"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+
+def ensure_token(path: Path, exporter: str) -> str:
+    """This exporter's token from the tokens file, adding a random one (file mode 0600)."""
+    if any(c.isspace() for c in exporter) or not exporter or exporter.startswith("#"):
+        raise InputError(f"--exporter {exporter!r}: needs a name without spaces or '#'")
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        parts = line.split("#", 1)[0].split()
+        if parts and parts[0] == exporter and len(parts) >= 2:
+            return parts[1]
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as f:
+        if not lines:
+            f.write("# flowtrail up: '<exporter> <token> [kinds]' per line (collector/tokens.py)\n")
+        f.write(f"{exporter} {token}\n")
+    os.chmod(path, 0o600)
+    return token
+
+
+def agent_problem() -> str | None:
+    """Why the agent cannot run here (checked before anything starts), or None."""
+    if os.geteuid() != 0:
+        return "not root: the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+    return None
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+class AgentPart:
+    """The agent of `flowtrail agent`, exporting to the local collector, in a thread."""
+
+    def __init__(
+        self,
+        *,
+        exporter: str,
+        url: str,
+        token: str,
+        cafile: Path,
+        spool: Path,
+        interval_s: float,
+        identity_file: str | None,
+        host_workload: str | None,
+    ) -> None:
+        from flowtrail.agent.capture import Capture
+        from flowtrail.agent.conntrack import NatResolver
+        from flowtrail.agent.exporter import Delivery, Spool
+        from flowtrail.agent.identity import IdentityChain, Registry
+        from flowtrail.agent.netlink import NetnsIndex
+        from flowtrail.agent.runner import Agent, AgentConfig
+        from flowtrail.agent.snapshots import Snapshotter
+        from flowtrail.collector.client import CollectorExporter
+
+        registry = Registry(identity_file)
+        self.identity = IdentityChain.build(
+            registry.resolvers or ("explicit", "kubernetes", "container", "systemd", "host"),
+            registry=registry,
+            host_workload=host_workload,
+        )
+        netns = NetnsIndex()
+        self.capture = Capture()
+        self.capture.start()  # CapabilityError names what is missing
+        self.exporter = CollectorExporter(url, token, str(cafile))
+        # The agent retries a collector that is briefly away every few seconds, not minutes.
+        self.delivery = Delivery(self.exporter, Spool(spool, 256 << 20), backoff_max_s=10.0)
+        self.runner = Agent(
+            self.capture,
+            AgentConfig(exporter=exporter, interval_s=interval_s),
+            self.identity,
+            self.delivery,
+            nat=NatResolver(netns),
+            snapshotter=Snapshotter(netns),
+        )
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="up-agent", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.runner.run(self.stop_event)
+        except BaseException as exc:  # reported by `up`, which then stops everything
+            self.error = exc
+
+    def start(self) -> None:
+        self.identity.refresh()
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Drain capture, export the last batch (retrying the spool once), close capture."""
+        self.stop_event.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+        self.exporter.close()
+        self.capture.close()
+
+    def metrics(self) -> dict[str, int]:
+        return self.runner.metrics()
+
+
+def status_line(agent: AgentPart | None, collector: Any) -> str:
+    """Flows captured / sent / stored and the attributed share, for the terminal."""
+    parts = []
+    if agent is not None:
+        m = agent.metrics()
+        parts.append(f"captured {m.get('captured_rows', 0)}")
+        parts.append(f"sent {m.get('exported_rows', 0)}")
+        if m.get("spool_pending_batches"):
+            parts.append(f"spooled batches {m['spool_pending_batches']}")
+    counters = collector.engine.engine.counters
+    decided = dict(counters.decided)
+    unattributed = sum(dict(counters.unattributed).values())
+    total = sum(decided.values()) + unattributed
+    stored = collector.sink.stats.get("rows_stored", 0) if hasattr(collector.sink, "stats") else 0
+    parts.append(f"stored {stored}")
+    parts.append(f"waiting {collector.engine.waiting}")
+    share = f"{100.0 * (total - unattributed) / total:.1f}%" if total else "-"
+    parts.append(f"attributed {share}")
+    return "flowtrail up: " + ", ".join(parts)
+
+
+@click.command("up")
+@click.option(
+    "--data",
+    "data_dir",
+    default="./flowtrail-data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Everything lives here: certificate, tokens, write-ahead log, quarantine, store.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Loopback address both servers bind (127.0.0.1, ::1 or localhost; nothing else).",
+)
+@click.option(
+    "--port-collector",
+    type=click.IntRange(0, 65535),
+    default=4740,
+    show_default=True,
+    help="Collector's HTTPS port (0: any free port; see DATA/up.json).",
+)
+@click.option(
+    "--port-api",
+    type=click.IntRange(0, 65535),
+    default=4741,
+    show_default=True,
+    help="Query API's HTTP port (0: any free port; see DATA/up.json).",
+)
+@click.option(
+    "--interval",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="How often the agent exports a batch.",
+)
+@click.option("--no-agent", is_flag=True, help="Run without the agent (no root needed).")
+@click.option(
+    "--identity",
+    "identity_file",
+    metavar="FILE",
+    default=None,
+    help="The agent's TOML identity file (docs/agent.md).",
+)
+@click.option(
+    "--host-workload",
+    metavar="NAME",
+    default=None,
+    help="This host's own identity, for sockets in the host network namespace.",
+)
+@click.option(
+    "--exporter",
+    "exporter_name",
+    metavar="NAME",
+    default=None,
+    help="This agent's exporter name [default: the host name].",
+)
+@click.option(
+    "--max-wait",
+    type=DURATION,
+    default="60s",
+    show_default=True,
+    help="How long a flow waits for a heartbeat naming its remote side.",
+)
+@click.option(
+    "--status-every",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="How often a status line is printed (0: never).",
+)
+def up(
+    data_dir: Path,
+    host: str,
+    port_collector: int,
+    port_api: int,
+    interval: int,
+    no_agent: bool,
+    identity_file: str | None,
+    host_workload: str | None,
+    exporter_name: str | None,
+    max_wait: int,
+    status_every: int,
+) -> None:
+    """Run agent + collector + store + query API on this machine, until Ctrl-C.
+
+    \b
+    Everything listens on loopback only and keeps its data under --data.
+    Query with curl http://127.0.0.1:4741/api/dependencies (or top-talkers, flows,
+    health), or `flowtrail query dependencies --db DATA/flows.duckdb` once stopped.
+    The agent needs root; --no-agent runs the rest without it.
+
+    \b
+      sudo flowtrail up --data /var/lib/flowtrail --interval 5s
+    """
+    if not is_loopback(host):
+        raise InputError(f"--host {host!r}: flowtrail up binds loopback only (127.0.0.1, ::1)")
+    if interval <= 0:
+        raise InputError("--interval: must be more than zero")
+    if not no_agent:
+        problem = agent_problem()
+        if problem:
+            raise CapabilityError(f"the agent cannot run: {problem}; run as root or add --no-agent")
+    layout = Layout(data_dir.resolve())
+    layout.root.mkdir(parents=True, exist_ok=True)
+    exporter = exporter_name or socket.gethostname()
+    token = ensure_token(layout.tokens, exporter)
+    _Up(layout, host, exporter, token).run(
+        port_collector=port_collector,
+        port_api=port_api,
+        interval_s=interval / SECOND,
+        no_agent=no_agent,
+        identity_file=identity_file,
+        host_workload=host_workload,
+        max_wait_ns=max_wait,
+        status_every_s=status_every / SECOND,
+    )
+
+
+class _Up:
+    def __init__(self, layout: Layout, host: str, exporter: str, token: str) -> None:
+        self.layout, self.host, self.exporter, self.token = layout, host, exporter, token
+        self.stopping = threading.Event()
+        self._signals = 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            click.echo("flowtrail up: second signal, exiting without a clean stop", err=True)
+            os._exit(1)
+        self.stopping.set()
+
+    def run(
+        self,
+        *,
+        port_collector: int,
+        port_api: int,
+        interval_s: float,
+        no_agent: bool,
+        identity_file: str | None,
+        host_workload: str | None,
+        max_wait_ns: int,
+        status_every_s: float,
+    ) -> None:
+        from flowtrail.collector.app import CollectorApp, CollectorOptions
+        from flowtrail.collector.devcert import self_signed
+        from flowtrail.collector.service import CollectorConfig
+        from flowtrail.engine.attributor import Settings
+        from flowtrail.store import Store
+
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        lay = self.layout
+        # A fresh certificate every start: it is short-lived and only this process trusts it.
+        cert, key = self_signed(lay.tls, "::1" if self.host == "::1" else "127.0.0.1")
+        options = CollectorOptions(
+            data_dir=lay.root,
+            tokens_file=lay.tokens,
+            host=self.host,
+            port=port_collector,
+            cert=cert,
+            key=key,
+            sink="store",
+            db=lay.db,
+            config=CollectorConfig(
+                # No control-plane feed on one machine: nothing waits for events.
+                settings=Settings(max_wait_ns=max_wait_ns, use_events=False),
+            ),
+        )
+        app = CollectorApp(options)
+        app.start()
+        store = app.collector.sink
+        assert isinstance(store, Store)
+        api: QueryAPI | None = None
+        agent: AgentPart | None = None
+        failure: BaseException | None = None
+        try:
+            api = QueryAPI(store.cursor, self.host, port_api, health=lambda: _health(app))
+            api.start()
+            if not no_agent:
+                try:
+                    agent = AgentPart(
+                        exporter=self.exporter,
+                        url=app.url().replace("localhost", "127.0.0.1"),
+                        token=self.token,
+                        cafile=cert,
+                        spool=lay.spool,
+                        interval_s=interval_s,
+                        identity_file=identity_file,
+                        host_workload=host_workload,
+                    )
+                except CapabilityError as exc:
+                    raise CapabilityError(f"{exc}; or run with --no-agent") from exc
+                agent.start()
+            self._announce(app.url(), api.url(), agent is not None)
+            self._wait(agent, app, status_every_s)
+            if agent is not None and agent.error is not None:
+                failure = agent.error
+        finally:
+            click.echo("flowtrail up: stopping")
+            self._stop(agent, app, api)
+        if failure is not None:
+            raise FlowtrailError(f"the agent stopped: {type(failure).__name__}: {failure}")
+        click.echo("flowtrail up: stopped")
+
+    def _announce(self, collector_url: str, api_url: str, with_agent: bool) -> None:
+        lay = self.layout
+        state = {
+            "pid": os.getpid(),
+            "data": str(lay.root),
+            "collector": collector_url,
+            "api": api_url,
+            "cafile": str(lay.tls / "cert.pem"),
+            "tokens": str(lay.tokens),
+            "db": str(lay.db),
+            "exporter": self.exporter,
+            "agent": with_agent,
+        }
+        _write_state(lay.state, state)
+        lines = [
+            f"flowtrail up: data in {lay.root}",
+            f"  collector  {collector_url}  (TLS, cert {lay.tls / 'cert.pem'}, "
+            f"tokens {lay.tokens})",
+            f"  query API  {api_url}/api  (dependencies, top-talkers, flows, health; "
+            "?since=15m&format=csv)",
+            f"  agent      {'exporter ' + self.exporter if with_agent else 'off (--no-agent)'}",
+            f"  try        curl -s '{api_url}/api/dependencies?since=15m'",
+            f"  after stop flowtrail query dependencies --db {lay.db}",
+            "  stop       Ctrl-C",
+        ]
+        click.echo("\n".join(lines))
+
+    def _wait(self, agent: AgentPart | None, app: Any, every_s: float) -> None:
+        next_status = time.monotonic() + every_s
+        while not self.stopping.wait(0.25):
+            if agent is not None and not agent.alive():
+                return  # its error is reported after the clean stop
+            if every_s > 0 and time.monotonic() >= next_status:
+                click.echo(status_line(agent, app.collector))
+                next_status = time.monotonic() + every_s
+
+    def _stop(self, agent: AgentPart | None, app: Any, api: QueryAPI | None) -> None:
+        if agent is not None:
+            agent.stop()
+            # The collector decides up to the last whole second: let the last batch's second
+            # end, so its rows can be decided at the final tick rather than on the next start.
+            time.sleep(1.05 - (time.time_ns() % SECOND) / SECOND)
+        app.stop()
+        if api is not None:
+            api.stop()
+        sys.stdout.flush()
+
+
+def _health(app: Any) -> tuple[bool, dict[str, Any]]:
+    answer = app.collector.health()
+    body = dict(answer.body)
+    body["collector"] = app.url()
+    return bool(answer.status == 200), body
+
+
+def run() -> None:
+    """`python -m flowtrail.up ARGS` = `flowtrail up ARGS`, with the CLI's one-line errors."""
+    try:
+        up.main(sys.argv[1:], prog_name="flowtrail up", standalone_mode=False)
+    except FlowtrailError as exc:
+        click.echo(f"flowtrail: error: {exc}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    run()

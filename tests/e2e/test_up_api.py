@@ -1,0 +1,195 @@
+"""The query HTTP API over a real loopback socket and a real DuckDB store (no root needed).
+
+Simulated, attributed flows are written into a Store; the API is served from cursors on the
+store's own connection (as in `flowtrail up`), and every answer is compared with the query
+function's result computed directly, so the HTTP layer adds nothing and loses nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowtrail.api import QueryAPI, parse_request, run_query
+from flowtrail.engine.replay import replay
+from flowtrail.errors import InputError
+from flowtrail.query.output import render
+from flowtrail.sim.simulation import simulate
+from flowtrail.store import Store
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, QueryAPI]]:
+    sim = simulate("churny", 11, flows=3_000)
+    table = replay(sim.flows, sim.events, sim.regions).table
+    store = Store(Path(tmp_path_factory.mktemp("api")) / "flows.duckdb")
+    store.write(table)
+    api = QueryAPI(store.cursor, "127.0.0.1", 0)
+    api.start()
+    yield store, api
+    api.stop()
+    store.close()
+
+
+def get(api: QueryAPI, path: str, method: str = "GET") -> tuple[int, str, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type") or "", r.read().decode()
+    finally:
+        conn.close()
+
+
+def direct(store: Store, endpoint: str, query: str, fmt: str = "json") -> str:
+    req = parse_request(endpoint, query, 0)
+    cur = store.cursor()
+    try:
+        return render(run_query(cur, req), fmt)
+    finally:
+        cur.close()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "query"),
+    [
+        ("dependencies", ""),
+        ("dependencies", "known_only=true"),
+        ("top-talkers", "by=ip&limit=5"),
+        ("flows", "source=heartbeat&limit=50"),
+        ("flows", "port=443&limit=20"),
+        ("health", ""),
+    ],
+)
+def test_answers_equal_the_query_functions(
+    served: tuple[Store, QueryAPI], endpoint: str, query: str
+) -> None:
+    store, api = served
+    status, ctype, body = get(api, f"/api/{endpoint}?{query}")
+    assert status == 200, body
+    assert ctype == "application/json"
+    rows = json.loads(body)
+    assert rows, "the simulated store should answer every query with rows"
+    assert rows == json.loads(direct(store, endpoint, query))
+
+
+def test_dependencies_have_named_edges_and_csv(served: tuple[Store, QueryAPI]) -> None:
+    store, api = served
+    status, ctype, body = get(api, "/api/dependencies?known_only=1&format=csv")
+    assert status == 200 and ctype.startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert rows and all(r["caller"] and r["callee"] for r in rows)
+    assert sum(int(r["flows"]) for r in rows) > 100
+    assert body == direct(store, "dependencies", "known_only=1", "csv")
+
+
+def test_flow_filters_apply(served: tuple[Store, QueryAPI]) -> None:
+    _, api = served
+    _, _, body = get(api, "/api/flows?limit=1")
+    ip = json.loads(body)[0]["local_ip"]
+    _, _, body = get(api, f"/api/flows?ip={ip}&limit=10000")
+    rows = json.loads(body)
+    assert rows and all(ip in (r["local_ip"], r["remote_ip"], r["nat_remote_ip"]) for r in rows)
+    _, _, body = get(api, "/api/flows?source=unattributed&limit=10000")
+    assert all(r["remote_workload"] is None for r in json.loads(body))
+    # A window past every stored row is empty, not an error.
+    _, _, body = get(api, "/api/flows?since=4000000000000000000")
+    assert json.loads(body) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "parameter", "words"),
+    [
+        ("/api/flows?port=70000", "port", "out of range"),
+        ("/api/flows?port=http", "port", "not an integer"),
+        ("/api/flows?ip=10.0.0.999", "ip", "not a canonical"),
+        ("/api/flows?ip=::FFFF:10.0.0.1", "ip", "not a canonical"),
+        ("/api/flows?source=guess", "source", "choose"),
+        ("/api/flows?limit=0", "limit", "out of range"),
+        ("/api/flows?limit=1000000", "limit", "out of range"),
+        ("/api/flows?since=yesterday", "since", "duration"),
+        ("/api/flows?until=-5", "until", "negative"),
+        ("/api/flows?since=10&until=5", "until", "empty"),
+        ("/api/flows?format=table", "format", "json or csv"),
+        ("/api/flows?workload=", "workload", "empty value"),
+        ("/api/flows?port=1&port=2", "port", "more than once"),
+        ("/api/flows?by=ip", "by", "not a parameter of /api/flows"),
+        ("/api/dependencies?limit=5", "limit", "not a parameter"),
+        ("/api/dependencies?known_only=maybe", "known_only", "true or false"),
+        ("/api/top-talkers?by=port", "by", "choose"),
+        ("/api/health?workload=x", "workload", "not a parameter"),
+    ],
+)
+def test_bad_parameters_get_400_naming_them(
+    served: tuple[Store, QueryAPI], path: str, parameter: str, words: str
+) -> None:
+    _, api = served
+    status, ctype, body = get(api, path)
+    assert status == 400, body
+    assert ctype == "application/json"
+    answer = json.loads(body)
+    assert answer["parameter"] == parameter
+    assert answer["error"].startswith(parameter) and words in answer["error"]
+
+
+def test_other_paths_and_methods(served: tuple[Store, QueryAPI]) -> None:
+    _, api = served
+    status, _, body = get(api, "/api/nothing")
+    assert status == 404 and "/api" in json.loads(body)["error"]
+    status, _, body = get(api, "/api")
+    assert status == 200 and set(json.loads(body)["endpoints"]) == {
+        "/api/dependencies",
+        "/api/top-talkers",
+        "/api/flows",
+        "/api/health",
+    }
+    status, _, body = get(api, "/healthz")
+    assert status == 200 and json.loads(body)["ok"] is True
+    status, _, body = get(api, "/api/flows", method="POST")
+    assert status == 405 and "read-only" in json.loads(body)["error"]
+    status, _, body = get(api, "/api/flows", method="DELETE")
+    assert status == 405
+
+
+def test_health_callback_decides_healthz(tmp_path: Path) -> None:
+    def sick() -> tuple[bool, dict[str, Any]]:
+        return False, {"sink_error": "disk full"}
+
+    with Store(tmp_path / "s.duckdb") as store:
+        api = QueryAPI(store.cursor, "127.0.0.1", 0, health=sick)
+        api.start()
+        try:
+            status, _, body = get(api, "/healthz")
+            assert status == 503 and json.loads(body) == {"ok": False, "sink_error": "disk full"}
+            # An empty store answers, with zero rows.
+            status, _, body = get(api, "/api/health")
+            assert status == 200 and json.loads(body)[0]["rows"] == 0
+        finally:
+            api.stop()
+
+
+def test_store_closed_is_503_not_a_crash(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.duckdb")
+    api = QueryAPI(store.cursor, "127.0.0.1", 0)
+    api.start()
+    try:
+        store.close()
+        status, _, body = get(api, "/api/dependencies")
+        assert status == 503 and "store unavailable" in json.loads(body)["error"]
+        status, _, _ = get(api, "/healthz")  # the server itself goes on
+        assert status == 200
+    finally:
+        api.stop()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "example.com"])
+def test_only_loopback(host: str, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="loopback"):
+        QueryAPI(lambda: None, host, 0)  # type: ignore[arg-type,return-value]
