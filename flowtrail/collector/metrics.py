@@ -127,6 +127,9 @@ class Metrics:
         self.rows_out = Counter(
             "flowtrail_collector_rows_stored", "decided rows written to the sink", registry=r
         )
+        self.rows_expired = Counter(
+            "flowtrail_collector_rows_expired", "stored rows deleted by retention", registry=r
+        )
         self.rows_replayed = Counter(
             "flowtrail_collector_rows_replayed",
             "rows re-read from the write-ahead log at start",

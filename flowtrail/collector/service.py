@@ -104,6 +104,7 @@ class Collector:
         self.last_tick_ns = 0
         self.last_sink_error: str | None = None
         self.unreadable_log_records = 0
+        self._next_maintenance = 0
         self.metrics.add_live(self._live)
 
     # -- lifetime ----------------------------------------------------------------------
@@ -310,6 +311,15 @@ class Collector:
         self, data: pa.Table, first_row: int, received: int, segment: int | None = None
     ) -> None:
         n = data.num_rows
+        # received_ns is this collector's clock, whatever the sender wrote there: it sets
+        # how long a flow may wait, so a sender must not be able to stretch or skip that.
+        recv = FLOWS.column("received_ns").field
+        stamp = pa.array(np.full(n, received, np.int64))
+        names = data.column_names
+        if recv.name in names:
+            data = data.set_column(names.index(recv.name), recv, stamp)
+        else:
+            data = data.append_column(recv, stamp)
         ids = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
         data = data.append_column(pa.field(ROW_ID, pa.int64()), ids)
         with self._engine_lock:
@@ -337,10 +347,25 @@ class Collector:
                     self._observe(table)
                     self._backlog.append(table)
             stored = self._flush(now)
+            self._maintain(now)
         self.last_tick_ns = now
         with self._engine_lock:
             self._forget_old_segments(now)
         return stored
+
+    def _maintain(self, now: int) -> None:
+        """Let a sink with retention (the Store) delete what has aged out, once a minute."""
+        if now < self._next_maintenance:
+            return
+        self._next_maintenance = now + 60 * SECOND
+        apply = getattr(self.sink, "apply_retention", None)
+        if apply is None:
+            return
+        try:
+            self.metrics.rows_expired.inc(int(apply(now)))
+        except Exception as exc:  # retention is housekeeping: report, never stop ingest
+            self.metrics.sink_failures.inc()
+            self.last_sink_error = f"retention: {type(exc).__name__}: {exc}"
 
     def _drop_already_stored(self, table: pa.Table) -> pa.Table:
         if len(self._already_stored) == 0:

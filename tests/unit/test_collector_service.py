@@ -82,9 +82,12 @@ def test_batches_are_logged_attributed_and_stored_once(tmp_path: Path) -> None:
     flows = sim_flows()
     c = make(tmp_path, flows, clock)
     for i, (e, part) in enumerate(by_exporter(flows).items()):
+        # A sender's own received_ns (here: the epoch) is replaced by the collector's clock.
+        part = part.append_column("received_ns", pa.array([1] * part.num_rows, pa.int64()))
         a = c.ingest("flows", token(e), ipc_bytes(part), f"b{i}")
         assert a.status == 200 and a.body["rows"] == part.num_rows
     e0, p0 = next(iter(by_exporter(flows).items()))
+    p0 = p0.append_column("received_ns", pa.array([1] * p0.num_rows, pa.int64()))
     again = c.ingest("flows", token(e0), ipc_bytes(p0), "b0")
     assert again.status == 200 and again.body["duplicate"]  # a re-send, acknowledged once
     for _ in range(2 + 5 * S // STEP):
@@ -93,6 +96,7 @@ def test_batches_are_logged_attributed_and_stored_once(tmp_path: Path) -> None:
     out = read_parquet_sink(tmp_path / "out")
     assert out.num_rows == flows.num_rows
     assert "__flowtrail_row" not in out.column_names
+    assert set(out["received_ns"].to_pylist()) == {NOW}
     assert sorted(out["flow_id"].to_pylist()) == sorted(flows["flow_id"].to_pylist())
     assert set(out["remote_source"].to_pylist()) <= {"heartbeat", "unattributed"}
     assert pc.sum(pc.equal(out["remote_source"], "heartbeat")).as_py() > flows.num_rows // 2
