@@ -296,9 +296,12 @@ def up(
         if problem:
             raise CapabilityError(f"the agent cannot run: {problem}; run as root or add --no-agent")
     layout = Layout(data_dir.resolve())
-    layout.root.mkdir(parents=True, exist_ok=True)
     exporter = exporter_name or socket.gethostname()
-    token = ensure_token(layout.tokens, exporter)
+    try:
+        layout.root.mkdir(parents=True, exist_ok=True)
+        token = ensure_token(layout.tokens, exporter)
+    except OSError as exc:
+        raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
     _Up(layout, host, exporter, token).run(
         port_collector=port_collector,
         port_api=port_api,

@@ -1,0 +1,337 @@
+"""`flowtrail up` end to end on the real kernel: capture → TLS + token → attribution → store → API.
+
+A real `flowtrail up` process (eBPF agent, HTTPS collector, DuckDB store, query API, all on
+loopback with free ports) watches real TCP connections between two network namespaces joined
+by a veth pair (unique names, test-only addresses that exist only inside them). The client
+runs in a cgroup registered by an identity file (explicit resolver); the server runs in a
+cgroup shaped like a systemd service (systemd resolver). Each connection is captured at both
+ends by the one agent, so each end's row is the other end's heartbeat. The test reads the
+answers only through the HTTP API, then stops `up` with SIGINT and expects exit 0, and
+finally checks the store file holds each row once. Everything it creates is removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from urllib.request import urlopen
+
+import duckdb
+import pytest
+
+pytestmark = pytest.mark.kernel
+
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+CONNECTIONS = 3
+SEND, RECV = 20_000, 7_000
+
+# Join a cgroup, then a network namespace, then play one TCP role. The server prints "ready"
+# once it listens, so the clients never race it.
+WORKER = r"""
+import ctypes, json, os, socket, sys
+spec = json.loads(sys.argv[1])
+with open(spec["cgroup"] + "/cgroup.procs", "w") as f:
+    f.write("0")
+fd = os.open("/run/netns/" + spec["netns"], os.O_RDONLY)
+if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+    raise OSError(ctypes.get_errno(), "setns")
+
+def recv_exact(s, n):
+    while n > 0:
+        chunk = s.recv(min(65536, n))
+        if not chunk:
+            raise SystemExit("peer closed early")
+        n -= len(chunk)
+
+def drain_and_close(s):
+    s.shutdown(socket.SHUT_WR)
+    while s.recv(65536):
+        pass
+    s.close()
+
+if spec["role"] == "server":
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((spec["ip"], spec["port"]))
+    ls.listen(16)
+    print("ready", flush=True)
+    for _ in range(spec["accepts"]):
+        c, _ = ls.accept()
+        recv_exact(c, spec["recv"])
+        c.sendall(b"s" * spec["send"])
+        drain_and_close(c)
+else:
+    for _ in range(spec["connections"]):
+        c = socket.socket()
+        c.connect((spec["ip"], spec["port"]))
+        c.sendall(b"c" * spec["send"])
+        recv_exact(c, spec["recv"])
+        drain_and_close(c)
+    print("done", flush=True)
+"""
+
+
+@dataclass
+class Lab:
+    tag: str
+    client_ns: str
+    server_ns: str
+    client_ip: str
+    server_ip: str
+    client_cgroup: Path
+    server_cgroup: Path
+    client_name: str
+    server_name: str
+    identity: Path
+    worker: Path
+
+    def spawn(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, str(self.worker), json.dumps(spec)], stdout=subprocess.PIPE, text=True
+        )
+
+
+def sh(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    tag = uuid.uuid4().hex[:8]
+    net = random.randint(0, 255)
+    client_ns, server_ns = f"ftup-c-{tag}", f"ftup-s-{tag}"
+    if_c, if_s = f"fuc{tag}", f"fus{tag}"
+    client_ip, server_ip = f"10.215.{net}.1", f"10.215.{net}.2"
+    root = CGROUP2 / f"flowtrail-up-{tag}"
+    client_cgroup = root / "web"
+    server_cgroup = root / "system.slice" / f"api-{tag}.service"
+    identity = tmp_path / "identity.toml"
+    client_name = f"web-{tag}"
+    identity.write_text(f'[[register]]\nworkload = "{client_name}"\ncgroup = "/{root.name}/web"\n')
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    try:
+        sh("ip", "netns", "add", client_ns)
+        sh("ip", "netns", "add", server_ns)
+        sh("ip", "link", "add", if_c, "type", "veth", "peer", "name", if_s)
+        sh("ip", "link", "set", if_c, "netns", client_ns)
+        sh("ip", "link", "set", if_s, "netns", server_ns)
+        for ns, dev, ip in ((client_ns, if_c, client_ip), (server_ns, if_s, server_ip)):
+            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        client_cgroup.mkdir(parents=True)
+        server_cgroup.mkdir(parents=True)
+        yield Lab(
+            tag, client_ns, server_ns, client_ip, server_ip, client_cgroup, server_cgroup,
+            client_name, f"systemd:{server_cgroup.name}", identity, worker,
+        )  # fmt: skip
+    finally:
+        for ns in (client_ns, server_ns):  # deleting a namespace removes its veth end
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for cg in (client_cgroup, server_cgroup, server_cgroup.parent, root):
+            for _ in range(50):  # a worker that just exited may take a moment to leave
+                try:
+                    cg.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
+
+
+class Up:
+    """A `flowtrail up` process with its own data directory and free ports."""
+
+    def __init__(self, data: Path, *args: str) -> None:
+        self.data = data
+        self.log_path = data.parent / "up.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "flowtrail.up", "--data", str(data), "--port-collector", "0",
+             "--port-api", "0", *args],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        state = data / "up.json"
+        deadline = time.monotonic() + 45
+        while not state.exists():
+            if self.p.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"flowtrail up did not start:\n{self.output()}")
+            time.sleep(0.1)
+        self.state = json.loads(state.read_text())
+        assert self.state["pid"] == self.p.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, endpoint: str, **params: Any) -> Any:
+        url = f"{self.state['api']}/api/{endpoint}?{urlencode(params)}"
+        with urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait(10)
+        self.log.close()
+
+
+def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -> None:
+    up = Up(
+        tmp_path / "data", "--interval", "1s", "--max-wait", "10s", "--status-every", "1s",
+        "--identity", str(lab.identity), "--exporter", f"up-{lab.tag}",
+    )  # fmt: skip
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        assert up.state["collector"].startswith("https://127.0.0.1:")
+        assert up.state["api"].startswith("http://127.0.0.1:")
+        port = random.randint(20_000, 29_999)
+        server = lab.spawn(
+            {"role": "server", "cgroup": str(lab.server_cgroup), "netns": lab.server_ns,
+             "ip": lab.server_ip, "port": port, "accepts": CONNECTIONS, "recv": SEND,
+             "send": RECV},
+        )  # fmt: skip
+        workers.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        client = lab.spawn(
+            {"role": "client", "cgroup": str(lab.client_cgroup), "netns": lab.client_ns,
+             "ip": lab.server_ip, "port": port, "connections": CONNECTIONS, "send": SEND,
+             "recv": RECV},
+        )  # fmt: skip
+        workers.append(client)
+        assert client.stdout is not None and client.stdout.readline().strip() == "done"
+        assert client.wait(10) == 0 and server.wait(10) == 0
+
+        # Both ends of every connection, decided, through the API only.
+        deadline = time.monotonic() + 40
+        rows: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            rows = up.get("flows", port=port, since="5m", limit=100)
+            closed = [r for r in rows if r["state"] == "closed"]
+            if len(closed) >= 2 * CONNECTIONS:
+                break
+            time.sleep(0.5)
+        closed = [r for r in rows if r["state"] == "closed"]
+        assert len(closed) == 2 * CONNECTIONS, f"rows {rows}\n{up.output()}"
+        out = [r for r in closed if r["direction"] == "outbound"]
+        inb = [r for r in closed if r["direction"] == "inbound"]
+        assert len(out) == len(inb) == CONNECTIONS
+        for r in out:
+            assert (r["local_ip"], r["remote_ip"], r["remote_port"]) == (
+                lab.client_ip, lab.server_ip, port
+            )  # fmt: skip
+            assert r["local_workload"] == lab.client_name
+            assert r["remote_workload"] == lab.server_name
+            assert r["remote_source"] == "heartbeat"
+            assert r["bytes_sent"] == SEND and r["bytes_received"] == RECV
+            assert r["exporter"] == f"up-{lab.tag}"
+        for r in inb:
+            assert (r["local_ip"], r["local_port"], r["remote_ip"]) == (
+                lab.server_ip, port, lab.client_ip
+            )  # fmt: skip
+            assert r["local_workload"] == lab.server_name
+            assert r["remote_workload"] == lab.client_name
+            assert r["remote_source"] == "heartbeat"
+            assert r["bytes_sent"] == RECV and r["bytes_received"] == SEND
+        # The caller (client) → callee (server) edge, each connection counted once.
+        edges = up.get("dependencies", workload=lab.client_name, since="5m")
+        assert len(edges) == 1, edges
+        edge = edges[0]
+        assert (edge["caller"], edge["callee"]) == (lab.client_name, lab.server_name)
+        assert edge["flows"] == edge["seen_both_ends"] == CONNECTIONS
+        assert edge["bytes_to_callee"] == CONNECTIONS * SEND
+        assert edge["bytes_to_caller"] == CONNECTIONS * RECV
+        talkers = {t["workload"]: t for t in up.get("top-talkers", since="5m", limit=100)}
+        assert talkers[lab.server_name]["bytes_received"] == CONNECTIONS * SEND
+
+        # Ctrl-C: a clean, ordered stop with exit status 0.
+        began = time.monotonic()
+        up.p.send_signal(signal.SIGINT)
+        assert up.p.wait(30) == 0, up.output()
+        took = time.monotonic() - began
+        assert took < 20, f"stop took {took:.1f} s"
+        text = up.output()
+        assert "flowtrail up: stopped" in text
+        assert "attributed" in text  # the status line ran
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait(5)
+        up.close()
+
+    # The store file, opened after the stop: each row once (no duplicates from the final tick).
+    con = duckdb.connect(str(tmp_path / "data" / "flows.duckdb"), read_only=True)
+    try:
+        n, keys = con.execute(
+            "SELECT count(*), count(DISTINCT (exporter, flow_id, state, end_ns)) FROM flows "
+            "WHERE local_port = ? OR remote_port = ?",
+            [port, port],
+        ).fetchone() or (0, 0)
+    finally:
+        con.close()
+    assert n == keys == 2 * CONNECTIONS
+    tokens = (tmp_path / "data" / "tokens.txt").stat()
+    assert tokens.st_mode & 0o077 == 0  # the secret is readable by its owner only
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory user nobody can reach (pytest's tmp_path sits below a 0700 directory)."""
+    path = Path(tempfile.mkdtemp(prefix="flowtrail-up-test-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_without_root_says_what_is_missing(open_dir: Path) -> None:
+    """As an unprivileged user (setpriv to nobody): a clear error, and --no-agent works."""
+    tmp_path = open_dir
+    data = tmp_path / "data"
+    env = {**os.environ, "HOME": str(tmp_path)}
+    base = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+            "-m", "flowtrail.up", "--data", str(data)]  # fmt: skip
+    r = subprocess.run(base, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2, r.stderr
+    assert "not root" in r.stderr and "--no-agent" in r.stderr
+    assert not data.exists()  # refused before anything was made
+
+    r = subprocess.run(
+        [*base, "--host", "0.0.0.0", "--no-agent"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "loopback" in r.stderr
+
+    log = tmp_path / "noagent.log"
+    with open(log, "wb") as out:
+        p = subprocess.Popen(
+            [*base, "--no-agent", "--port-collector", "0", "--port-api", "0"],
+            stdout=out, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not (data / "up.json").exists():
+                assert p.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            state = json.loads((data / "up.json").read_text())
+            assert state["agent"] is False
+            with urlopen(state["api"] + "/api/health", timeout=10) as resp:
+                assert json.loads(resp.read())[0]["rows"] == 0
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0, log.read_text()
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
