@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,9 @@ import duckdb
 import pyarrow as pa
 
 from flowtrail.errors import FlowtrailError, InputError
+from flowtrail.query.api import window_of
 from flowtrail.query.output import FORMATS, render
 from flowtrail.query.queries import (
-    MAX_NS,
     TALKER_KEYS,
     FlowFilter,
     Window,
@@ -27,7 +26,6 @@ from flowtrail.query.queries import (
 from flowtrail.schema import SOURCES
 from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
 from flowtrail.store.lake import lake_glob
-from flowtrail.units import parse_duration_ns
 
 
 class _QueryGroup(click.Group):
@@ -39,25 +37,6 @@ class _QueryGroup(click.Group):
         except FlowtrailError as exc:
             click.echo(f"flowtrail: error: {exc}", err=True)
             sys.exit(2)
-
-
-def parse_time(text: str, flag: str, now_ns: int) -> int:
-    """A bare integer is ns since the epoch; a duration (1h, 90s, 15m) means that long ago."""
-    text = text.strip()
-    if text == "now":
-        return now_ns
-    if text.lstrip("-").isdigit():
-        value = int(text)
-        if value < 0:
-            raise InputError(f"{flag} {text}: a time in ns since the epoch must not be negative")
-        return value
-    try:
-        ago = parse_duration_ns(text)
-    except ValueError as exc:
-        raise InputError(
-            f"{flag} {text!r}: give a duration ago (1h, 15m, 90s) or ns since the epoch"
-        ) from exc
-    return now_ns - ago
 
 
 def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, str]:
@@ -121,11 +100,7 @@ def _run(
     fmt: str,
     query: Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table],
 ) -> None:
-    now = time.time_ns()
-    window = Window(
-        0 if since is None else parse_time(since, "--since", now),
-        MAX_NS if until is None else parse_time(until, "--until", now),
-    )
+    window = window_of(since, until)
     con, source = _open(db, lake)
     try:
         result = query(con, window, source)

@@ -32,13 +32,18 @@ DEFAULT_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
 STORE_FORMAT = "1"  # bump when the stored layout changes
 
 
-def open_database(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.DuckDBPyConnection:
-    """Open a DuckDB file with errors a person can act on (missing, locked, not DuckDB)."""
+def open_database(
+    path: str | os.PathLike[str], *, read_only: bool, label: str = "--db"
+) -> duckdb.DuckDBPyConnection:
+    """Open a DuckDB file with errors a person can act on (missing, locked, not DuckDB).
+
+    `label` names the source in messages: the flag (--db) or, for the collector, "store".
+    """
     p = Path(path)
     if read_only and not p.exists():
-        raise InputError(f"--db {p}: no such database file")
+        raise InputError(f"{label} {p}: no such database file")
     if p.is_dir():
-        raise InputError(f"--db {p}: is a directory, expected a DuckDB database file")
+        raise InputError(f"{label} {p}: is a directory, expected a DuckDB database file")
     if not read_only:
         p.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -47,24 +52,24 @@ def open_database(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.Du
         text = str(exc)
         if "lock" in text.lower():
             raise InputError(
-                f"--db {p}: in use by another process (DuckDB allows one writer process; "
+                f"{label} {p}: in use by another process (DuckDB allows one writer process; "
                 f"query a running collector over its HTTP API, or its Parquet lake): {text}"
             ) from exc
-        raise InputError(f"--db {p}: cannot open: {text}") from exc
+        raise InputError(f"{label} {p}: cannot open: {text}") from exc
     except duckdb.Error as exc:
-        raise InputError(f"--db {p}: not a usable DuckDB database: {exc}") from exc
+        raise InputError(f"{label} {p}: not a usable DuckDB database: {exc}") from exc
 
 
-def check_layout(con: duckdb.DuckDBPyConnection, path: str) -> None:
+def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> None:
     """Refuse a database that is not a flowtrail store, or one of another layout."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if META_TABLE not in tables or FLOWS_TABLE not in tables:
-        raise InputError(f"--db {path}: not a flowtrail store (no {FLOWS_TABLE!r} table)")
+        raise InputError(f"{label} {path}: not a flowtrail store (no {FLOWS_TABLE!r} table)")
     rows = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_format'").fetchall()
     row = rows[0] if rows else None
     if row is None or row[0] != STORE_FORMAT:
         raise InputError(
-            f"--db {path}: store format {row[0] if row else None!r}, this flowtrail reads "
+            f"{label} {path}: store format {row[0] if row else None!r}, this flowtrail reads "
             f"{STORE_FORMAT!r}"
         )
 
@@ -89,7 +94,7 @@ class Store:
         self.retention_ns = retention_ns
         self.validate_rows = validate_rows
         self._lock = threading.Lock()
-        self._con = open_database(self.path, read_only=False)
+        self._con = open_database(self.path, read_only=False, label="store")
         self.stats = {
             "batches": 0,
             "rows_in": 0,
@@ -114,7 +119,7 @@ class Store:
             )
             con.execute("COMMIT")
         try:
-            check_layout(con, str(self.path))
+            check_layout(con, str(self.path), "store")
         except InputError:
             con.close()
             raise

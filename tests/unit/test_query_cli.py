@@ -14,7 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from flowtrail.engine.replay import replay
-from flowtrail.query.command import parse_time, query
+from flowtrail.query.api import parse_time
+from flowtrail.query.command import query
 from flowtrail.query.queries import attribution_health, dependencies, top_talkers
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Lake, Store

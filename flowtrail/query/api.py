@@ -1,0 +1,123 @@
+"""The queries by name with text parameters: what an HTTP query API (or the CLI) hands over.
+
+    run_query(cursor, "dependencies", {"since": "1h", "known_only": "true"}) -> pa.Table
+
+Parameter names are the CLI's flags without dashes (`since`, `until`, `workload`, `ip`, `port`,
+`source`, `exporter`, `by`, `limit`, `known_only`); values are text as they arrive in a URL.
+Unknown names and bad values raise InputError naming them, so a web layer can answer 400.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import duckdb
+import pyarrow as pa
+
+from flowtrail.errors import InputError
+from flowtrail.query.queries import (
+    MAX_NS,
+    FlowFilter,
+    Window,
+    attribution_health,
+    dependencies,
+    flows,
+    top_talkers,
+)
+from flowtrail.units import parse_duration_ns
+
+WINDOW_PARAMS = ("since", "until")
+PARAMS: dict[str, tuple[str, ...]] = {
+    "dependencies": (*WINDOW_PARAMS, "workload", "known_only"),
+    "top-talkers": (*WINDOW_PARAMS, "by", "limit"),
+    "flows": (*WINDOW_PARAMS, "workload", "ip", "port", "source", "exporter", "limit"),
+    "health": WINDOW_PARAMS,
+}
+
+
+def parse_time(text: str, flag: str, now_ns: int) -> int:
+    """A bare integer is ns since the epoch; a duration (1h, 90s, 15m) means that long ago."""
+    text = text.strip()
+    if text == "now":
+        return now_ns
+    if text.lstrip("-").isdigit():
+        value = int(text)
+        if value < 0:
+            raise InputError(f"{flag} {text}: a time in ns since the epoch must not be negative")
+        return value
+    try:
+        ago = parse_duration_ns(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{flag} {text!r}: give a duration ago (1h, 15m, 90s) or ns since the epoch"
+        ) from exc
+    return now_ns - ago
+
+
+def window_of(since: str | None, until: str | None, now_ns: int | None = None) -> Window:
+    now = time.time_ns() if now_ns is None else now_ns
+    return Window(
+        0 if since is None else parse_time(since, "--since", now),
+        MAX_NS if until is None else parse_time(until, "--until", now),
+    )
+
+
+def _int(params: Mapping[str, str], name: str) -> int | None:
+    if name not in params:
+        return None
+    try:
+        return int(params[name])
+    except ValueError:
+        raise InputError(f"--{name} {params[name]!r}: not an integer") from None
+
+
+def _flag(params: Mapping[str, str], name: str) -> bool:
+    value = params.get(name, "false").strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise InputError(f"--{name.replace('_', '-')} {params[name]!r}: true or false")
+    return value in ("true", "1", "yes")
+
+
+def run_query(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    params: Mapping[str, str],
+    *,
+    source: str = "flows",
+    now_ns: int | None = None,
+) -> pa.Table:
+    """Run the query `name` with text parameters; raises InputError on bad ones."""
+    if name not in PARAMS:
+        raise InputError(f"unknown query {name!r}: choose from {', '.join(PARAMS)}")
+    unknown = sorted(set(params) - set(PARAMS[name]))
+    if unknown:
+        raise InputError(f"{name}: unknown parameter(s) {unknown}; known: {PARAMS[name]}")
+    window = window_of(params.get("since"), params.get("until"), now_ns)
+    limit = _int(params, "limit")
+    if limit is not None and limit <= 0:
+        raise InputError(f"--limit {limit}: must be positive")
+    try:
+        if name == "dependencies":
+            return dependencies(
+                con,
+                window,
+                source=source,
+                workload=params.get("workload"),
+                known_only=_flag(params, "known_only"),
+            )
+        if name == "top-talkers":
+            by = params.get("by", "workload")
+            return top_talkers(con, window, source=source, by=by, limit=limit or 10)
+        if name == "flows":
+            where = FlowFilter(
+                workload=params.get("workload"),
+                ip=params.get("ip"),
+                port=_int(params, "port"),
+                remote_source=params.get("source"),
+                exporter=params.get("exporter"),
+            )
+            return flows(con, window, source=source, where=where, limit=limit or 100)
+        return attribution_health(con, window, source=source)
+    except duckdb.Error as exc:
+        raise InputError(f"{name}: query failed: {exc}") from exc
