@@ -365,7 +365,10 @@ class _Up:
             ),
         )
         app = CollectorApp(options)
-        app.start()
+        try:
+            app.start()
+        except InputError as exc:  # its message names `flowtrail collector`'s --listen
+            raise InputError(f"--port-collector {port_collector}: {exc}") from exc
         store = app.collector.sink
         assert isinstance(store, Store)
         api: QueryAPI | None = None
@@ -373,7 +376,10 @@ class _Up:
         failure: BaseException | None = None
         try:
             api = QueryAPI(store.cursor, self.host, port_api, health=lambda: _health(app))
-            api.start()
+            try:
+                api.start()
+            except InputError as exc:
+                raise InputError(f"--port-api {port_api}: {exc}") from exc
             if not no_agent:
                 try:
                     agent = AgentPart(
@@ -436,12 +442,24 @@ class _Up:
                 click.echo(status_line(agent, app.collector))
                 next_status = time.monotonic() + every_s
 
+    def _await_tick(self, app: Any, after_ns: int, limit_s: float = 15.0) -> None:
+        """Until the collector has ticked past `after_ns` (it decides only up to its last tick,
+        which lags the clock by up to a pending-pool bucket), so the agent's last batch is
+        stored now rather than replayed from the write-ahead log at the next start. Flows
+        still waiting for a heartbeat stay in the log either way."""
+        deadline = time.monotonic() + limit_s
+        shown = False
+        while app.collector.last_tick_ns < after_ns and time.monotonic() < deadline:
+            if not shown:
+                click.echo("flowtrail up: letting the collector decide the last batch")
+                shown = True
+            time.sleep(0.1)
+
     def _stop(self, agent: AgentPart | None, app: Any, api: QueryAPI | None) -> None:
         if agent is not None:
             agent.stop()
-            # The collector decides up to the last whole second: let the last batch's second
-            # end, so its rows can be decided at the final tick rather than on the next start.
-            time.sleep(1.05 - (time.time_ns() % SECOND) / SECOND)
+            if agent.metrics().get("exported_rows", 0):
+                self._await_tick(app, time.time_ns())
         app.stop()
         if api is not None:
             api.stop()

@@ -14,11 +14,11 @@ from urllib.parse import parse_qsl
 import pyarrow as pa
 
 from flowtrail.errors import InputError
-from flowtrail.query.command import parse_time
 from flowtrail.query.output import FORMATS
 from flowtrail.query.queries import MAX_NS, TALKER_KEYS, FlowFilter, Window
 from flowtrail.schema import SOURCES
 from flowtrail.tables import invalid_ips
+from flowtrail.units import parse_duration_ns
 
 # The API answers JSON or CSV; the aligned text table is for terminals (`flowtrail query`).
 API_FORMATS = tuple(f for f in FORMATS if f != "table")
@@ -81,10 +81,20 @@ def _int(name: str, text: str, low: int, high: int) -> int:
 
 
 def _time(name: str, text: str, now_ns: int) -> int:
+    """As the CLI's --since/--until: `now`, ns since the epoch, or a duration ago (15m, 1h)."""
+    text = text.strip()
+    if text == "now":
+        return now_ns
+    if text.lstrip("-").isdigit():
+        if int(text) < 0:
+            raise ParamError(name, f"{text}: a time in ns since the epoch must not be negative")
+        return int(text)
     try:
-        return parse_time(text, name, now_ns)
-    except InputError as exc:
-        raise ParamError(name, str(exc).removeprefix(f"{name} ")) from exc
+        return now_ns - parse_duration_ns(text)
+    except ValueError:
+        raise ParamError(
+            name, f"{text!r}: give a duration ago (15m, 1h, 90s), ns since the epoch, or now"
+        ) from None
 
 
 def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:

@@ -199,18 +199,19 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         assert up.state["collector"].startswith("https://127.0.0.1:")
         assert up.state["api"].startswith("http://127.0.0.1:")
         port = random.randint(20_000, 29_999)
-        server = lab.spawn(
-            {"role": "server", "cgroup": str(lab.server_cgroup), "netns": lab.server_ns,
-             "ip": lab.server_ip, "port": port, "accepts": CONNECTIONS, "recv": SEND,
-             "send": RECV},
-        )  # fmt: skip
+        server_spec = {
+            "role": "server", "cgroup": str(lab.server_cgroup), "netns": lab.server_ns,
+            "ip": lab.server_ip, "port": port, "accepts": CONNECTIONS, "recv": SEND, "send": RECV,
+        }  # fmt: skip
+        client_spec = {
+            "role": "client", "cgroup": str(lab.client_cgroup), "netns": lab.client_ns,
+            "ip": lab.server_ip, "port": port, "connections": CONNECTIONS, "send": SEND,
+            "recv": RECV,
+        }  # fmt: skip
+        server = lab.spawn(server_spec)
         workers.append(server)
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = lab.spawn(
-            {"role": "client", "cgroup": str(lab.client_cgroup), "netns": lab.client_ns,
-             "ip": lab.server_ip, "port": port, "connections": CONNECTIONS, "send": SEND,
-             "recv": RECV},
-        )  # fmt: skip
+        client = lab.spawn(client_spec)
         workers.append(client)
         assert client.stdout is not None and client.stdout.readline().strip() == "done"
         assert client.wait(10) == 0 and server.wait(10) == 0
@@ -257,7 +258,15 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         talkers = {t["workload"]: t for t in up.get("top-talkers", since="5m", limit=100)}
         assert talkers[lab.server_name]["bytes_received"] == CONNECTIONS * SEND
 
-        # Ctrl-C: a clean, ordered stop with exit status 0.
+        # One more connection, then Ctrl-C at once: the agent's last batch must still be
+        # exported, decided and stored by the ordered stop, which exits 0.
+        last_port = port + 1
+        server = lab.spawn({**server_spec, "port": last_port, "accepts": 1})
+        workers.append(server)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        client = lab.spawn({**client_spec, "port": last_port, "connections": 1})
+        workers.append(client)
+        assert client.wait(10) == 0 and server.wait(10) == 0
         began = time.monotonic()
         up.p.send_signal(signal.SIGINT)
         assert up.p.wait(30) == 0, up.output()
@@ -281,9 +290,18 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
             "WHERE local_port = ? OR remote_port = ?",
             [port, port],
         ).fetchone() or (0, 0)
+        last = con.execute(
+            "SELECT direction, local_workload, remote_workload FROM flows "
+            "WHERE state = 'closed' AND (local_port = ? OR remote_port = ?) ORDER BY direction",
+            [last_port, last_port],
+        ).fetchall()
     finally:
         con.close()
     assert n == keys == 2 * CONNECTIONS
+    assert last == [
+        ("inbound", lab.server_name, lab.client_name),
+        ("outbound", lab.client_name, lab.server_name),
+    ], up.output()
     tokens = (tmp_path / "data" / "tokens.txt").stat()
     assert tokens.st_mode & 0o077 == 0  # the secret is readable by its owner only
 
