@@ -149,3 +149,12 @@ def test_bad_input_is_one_clear_line(
     assert out.exit_code == 2, out.output
     assert message in out.output
     assert "Traceback" not in out.output
+
+
+def test_every_option_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "queries.md").read_text()
+    for name, command in query.commands.items():
+        assert f"## `{name}`" in doc, name
+        for param in command.params:
+            for flag in param.opts:
+                assert f"`{flag}" in doc, (name, flag)
