@@ -102,8 +102,15 @@ def main() -> None:
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--dir", type=Path, default=None)
     args = ap.parse_args()
-    work = args.dir or Path(tempfile.mkdtemp(prefix="ft-collector-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
+    if args.dir is None:
+        with tempfile.TemporaryDirectory(prefix="ft-collector-bench-") as tmp:
+            run(args, Path(tmp))
+    else:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        run(args, args.dir)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
 
     # Simulated fleet, its exporters folded onto --exporters senders (each sender is one
     # token; rows are relabelled with the sender's exporter name).
