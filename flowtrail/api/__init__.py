@@ -7,6 +7,6 @@ See docs/up.md for the endpoints.
 """
 
 from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
-from flowtrail.api.server import QueryAPI, run_query
+from flowtrail.api.server import QueryAPI
 
-__all__ = ["ENDPOINTS", "ApiRequest", "ParamError", "QueryAPI", "parse_request", "run_query"]
+__all__ = ["ENDPOINTS", "ApiRequest", "ParamError", "QueryAPI", "parse_request"]

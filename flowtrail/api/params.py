@@ -8,31 +8,25 @@ query.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 import pyarrow as pa
 
 from flowtrail.errors import InputError
+from flowtrail.query.api import PARAMS, parse_time
 from flowtrail.query.output import FORMATS
-from flowtrail.query.queries import MAX_NS, TALKER_KEYS, FlowFilter, Window
+from flowtrail.query.queries import MAX_NS, TALKER_KEYS
 from flowtrail.schema import SOURCES
 from flowtrail.tables import invalid_ips
-from flowtrail.units import parse_duration_ns
 
 # The API answers JSON or CSV; the aligned text table is for terminals (`flowtrail query`).
 API_FORMATS = tuple(f for f in FORMATS if f != "table")
 MAX_LIMIT = 10_000  # one answer stays small enough to build in memory and send
 MAX_FIELDS = 32
 
-_COMMON = ("since", "until", "format")
-ENDPOINTS: dict[str, tuple[str, ...]] = {
-    "dependencies": (*_COMMON, "workload", "known_only"),
-    "top-talkers": (*_COMMON, "by", "limit"),
-    "flows": (*_COMMON, "workload", "ip", "port", "source", "exporter", "limit"),
-    "health": _COMMON,
-}
-DEFAULT_LIMITS = {"top-talkers": 10, "flows": 100}
+# The queries' own parameters (flowtrail.query.api), plus the answer's format.
+ENDPOINTS: dict[str, tuple[str, ...]] = {name: (*p, "format") for name, p in PARAMS.items()}
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
 
@@ -46,14 +40,13 @@ class ParamError(InputError):
 
 @dataclass(frozen=True)
 class ApiRequest:
+    """A checked request: the query's name, its text parameters (as flowtrail.query.api's
+    run_query takes them), the answer's format and the clock the relative times refer to."""
+
     endpoint: str
-    window: Window
+    params: dict[str, str]
     fmt: str = "json"
-    workload: str | None = None
-    known_only: bool = False
-    by: str = "workload"
-    limit: int = 100
-    where: FlowFilter = field(default_factory=FlowFilter)
+    now_ns: int = 0
 
 
 def _pairs(query: str) -> dict[str, str]:
@@ -81,20 +74,10 @@ def _int(name: str, text: str, low: int, high: int) -> int:
 
 
 def _time(name: str, text: str, now_ns: int) -> int:
-    """As the CLI's --since/--until: `now`, ns since the epoch, or a duration ago (15m, 1h)."""
-    text = text.strip()
-    if text == "now":
-        return now_ns
-    if text.lstrip("-").isdigit():
-        if int(text) < 0:
-            raise ParamError(name, f"{text}: a time in ns since the epoch must not be negative")
-        return int(text)
     try:
-        return now_ns - parse_duration_ns(text)
-    except ValueError:
-        raise ParamError(
-            name, f"{text!r}: give a duration ago (15m, 1h, 90s), ns since the epoch, or now"
-        ) from None
+        return parse_time(text, name, now_ns)
+    except InputError as exc:
+        raise ParamError(name, str(exc).removeprefix(f"{name} ")) from exc
 
 
 def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
@@ -120,29 +103,15 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
     by = got.get("by", "workload")
     if by not in TALKER_KEYS:
         raise ParamError("by", f"{by!r}: choose {' or '.join(TALKER_KEYS)}")
-    limit = DEFAULT_LIMITS.get(endpoint, 100)
     if "limit" in got:
-        limit = _int("limit", got["limit"], 1, MAX_LIMIT)
+        _int("limit", got["limit"], 1, MAX_LIMIT)
     ip = got.get("ip")
     if ip is not None and invalid_ips(pa.array([ip])):
         raise ParamError("ip", f"{ip!r} is not a canonical IPv4/IPv6 address")
-    port = _int("port", got["port"], 0, 65535) if "port" in got else None
+    if "port" in got:
+        _int("port", got["port"], 0, 65535)
     source = got.get("source")
     if source is not None and source not in SOURCES:
         raise ParamError("source", f"{source!r}: choose {', '.join(SOURCES)}")
-    return ApiRequest(
-        endpoint=endpoint,
-        window=Window(since, until),
-        fmt=fmt,
-        workload=got.get("workload"),
-        known_only=known in _TRUE,
-        by=by,
-        limit=limit,
-        where=FlowFilter(
-            workload=got.get("workload"),
-            ip=ip,
-            port=port,
-            remote_source=source,
-            exporter=got.get("exporter"),
-        ),
-    )
+    params = {k: v for k, v in got.items() if k != "format"}
+    return ApiRequest(endpoint=endpoint, params=params, fmt=fmt, now_ns=now_ns)

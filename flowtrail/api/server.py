@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
 from flowtrail.errors import InputError
+from flowtrail.query.api import run_query
 from flowtrail.query.output import render
-from flowtrail.query.queries import attribution_health, dependencies, flows, top_talkers
 from flowtrail.store.duck import FLOWS_TABLE
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
@@ -40,23 +40,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def run_query(
-    con: duckdb.DuckDBPyConnection, req: ApiRequest, source: str = FLOWS_TABLE
-) -> pa.Table:
-    """The same query functions `flowtrail query` calls, with the request's parameters."""
-    if req.endpoint == "dependencies":
-        return dependencies(
-            con, req.window, source=source, workload=req.workload, known_only=req.known_only
-        )
-    if req.endpoint == "top-talkers":
-        return top_talkers(con, req.window, source=source, by=req.by, limit=req.limit)
-    if req.endpoint == "flows":
-        return flows(con, req.window, source=source, where=req.where, limit=req.limit)
-    if req.endpoint == "health":
-        return attribution_health(con, req.window, source=source)
-    raise ValueError(f"unknown endpoint {req.endpoint!r}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -155,7 +138,8 @@ class _Server(ThreadingHTTPServer):
     def query(self, req: ApiRequest) -> pa.Table:
         cur = self.connect()
         try:
-            return run_query(cur, req, self.source)
+            # The same function `flowtrail query` runs; the parameters were checked already.
+            return run_query(cur, req.endpoint, req.params, source=self.source, now_ns=req.now_ns)
         finally:
             cur.close()
 

@@ -11,16 +11,24 @@ import csv
 import http.client
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
-from flowtrail.api import QueryAPI, parse_request, run_query
+from flowtrail.api import QueryAPI
 from flowtrail.engine.replay import replay
 from flowtrail.errors import InputError
 from flowtrail.query.output import render
+from flowtrail.query.queries import (
+    FlowFilter,
+    attribution_health,
+    dependencies,
+    flows,
+    top_talkers,
+)
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 
@@ -48,28 +56,32 @@ def get(api: QueryAPI, path: str, method: str = "GET") -> tuple[int, str, str]:
         conn.close()
 
 
-def direct(store: Store, endpoint: str, query: str, fmt: str = "json") -> str:
-    req = parse_request(endpoint, query, 0)
+def direct(store: Store, query: Callable[[Any], pa.Table], fmt: str = "json") -> str:
+    """The query function's answer, rendered as `flowtrail query --format fmt` would."""
     cur = store.cursor()
     try:
-        return render(run_query(cur, req), fmt)
+        return render(query(cur), fmt)
     finally:
         cur.close()
 
 
 @pytest.mark.parametrize(
-    ("endpoint", "query"),
+    ("endpoint", "query", "call"),
     [
-        ("dependencies", ""),
-        ("dependencies", "known_only=true"),
-        ("top-talkers", "by=ip&limit=5"),
-        ("flows", "source=heartbeat&limit=50"),
-        ("flows", "port=443&limit=20"),
-        ("health", ""),
+        ("dependencies", "", lambda c: dependencies(c)),
+        ("dependencies", "known_only=true", lambda c: dependencies(c, known_only=True)),
+        ("top-talkers", "by=ip&limit=5", lambda c: top_talkers(c, by="ip", limit=5)),
+        (
+            "flows",
+            "source=heartbeat&limit=50",
+            lambda c: flows(c, where=FlowFilter(remote_source="heartbeat"), limit=50),
+        ),
+        ("flows", "port=443&limit=20", lambda c: flows(c, where=FlowFilter(port=443), limit=20)),
+        ("health", "", lambda c: attribution_health(c)),
     ],
 )
 def test_answers_equal_the_query_functions(
-    served: tuple[Store, QueryAPI], endpoint: str, query: str
+    served: tuple[Store, QueryAPI], endpoint: str, query: str, call: Callable[[Any], pa.Table]
 ) -> None:
     store, api = served
     status, ctype, body = get(api, f"/api/{endpoint}?{query}")
@@ -77,7 +89,7 @@ def test_answers_equal_the_query_functions(
     assert ctype == "application/json"
     rows = json.loads(body)
     assert rows, "the simulated store should answer every query with rows"
-    assert rows == json.loads(direct(store, endpoint, query))
+    assert rows == json.loads(direct(store, call))
 
 
 def test_dependencies_have_named_edges_and_csv(served: tuple[Store, QueryAPI]) -> None:
@@ -87,7 +99,7 @@ def test_dependencies_have_named_edges_and_csv(served: tuple[Store, QueryAPI]) -
     rows = list(csv.DictReader(io.StringIO(body)))
     assert rows and all(r["caller"] and r["callee"] for r in rows)
     assert sum(int(r["flows"]) for r in rows) > 100
-    assert body == direct(store, "dependencies", "known_only=1", "csv")
+    assert body == direct(store, lambda c: dependencies(c, known_only=True), "csv")
 
 
 def test_flow_filters_apply(served: tuple[Store, QueryAPI]) -> None:
