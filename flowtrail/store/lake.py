@@ -9,6 +9,7 @@ as null); region text is percent-encoded as Hive does.
 The files hold the store's columns (contract columns + `extra` JSON) minus `region`, which
 lives in the path. Each file is written atomically (temp name, then rename); the same
 batch_id rewrites the same files, so a resent batch replaces rather than duplicates.
+`apply_retention` deletes whole hours once they are past the retention.
 """
 
 from __future__ import annotations
@@ -95,5 +96,48 @@ class Lake:
         region_part = NULL_PARTITION if region is None else percent_encode(region, safe="")
         return self.root / f"region={region_part}" / f"date={when:%Y-%m-%d}" / f"hour={when.hour}"
 
+    def apply_retention(self, now_ns: int, retention_ns: int) -> int:
+        """Delete whole hour partitions that end at or before now - retention; returns files.
+
+        An hour is kept while any moment of it is within the retention, so no row younger
+        than the retention is ever deleted (older rows may live up to an hour longer).
+        """
+        if retention_ns <= 0:
+            raise InputError(f"lake retention {retention_ns} ns: must be positive")
+        cutoff = now_ns - retention_ns
+        removed = 0
+        for hour_dir in sorted(self.root.glob("region=*/date=*/hour=*")):
+            start = _partition_start_ns(hour_dir)
+            if start is None or start + HOUR_NS > cutoff:
+                continue  # not ours (unparseable name) or still within the retention
+            for part in hour_dir.glob("*.parquet"):
+                part.unlink(missing_ok=True)
+                removed += 1
+            _remove_empty(hour_dir, stop=self.root)
+        self.stats["files_expired"] = self.stats.get("files_expired", 0) + removed
+        return removed
+
     def close(self) -> None:
         self._con.close()
+
+
+def _partition_start_ns(hour_dir: Path) -> int | None:
+    """The first ns of a `date=YYYY-MM-DD/hour=H` directory, or None for a foreign name."""
+    try:
+        day = datetime.strptime(hour_dir.parent.name.removeprefix("date="), "%Y-%m-%d")
+        hour = int(hour_dir.name.removeprefix("hour="))
+    except ValueError:
+        return None
+    if not 0 <= hour <= 23:
+        return None
+    return (int(day.replace(tzinfo=UTC).timestamp()) + hour * 3600) * 1_000_000_000
+
+
+def _remove_empty(directory: Path, stop: Path) -> None:
+    """Remove `directory` and its parents up to `stop` (exclusive) while they are empty."""
+    while directory != stop:
+        try:
+            directory.rmdir()
+        except OSError:
+            return  # not empty (another batch, a temp file): leave it
+        directory = directory.parent

@@ -101,3 +101,26 @@ def test_bad_input_is_refused(tmp_path: Path, attributed: pa.Table) -> None:
     with pytest.raises(InputError, match="not a directory"):
         Lake(tmp_path / "file")
     assert not list((tmp_path / "lake").rglob("*.parquet"))
+
+
+def test_retention_drops_whole_hours_past_it_and_nothing_younger(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    lake.write(attributed)
+    (tmp_path / "lake" / "README").write_text("not a partition")  # left alone
+    end = np.asarray(attributed.column("end_ns"))
+    first_hour = int(end.min()) // HOUR
+    # Cut one and a half hours after the first hour began: only the first hour is past it.
+    now, retention = (first_hour + 1) * HOUR + HOUR // 2 + 5 * HOUR, 5 * HOUR
+    removed = lake.apply_retention(now, retention)
+    assert removed == len(set(attributed.column("region").to_pylist()))
+    back = _read(tmp_path / "lake")
+    assert back.num_rows == int((end // HOUR > first_hour).sum())
+    # Every row younger than the retention survived.
+    assert int((end >= now - retention).sum()) <= back.num_rows
+    assert (tmp_path / "lake" / "README").exists()
+    assert not [d for d in (tmp_path / "lake").rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert lake.apply_retention(now, retention) == 0
+    with pytest.raises(InputError, match="retention"):
+        lake.apply_retention(now, 0)
