@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import duckdb
@@ -13,6 +14,7 @@ import pytest
 
 from flowtrail.engine.replay import replay
 from flowtrail.errors import ContractError, InputError
+from flowtrail.query.queries import attribution_health, dependencies
 from flowtrail.schema import ATTRIBUTED
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
@@ -160,3 +162,37 @@ def test_a_database_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
         open_database(tmp_path / "absent.duckdb", read_only=True)
     with pytest.raises(InputError, match="retention"):
         Store(tmp_path / "r.duckdb", retention_ns=0)
+
+
+def test_queries_on_cursors_run_while_another_thread_writes(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    """What the collector and its query API do: one writer thread, readers on cursors."""
+    errors: list[BaseException] = []
+    seen: list[int] = []
+    with Store(tmp_path / "f.duckdb") as store:
+        done = threading.Event()
+
+        def read() -> None:
+            cur = store.cursor()
+            try:
+                while not done.is_set():
+                    dependencies(cur)
+                    seen.append(int(attribution_health(cur).column("rows")[0].as_py()))
+            except BaseException as exc:  # reported below, in the test's thread
+                errors.append(exc)
+            finally:
+                cur.close()
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for start in range(0, attributed.num_rows, 500):
+                store.write(attributed.slice(start, 500))
+        finally:
+            done.set()
+            reader.join(timeout=60)
+        assert not errors, errors
+        assert store.count() == attributed.num_rows
+    assert seen == sorted(seen)  # each read saw a committed prefix, never less than before
+    assert len(seen) >= 1
