@@ -95,6 +95,8 @@ def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedAr
     if pa.types.is_large_string(have) or pa.types.is_string_view(have):
         arr = arr.cast(pa.string())
         have = arr.type
+        if have == want:
+            return arr
     if pa.types.is_dictionary(have):
         arr = arr.cast(have.value_type)
         return _coerce(arr, col, path)

@@ -138,3 +138,21 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         write_table(pa.table({"a": [2]}), target)
     assert pq.read_table(target).column("a").to_pylist() == [1]  # old file intact
     assert [p.name for p in tmp_path.iterdir()] == ["out.parquet"]  # no temp left behind
+
+
+def test_large_string_dictionary_and_narrow_ints_are_accepted() -> None:
+    from flowtrail.tables import validate
+
+    t = pa.Table.from_pylist(flow_rows())
+    t = t.set_column(
+        t.column_names.index("exporter"), "exporter", t.column("exporter").cast(pa.large_string())
+    )
+    t = t.set_column(t.column_names.index("state"), "state", t.column("state").dictionary_encode())
+    t = t.set_column(
+        t.column_names.index("start_ns"), "start_ns", t.column("start_ns").cast(pa.int32())
+    )
+    out = validate(t, FLOWS)
+    assert out.schema.field("exporter").type == pa.string()
+    assert out.schema.field("state").type == pa.string()
+    assert out.schema.field("start_ns").type == pa.int64()
+    assert out.column("exporter").to_pylist() == ["h1"] * 3
