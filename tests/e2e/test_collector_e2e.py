@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -141,6 +142,8 @@ def test_tls_tokens_and_limits_over_the_wire(tmp_path: Path, procs: list[Proc]) 
     proc = Proc(tmp_path, names[:-1], "--sink", "parquet", "--max-body", "64k")
     procs.append(proc)
 
+    # A client that connects and then says nothing holds one connection, nobody else.
+    silent = socket.create_connection(("127.0.0.1", proc.port))
     # The right CA and token: delivered, big batches split to fit --max-body.
     sent = 0
     for e in names[:-1]:
@@ -175,6 +178,7 @@ def test_tls_tokens_and_limits_over_the_wire(tmp_path: Path, procs: list[Proc]) 
         plain.request("GET", "/healthz")
         plain.getresponse()
 
+    silent.close()
     status, body = proc.get("/healthz")
     assert status == 200 and json.loads(body)["ok"] is True
     proc.wait_idle()
@@ -239,6 +243,13 @@ def test_kill_9_mid_stream_loses_no_acknowledged_row_and_stores_none_twice(
                 client.export(b, f"{e}-{i}")
         client.close()
     proc2.wait_idle()
+    _, metrics = proc2.get("/metrics")
+    replayed = next(
+        float(line.split()[1])
+        for line in metrics.decode().splitlines()
+        if line.startswith('flowtrail_collector_rows_replayed_total{kind="flows"}')
+    )
+    assert replayed > 0  # the restart really rebuilt state from the log
     assert proc2.stop() == 0
 
     out = stored_rows(tmp_path, sink)

@@ -203,6 +203,27 @@ def test_restart_replays_the_log_and_stores_nothing_twice(tmp_path: Path) -> Non
     )
 
 
+def test_events_need_an_events_token_and_feed_the_engine(tmp_path: Path) -> None:
+    clock = Clock()
+    flows = sim_flows(500)
+    c = make(tmp_path, flows, clock)
+    events = pa.table(
+        {
+            "ip": ["10.9.9.9", "10.9.9.9"],
+            "workload": ["lb", "lb"],
+            "action": ["assign", "unassign"],
+            "time_ns": [NOW - 100 * S, NOW - 10 * S],
+        }
+    )
+    assert c.ingest("events", token("cp"), ipc_bytes(events), "e1").status == 200
+    assert c.engine.engine.counters.events_in == 2
+    _, part = next(iter(by_exporter(flows).items()))
+    assert c.ingest("flows", token("cp"), ipc_bytes(part), "f").status == 403  # events only
+    bad = events.set_column(2, "action", pa.array(["assign", "grab"]))
+    refused = c.ingest("events", token("cp"), ipc_bytes(bad), "e2")
+    assert refused.status == 400 and "row 2" in refused.body["error"]
+
+
 def test_tokens_file_errors_name_the_line(tmp_path: Path) -> None:
     p = tmp_path / "tokens"
     p.write_text("# comment\nhost-a secret-a-0123456789abc\nhost-b short\n")

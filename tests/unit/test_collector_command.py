@@ -1,0 +1,40 @@
+"""`flowtrail collector` refuses unsafe or incomplete settings with a message naming the flag."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from flowtrail.collector.command import collector
+
+
+def _run(tmp: Path, *args: str) -> tuple[int, str]:
+    tokens = tmp / "tokens"
+    tokens.write_text("host-a secret-a-0123456789abc\n")
+    base = ["--tokens", str(tokens), "--data-dir", str(tmp / "data")]
+    result = CliRunner().invoke(collector, [*base, *args])
+    return result.exit_code, str(result.exception or "") + result.output
+
+
+def test_plaintext_only_on_loopback(tmp_path: Path) -> None:
+    code, text = _run(tmp_path, "--plaintext", "--listen", "0.0.0.0:0")
+    assert code != 0 and "--plaintext" in text and "loopback" in text
+
+
+def test_tls_files_are_required_without_plaintext(tmp_path: Path) -> None:
+    code, text = _run(tmp_path, "--listen", "127.0.0.1:0")
+    assert code != 0 and "--tls-cert" in text
+
+
+def test_a_bad_listen_address_names_the_flag(tmp_path: Path) -> None:
+    code, text = _run(tmp_path, "--listen", "127.0.0.1:http")
+    assert code != 0 and "--listen" in text
+
+
+def test_help_documents_every_option() -> None:
+    result = CliRunner().invoke(collector, ["--help"])
+    assert result.exit_code == 0
+    for param in collector.params:
+        if param.name != "help":
+            assert param.help, f"option {param.name} has no help text"  # type: ignore[attr-defined]
