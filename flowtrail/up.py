@@ -15,6 +15,7 @@ next start), then the API stops.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -83,6 +84,22 @@ def ensure_token(path: Path, exporter: str) -> str:
         f.write(f"{exporter} {token}\n")
     os.chmod(path, 0o600)
     return token
+
+
+def _lock(layout: Layout) -> int:
+    """One `up` per data directory: a second would remake the certificate under the first."""
+    fd = os.open(layout.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise InputError(
+            f"--data {layout.root}: in use by another flowtrail up (pid {holder})"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def agent_problem() -> str | None:
@@ -299,6 +316,7 @@ def up(
     exporter = exporter_name or socket.gethostname()
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
+        lock = _lock(layout)
         token = ensure_token(layout.tokens, exporter)
     except OSError as exc:
         raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
@@ -312,6 +330,7 @@ def up(
         max_wait_ns=max_wait,
         status_every_s=status_every / SECOND,
     )
+    os.close(lock)
 
 
 class _Up:
@@ -460,6 +479,7 @@ class _Up:
             agent.stop()
             if agent.metrics().get("exported_rows", 0):
                 self._await_tick(app, time.time_ns())
+        self.layout.state.unlink(missing_ok=True)  # nothing listens any more
         app.stop()
         if api is not None:
             api.stop()

@@ -167,12 +167,11 @@ class Up:
         )  # fmt: skip
         state = data / "up.json"
         deadline = time.monotonic() + 45
-        while not state.exists():
+        while not (state.exists() and json.loads(state.read_text())["pid"] == self.p.pid):
             if self.p.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"flowtrail up did not start:\n{self.output()}")
             time.sleep(0.1)
         self.state = json.loads(state.read_text())
-        assert self.state["pid"] == self.p.pid
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -275,6 +274,7 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         text = up.output()
         assert "flowtrail up: stopped" in text
         assert "attributed" in text  # the status line ran
+        assert not (tmp_path / "data" / "up.json").exists()  # nothing listens any more
     finally:
         for w in workers:
             if w.poll() is None:
@@ -302,8 +302,28 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         ("inbound", lab.server_name, lab.client_name),
         ("outbound", lab.client_name, lab.server_name),
     ], up.output()
-    tokens = (tmp_path / "data" / "tokens.txt").stat()
-    assert tokens.st_mode & 0o077 == 0  # the secret is readable by its owner only
+    tokens = tmp_path / "data" / "tokens.txt"
+    assert tokens.stat().st_mode & 0o077 == 0  # the secret is readable by its owner only
+    token_text = tokens.read_text()
+
+    # Started again on the same data: same token, the stored rows are there, none twice.
+    again = Up(tmp_path / "data", "--no-agent", "--exporter", f"up-{lab.tag}")
+    try:
+        rows = again.get("flows", port=port, limit=100) + again.get("flows", port=last_port)
+        assert len(rows) == 2 * CONNECTIONS + 2
+        # A second `up` on a data directory in use is refused before it touches anything.
+        second = subprocess.run(
+            [sys.executable, "-m", "flowtrail.up", "--data", str(tmp_path / "data"),
+             "--no-agent", "--port-collector", "0", "--port-api", "0"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert f"in use by another flowtrail up (pid {again.p.pid})" in second.stderr
+        again.p.send_signal(signal.SIGTERM)
+        assert again.p.wait(30) == 0, again.output()
+    finally:
+        again.close()
+    assert tokens.read_text() == token_text
 
 
 @pytest.fixture
