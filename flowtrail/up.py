@@ -86,7 +86,7 @@ def ensure_token(path: Path, exporter: str) -> str:
     return token
 
 
-def _lock(layout: Layout) -> int:
+def lock_data_dir(layout: Layout) -> int:
     """One `up` per data directory: a second would remake the certificate under the first."""
     fd = os.open(layout.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -316,7 +316,7 @@ def up(
     exporter = exporter_name or socket.gethostname()
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
-        lock = _lock(layout)
+        lock = lock_data_dir(layout)
         token = ensure_token(layout.tokens, exporter)
     except OSError as exc:
         raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
