@@ -2,7 +2,7 @@
 
 A collector may hold many waiting flows (those bound for the event fallback wait for the
 feed's watermark, minutes), so nothing here costs O(waiting) per tick: flows are appended to
-a store, found by row handle through a position map and by deadline through ten-second
+a store, found by row handle through a hash index and by deadline through ten-second
 buckets, and taken out by marking them dead. The store is compacted once the dead outnumber
 the living, which keeps every operation O(1) amortised per flow.
 """
@@ -13,6 +13,8 @@ import heapq
 
 import numpy as np
 import numpy.typing as npt
+
+from flowtrail.engine.hashindex import HashMultimap
 
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
@@ -33,15 +35,14 @@ class PendingPool:
         self._alive[: len(rec)] = True
         self._size = len(rec)
         self._live = len(rec)
-        # Where each row handle sits in the store (-1: not waiting). Handles are the
-        # caller's row numbers, small non-negative integers.
-        top = int(rec["row"].max()) + 1 if len(rec) else 0
-        self._pos = np.full(max(top, 1 << 12), -1, np.int64)
+        # Where each row handle sits in the store: a hash index, so memory follows the
+        # number of waiting flows, not the number of handles ever issued.
+        self._where = HashMultimap(2 * len(rec))
         self._buckets: dict[int, list[I64]] = {}
         self._heap: list[int] = []
         if len(rec):
             rows = np.arange(len(rec), dtype=np.int64)
-            self._pos[rec["row"]] = rows
+            self._where.insert(rec["row"].astype(np.uint64), rows)
             self._file(rows)
 
     def __len__(self) -> int:
@@ -49,7 +50,7 @@ class PendingPool:
 
     @property
     def nbytes(self) -> int:
-        return self._store.nbytes + self._alive.nbytes + self._pos.nbytes
+        return self._store.nbytes + self._alive.nbytes + self._where.nbytes
 
     def _file(self, rows: I64) -> None:
         """Put rows into the bucket of their deadline."""
@@ -80,13 +81,7 @@ class PendingPool:
         self._alive[rows] = True
         self._size += n
         self._live += n
-        handles = rec["row"]
-        top = int(handles.max()) + 1
-        if top > len(self._pos):
-            grown = np.full(max(2 * len(self._pos), top), -1, np.int64)
-            grown[: len(self._pos)] = self._pos
-            self._pos = grown
-        self._pos[handles] = rows
+        self._where.insert(rec["row"].astype(np.uint64), rows)
         self._file(rows)
 
     def take_due(self, now: int) -> Rec:
@@ -108,14 +103,16 @@ class PendingPool:
 
     def take_rows(self, handles: I64) -> Rec:
         """Remove and return the waiting flows among these row handles."""
-        handles = handles[(handles >= 0) & (handles < len(self._pos))]
-        rows = self._pos[handles]
-        return self._remove(np.unique(rows[rows >= 0]))
+        if len(handles) == 0 or self._live == 0:
+            return np.zeros(0, self._dtype)
+        query, rows = self._where.lookup(handles.astype(np.uint64))
+        # The index keeps entries of flows already taken out, and hashes may collide.
+        rows = rows[self._store["row"][rows] == handles[query]]
+        return self._remove(np.unique(rows))
 
     def _remove(self, rows: I64) -> Rec:
         rows = rows[self._alive[rows]]
         self._alive[rows] = False
-        self._pos[self._store["row"][rows]] = -1
         self._live -= len(rows)
         out = self._store[rows]
         if self._size > (1 << 16) and self._live < self._size // 2:
