@@ -20,6 +20,20 @@ I64 = npt.NDArray[np.int64]
 _EMPTY = np.uint64(0)  # an empty slot; stored hashes have their low bit set, so never 0
 
 
+_M2 = np.uint64(0xBF58476D1CE4E5B9)
+_M3 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(x: npt.NDArray[np.integer]) -> U64:  # type: ignore[type-arg]
+    """A 64-bit finaliser (splitmix64's): keys in sequence must not land in sequence, or
+    linear probing builds one long cluster."""
+    with np.errstate(over="ignore"):
+        h = x.astype(np.uint64)
+        h = (h ^ (h >> np.uint64(30))) * _M2
+        h = (h ^ (h >> np.uint64(27))) * _M3
+        return h ^ (h >> np.uint64(31))
+
+
 class HashMultimap:
     def __init__(self, capacity: int = 1 << 12) -> None:
         size = 1 << max(int(capacity - 1).bit_length(), 4)

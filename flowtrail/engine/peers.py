@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flowtrail.engine import kernels
-from flowtrail.engine.hashindex import HashMultimap
+from flowtrail.engine.hashindex import HashMultimap, mix64
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -24,23 +24,13 @@ NO_MATCH = -1
 CONFLICT = -2
 
 _M1 = np.uint64(0x9E3779B97F4A7C15)
-_M2 = np.uint64(0xBF58476D1CE4E5B9)
-_M3 = np.uint64(0x94D049BB133111EB)
-
-
-def _mix(x: U64) -> U64:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M2
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M3
-    return x ^ (x >> np.uint64(31))
 
 
 def tuple_hash(a_key: U64, a_port: I32, b_key: U64, b_port: I32) -> U64:
     """Hash of an ordered 4-tuple (a end, b end); collisions are checked exactly later."""
     with np.errstate(over="ignore"):
-        h = _mix(a_key * _M1 + a_port.astype(np.uint64))
-        h = _mix(h ^ (b_key * _M1 + b_port.astype(np.uint64)))
+        h = mix64(a_key * _M1 + a_port.astype(np.uint64))
+        h = mix64(h ^ (b_key * _M1 + b_port.astype(np.uint64)))
     return h
 
 

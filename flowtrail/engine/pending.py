@@ -14,7 +14,7 @@ import heapq
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine.hashindex import HashMultimap
+from flowtrail.engine.hashindex import HashMultimap, mix64
 
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
@@ -42,7 +42,7 @@ class PendingPool:
         self._heap: list[int] = []
         if len(rec):
             rows = np.arange(len(rec), dtype=np.int64)
-            self._where.insert(rec["row"].astype(np.uint64), rows)
+            self._where.insert(mix64(rec["row"]), rows)
             self._file(rows)
 
     def __len__(self) -> int:
@@ -81,7 +81,7 @@ class PendingPool:
         self._alive[rows] = True
         self._size += n
         self._live += n
-        self._where.insert(rec["row"].astype(np.uint64), rows)
+        self._where.insert(mix64(rec["row"]), rows)
         self._file(rows)
 
     def take_due(self, now: int) -> Rec:
@@ -105,7 +105,7 @@ class PendingPool:
         """Remove and return the waiting flows among these row handles."""
         if len(handles) == 0 or self._live == 0:
             return np.zeros(0, self._dtype)
-        query, rows = self._where.lookup(handles.astype(np.uint64))
+        query, rows = self._where.lookup(mix64(handles))
         # The index keeps entries of flows already taken out, and hashes may collide.
         rows = rows[self._store["row"][rows] == handles[query]]
         return self._remove(np.unique(rows))
