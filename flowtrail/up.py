@@ -102,6 +102,17 @@ def lock_data_dir(layout: Layout) -> int:
     return fd
 
 
+def loopback_host(host: str) -> str:
+    """The IPv4 loopback address to bind (`localhost` → 127.0.0.1); InputError otherwise."""
+    if host == "localhost":
+        return "127.0.0.1"
+    if not is_loopback(host):
+        raise InputError(f"--host {host!r}: flowtrail up binds loopback only (127.0.0.1)")
+    if ":" in host:
+        raise InputError(f"--host {host!r}: the collector listens on IPv4 only; use 127.0.0.1")
+    return host
+
+
 def agent_problem() -> str | None:
     """Why the agent cannot run here (checked before anything starts), or None."""
     if os.geteuid() != 0:
@@ -222,7 +233,7 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Loopback address both servers bind (127.0.0.1, ::1 or localhost; nothing else).",
+    help="IPv4 loopback address both servers bind (127.0.0.1, localhost; nothing else).",
 )
 @click.option(
     "--port-collector",
@@ -304,8 +315,7 @@ def up(
     \b
       sudo flowtrail up --data /var/lib/flowtrail --interval 5s
     """
-    if not is_loopback(host):
-        raise InputError(f"--host {host!r}: flowtrail up binds loopback only (127.0.0.1, ::1)")
+    host = loopback_host(host)
     if interval <= 0:
         raise InputError("--interval: must be more than zero")
     if not no_agent:
@@ -368,7 +378,7 @@ class _Up:
         signal.signal(signal.SIGTERM, self._on_signal)
         lay = self.layout
         # A fresh certificate every start: it is short-lived and only this process trusts it.
-        cert, key = self_signed(lay.tls, "::1" if self.host == "::1" else "127.0.0.1")
+        cert, key = self_signed(lay.tls, self.host)
         options = CollectorOptions(
             data_dir=lay.root,
             tokens_file=lay.tokens,
@@ -403,7 +413,7 @@ class _Up:
                 try:
                     agent = AgentPart(
                         exporter=self.exporter,
-                        url=app.url().replace("localhost", "127.0.0.1"),
+                        url=app.url(),
                         token=self.token,
                         cafile=cert,
                         spool=lay.spool,

@@ -12,7 +12,7 @@ import pytest
 from flowtrail.api import ENDPOINTS
 from flowtrail.collector.tokens import Tokens
 from flowtrail.errors import InputError
-from flowtrail.up import Layout, ensure_token, lock_data_dir, up
+from flowtrail.up import Layout, ensure_token, lock_data_dir, loopback_host, up
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "up.md"
 
@@ -59,3 +59,14 @@ def test_every_option_and_endpoint_is_documented() -> None:
         assert f"/api/{endpoint}" in text
         for p in params:
             assert re.search(rf"`{p}`", text), f"docs/up.md does not describe ?{p}="
+
+
+def test_loopback_hosts_only() -> None:
+    assert loopback_host("localhost") == "127.0.0.1"
+    assert loopback_host("127.0.0.1") == "127.0.0.1"
+    assert loopback_host("127.0.0.9") == "127.0.0.9"
+    for host in ("0.0.0.0", "10.0.0.1", "example.com", ""):
+        with pytest.raises(InputError, match="loopback only"):
+            loopback_host(host)
+    with pytest.raises(InputError, match="IPv4 only"):
+        loopback_host("::1")
