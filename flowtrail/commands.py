@@ -13,6 +13,7 @@ def register(group: click.Group) -> None:
     from flowtrail.evaluate.command import eval_command
     from flowtrail.query.command import query
     from flowtrail.sim.command import sim
+    from flowtrail.up import up
 
-    for command in (attribute, sim, eval_command, demo, agent, collector, query):
+    for command in (up, attribute, sim, eval_command, demo, agent, collector, query):
         group.add_command(command)
