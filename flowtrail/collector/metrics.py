@@ -64,6 +64,11 @@ class _Live:
         yield _gauge("flowtrail_collector_wal_bytes", "write-ahead log bytes on disk", v)
         yield _gauge("flowtrail_collector_wal_segments", "write-ahead log segments", v)
         yield _gauge("flowtrail_collector_sink_backlog_rows", "decided rows not yet stored", v)
+        yield _gauge(
+            "flowtrail_collector_log_records_unreadable",
+            "log records skipped at the last start (torn tail: never acknowledged; else damage)",
+            v,
+        )
         decided = CounterMetricFamily(
             "flowtrail_collector_attributed_flows",
             "flows decided, by how (heartbeat, event, unattributed)",

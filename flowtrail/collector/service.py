@@ -40,6 +40,9 @@ from flowtrail.schema import FLOWS
 SECOND = 1_000_000_000
 KINDS = ("flows", "events")
 IN_FLIGHT, DURABLE = 0, 1
+# A logged batch was acknowledged: replay re-checks its contract types but not limits that a
+# changed configuration may have narrowed since (that would drop acknowledged rows).
+REPLAY_LIMITS = Limits(max_rows=2**62, max_future_ns=2**62, max_age_ns=2**62)
 
 
 @dataclass(frozen=True)
@@ -151,7 +154,7 @@ class Collector:
             try:
                 where = f"log segment {rec.segment}"
                 data = check(kind, read_ipc(rec.body, where), h["exporter"], received,
-                             self.config.limits, where)  # fmt: skip
+                             REPLAY_LIMITS, where)  # fmt: skip
             except Refusal:
                 self.unreadable_log_records += 1  # it passed at the door: the disk changed it
                 continue
@@ -238,7 +241,9 @@ class Collector:
         except Refusal as r:
             return self._refused(r, body, exporter, batch_id, rows)
         if batch_id and not self._claim(exporter, batch_id):
-            if self._seen.get((exporter, batch_id)) != DURABLE:
+            with self._seen_lock:
+                state = self._seen.get((exporter, batch_id))
+            if state != DURABLE:
                 self.metrics.refused.labels("in_flight").inc()
                 return Answer(
                     409, {"error": f"{where}: the same batch is being logged now; retry"},
@@ -255,7 +260,8 @@ class Collector:
             self.metrics.refused.labels("log_failed").inc()
             return Answer(503, {"error": f"cannot log the batch durably: {exc}"})
         if batch_id:
-            self._seen[(exporter, batch_id)] = DURABLE
+            with self._seen_lock:
+                self._seen[(exporter, batch_id)] = DURABLE
         self._note_segment(done.segment, done.first_row, now)
         if kind == "flows":
             self._submit_flows(data, done.first_row, now, segment=done.segment)
@@ -300,7 +306,8 @@ class Collector:
     def _remember(self, exporter: str, batch_id: str | None) -> None:
         if batch_id:
             self._claim(exporter, batch_id)
-            self._seen[(exporter, batch_id)] = DURABLE
+            with self._seen_lock:
+                self._seen[(exporter, batch_id)] = DURABLE
 
     def _note_segment(self, segment: int, first_row: int, now: int) -> None:
         with self._engine_lock:
@@ -464,6 +471,7 @@ class Collector:
             "wal_bytes": self.wal.bytes_on_disk(),
             "wal_segments": segments,
             "sink_backlog_rows": sum(t.num_rows for t in self._backlog),
+            "log_records_unreadable": self.unreadable_log_records + self.wal.torn_records,
             "decided": decided,
             "unattributed": unattributed,
             "wait": self.metrics.wait,
