@@ -33,7 +33,6 @@ from flowtrail.collector.sink import NamedSink, Sink
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.engine.attributor import Settings
-from flowtrail.engine.pending import BUCKET_NS as PENDING_BUCKET_NS
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.schema import FLOWS
 
@@ -341,10 +340,6 @@ class Collector:
     # -- decisions -----------------------------------------------------------------------
     def tick(self, now: int) -> int:
         """Decide, store, mark stored; returns rows stored now."""
-        # Decide at the end of the last whole second: PendingPool.take_due (engine/pending.py)
-        # loops forever when the current second's bucket holds a flow due later in it, so
-        # the collector never ticks inside a bucket. Costs at most a second of delay.
-        now = (now // PENDING_BUCKET_NS) * PENDING_BUCKET_NS - 1
         with self._engine_lock:
             decided = self.engine.tick(now)
         with self._sink_lock:

@@ -21,15 +21,12 @@ from flowtrail.collector.sink import ParquetSink, read_parquet_sink
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.engine.attributor import Settings
-from flowtrail.engine.pending import BUCKET_NS
 from flowtrail.errors import InputError
 from flowtrail.sim.simulation import simulate
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S
-# The collector decides at whole buckets of the engine's waiting pool (see Collector.tick),
-# so the test clock steps by a bucket.
-STEP = max(S, BUCKET_NS)
+STEP = S  # the collector ticks once a second
 
 
 class Clock:
