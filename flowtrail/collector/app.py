@@ -61,7 +61,10 @@ def make_sink(options: CollectorOptions) -> Sink:
 
 
 class CollectorApp:
-    def __init__(self, options: CollectorOptions) -> None:
+    """`sink`: an already open sink to write to (e.g. the Store that `flowtrail up` also
+    queries, since DuckDB allows one writer process); default: built from the options."""
+
+    def __init__(self, options: CollectorOptions, sink: Sink | None = None) -> None:
         self.options = options
         if options.plaintext:
             if not _is_loopback(options.host):
@@ -87,7 +90,7 @@ class CollectorApp:
                 segment_age_ns=cfg.segment_age_ns,
                 fsync=cfg.fsync,
             ),
-            sink=make_sink(options),
+            sink=sink if sink is not None else make_sink(options),
             quarantine=Quarantine(data / "quarantine", cfg.quarantine_bytes),
         )
         self.server: CollectorHTTPServer | None = None

@@ -112,7 +112,7 @@ class Collector:
     # -- lifetime ----------------------------------------------------------------------
     def start(self, *, background: bool = True) -> None:
         self.recover()
-        self.started_ns = self.clock()
+        self.started_ns = self.last_tick_ns = self.clock()  # healthy until ticks stall
         if background:
             self._thread = threading.Thread(target=self._loop, name="collector-tick", daemon=True)
             self._thread.start()

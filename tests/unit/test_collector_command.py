@@ -38,3 +38,26 @@ def test_help_documents_every_option() -> None:
     for param in collector.params:
         if param.name != "help":
             assert param.help, f"option {param.name} has no help text"  # type: ignore[attr-defined]
+
+
+def test_embedded_app_is_healthy_at_once_and_stops(tmp_path: Path) -> None:
+    """CollectorApp as `flowtrail up` embeds it: plain HTTP on loopback, a caller's sink."""
+    import json
+    import urllib.request
+
+    from flowtrail.collector.app import CollectorApp, CollectorOptions
+    from flowtrail.collector.sink import ParquetSink
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("host-a secret-a-0123456789abc\n")
+    options = CollectorOptions(
+        data_dir=tmp_path / "data", tokens_file=tokens, port=0, plaintext=True
+    )
+    app = CollectorApp(options, sink=ParquetSink(tmp_path / "mine"))
+    app.start()
+    try:
+        with urllib.request.urlopen(app.url() + "/healthz", timeout=10) as r:
+            assert r.status == 200 and json.loads(r.read())["ok"] is True
+    finally:
+        app.stop()
+    assert (tmp_path / "data" / "wal").is_dir()
