@@ -121,7 +121,9 @@ class CollectorApp:
     def url(self) -> str:
         assert self.server is not None
         scheme = "http" if self._tls is None else "https"
-        return f"{scheme}://{self.options.host}:{self.server.port}"
+        host = self.options.host
+        host = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{host}:{self.server.port}"
 
     def stop(self) -> None:
         if self.server is not None:

@@ -147,6 +147,8 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         max_connections: int = 64,
         idle_timeout_s: float = 30.0,
     ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6  # an IPv6 address such as ::1
         super().__init__(address, _Handler)
         self.collector = collector
         self.tls = tls

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from flowtrail.collector.command import collector
@@ -40,7 +41,8 @@ def test_help_documents_every_option() -> None:
             assert param.help, f"option {param.name} has no help text"  # type: ignore[attr-defined]
 
 
-def test_embedded_app_is_healthy_at_once_and_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_embedded_app_is_healthy_at_once_and_stops(tmp_path: Path, host: str) -> None:
     """CollectorApp as `flowtrail up` embeds it: plain HTTP on loopback, a caller's sink."""
     import json
     import urllib.request
@@ -51,7 +53,7 @@ def test_embedded_app_is_healthy_at_once_and_stops(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("host-a secret-a-0123456789abc\n")
     options = CollectorOptions(
-        data_dir=tmp_path / "data", tokens_file=tokens, port=0, plaintext=True
+        data_dir=tmp_path / "data", tokens_file=tokens, host=host, port=0, plaintext=True
     )
     app = CollectorApp(options, sink=ParquetSink(tmp_path / "mine"))
     app.start()
