@@ -15,24 +15,7 @@ from flowtrail.collector.door import Limits
 from flowtrail.collector.service import CollectorConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.errors import InputError
-from flowtrail.units import DURATION, parse_size
-
-
-class _Size(click.ParamType):  # type: ignore[type-arg]
-    name = "size"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_size(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-SIZE = _Size()
+from flowtrail.units import DURATION, SIZE
 
 
 def _listen(text: str) -> tuple[str, int]:
