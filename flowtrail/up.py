@@ -33,6 +33,7 @@ import click
 
 from flowtrail.api.server import QueryAPI, is_loopback
 from flowtrail.errors import CapabilityError, FlowtrailError, InputError
+from flowtrail.standalone import run_standalone
 from flowtrail.units import DURATION
 
 SECOND = 1_000_000_000
@@ -505,14 +506,7 @@ def _health(app: Any) -> tuple[bool, dict[str, Any]]:
 
 def run() -> None:
     """`python -m flowtrail.up ARGS` = `flowtrail up ARGS`, with the CLI's one-line errors."""
-    try:
-        up.main(sys.argv[1:], prog_name="flowtrail up", standalone_mode=False)
-    except FlowtrailError as exc:
-        click.echo(f"flowtrail: error: {exc}", err=True)
-        sys.exit(2)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    run_standalone(up, "flowtrail up")
 
 
 if __name__ == "__main__":
