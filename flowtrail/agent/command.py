@@ -16,6 +16,7 @@ import click
 import pyarrow as pa
 
 from flowtrail import units
+from flowtrail.agent.prometheus import MetricsServer
 from flowtrail.errors import InputError
 
 
@@ -169,6 +170,13 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     default=None,
     help="Write the counters as JSON to FILE every interval and at exit.",
 )
+@click.option(
+    "--metrics-listen",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the counters as Prometheus metrics at http://HOST:PORT/metrics (loopback only; "
+    "port 0 picks a free one).",
+)
 def agent(
     interval: str,
     out_dir: str | None,
@@ -186,6 +194,7 @@ def agent(
     no_nat: bool,
     api_socket: str | None,
     metrics_file: str | None,
+    metrics_listen: str | None,
 ) -> None:
     """Capture this host's TCP connections with eBPF and export named flow records.
 
@@ -258,6 +267,16 @@ def agent(
         on_closed=_printer(sys.stdout) if to_stdout else None,
     )
     identity.refresh()
+    scrape = None
+    if metrics_listen:
+        host, _, port = metrics_listen.rpartition(":")
+        if not port.isdigit():
+            raise InputError(f"--metrics-listen {metrics_listen!r}: expected HOST:PORT")
+        scrape = MetricsServer(runner.metrics, host.strip("[]") or "127.0.0.1", int(port))
+        got = scrape.start()
+        click.echo(
+            f"flowtrail agent: metrics at http://{host or '127.0.0.1'}:{got}/metrics", err=True
+        )
     writer = (
         threading.Thread(
             target=_write_metrics_loop, args=(runner, metrics_file, stop, interval_s), daemon=True
@@ -270,6 +289,8 @@ def agent(
     try:
         runner.run(stop)
     finally:
+        if scrape is not None:
+            scrape.stop()
         if api is not None:
             api.stop()
         summary = runner.metrics()
