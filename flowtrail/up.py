@@ -369,6 +369,7 @@ class _Up:
         max_wait_ns: int,
         status_every_s: float,
     ) -> None:
+        from flowtrail.agent.prometheus import AgentCounters
         from flowtrail.collector.app import CollectorApp, CollectorOptions
         from flowtrail.collector.devcert import self_signed
         from flowtrail.collector.service import CollectorConfig
@@ -425,6 +426,8 @@ class _Up:
                 except CapabilityError as exc:
                     raise CapabilityError(f"{exc}; or run with --no-agent") from exc
                 agent.start()
+                # The agent's counters join the collector's /metrics: one scrape for both.
+                app.collector.metrics.registry.register(AgentCounters(agent.metrics))
             self._announce(app.url(), api.url(), agent is not None)
             self._wait(agent, app, status_every_s)
             if agent is not None and agent.error is not None:
@@ -457,6 +460,7 @@ class _Up:
             f"  query API  {api_url}/api  (dependencies, top-talkers, flows, health; "
             "?since=15m&format=csv)",
             f"  agent      {'exporter ' + self.exporter if with_agent else 'off (--no-agent)'}",
+            f"  metrics    {collector_url}/metrics  (collector and agent, Prometheus)",
             f"  try        curl -s '{api_url}/api/dependencies?since=15m'",
             f"  after stop flowtrail query dependencies --db {lay.db}",
             "  stop       Ctrl-C",

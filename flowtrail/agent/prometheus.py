@@ -24,7 +24,9 @@ GAUGES = frozenset({"held_rows", "queued_rows", "spool_bytes", "spool_batches"})
 Read = Callable[[], dict[str, int]]
 
 
-class _AgentCounters:
+class AgentCounters:
+    """A prometheus_client collector reading the agent's counters at scrape time."""
+
     def __init__(self, read: Read) -> None:
         self._read = read
 
@@ -48,7 +50,7 @@ class _AgentCounters:
 def render(read: Read) -> bytes:
     """The Prometheus text exposition of the agent's counters, right now."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_AgentCounters(read))  # type: ignore[arg-type]
+    registry.register(AgentCounters(read))  # type: ignore[arg-type]
     return bytes(generate_latest(registry))
 
 
