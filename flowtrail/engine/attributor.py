@@ -175,6 +175,7 @@ class Attributor:
         self.counters = Counters()
         self._pending = PendingPool(FLOW_DTYPE)
         self._new: list[FlowArrays] = []
+        self._wake: list[I64] = []  # handles of waiting flows whose peer came as evidence
         self._next_evict: int | None = None
 
     # -- input -------------------------------------------------------------------------
@@ -186,16 +187,39 @@ class Attributor:
         self._new.append(flows)
         if self.settings.method != "heartbeat":
             return
+        self._learn(flows, now)
+
+    def add_evidence(self, flows: FlowArrays, now: int) -> None:
+        """Rows another node attributes: learn from their local sides, decide nothing.
+
+        In a cluster every node learns every node's heartbeats. Waiting flows whose other end
+        is among these rows are woken at the next tick. The rows' handles need not mean
+        anything here (use -1).
+        """
+        if len(flows) == 0 or self.settings.method != "heartbeat":
+            return
+        ev = self._learn(flows, now)
+        if ev is not None and self.settings.use_peers:
+            _, partners = self.peers.match(
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                self.settings.peer_tolerance_ns,
+            )  # fmt: skip
+            self._wake.append(partners)
+
+    def _learn(self, flows: FlowArrays, now: int) -> FlowArrays | None:
+        """Take the rows with a local workload as evidence; returns them."""
         known = flows.local_owner >= 0
-        if known.any():
-            ev = flows.take(known)
-            self.counters.evidence_rows += len(ev)
-            self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
-            if self.settings.use_peers:
-                self.peers.add(
-                    ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
-                    ev.local_owner, now, ev.row,
-                )  # fmt: skip
+        if not known.any():
+            return None
+        ev = flows.take(known)
+        self.counters.evidence_rows += len(ev)
+        self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
+        if self.settings.use_peers:
+            self.peers.add(
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                ev.local_owner, now, ev.row,
+            )  # fmt: skip
+        return ev
 
     def add_events(
         self, key: U64, owner: I32, assign: npt.NDArray[np.bool_], time: I64, received: I64
@@ -224,6 +248,9 @@ class Attributor:
         self.counters.waited_flows += int(np.count_nonzero(still[len(retry) :]))
         self._pending.add(cand.rec[still])
         # Waiting flows whose other end's row just arrived are decided now too.
+        if self._wake:
+            partners = np.concatenate([partners, *self._wake])
+            self._wake = []
         woke = FlowArrays(self._pending.take_rows(partners))
         self.counters.retries += len(retry) + len(woke)
         if len(woke) == 0:

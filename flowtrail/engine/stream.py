@@ -65,6 +65,14 @@ class StreamingAttribution:
         self.engine.add_flows(fa, now)
         return flows
 
+    def submit_evidence(self, flows: pa.Table, now: int) -> None:
+        """Another node's validated flows: learn from them, attribute nothing (cluster mode)."""
+        if flows.num_rows == 0:
+            return
+        fa = flow_arrays(flows, self.ipkeys, self.names)
+        fa.rec["row"] = -1  # not ours to decide: no handle
+        self.engine.add_evidence(fa, now)
+
     def submit_events(self, events: pa.Table, now: int) -> None:
         if events.num_rows == 0:
             return

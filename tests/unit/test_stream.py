@@ -55,3 +55,44 @@ def test_missing_received_ns_is_the_collectors_clock() -> None:
     eng = StreamingAttribution()
     submitted = eng.submit_flows(flows, 123 * S)
     assert set(submitted.column("received_ns").to_pylist()) == {123 * S}
+
+
+def test_two_nodes_sharing_evidence_decide_like_one() -> None:
+    # Cluster mode in miniature: each node attributes its own exporters' rows and learns
+    # the other node's rows as evidence. Together they must decide exactly like one node.
+    sim = simulate("hostile", 12, flows=6_000)
+    flows = sim.flows.append_column("pos", pa.array(np.arange(sim.flows.num_rows)))
+    settings = Settings(event_lag_ns=1200 * S)
+    offline = replay(flows, sim.events, settings=settings).table
+    exporters = sorted(set(flows.column("exporter").to_pylist()))
+    mine = {e: i % 2 for i, e in enumerate(exporters)}
+    node_of = np.array([mine[e] for e in flows.column("exporter").to_pylist()])
+    nodes = [StreamingAttribution(settings), StreamingAttribution(settings)]
+    received = received_times(flows)
+    ev_recv = np.asarray(sim.events.column("received_ns"))
+    out: list[pa.Table] = []
+    second = int(min(received.min(), ev_recv.min())) // S
+    while True:
+        lo, hi = second * S, (second + 1) * S
+        now = hi - 1
+        ev_mask = (ev_recv >= lo) & (ev_recv < hi)
+        mask = (received >= lo) & (received < hi)
+        for n, node in enumerate(nodes):
+            if ev_mask.any():
+                node.submit_events(sim.events.filter(pa.array(ev_mask)), now)
+            own = mask & (node_of == n)
+            other = mask & (node_of != n)
+            if own.any():
+                node.submit_flows(flows.filter(pa.array(own)), now)
+            if other.any():
+                node.submit_evidence(flows.filter(pa.array(other)), now)
+        for node in nodes:
+            out.extend(node.tick(now))
+        second += 1
+        if all(node.waiting == 0 for node in nodes) and lo > received.max() + S:
+            break
+    both = pa.concat_tables(out).sort_by("pos")
+    assert both.column("pos").to_pylist() == list(range(flows.num_rows))
+    assert (
+        both.column("remote_workload").to_pylist() == offline.column("remote_workload").to_pylist()
+    )
