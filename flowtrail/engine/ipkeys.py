@@ -42,10 +42,9 @@ class IpKeys:
             values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
         if len(values) == 0:
             return np.empty(0, dtype=np.uint64)
-        out = self._keys(values)
+        out, local = self._keys(values)
         if scope is not None:
-            local = pc.fill_null(pc.match_substring_regex(values, HOST_SCOPED), False)
-            pos = np.flatnonzero(local.to_numpy(zero_copy_only=False))
+            pos = np.flatnonzero(local)
             if len(pos):
                 taken = pa.array(pos)
                 scoped = pc.binary_join_element_wise(
@@ -69,18 +68,24 @@ class IpKeys:
             lut[i] = key
         return np.asarray(lut[encoded.indices.to_numpy(zero_copy_only=False)], np.uint64)
 
-    def _keys(self, values: pa.Array) -> U64:
+    def _keys(self, values: pa.Array) -> tuple[U64, npt.NDArray[np.bool_]]:
+        """Keys per row, and whether each row's address is host-scoped (parsed per distinct)."""
         encoded = pc.dictionary_encode(values)
         dict_keys = self._parse_distinct(encoded.dictionary)
+        scoped = pc.fill_null(pc.match_substring_regex(encoded.dictionary, HOST_SCOPED), False)
+        dict_scoped = np.asarray(scoped.to_numpy(zero_copy_only=False), bool)
         indices = encoded.indices
         out = np.full(len(values), NO_KEY, dtype=np.uint64)
+        local = np.zeros(len(values), bool)
         valid = pc.is_valid(indices).to_numpy(zero_copy_only=False)
         idx = indices.to_numpy(zero_copy_only=False)
         if indices.null_count:
             out[valid] = dict_keys[idx[valid].astype(np.int64)]
+            local[valid] = dict_scoped[idx[valid].astype(np.int64)]
         else:
             out[:] = dict_keys[idx]
-        return out
+            local[:] = dict_scoped[idx]
+        return out, local
 
     def _parse_distinct(self, distinct: pa.Array) -> U64:
         is_v6 = pc.match_substring(distinct, ":").to_numpy(zero_copy_only=False)

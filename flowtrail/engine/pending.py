@@ -2,7 +2,7 @@
 
 A collector may hold many waiting flows (those bound for the event fallback wait for the
 feed's watermark, minutes), so nothing here costs O(waiting) per tick: flows are appended to
-a store, found by row handle through a hash index and by deadline through ten-second
+a store, found by row handle through a bounded ring and by deadline through ten-second
 buckets, and taken out by marking them dead. The store is compacted once the dead outnumber
 the living, which keeps every operation O(1) amortised per flow.
 """
@@ -14,12 +14,18 @@ import heapq
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine.hashindex import HashMultimap, mix64
-
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
 
+RING_CAP = 1 << 22  # 32 MiB of positions at most
+
 BUCKET_NS = 10_000_000_000  # coarse: few buckets per tick; exact deadlines are checked
+
+
+def _ring_size(top: int, current: int) -> int:
+    """The ring size for handles below `top`: a power of two, at most RING_CAP."""
+    want = 1 << max(int(top - 1).bit_length(), 12)
+    return max(current, min(want, RING_CAP))
 
 
 class PendingPool:
@@ -35,22 +41,32 @@ class PendingPool:
         self._alive[: len(rec)] = True
         self._size = len(rec)
         self._live = len(rec)
-        # Where each row handle sits in the store: a hash index, so memory follows the
-        # number of waiting flows, not the number of handles ever issued.
-        self._where = HashMultimap(2 * len(rec))
+        # Where each row handle sits in the store: a ring indexed by handle mod its size,
+        # so memory is bounded however many handles are issued. Should a newer flow take an
+        # older one's slot, the older one is still decided, at its deadline (same answer).
+        top = int(rec["row"].max()) + 1 if len(rec) else 0
+        self._ring = np.full(_ring_size(top, 0), -1, np.int64)
         self._buckets: dict[int, list[I64]] = {}
         self._heap: list[int] = []
         if len(rec):
             rows = np.arange(len(rec), dtype=np.int64)
-            self._where.insert(mix64(rec["row"]), rows)
+            self._index(rec["row"], rows)
             self._file(rows)
+
+    def _index(self, handles: I64, rows: I64) -> None:
+        size = _ring_size(int(handles.max()) + 1, len(self._ring))
+        if size > len(self._ring):  # grow (up to the cap): re-index the living
+            self._ring = np.full(size, -1, np.int64)
+            live = np.flatnonzero(self._alive[: self._size])
+            self._ring[self._store["row"][live] & (size - 1)] = live
+        self._ring[handles & (len(self._ring) - 1)] = rows
 
     def __len__(self) -> int:
         return self._live
 
     @property
     def nbytes(self) -> int:
-        return self._store.nbytes + self._alive.nbytes + self._where.nbytes
+        return self._store.nbytes + self._alive.nbytes + self._ring.nbytes
 
     def _file(self, rows: I64) -> None:
         """Put rows into the bucket of their deadline."""
@@ -81,7 +97,7 @@ class PendingPool:
         self._alive[rows] = True
         self._size += n
         self._live += n
-        self._where.insert(mix64(rec["row"]), rows)
+        self._index(rec["row"], rows)
         self._file(rows)
 
     def take_due(self, now: int) -> Rec:
@@ -105,9 +121,12 @@ class PendingPool:
         """Remove and return the waiting flows among these row handles."""
         if len(handles) == 0 or self._live == 0:
             return np.zeros(0, self._dtype)
-        query, rows = self._where.lookup(mix64(handles))
-        # The index keeps entries of flows already taken out, and hashes may collide.
-        rows = rows[self._store["row"][rows] == handles[query]]
+        handles = handles[handles >= 0]
+        rows = self._ring[handles & (len(self._ring) - 1)]
+        hit = rows >= 0
+        rows, handles = rows[hit], handles[hit]
+        # A slot may hold a flow already taken out, or a newer flow with another handle.
+        rows = rows[self._store["row"][rows] == handles]
         return self._remove(np.unique(rows))
 
     def _remove(self, rows: I64) -> Rec:

@@ -213,3 +213,18 @@ def test_pending_pool_hands_out_each_flow_once_by_deadline_or_handle() -> None:
         seen.append(got["row"])
     rows = np.concatenate(seen)
     assert sorted(rows.tolist()) == list(range(5000))
+
+
+def test_pending_ring_collision_only_delays_a_flow_to_its_deadline() -> None:
+    from flowtrail.engine.attributor import FLOW_DTYPE
+    from flowtrail.engine.pending import RING_CAP, PendingPool
+
+    rec = np.zeros(2, FLOW_DTYPE)
+    rec["row"] = [7, 7 + RING_CAP]  # same slot in the ring
+    rec["deadline"] = [5 * S, 6 * S]
+    pool = PendingPool(FLOW_DTYPE)
+    pool.add(rec)
+    assert pool.take_rows(np.array([7])).size == 0  # the newer flow holds the slot
+    assert pool.take_rows(np.array([7 + RING_CAP]))["row"].tolist() == [7 + RING_CAP]
+    assert pool.take_due(10 * S)["row"].tolist() == [7]  # still decided, at its deadline
+    assert len(pool) == 0
