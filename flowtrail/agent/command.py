@@ -91,7 +91,8 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "--out",
     "out_dir",
     metavar="DIR",
-    help="Write one Parquet file (contract `flows` table) per interval into DIR.",
+    help="Write one Parquet file (contract `flows` table) per interval into DIR; with "
+    "--sink collector, the collector's URL (https://HOST:PORT).",
 )
 @click.option(
     "--stdout",
@@ -132,7 +133,9 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "--sink",
     default=None,
     metavar="NAME",
-    help="Exporter kind: parquet (needs --out) or none [default: parquet with --out, else none].",
+    help="Exporter kind: parquet (needs --out DIR), collector (--out https://HOST:PORT; token "
+    "from FLOWTRAIL_COLLECTOR_TOKEN or _TOKEN_FILE, CA from FLOWTRAIL_COLLECTOR_CAFILE) or none "
+    "[default: parquet with --out, else none].",
 )
 @click.option(
     "--spool",
@@ -221,11 +224,16 @@ def agent(
     interval_s = parse_duration(interval, "--interval")
     if not out_dir and not to_stdout:
         raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
+    from flowtrail.collector.client import register as register_collector_sink
+
+    register_collector_sink()  # --sink collector --out https://HOST:PORT
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
     spool = None
     if kind != "none":
-        where = spool_dir or (f"{out_dir.rstrip('/')}.spool" if out_dir else None)
+        # A URL is no place for a spool: a collector's batches wait in ./flowtrail-agent.spool.
+        beside_out = f"{out_dir.rstrip('/')}.spool" if out_dir and kind == "parquet" else None
+        where = spool_dir or beside_out or "flowtrail-agent.spool"
         if where:
             spool = Spool(where, parse_size(spool_max, "--spool-max"))
     registry = Registry(identity_file)
