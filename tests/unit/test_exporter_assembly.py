@@ -190,3 +190,18 @@ def test_run_exports_what_it_has_then_raises_a_capture_failure(tmp_path: Path) -
         agent.run(threading.Event())
     (f,) = tmp_path.glob("flows-*.parquet")
     assert read_table(f, FLOWS).column("flow_id").to_pylist() == ["h1:7", "h1:8"]
+
+
+def test_collector_sink_from_the_cli_needs_a_url_and_a_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from flowtrail.cli import main
+
+    monkeypatch.delenv("FLOWTRAIL_COLLECTOR_TOKEN", raising=False)
+    monkeypatch.delenv("FLOWTRAIL_COLLECTOR_TOKEN_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["agent", "--sink", "collector", "--out", "https://127.0.0.1:1"])
+    assert res.exit_code == 2
+    assert "FLOWTRAIL_COLLECTOR_TOKEN" in res.output
