@@ -1,0 +1,1 @@
+"""Cluster mode: many collector nodes per region over NATS JetStream (docs/cluster.md)."""

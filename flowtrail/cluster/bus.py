@@ -1,0 +1,271 @@
+"""The NATS JetStream wiring of cluster mode: streams, subjects, publishing, consumers.
+
+Per region two streams (file storage, replicated):
+
+- work (`<prefix>.work.<region>`): agents' flow batches as Arrow IPC. One durable pull
+  consumer, shared by the region's collector nodes, hands each batch to one node; the node
+  acks only once the batch is fully handled, so a node that dies leaves its batches to be
+  redelivered to another. `Nats-Msg-Id` = the batch id lets JetStream drop a re-sent batch
+  inside its duplicate window (an agent that retried after a lost publish ack).
+- evidence (`<prefix>.evidence.<region>`): every batch of the region once more, as handled
+  by the node that took it, with a header naming that node. Every node reads it all, in one
+  order, from `now - retention` on (re)start: that is how ownership knowledge is shared
+  and rebuilt, with no database of the node's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+import pyarrow as pa
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    PubAck,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError
+
+from flowtrail.errors import ExportError, InputError
+
+SECOND = 1_000_000_000
+MSG_ID = "Nats-Msg-Id"
+OWNER = "Flowtrail-Owner"  # evidence: the node (incarnation) that decides this batch's rows
+CLOCK = "Flowtrail-Clock"  # evidence: a clock mark (ns), no rows
+FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
+WORK_DURABLE = "collectors"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_region(region: str) -> str:
+    """Region names become parts of subjects and stream names: keep them to a safe alphabet."""
+    if not _NAME_RE.match(region):
+        raise InputError(f"region {region!r}: use 1-64 of A-Z a-z 0-9 _ - (it names NATS streams)")
+    return region
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    servers: list[str]
+    prefix: str = "flowtrail"
+    replicas: int = 3
+    evidence_retention_ns: int = 1800 * SECOND  # how far back a (re)starting node replays
+    work_retention_ns: int = 24 * 3600 * SECOND
+    duplicate_window_ns: int = 120 * SECOND
+    ack_wait_ns: int = 30 * SECOND  # a silent node's batches go to another after this
+    max_ack_pending: int = 20_000  # batches a region's nodes may hold while rows wait
+    publish_timeout_s: float = 5.0
+    publish_attempts: int = 8  # with backoff: rides out a server restart / leader election
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    connect_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.servers:
+            raise InputError("--nats: at least one server URL is needed")
+        if not _NAME_RE.match(self.prefix):
+            raise InputError(f"--nats-prefix {self.prefix!r}: use A-Z a-z 0-9 _ -")
+        if self.replicas not in (1, 3, 5):
+            raise InputError(f"--nats-replicas {self.replicas}: must be 1, 3 or 5")
+
+
+def encode(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def decode(payload: bytes) -> pa.Table:
+    with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
+        return reader.read_all()
+
+
+def stream_time_ns(msg: Msg) -> int:
+    """When JetStream stored the message (its own clock), in ns since the epoch."""
+    ts = msg.metadata.timestamp
+    return int(ts.timestamp()) * SECOND + ts.microsecond * 1000 if ts else 0
+
+
+class Bus:
+    """One connection to the NATS cluster and the streams of the regions it serves."""
+
+    def __init__(self, config: BusConfig) -> None:
+        self.config = config
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self.stats = {"published": 0, "publish_retries": 0, "duplicates": 0}
+
+    # -- names ---------------------------------------------------------------------------
+
+    def work_subject(self, region: str) -> str:
+        return f"{self.config.prefix}.work.{check_region(region)}"
+
+    def evidence_subject(self, region: str) -> str:
+        return f"{self.config.prefix}.evidence.{check_region(region)}"
+
+    def work_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_work_{check_region(region)}"
+
+    def evidence_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_evidence_{check_region(region)}"
+
+    # -- connection ----------------------------------------------------------------------
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("Bus.connect() first")
+        return self._js
+
+    async def connect(self) -> None:
+        options: dict[str, Any] = {
+            "servers": self.config.servers,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.2,
+            **self.config.connect_options,
+        }
+        if self.config.creds_file:
+            options["user_credentials"] = self.config.creds_file
+        if self.config.tls_ca_file:
+            import ssl
+
+            options["tls"] = ssl.create_default_context(cafile=self.config.tls_ca_file)
+        self._nc = await nats.connect(**options)
+        self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
+
+    async def close(self) -> None:
+        # close, not drain: draining an ordered consumer makes the client recreate it and
+        # then time out (nats-py 2.16); every ack this process owes is sent explicitly.
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.close()
+        self._nc = self._js = None
+
+    async def ensure_streams(self, regions: list[str], attempts: int = 50) -> None:
+        """Create (or keep) each region's two streams; retries while the cluster elects."""
+        c = self.config
+        for region in regions:
+            for name, subject, age in (
+                (self.work_stream(region), self.work_subject(region), c.work_retention_ns),
+                (
+                    self.evidence_stream(region),
+                    self.evidence_subject(region),
+                    c.evidence_retention_ns,
+                ),
+            ):
+                cfg = StreamConfig(
+                    name=name,
+                    subjects=[subject],
+                    storage=StorageType.FILE,
+                    num_replicas=c.replicas,
+                    max_age=age / SECOND,
+                    duplicate_window=c.duplicate_window_ns / SECOND,
+                    discard=DiscardPolicy.OLD,
+                )
+                await self._retry(lambda cfg=cfg: self.js.add_stream(cfg), attempts, name)
+
+    async def _retry(self, call: Any, attempts: int, what: str) -> Any:
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return await call()
+            except (TimeoutError, NoStreamResponseError, APIError, nats.errors.Error) as exc:
+                if isinstance(exc, APIError) and exc.code == 400:
+                    raise InputError(f"NATS refused {what}: {exc}") from exc
+                if attempt == attempts - 1:
+                    raise ExportError(f"NATS: {what} failed after {attempts} tries: {exc}") from exc
+                self.stats["publish_retries"] += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str] | None = None
+    ) -> PubAck:
+        """Publish and wait for JetStream's ack; retried with the same id (deduplicated)."""
+        hdrs = {MSG_ID: msg_id, **(headers or {})}
+        ack: PubAck = await self._retry(
+            lambda: self.js.publish(
+                subject, payload, timeout=self.config.publish_timeout_s, headers=hdrs
+            ),
+            self.config.publish_attempts,
+            f"publish {msg_id} to {subject}",
+        )
+        self.stats["published"] += 1
+        if ack.duplicate:
+            self.stats["duplicates"] += 1
+        return ack
+
+    async def publish_batch(self, region: str, table: pa.Table, batch_id: str) -> PubAck:
+        """An agent's batch into a region's work stream (at least once; dedup by batch id)."""
+        return await self.publish(self.work_subject(region), encode(table), batch_id)
+
+    async def publish_clock(self, region: str, now_ns: int, mark_id: str) -> PubAck:
+        """A clock mark on the evidence stream: nodes' data clocks advance to now_ns."""
+        return await self.publish(
+            self.evidence_subject(region), b"", mark_id, {CLOCK: str(int(now_ns))}
+        )
+
+    # -- consuming -----------------------------------------------------------------------
+
+    async def work_consumer(self, region: str) -> JetStreamContext.PullSubscription:
+        """The region's shared durable pull consumer: each batch goes to one node."""
+        c = self.config
+        cfg = ConsumerConfig(
+            durable_name=WORK_DURABLE,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=c.ack_wait_ns / SECOND,
+            max_ack_pending=c.max_ack_pending,
+            max_deliver=-1,
+        )
+        sub: JetStreamContext.PullSubscription = await self._retry(
+            lambda: self.js.pull_subscribe(
+                self.work_subject(region),
+                durable=WORK_DURABLE,
+                stream=self.work_stream(region),
+                config=cfg,
+            ),
+            50,
+            f"work consumer of {region}",
+        )
+        return sub
+
+    async def evidence_consumer(
+        self, region: str, since_ns: int | None = None
+    ) -> JetStreamContext.PushSubscription:
+        """An ordered, ephemeral view of the whole evidence stream, from since_ns on.
+
+        Ordered consumers are recreated by the client after a gap or a server loss, so a
+        node sees every message once, in stream order.
+        """
+        if since_ns is None:
+            policy, start = DeliverPolicy.ALL, None
+        else:
+            policy = DeliverPolicy.BY_START_TIME
+            start = datetime.fromtimestamp(since_ns / SECOND, UTC)
+        cfg = ConsumerConfig(deliver_policy=policy, opt_start_time=start)
+        sub: JetStreamContext.PushSubscription = await self._retry(
+            lambda: self.js.subscribe(
+                self.evidence_subject(region),
+                stream=self.evidence_stream(region),
+                ordered_consumer=True,
+                config=cfg,
+                idle_heartbeat=2.0,
+            ),
+            50,
+            f"evidence consumer of {region}",
+        )
+        return sub
