@@ -1,0 +1,333 @@
+"""A collector node of cluster mode: one asyncio process among several in a region.
+
+Two loops share one StreamingAttribution:
+
+- take (work stream, shared pull consumer): a batch comes to this node only. Its rows whose
+  (NAT-resolved) remote address lies in another region's prefixes are republished to that
+  region's work stream; the whole batch then goes to the region's evidence stream, marked
+  with this node's incarnation and which rows it decides here. The work message is held,
+  not acked, until every row this node decides from it is written to the sink.
+- learn (evidence stream, read in full by every node, in one order): rows a node marked as
+  its own go to submit_flows on that node; every other row on every node goes to
+  submit_evidence. So every node learns every heartbeat, and each flow is decided once.
+
+The engine's clock is the data's: received_ns of the evidence rows (stamped once, by the node
+that took the batch) and explicit clock marks. Every node sees the same evidence in the same
+order, so its decisions do not depend on which node took which batch: the cluster decides
+like one node replaying the same input (tests/cluster/test_node.py checks this).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+
+from flowtrail.cluster.bus import (
+    CLOCK,
+    FORWARDED_FROM,
+    MSG_ID,
+    OWNER,
+    SECOND,
+    Bus,
+    check_region,
+    decode,
+    encode,
+    stream_time_ns,
+)
+from flowtrail.engine.attributor import Settings
+from flowtrail.engine.ipkeys import IpKeys
+from flowtrail.engine.regions import RegionMap
+from flowtrail.engine.stream import StreamingAttribution
+from flowtrail.errors import ContractError
+from flowtrail.schema import FLOWS
+from flowtrail.tables import validate
+
+log = logging.getLogger("flowtrail.cluster")
+
+OWNED_COLUMN = "_flowtrail_owned"  # evidence payloads only: rows the owner decides
+_SEQ_COLUMN = "_flowtrail_batch"  # engine-internal: which held batch a decided row came from
+I32 = npt.NDArray[np.int32]
+
+
+class Sink(Protocol):
+    def write(self, table: pa.Table) -> int: ...
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    region: str
+    name: str
+    settings: Settings = field(default_factory=Settings)
+    tick_ns: int = SECOND
+    # False: received_ns := when JetStream stored the work batch (the cluster's clock, as the
+    # single-node collector stamps its own). True keeps senders' values (replays, tests).
+    trust_received: bool = False
+    fetch_batch: int = 32
+    poll_s: float = 0.2
+    since_ns: int | None = None  # where evidence reading starts; None: the whole stream
+    max_catch_up_ticks: int = 3600  # a longer jump in the clock is taken in one step
+
+    def __post_init__(self) -> None:
+        check_region(self.region)
+        if self.tick_ns <= 0:
+            raise ContractError(f"tick {self.tick_ns} ns: must be positive")
+
+
+def remote_regions(table: pa.Table, rmap: RegionMap, ipkeys: IpKeys) -> I32:
+    """Region id (index into rmap.names) of each row's NAT-resolved remote address, -1: none."""
+    remote = table.column("remote_ip")
+    if "nat_remote_ip" in table.column_names:
+        remote = pc.coalesce(table.column("nat_remote_ip"), remote)
+    return rmap.lookup(ipkeys.keys(remote, table.column("exporter")), ipkeys)
+
+
+@dataclass
+class _Held:
+    msg: Msg
+    left: int  # rows of this batch not yet written
+    seq: int = -1  # its handle in the engine's output, once submitted
+
+
+class ClusterNode:
+    """Run with `await node.run(stop)`; counters in `stats`."""
+
+    def __init__(self, bus: Bus, config: NodeConfig, regions: pa.Table | None, sink: Sink) -> None:
+        self.bus = bus
+        self.config = config
+        self.sink = sink
+        self.incarnation = f"{config.name}/{secrets.token_hex(4)}"  # new on every start
+        self.engine = StreamingAttribution(config.settings)
+        self.regions = RegionMap(regions)
+        self._region_id = (
+            self.regions.names.index(config.region) if config.region in self.regions.names else -1
+        )
+        self._ipkeys = IpKeys()
+        self._tick: int | None = None  # the data clock, in ticks
+        self._held: dict[str, _Held] = {}  # evidence id -> work message awaiting its rows
+        self._seq_ids: dict[int, str] = {}
+        self._next_seq = 0
+        self._done: OrderedDict[str, None] = OrderedDict()  # recently finished evidence ids
+        self.ready = asyncio.Event()  # set once both consumers are attached
+        self.stats: dict[str, int] = {
+            "batches_taken": 0,
+            "batches_redelivered": 0,
+            "batches_bad": 0,
+            "rows_taken": 0,
+            "rows_forwarded": 0,
+            "evidence_messages": 0,
+            "rows_submitted": 0,
+            "rows_evidence": 0,
+            "rows_written": 0,
+            "rows_stored": 0,
+            "clock_marks": 0,
+        }
+
+    @property
+    def waiting(self) -> int:
+        return self.engine.waiting
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    @property
+    def now(self) -> int | None:
+        """The data clock: the end of the current tick, or None before any evidence."""
+        return None if self._tick is None else (self._tick + 1) * self.config.tick_ns - 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        work = await self.bus.work_consumer(self.config.region)
+        evidence = await self.bus.evidence_consumer(self.config.region, self.config.since_ns)
+        self.ready.set()
+        tasks = [
+            asyncio.create_task(self._take_loop(work, stop)),
+            asyncio.create_task(self._learn_loop(evidence, stop)),
+            asyncio.create_task(self._keepalive_loop(stop)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a loop that failed takes the node down, loudly
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await evidence.unsubscribe()
+
+    # -- take: work stream -> forward + evidence ------------------------------------------
+
+    async def _take_loop(self, sub: JetStreamContext.PullSubscription, stop: asyncio.Event) -> None:
+        fetch = sub.fetch
+        while not stop.is_set():
+            try:
+                msgs: list[Msg] = await fetch(self.config.fetch_batch, timeout=self.config.poll_s)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                await self._take(msg)
+
+    async def _take(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        meta = msg.metadata
+        batch_id = headers.get(MSG_ID) or f"{meta.stream}:{meta.sequence.stream}"
+        evidence_id = f"{batch_id}@{self.incarnation}"
+        if evidence_id in self._held or evidence_id in self._done:
+            # Redelivered to us while we still hold it (or just finished it): ours already.
+            if evidence_id in self._held:
+                self._held[evidence_id].msg = msg
+            else:
+                await msg.ack()
+            return
+        try:
+            table = validate(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
+        except (ContractError, pa.ArrowInvalid) as exc:
+            # A malformed batch harms nothing else: counted, logged, and never redelivered.
+            self.stats["batches_bad"] += 1
+            log.warning("dropping %s: %s", batch_id, exc)
+            await msg.term()
+            return
+        self.stats["batches_taken"] += 1
+        self.stats["batches_redelivered"] += int(meta.num_delivered > 1)
+        self.stats["rows_taken"] += table.num_rows
+        table = self._stamp(table, stream_time_ns(msg))
+        if FORWARDED_FROM in headers or table.num_rows == 0:
+            owned = np.ones(table.num_rows, bool)
+        else:
+            where = remote_regions(table, self.regions, self._ipkeys)
+            owned = (where == self._region_id) | (where < 0)
+            for rid in np.unique(where[~owned]):
+                part = table.filter(pa.array(where == rid))
+                other = self.regions.names[int(rid)]
+                await self.bus.publish(
+                    self.bus.work_subject(other),
+                    encode(part),
+                    f"{batch_id}>{other}",
+                    {FORWARDED_FROM: self.config.region},
+                )
+                self.stats["rows_forwarded"] += part.num_rows
+        marked = table.append_column(OWNED_COLUMN, pa.array(owned))
+        if owned.any():
+            self._held[evidence_id] = _Held(msg, int(owned.sum()))
+        await self.bus.publish(
+            self.bus.evidence_subject(self.config.region),
+            encode(marked),
+            evidence_id,
+            {OWNER: self.incarnation},
+        )
+        if not owned.any():
+            await msg.ack()  # all forwarded: the other regions' streams hold it now
+
+    def _stamp(self, table: pa.Table, stored_ns: int) -> pa.Table:
+        """received_ns is set once, here, so every node sees the same time for these rows."""
+        field = FLOWS.column("received_ns").field
+        stamp = pa.array(np.full(table.num_rows, stored_ns, np.int64))
+        if "received_ns" not in table.column_names:
+            return table.append_column(field, stamp)
+        idx = table.column_names.index("received_ns")
+        value = pc.coalesce(table.column(idx), stamp) if self.config.trust_received else stamp
+        return table.set_column(idx, field, value)
+
+    async def _keepalive_loop(self, stop: asyncio.Event) -> None:
+        """Held batches wait for their rows' decisions: tell JetStream we are still on them."""
+        every = max(self.bus.config.ack_wait_ns / SECOND / 3, 0.2)
+        while not stop.is_set():
+            await asyncio.sleep(every)
+            for held in list(self._held.values()):
+                try:
+                    await held.msg.in_progress()
+                except Exception as exc:  # a lost connection: redelivery covers it
+                    log.debug("in_progress failed: %s", exc)
+
+    # -- learn: evidence stream -> engine -> sink -> ack ----------------------------------
+
+    async def _learn_loop(
+        self, sub: JetStreamContext.PushSubscription, stop: asyncio.Event
+    ) -> None:
+        next_msg = sub.next_msg
+        while not stop.is_set():
+            try:
+                msg: Msg = await next_msg(timeout=self.config.poll_s)
+            except TimeoutError:
+                continue
+            await self._learn(msg)
+
+    async def _learn(self, msg: Msg) -> None:
+        headers = msg.headers or {}
+        self.stats["evidence_messages"] += 1
+        if CLOCK in headers:
+            self.stats["clock_marks"] += 1
+            await self._advance(int(headers[CLOCK]))
+            return
+        table = decode(msg.data)
+        owned = np.asarray(table.column(OWNED_COLUMN).to_numpy(zero_copy_only=False), bool)
+        table = table.drop_columns([OWNED_COLUMN])
+        if table.num_rows == 0:
+            return
+        await self._advance(int(pc.max(table.column("received_ns")).as_py()))
+        now = self.now
+        assert now is not None
+        evidence_id = headers.get(MSG_ID, "")
+        if headers.get(OWNER) == self.incarnation and evidence_id in self._held:
+            mine = table.filter(pa.array(owned))
+            seq = self._next_seq
+            self._next_seq += 1
+            self._seq_ids[seq] = evidence_id
+            self._held[evidence_id].seq = seq
+            mine = mine.append_column(_SEQ_COLUMN, pa.array(np.full(mine.num_rows, seq)))
+            self.engine.submit_flows(mine, now)
+            self.stats["rows_submitted"] += mine.num_rows
+            rest = table.filter(pa.array(~owned))
+        else:
+            rest = table
+        if rest.num_rows:
+            self.engine.submit_evidence(rest, now)
+            self.stats["rows_evidence"] += rest.num_rows
+
+    async def _advance(self, t_ns: int) -> None:
+        """Move the data clock to t_ns's tick, deciding at the end of every tick passed."""
+        tick = t_ns // self.config.tick_ns
+        if self._tick is None:
+            self._tick = tick
+            return
+        if tick <= self._tick:
+            return
+        passed = np.arange(self._tick, tick, dtype=np.int64)
+        if len(passed) > self.config.max_catch_up_ticks:
+            passed = np.concatenate([passed[: self.config.max_catch_up_ticks - 1], passed[-1:]])
+        for t in passed:
+            await self._decide(int(t + 1) * self.config.tick_ns - 1)
+        self._tick = tick
+
+    async def _decide(self, now: int) -> None:
+        outs = self.engine.tick(now)
+        if not outs:
+            return
+        finished: dict[str, int] = {}
+        for out in outs:
+            seq = int(out.column(_SEQ_COLUMN)[0].as_py())
+            finished[self._seq_ids[seq]] = finished.get(self._seq_ids[seq], 0) + out.num_rows
+        table = pa.concat_tables(outs).drop_columns([_SEQ_COLUMN])
+        stored = await asyncio.to_thread(self.sink.write, table)  # durable before any ack
+        self.stats["rows_written"] += table.num_rows
+        self.stats["rows_stored"] += stored
+        for evidence_id, rows in finished.items():
+            held = self._held[evidence_id]
+            held.left -= rows
+            if held.left == 0:
+                del self._held[evidence_id]
+                self._seq_ids.pop(held.seq, None)
+                self._done[evidence_id] = None
+                if len(self._done) > 100_000:
+                    self._done.popitem(last=False)
+                await held.msg.ack()
