@@ -86,6 +86,7 @@ class NatsLab:
             f'server_name: "{server.name}"\n'
             f"listen: 127.0.0.1:{server.client_port}\n"
             f"http: 127.0.0.1:{server.monitor_port}\n"
+            "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{server.directory / "js"}"\n'
             "  max_memory_store: 64MB\n  max_file_store: 1GB\n}\n"
             f'cluster {{\n  name: "{self.cluster_name}"\n'

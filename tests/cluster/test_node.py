@@ -13,17 +13,15 @@ import asyncio
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.feed import feed_paced
 from flowtrail.cluster.natslab import NatsLab
-from flowtrail.cluster.node import ClusterNode, NodeConfig, remote_regions
+from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
-from flowtrail.engine.ipkeys import IpKeys
-from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.replay import replay
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
@@ -77,7 +75,11 @@ def test_three_nodes_two_regions_equal_single_node_replay(
         try:
             for n in nodes:
                 await asyncio.wait_for(n.ready.wait(), 20)
-            await _feed(feeder, flows, regions, nodes)
+            await feed_paced(feeder, flows, regions)
+            # The clock runs on past every wait, as the replay's drain does.
+            mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
+            for name in region_names:
+                await feeder.publish_clock(name, mark, f"end-{name}")
             await _wait_for(
                 lambda: (
                     sum(n.stats["rows_written"] for n in nodes) >= flows.num_rows
@@ -112,36 +114,3 @@ def test_three_nodes_two_regions_equal_single_node_replay(
     assert sum(n.stats["rows_forwarded"] for n in nodes) > 0
     attributed = pc.sum(pc.is_valid(stored.column("remote_workload"))).as_py()
     assert attributed > flows.num_rows // 2  # a meaningful comparison, not all nulls
-
-
-async def _feed(bus: Bus, flows: pa.Table, regions: pa.Table, nodes: list[ClusterNode]) -> None:
-    """One batch per region and second of received time; wait for its evidence each second."""
-    rmap, ipkeys = RegionMap(regions), IpKeys()
-    where = remote_regions(flows, rmap, ipkeys)
-    home = np.array([rmap.names.index(r) for r in flows.column("region").to_pylist()])
-    second = np.asarray(flows.column("received_ns")) // SECOND
-    expected = dict.fromkeys(rmap.names, 0)
-    counts = dict.fromkeys(rmap.names, 0)
-
-    async def refresh() -> None:
-        for name in rmap.names:
-            info = await bus.js.stream_info(bus.evidence_stream(name))
-            counts[name] = info.state.messages
-
-    for s in np.unique(second):
-        for rid, name in enumerate(rmap.names):
-            mask = (second == s) & (home == rid)
-            if not mask.any():
-                continue
-            await bus.publish_batch(name, flows.filter(pa.array(mask)), f"b{s}-{name}")
-            expected[name] += 1
-            for other in set(np.unique(where[mask]).tolist()) - {rid, -1}:
-                expected[rmap.names[other]] += 1
-        while counts != expected:
-            await refresh()
-            assert all(counts[k] <= expected[k] for k in counts), (counts, expected)
-    # The clock runs on past every wait, as the replay's drain does.
-    end = int(np.asarray(flows.column("received_ns")).max())
-    mark = end + 200 * SECOND
-    for name in rmap.names:
-        await bus.publish_clock(name, mark, f"end-{name}")
