@@ -219,6 +219,13 @@ class Bus:
             self.evidence_subject(region), b"", mark_id, {CLOCK: str(int(now_ns))}
         )
 
+    async def evidence_count(self, region: str) -> int:
+        """Messages in a region's evidence stream now (retried through a leader election)."""
+        info = await self._retry(
+            lambda: self.js.stream_info(self.evidence_stream(region)), 50, "stream info"
+        )
+        return int(info.state.messages)
+
     # -- consuming -----------------------------------------------------------------------
 
     async def work_consumer(self, region: str) -> JetStreamContext.PullSubscription:

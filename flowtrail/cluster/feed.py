@@ -1,19 +1,23 @@
 """Replay a contract flows table into a cluster, paced by received time (tests, benchmarks).
 
 One batch per region (the exporter's `region` column) and second of received time goes to
-that region's work stream. After each second the feeder waits until the evidence streams
-hold that second's messages (one in the home region, one more in each region rows were
-forwarded to), so every node sees the seconds in order, as a single-node replay would.
+that region's work stream, with the id `b<second>-<region>`. After each second the feeder
+waits until the evidence streams hold every part of that second's batches (the batch in its
+home region, `<id>><region>` for rows forwarded to another), whoever published them, so that
+every node sees the seconds in order, as a single-node replay would. Counting ids rather
+than messages keeps the pacing exact when a batch is published twice (a node died holding
+it and another took it over).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from flowtrail.cluster.bus import SECOND, Bus
+from flowtrail.cluster.bus import MSG_ID, OWNER, SECOND, Bus
 from flowtrail.cluster.node import remote_regions
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
@@ -21,12 +25,17 @@ from flowtrail.engine.regions import RegionMap
 OnSecond = Callable[[int, int], Awaitable[None]]  # (index of the second, number of seconds)
 
 
-async def evidence_counts(bus: Bus, names: list[str]) -> dict[str, int]:
-    out = {}
-    for name in names:
-        info = await bus.js.stream_info(bus.evidence_stream(name))
-        out[name] = int(info.state.messages)
-    return out
+async def _collect(bus: Bus, region: str, seen: set[str]) -> None:
+    """Source batch ids of every evidence message of `region` (evidence id = `<id>@<node>`)."""
+    sub = await bus.evidence_consumer(region)
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=None)
+            headers = msg.headers or {}
+            if OWNER in headers:
+                seen.add(headers[MSG_ID].rsplit("@", 1)[0])
+    finally:
+        await sub.unsubscribe()
 
 
 async def feed_paced(
@@ -35,30 +44,39 @@ async def feed_paced(
     regions: pa.Table,
     *,
     on_second: OnSecond | None = None,
-    exact: bool = True,
+    timeout_s: float = 60.0,
 ) -> None:
-    """Publish `flows` second by second; exact=False tolerates extra evidence (redeliveries)."""
+    """Publish `flows` second by second, each second's evidence complete before the next."""
     rmap, ipkeys = RegionMap(regions), IpKeys()
     where = remote_regions(flows, rmap, ipkeys)
     home = np.array([rmap.names.index(r) for r in flows.column("region").to_pylist()])
     second = np.asarray(flows.column("received_ns")) // SECOND
-    base = await evidence_counts(bus, rmap.names)
-    expected = dict(base)
-    seconds = np.unique(second)
-    for i, s in enumerate(seconds):
-        if on_second is not None:
-            await on_second(i, len(seconds))
-        for rid, name in enumerate(rmap.names):
-            mask = (second == s) & (home == rid)
-            if not mask.any():
-                continue
-            await bus.publish_batch(name, flows.filter(pa.array(mask)), f"b{s}-{name}")
-            expected[name] += 1
-            for other in set(np.unique(where[mask]).tolist()) - {rid, -1}:
-                expected[rmap.names[other]] += 1
-        while True:
-            counts = await evidence_counts(bus, rmap.names)
-            if exact and any(counts[k] > expected[k] for k in counts):
-                raise AssertionError(f"more evidence than batches: {counts} > {expected}")
-            if all(counts[k] >= expected[k] for k in counts):
-                break
+    seen: set[str] = set()
+    readers = [asyncio.create_task(_collect(bus, name, seen)) for name in rmap.names]
+    try:
+        seconds = np.unique(second)
+        for i, s in enumerate(seconds):
+            if on_second is not None:
+                await on_second(i, len(seconds))
+            expected: set[str] = set()
+            for rid, name in enumerate(rmap.names):
+                mask = (second == s) & (home == rid)
+                if not mask.any():
+                    continue
+                batch_id = f"b{s}-{name}"
+                await bus.publish_batch(name, flows.filter(pa.array(mask)), batch_id)
+                expected.add(batch_id)
+                for other in set(np.unique(where[mask]).tolist()) - {rid, -1}:
+                    expected.add(f"{batch_id}>{rmap.names[other]}")
+            deadline = asyncio.get_running_loop().time() + timeout_s
+            while not expected <= seen:
+                for reader in readers:
+                    if reader.done():
+                        reader.result()  # a reader that failed fails the feed
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"second {s}: evidence of {sorted(expected - seen)} missing")
+                await asyncio.sleep(0.002)
+    finally:
+        for reader in readers:
+            reader.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
