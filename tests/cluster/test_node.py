@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,9 +32,16 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 KEY = ("exporter", "flow_id", "state", "end_ns")
 
 
-async def _wait_for(cond: object, timeout: float, what: str) -> None:
+async def _wait_for(
+    cond: Callable[[], bool], timeout: float, what: str, runs: list[asyncio.Task[None]]
+) -> None:
+    """Wait for cond(); a node task that ended meanwhile fails the test with its own error."""
     deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
+    while not cond():
+        for run in runs:
+            if run.done():
+                run.result()
+                raise AssertionError(f"a node stopped while waiting for {what}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
@@ -87,6 +95,7 @@ def test_three_nodes_two_regions_equal_single_node_replay(
                 ),
                 60,
                 "every row decided, stored and acked",
+                runs,
             )
             for run in runs:
                 assert not run.done(), run
@@ -114,3 +123,47 @@ def test_three_nodes_two_regions_equal_single_node_replay(
     assert sum(n.stats["rows_forwarded"] for n in nodes) > 0
     attributed = pc.sum(pc.is_valid(stored.column("remote_workload"))).as_py()
     assert attributed > flows.num_rows // 2  # a meaningful comparison, not all nulls
+
+
+def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: Path) -> None:
+    sim = simulate("churny", 4, flows=1_000)
+    good = sim.flows.slice(0, 50)
+    region = "us-east"
+
+    async def main() -> tuple[ClusterNode, int, int]:
+        bus = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
+        await bus.connect()
+        await bus.ensure_streams([region])
+        store = Store(tmp_path / "node.duckdb", retention_ns=None)
+        cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
+        node = ClusterNode(bus, cfg, None, store)
+        stop = asyncio.Event()
+        run = asyncio.create_task(node.run(stop))
+        try:
+            await asyncio.wait_for(node.ready.wait(), 20)
+            subject = bus.work_subject(region)
+            await bus.publish(subject, b"not arrow at all", "junk")
+            await bus.publish_batch(region, good.drop_columns(["remote_ip"]), "no-remote-ip")
+            await bus.publish_batch(region, good, "good")
+            # The mark must come after the batch's evidence: a node decides at tick ends.
+            await _wait_for(lambda: node.stats["rows_submitted"] > 0, 30, "the batch", [run])
+            end = int(pc.max(good.column("received_ns")).as_py()) + 200 * SECOND
+            await bus.publish_clock(region, end, "end")
+            await _wait_for(
+                lambda: node.stats["rows_written"] >= good.num_rows and node.held == 0,
+                30,
+                "the good batch stored",
+                [run],
+            )
+            info = await bus.js.consumer_info(bus.work_stream(region), "collectors")
+            return node, info.num_pending, info.num_ack_pending
+        finally:
+            stop.set()
+            await asyncio.gather(run, return_exceptions=True)
+            await bus.close()
+
+    node, pending, ack_pending = asyncio.run(main())
+    assert node.stats["batches_bad"] == 2  # counted, and each terminated: never redelivered
+    assert node.stats["batches_taken"] == 1
+    assert (pending, ack_pending) == (0, 0)
+    assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
