@@ -123,6 +123,7 @@ class ClusterNode:
             "batches_taken": 0,
             "batches_redelivered": 0,
             "batches_bad": 0,
+            "batches_handed_back": 0,
             "rows_taken": 0,
             "rows_forwarded": 0,
             "evidence_messages": 0,
@@ -163,7 +164,18 @@ class ClusterNode:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self._hand_back()
             await evidence.unsubscribe()
+
+    async def _hand_back(self) -> None:
+        """On stop, give held batches back at once (nak) instead of after ack_wait."""
+        for evidence_id, held in list(self._held.items()):
+            try:
+                await held.msg.nak()
+                self.stats["batches_handed_back"] += 1
+            except Exception as exc:  # a lost connection: redelivery after ack_wait covers it
+                log.debug("nak of %s failed: %s", evidence_id, exc)
+            del self._held[evidence_id]
 
     # -- take: work stream -> forward + evidence ------------------------------------------
 
@@ -330,4 +342,4 @@ class ClusterNode:
                 self._done[evidence_id] = None
                 if len(self._done) > 100_000:
                     self._done.popitem(last=False)
-                await held.msg.ack()
+                await held.msg.ack_sync()  # confirmed: the batch is done in JetStream's eyes
