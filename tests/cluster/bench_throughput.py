@@ -1,0 +1,100 @@
+"""Throughput of cluster mode: `python tests/cluster/bench_throughput.py ROWS NODES`.
+
+Not a test (pytest does not collect it). Starts a 3-server NATS lab and NODES node processes
+(`python -m flowtrail.cluster`, one region, Parquet sink), publishes the `churny` simulator's
+ROWS in 10,000-row batches as fast as JetStream takes them, then clock marks until every
+row is stored. Prints one JSON line: seconds to publish, seconds until all stored, rows/s,
+rows per node, each node's peak RSS. Everything shares the machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.natslab import NatsLab
+from flowtrail.sim.simulation import simulate
+from flowtrail.tables import write_table
+
+BATCH = 10_000
+
+
+def _peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str, object]:
+    bus = Bus(BusConfig(servers=lab.urls))
+    await bus.connect()
+    await bus.ensure_streams(["r"])
+    procs = []
+    for i in range(nodes):
+        args = [sys.executable, "-m", "flowtrail.cluster"]
+        for url in lab.urls:
+            args += ["--nats", url]
+        args += ["--region", "r", "--name", f"n{i}", "--regions", str(tmp / "regions.parquet")]
+        args += ["--sink", "parquet", "--out", str(tmp / "out"), "--trust-received"]
+        args += ["--status-file", str(tmp / f"n{i}.json")]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    for proc in procs:
+        assert proc.stdout is not None and b"ready" in proc.stdout.readline()
+    n = flows.num_rows
+    began = time.monotonic()
+    for k, start in enumerate(range(0, n, BATCH)):
+        await bus.publish_batch("r", flows.slice(start, BATCH), f"b{k}")
+    published = time.monotonic() - began
+    mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
+    k = 0
+    while True:
+        await bus.publish_clock("r", mark + k * SECOND, f"m{k}")
+        k += 1
+        status = [json.loads((tmp / f"n{i}.json").read_text()) for i in range(nodes)]
+        if sum(s["rows_written"] for s in status) >= n:
+            break
+        await asyncio.sleep(0.1)
+    stored = time.monotonic() - began
+    rss = [_peak_rss_mib(p.pid) for p in procs]
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(20)
+    await bus.close()
+    return {
+        "rows": n,
+        "nodes": nodes,
+        "publish_s": round(published, 2),
+        "all_stored_s": round(stored, 2),
+        "rows_per_s": round(n / stored),
+        "rows_per_node": [s["rows_written"] for s in status],
+        "peak_rss_mib": rss,
+    }
+
+
+def main() -> None:
+    rows, nodes = int(sys.argv[1]), int(sys.argv[2])
+    sim = simulate("churny", 7, flows=rows)
+    flows = sim.flows.sort_by("received_ns")
+    region = flows.column_names.index("region")
+    flows = flows.set_column(region, "region", pa.array(["r"] * flows.num_rows))
+    regions = pa.table({"cidr": ["0.0.0.0/0", "::/0"], "region": ["r", "r"]})
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        write_table(regions, tmp / "regions.parquet")
+        with NatsLab(tmp / "nats") as lab:
+            print(json.dumps(asyncio.run(_run(lab, tmp, flows, nodes))))
+
+
+if __name__ == "__main__":
+    main()
