@@ -23,9 +23,11 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import nats.errors
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -124,6 +126,8 @@ class ClusterNode:
             "batches_redelivered": 0,
             "batches_bad": 0,
             "batches_handed_back": 0,
+            "ack_failures": 0,
+            "consumer_errors": 0,
             "rows_taken": 0,
             "rows_forwarded": 0,
             "evidence_messages": 0,
@@ -186,6 +190,11 @@ class ClusterNode:
                 msgs: list[Msg] = await fetch(self.config.fetch_batch, timeout=self.config.poll_s)
             except TimeoutError:
                 continue
+            except nats.errors.Error as exc:  # a server restarting: the client reconnects
+                self.stats["consumer_errors"] += 1
+                log.warning("work fetch failed: %s", exc)
+                await asyncio.sleep(self.config.poll_s)
+                continue
             for msg in msgs:
                 await self._take(msg)
 
@@ -199,7 +208,7 @@ class ClusterNode:
             if evidence_id in self._held:
                 self._held[evidence_id].msg = msg
             else:
-                await msg.ack()
+                await self._settle(msg.ack(), "ack")
             return
         try:
             table = validate(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
@@ -207,7 +216,7 @@ class ClusterNode:
             # A malformed batch harms nothing else: counted, logged, and never redelivered.
             self.stats["batches_bad"] += 1
             log.warning("dropping %s: %s", batch_id, exc)
-            await msg.term()
+            await self._settle(msg.term(), "term")
             return
         self.stats["batches_taken"] += 1
         self.stats["batches_redelivered"] += int(meta.num_delivered > 1)
@@ -238,7 +247,7 @@ class ClusterNode:
             {OWNER: self.incarnation},
         )
         if not owned.any():
-            await msg.ack()  # all forwarded: the other regions' streams hold it now
+            await self._settle(msg.ack(), "ack")  # all forwarded: other regions hold it now
 
     def _stamp(self, table: pa.Table, stored_ns: int) -> pa.Table:
         """received_ns is set once, here, so every node sees the same time for these rows."""
@@ -249,6 +258,15 @@ class ClusterNode:
         idx = table.column_names.index("received_ns")
         value = pc.coalesce(table.column(idx), stamp) if self.config.trust_received else stamp
         return table.set_column(idx, field, value)
+
+    async def _settle(self, call: Awaitable[None], what: str) -> None:
+        """Ack/term/nak: a failure (a server restarting) is counted, never fatal. The rows are
+        already stored; the worst outcome is a redelivery, decided again and deduplicated."""
+        try:
+            await call
+        except Exception as exc:  # nats-py raises several unrelated types here
+            self.stats["ack_failures"] += 1
+            log.warning("%s failed: %s", what, exc)
 
     async def _keepalive_loop(self, stop: asyncio.Event) -> None:
         """Held batches wait for their rows' decisions: tell JetStream we are still on them."""
@@ -271,6 +289,11 @@ class ClusterNode:
             try:
                 msg: Msg = await next_msg(timeout=self.config.poll_s)
             except TimeoutError:
+                continue
+            except nats.errors.Error as exc:
+                self.stats["consumer_errors"] += 1
+                log.warning("evidence read failed: %s", exc)
+                await asyncio.sleep(self.config.poll_s)
                 continue
             await self._learn(msg)
 
@@ -342,4 +365,4 @@ class ClusterNode:
                 self._done[evidence_id] = None
                 if len(self._done) > 100_000:
                     self._done.popitem(last=False)
-                await held.msg.ack_sync()  # confirmed: the batch is done in JetStream's eyes
+                await self._settle(held.msg.ack(), "ack")

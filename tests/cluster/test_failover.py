@@ -122,6 +122,9 @@ def test_node_killed_and_nats_server_restarted_mid_run(nats_lab: NatsLab, tmp_pa
 
     try:
         asyncio.run(main())
+    except Exception as exc:  # say what the node processes said, not just that we waited
+        logs = {m: (tmp_path / f"{m}.log").read_text()[-1500:] for m in names}
+        raise AssertionError(f"{exc}; node logs: {logs}") from exc
     finally:
         for proc in procs.values():
             if proc.poll() is None:
