@@ -212,7 +212,7 @@ class ClusterNode:
             return
         try:
             table = validate(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
-        except (ContractError, pa.ArrowInvalid) as exc:
+        except (ContractError, pa.ArrowException) as exc:
             # A malformed batch harms nothing else: counted, logged, and never redelivered.
             self.stats["batches_bad"] += 1
             log.warning("dropping %s: %s", batch_id, exc)
@@ -221,7 +221,9 @@ class ClusterNode:
         self.stats["batches_taken"] += 1
         self.stats["batches_redelivered"] += int(meta.num_delivered > 1)
         self.stats["rows_taken"] += table.num_rows
-        table = self._stamp(table, stream_time_ns(msg))
+        # Forwarded rows keep the stamp their home region's node gave them.
+        keep = self.config.trust_received or FORWARDED_FROM in headers
+        table = self._stamp(table, stream_time_ns(msg), keep)
         if FORWARDED_FROM in headers or table.num_rows == 0:
             owned = np.ones(table.num_rows, bool)
         else:
@@ -249,14 +251,14 @@ class ClusterNode:
         if not owned.any():
             await self._settle(msg.ack(), "ack")  # all forwarded: other regions hold it now
 
-    def _stamp(self, table: pa.Table, stored_ns: int) -> pa.Table:
+    def _stamp(self, table: pa.Table, stored_ns: int, keep: bool) -> pa.Table:
         """received_ns is set once, here, so every node sees the same time for these rows."""
         field = FLOWS.column("received_ns").field
         stamp = pa.array(np.full(table.num_rows, stored_ns, np.int64))
         if "received_ns" not in table.column_names:
             return table.append_column(field, stamp)
         idx = table.column_names.index("received_ns")
-        value = pc.coalesce(table.column(idx), stamp) if self.config.trust_received else stamp
+        value = pc.coalesce(table.column(idx), stamp) if keep else stamp
         return table.set_column(idx, field, value)
 
     async def _settle(self, call: Awaitable[None], what: str) -> None:
