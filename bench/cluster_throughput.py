@@ -1,4 +1,4 @@
-"""Throughput of cluster mode: `python tests/cluster/bench_throughput.py ROWS NODES`.
+"""Throughput of cluster mode: `python bench/cluster_throughput.py ROWS NODES`.
 
 Not a test (pytest does not collect it). Starts a 3-server NATS lab and NODES node processes
 (`python -m flowtrail.cluster`, one region, Parquet sink), publishes the `churny` simulator's
