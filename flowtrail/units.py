@@ -4,6 +4,7 @@ sizes like 512M, 2G (a bare number means bytes)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import click
 
@@ -32,29 +33,12 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
-class Duration(click.ParamType):  # type: ignore[type-arg]
-    """A click parameter holding a duration in nanoseconds."""
+class _Parsed(click.ParamType):  # type: ignore[type-arg]
+    """A click parameter whose text a parse function turns into an int (ValueError = bad)."""
 
-    name = "duration"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int:
-        if isinstance(value, int):
-            return value
-        try:
-            return parse_duration_ns(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-DURATION = Duration()
-
-
-class Size(click.ParamType):  # type: ignore[type-arg]
-    """A click parameter holding a size in bytes."""
-
-    name = "size"
+    def __init__(self, name: str, parse: Callable[[str], int]) -> None:
+        self.name = name
+        self._parse = parse
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
@@ -62,9 +46,10 @@ class Size(click.ParamType):  # type: ignore[type-arg]
         if isinstance(value, int):
             return value
         try:
-            return parse_size(str(value))
+            return self._parse(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
 
-SIZE = Size()
+DURATION = _Parsed("duration", parse_duration_ns)  # nanoseconds
+SIZE = _Parsed("size", parse_size)  # bytes
