@@ -1,17 +1,19 @@
 """`flowtrail up` end to end on the real kernel: capture → TLS + token → attribution → store → API.
 
 A real `flowtrail up` process (eBPF agent, HTTPS collector, DuckDB store, query API, all on
-loopback with free ports) watches real TCP connections between two network namespaces joined
-by a veth pair (unique names, test-only addresses that exist only inside them). The client
-runs in a cgroup registered by an identity file (explicit resolver); the server runs in a
-cgroup shaped like a systemd service (systemd resolver). Each connection is captured at both
-ends by the one agent, so each end's row is the other end's heartbeat. The test reads the
-answers only through the HTTP API, then stops `up` with SIGINT and expects exit 0, and
-finally checks the store file holds each row once. Everything it creates is removed.
+loopback with free ports) watches real TCP connections in the namespace lab (flowtrail/lab/):
+two network namespaces joined by a veth pair (unique names, test-only addresses that exist
+only inside them). The client runs in a cgroup registered by an identity file (explicit
+resolver); the server runs in a cgroup shaped like a systemd service (systemd resolver). Each
+connection is captured at both ends by the one agent, so each end's row is the other end's
+heartbeat. The test reads the answers only through the HTTP API, then stops `up` with SIGINT
+and expects exit 0, and finally checks the store file holds each row once. Everything it
+creates is removed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -21,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,125 +33,40 @@ from urllib.request import urlopen
 import duckdb
 import pytest
 
+from flowtrail.lab import Client, Lab, Place, Server
+
 pytestmark = pytest.mark.kernel
 
-CGROUP2 = Path("/sys/fs/cgroup/unified")
 CONNECTIONS = 3
 SEND, RECV = 20_000, 7_000
 
-# Join a cgroup, then a network namespace, then play one TCP role. The server prints "ready"
-# once it listens, so the clients never race it.
-WORKER = r"""
-import ctypes, json, os, socket, sys
-spec = json.loads(sys.argv[1])
-with open(spec["cgroup"] + "/cgroup.procs", "w") as f:
-    f.write("0")
-fd = os.open("/run/netns/" + spec["netns"], os.O_RDONLY)
-if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-    raise OSError(ctypes.get_errno(), "setns")
-
-def recv_exact(s, n):
-    while n > 0:
-        chunk = s.recv(min(65536, n))
-        if not chunk:
-            raise SystemExit("peer closed early")
-        n -= len(chunk)
-
-def drain_and_close(s):
-    s.shutdown(socket.SHUT_WR)
-    while s.recv(65536):
-        pass
-    s.close()
-
-if spec["role"] == "server":
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((spec["ip"], spec["port"]))
-    ls.listen(16)
-    print("ready", flush=True)
-    for _ in range(spec["accepts"]):
-        c, _ = ls.accept()
-        recv_exact(c, spec["recv"])
-        c.sendall(b"s" * spec["send"])
-        drain_and_close(c)
-else:
-    for _ in range(spec["connections"]):
-        c = socket.socket()
-        c.connect((spec["ip"], spec["port"]))
-        c.sendall(b"c" * spec["send"])
-        recv_exact(c, spec["recv"])
-        drain_and_close(c)
-    print("done", flush=True)
-"""
-
 
 @dataclass
-class Lab:
-    tag: str
-    client_ns: str
-    server_ns: str
-    client_ip: str
-    server_ip: str
-    client_cgroup: Path
-    server_cgroup: Path
+class UpLab:
+    """The lab, where its client and server run, and the names `up` must give them."""
+
+    net: Lab
+    client: Place  # a cgroup the identity file registers
+    server: Place  # api-<tag>.service
     client_name: str
     server_name: str
     identity: Path
-    worker: Path
-
-    def spawn(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(self.worker), json.dumps(spec)], stdout=subprocess.PIPE, text=True
-        )
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, text=True)
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    tag = uuid.uuid4().hex[:8]
-    net = random.randint(0, 255)
-    client_ns, server_ns = f"ftup-c-{tag}", f"ftup-s-{tag}"
-    if_c, if_s = f"fuc{tag}", f"fus{tag}"
-    client_ip, server_ip = f"10.215.{net}.1", f"10.215.{net}.2"
-    root = CGROUP2 / f"flowtrail-up-{tag}"
-    client_cgroup = root / "web"
-    server_cgroup = root / "system.slice" / f"api-{tag}.service"
-    identity = tmp_path / "identity.toml"
-    client_name = f"web-{tag}"
-    identity.write_text(f'[[register]]\nworkload = "{client_name}"\ncgroup = "/{root.name}/web"\n')
-    worker = tmp_path / "worker.py"
-    worker.write_text(WORKER)
-    try:
-        sh("ip", "netns", "add", client_ns)
-        sh("ip", "netns", "add", server_ns)
-        sh("ip", "link", "add", if_c, "type", "veth", "peer", "name", if_s)
-        sh("ip", "link", "set", if_c, "netns", client_ns)
-        sh("ip", "link", "set", if_s, "netns", server_ns)
-        for ns, dev, ip in ((client_ns, if_c, client_ip), (server_ns, if_s, server_ip)):
-            sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        client_cgroup.mkdir(parents=True)
-        server_cgroup.mkdir(parents=True)
-        yield Lab(
-            tag, client_ns, server_ns, client_ip, server_ip, client_cgroup, server_cgroup,
-            client_name, f"systemd:{server_cgroup.name}", identity, worker,
+def lab(tmp_path: Path) -> Iterator[UpLab]:
+    with Lab("up") as net:
+        client_cgroup = net.cgroup("web")
+        server_cgroup = net.service_cgroup(f"api-{net.tag}")
+        client_name = f"web-{net.tag}"
+        identity = tmp_path / "identity.toml"
+        identity.write_text(
+            f'[[register]]\nworkload = "{client_name}"\ncgroup = "/{net.root.name}/web"\n'
+        )
+        yield UpLab(
+            net, net.client.at(client_cgroup), net.server.at(server_cgroup),
+            client_name, f"systemd:{server_cgroup.name}", identity,
         )  # fmt: skip
-    finally:
-        for ns in (client_ns, server_ns):  # deleting a namespace removes its veth end
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        for cg in (client_cgroup, server_cgroup, server_cgroup.parent, root):
-            for _ in range(50):  # a worker that just exited may take a moment to leave
-                try:
-                    cg.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)
 
 
 class Up:
@@ -188,30 +104,19 @@ class Up:
         self.log.close()
 
 
-def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -> None:
+def test_up_captures_attributes_and_serves_both_ends(lab: UpLab, tmp_path: Path) -> None:
     up = Up(
         tmp_path / "data", "--interval", "1s", "--max-wait", "10s", "--status-every", "1s",
-        "--identity", str(lab.identity), "--exporter", f"up-{lab.tag}",
+        "--identity", str(lab.identity), "--exporter", f"up-{lab.net.tag}",
     )  # fmt: skip
-    workers: list[subprocess.Popen[str]] = []
     try:
         assert up.state["collector"].startswith("https://127.0.0.1:")
         assert up.state["api"].startswith("http://127.0.0.1:")
         port = random.randint(20_000, 29_999)
-        server_spec = {
-            "role": "server", "cgroup": str(lab.server_cgroup), "netns": lab.server_ns,
-            "ip": lab.server_ip, "port": port, "accepts": CONNECTIONS, "recv": SEND, "send": RECV,
-        }  # fmt: skip
-        client_spec = {
-            "role": "client", "cgroup": str(lab.client_cgroup), "netns": lab.client_ns,
-            "ip": lab.server_ip, "port": port, "connections": CONNECTIONS, "send": SEND,
-            "recv": RECV,
-        }  # fmt: skip
-        server = lab.spawn(server_spec)
-        workers.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = lab.spawn(client_spec)
-        workers.append(client)
+        server_role = Server(lab.net.server.ip, port, recv=SEND, send=RECV, accepts=CONNECTIONS)
+        client_role = Client(lab.net.server.ip, port, send=SEND, recv=RECV, connections=CONNECTIONS)
+        server = lab.net.serve(lab.server, server_role)  # returns once it listens
+        client = lab.net.spawn(lab.client, client_role)
         assert client.stdout is not None and client.stdout.readline().strip() == "done"
         assert client.wait(10) == 0 and server.wait(10) == 0
 
@@ -231,16 +136,16 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         assert len(out) == len(inb) == CONNECTIONS
         for r in out:
             assert (r["local_ip"], r["remote_ip"], r["remote_port"]) == (
-                lab.client_ip, lab.server_ip, port
+                lab.net.client.ip, lab.net.server.ip, port
             )  # fmt: skip
             assert r["local_workload"] == lab.client_name
             assert r["remote_workload"] == lab.server_name
             assert r["remote_source"] == "heartbeat"
             assert r["bytes_sent"] == SEND and r["bytes_received"] == RECV
-            assert r["exporter"] == f"up-{lab.tag}"
+            assert r["exporter"] == f"up-{lab.net.tag}"
         for r in inb:
             assert (r["local_ip"], r["local_port"], r["remote_ip"]) == (
-                lab.server_ip, port, lab.client_ip
+                lab.net.server.ip, port, lab.net.client.ip
             )  # fmt: skip
             assert r["local_workload"] == lab.server_name
             assert r["remote_workload"] == lab.client_name
@@ -260,11 +165,12 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         # One more connection, then Ctrl-C at once: the agent's last batch must still be
         # exported, decided and stored by the ordered stop, which exits 0.
         last_port = port + 1
-        server = lab.spawn({**server_spec, "port": last_port, "accepts": 1})
-        workers.append(server)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        client = lab.spawn({**client_spec, "port": last_port, "connections": 1})
-        workers.append(client)
+        server = lab.net.serve(
+            lab.server, dataclasses.replace(server_role, port=last_port, accepts=1)
+        )
+        client = lab.net.spawn(
+            lab.client, dataclasses.replace(client_role, port=last_port, connections=1)
+        )
         assert client.wait(10) == 0 and server.wait(10) == 0
         began = time.monotonic()
         up.p.send_signal(signal.SIGINT)
@@ -276,11 +182,7 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
         assert "attributed" in text  # the status line ran
         assert not (tmp_path / "data" / "up.json").exists()  # nothing listens any more
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-                w.wait(5)
-        up.close()
+        up.close()  # the lab stops any peer still running
 
     # The store file, opened after the stop: each row once (no duplicates from the final tick).
     con = duckdb.connect(str(tmp_path / "data" / "flows.duckdb"), read_only=True)
@@ -307,7 +209,7 @@ def test_up_captures_attributes_and_serves_both_ends(lab: Lab, tmp_path: Path) -
     token_text = tokens.read_text()
 
     # Started again on the same data: same token, the stored rows are there, none twice.
-    again = Up(tmp_path / "data", "--no-agent", "--exporter", f"up-{lab.tag}")
+    again = Up(tmp_path / "data", "--no-agent", "--exporter", f"up-{lab.net.tag}")
     try:
         rows = again.get("flows", port=port, limit=100) + again.get("flows", port=last_port)
         assert len(rows) == 2 * CONNECTIONS + 2

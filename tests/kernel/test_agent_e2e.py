@@ -1,23 +1,20 @@
 """The whole agent against the real kernel: BPF capture, cgroups, namespaces, conntrack, nftables.
 
-A lab of two network namespaces joined by a veth pair (unique names, test-only addresses that
-exist only inside them) and cgroups under /sys/fs/cgroup/unified/flowtrail-test-<tag>/ named
-like a Kubernetes pod container and like systemd services. Worker processes move themselves
-into a cgroup and a namespace before opening sockets, so the sockets really belong there.
-One agent (real Capture, interval 1 s) runs in a thread for the module and writes Parquet;
-each test picks its rows out of the output by port. Everything is removed at the end.
+The namespace lab (flowtrail/lab/): two network namespaces joined by a veth pair, a DNAT rule
+in the client's, and cgroups under /sys/fs/cgroup/unified/flowtrail-agent-<tag>/ named like a
+Kubernetes pod container and like systemd services. Peer processes move themselves into a
+cgroup and a namespace before opening sockets, so the sockets really belong there. One agent
+(real Capture, interval 1 s) runs in a thread for the module and writes Parquet; each test
+picks its rows out of the output by port. Everything is removed at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,95 +26,29 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flowtrail.agent.capture import Capture
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery, ParquetDir
-from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.netlink import NetnsIndex
 from flowtrail.agent.records import RAW_SCHEMA
-from flowtrail.agent.runner import Agent, AgentConfig
-from flowtrail.agent.snapshots import Snapshotter
+from flowtrail.agent.runner import Agent
+from flowtrail.lab import Client, Lab, Place, Server
+from flowtrail.lab.agent import running_agent
 from flowtrail.schema import FLOWS
 from flowtrail.tables import validate
 
 pytestmark = pytest.mark.kernel
 
-CGROUP2 = Path("/sys/fs/cgroup/unified")
 INTERVAL_S = 1.0
-
-# A worker: join a cgroup and a netns, then run one scripted TCP role. Prints "ready" once
-# its socket is listening/connected so the test can sequence roles without sleeping blindly.
-WORKER = r"""
-import ctypes, json, os, socket, sys, time
-spec = json.loads(sys.argv[1])
-with open(spec["cgroup"] + "/cgroup.procs", "w") as f:
-    f.write("0")
-fd = os.open("/run/netns/" + spec["netns"], os.O_RDONLY)
-if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-    raise OSError(ctypes.get_errno(), "setns")
-fam = socket.AF_INET6 if ":" in spec["ip"] else socket.AF_INET
-time.sleep(spec.get("wait", 0))
-
-def recv_exact(s, n):
-    got = 0
-    while got < n:
-        chunk = s.recv(min(65536, n - got))
-        if not chunk:
-            raise SystemExit("peer closed early")
-        got += len(chunk)
-
-if spec["role"] == "server":
-    ls = socket.socket(fam, socket.SOCK_STREAM)
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind((spec["ip"], spec["port"]))
-    ls.listen(16)
-    print("ready", flush=True)
-    for _ in range(spec["accepts"]):
-        c, _ = ls.accept()
-        recv_exact(c, spec["recv"])
-        c.sendall(b"s" * spec["send"])
-        c.shutdown(socket.SHUT_WR)
-        while c.recv(65536):
-            pass
-        c.close()
-else:
-    c = socket.socket(fam, socket.SOCK_STREAM)
-    c.bind((spec["bind"], spec["bind_port"]))
-    try:
-        c.connect((spec["ip"], spec["port"]))
-    except ConnectionRefusedError:
-        print("refused", flush=True)
-        raise SystemExit(0)
-    print("ready", flush=True)
-    chunks = spec["chunks"] if "chunks" in spec else [spec["send"]]
-    for i, n in enumerate(chunks):
-        if i:
-            time.sleep(spec.get("gap", 0))
-        c.sendall(b"c" * n)
-    recv_exact(c, spec["recv"])
-    c.shutdown(socket.SHUT_WR)
-    while c.recv(65536):
-        pass
-    c.close()
-    print("done", flush=True)
-"""
 
 
 @dataclass
-class Lab:
-    tag: str
-    client_ns: str
-    server_ns: str
-    client_ip: str
-    server_ip: str
-    client_ip6: str
-    server_ip6: str
-    vip: str
-    root: Path
+class AgentLab:
+    """The lab, its two workloads' places, and the agent watching it."""
+
+    net: Lab
     pod_uid: str
-    pod_cgroup: Path
-    svc_cgroup: Path
-    worker: Path
+    pod: Place  # the client side: a Kubernetes pod's container
+    svc: Place  # the server side: foo-<tag>.service
     out: Path
     agent: Agent
     ports: Iterator[int]
@@ -125,26 +56,13 @@ class Lab:
     def port(self) -> int:
         return next(self.ports)
 
-    def spawn(self, spec: dict[str, Any]) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, str(self.worker), json.dumps(spec)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
     def server(
         self, ip: str, port: int, recv: int, send: int, accepts: int = 1
     ) -> subprocess.Popen[str]:
-        spec = {"role": "server", "cgroup": str(self.svc_cgroup), "netns": self.server_ns}
-        p = self.spawn(
-            {**spec, "ip": ip, "port": port, "recv": recv, "send": send, "accepts": accepts}
-        )
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        return p
+        return self.net.serve(self.svc, Server(ip, port, recv=recv, send=send, accepts=accepts))
 
     def client(self, **spec: Any) -> subprocess.Popen[str]:
-        base = {"role": "client", "cgroup": str(self.pod_cgroup), "netns": self.client_ns}
-        return self.spawn({**base, **spec})
+        return self.net.spawn(self.pod, Client(**spec))
 
     def capture_losses(self) -> int:
         m = self.agent.metrics()
@@ -170,122 +88,17 @@ class Lab:
         return found
 
 
-def run(*args: str, stdin: str | None = None) -> None:
-    subprocess.run(args, check=True, capture_output=True, text=True, input=stdin)
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    tag = uuid.uuid4().hex[:8]
-    net = random.randint(0, 255)
-    client_ns, server_ns = f"ftag-c-{tag}", f"ftag-s-{tag}"
-    if_c, if_s = f"ftc{tag}", f"fts{tag}"
-    client_ip, server_ip, vip = f"10.214.{net}.1", f"10.214.{net}.2", f"10.214.{net}.100"
-    client_ip6, server_ip6 = f"fd00:f10:{net:x}::1", f"fd00:f10:{net:x}::2"
-    root = CGROUP2 / f"flowtrail-test-{tag}"
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentLab]:
+    out = tmp_path_factory.mktemp("agent") / "out"
     pod_uid = str(uuid.uuid4())
-    pod_cgroup = (
-        root
-        / "kubepods.slice"
-        / "kubepods-burstable.slice"
-        / f"kubepods-burstable-pod{pod_uid.replace('-', '_')}.slice"
-        / f"cri-containerd-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope"
-    )
-    svc_cgroup = root / "system.slice" / f"foo-{tag}.service"
-    tmp = tmp_path_factory.mktemp("agent")
-    worker = tmp / "worker.py"
-    worker.write_text(WORKER)
-    out = tmp / "out"
-    stop = threading.Event()
-    thread: threading.Thread | None = None
-    capture: Capture | None = None
-    try:
-        run("ip", "netns", "add", client_ns)
-        run("ip", "netns", "add", server_ns)
-        run(
-            "ip",
-            "link",
-            "add",
-            if_c,
-            "netns",
-            client_ns,
-            "type",
-            "veth",
-            "peer",
-            if_s,
-            "netns",
-            server_ns,
-        )
-        for ns, ifname, ip4, ip6 in (
-            (client_ns, if_c, client_ip, client_ip6),
-            (server_ns, if_s, server_ip, server_ip6),
-        ):
-            run("ip", "-n", ns, "addr", "add", f"{ip4}/24", "dev", ifname)
-            run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", ifname, "nodad")
-            run("ip", "-n", ns, "link", "set", ifname, "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        # A ClusterIP-like VIP, translated in the client's namespace to the real backend.
-        run(
-            "ip",
-            "netns",
-            "exec",
-            client_ns,
-            "nft",
-            "-f",
-            "-",
-            stdin=f"table ip ftnat{tag} {{\n chain out {{\n  type nat hook output priority -100;\n"
-            f"  ip daddr {vip} tcp dport 80 dnat to {server_ip}:8080\n }}\n}}\n",
-        )
-        pod_cgroup.mkdir(parents=True)
-        svc_cgroup.mkdir(parents=True)
-        capture = Capture()
-        capture.start()
-        netns = NetnsIndex()
-        agent = Agent(
-            capture,
-            AgentConfig(exporter="lab-host", region="lab", interval_s=INTERVAL_S, poll_ms=100),
-            IdentityChain.build(host_workload="lab-host-itself"),
-            Delivery(ParquetDir(out)),
-            nat=NatResolver(netns),
-            snapshotter=Snapshotter(netns),
-        )
-        thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-        thread.start()
-        base = random.randint(20000, 50000)
-        yield Lab(
-            tag,
-            client_ns,
-            server_ns,
-            client_ip,
-            server_ip,
-            client_ip6,
-            server_ip6,
-            vip,
-            root,
-            pod_uid,
-            pod_cgroup,
-            svc_cgroup,
-            worker,
-            out,
-            agent,
-            iter(range(base, base + 1000)),
-        )
-    finally:
-        stop.set()
-        if thread is not None:
-            thread.join(10)
-        if capture is not None:
-            capture.close()
-        for ns in (client_ns, server_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        if root.exists():
-            for d in sorted(
-                (p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
-            ):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                root.rmdir()
+    with Lab("agent") as net:
+        net.dnat(80, 8080)  # a ClusterIP-like VIP, translated in the client's namespace
+        pod = net.client.at(net.pod_cgroup(pod_uid))
+        svc = net.server.at(net.service_cgroup(f"foo-{net.tag}"))
+        with running_agent(Delivery(ParquetDir(out)), interval_s=INTERVAL_S) as agent:
+            base = random.randint(20000, 50000)
+            yield AgentLab(net, pod_uid, pod, svc, out, agent, iter(range(base, base + 1000)))
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 10) -> str:
@@ -294,7 +107,7 @@ def finish(p: subprocess.Popen[str], timeout: float = 10) -> str:
     return out
 
 
-def exchange(lab: Lab, server_ip: str, client_ip: str, up: int, down: int) -> tuple[int, int]:
+def exchange(lab: AgentLab, server_ip: str, client_ip: str, up: int, down: int) -> tuple[int, int]:
     sport, cport = lab.port(), lab.port()
     srv = lab.server(server_ip, sport, recv=up, send=down)
     finish(
@@ -305,7 +118,7 @@ def exchange(lab: Lab, server_ip: str, client_ip: str, up: int, down: int) -> tu
 
 
 def until_seen(
-    lab: Lab, scenario: Callable[[], tuple[list[dict[str, Any]], int]], tries: int = 3
+    lab: AgentLab, scenario: Callable[[], tuple[list[dict[str, Any]], int]], tries: int = 3
 ) -> list[dict[str, Any]]:
     """Run `scenario` (traffic, then the rows it expects and how many) until its rows arrive.
 
@@ -327,9 +140,9 @@ def by_port(port: int) -> Callable[[dict[str, Any]], bool]:
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
-def test_both_ends_named_with_exact_ports_directions_bytes(lab: Lab, v6: bool) -> None:
+def test_both_ends_named_with_exact_ports_directions_bytes(lab: AgentLab, v6: bool) -> None:
     server_ip, client_ip = (
-        (lab.server_ip6, lab.client_ip6) if v6 else (lab.server_ip, lab.client_ip)
+        (lab.net.server.ip6, lab.net.client.ip6) if v6 else (lab.net.server.ip, lab.net.client.ip)
     )
     ports: list[int] = []
 
@@ -358,7 +171,7 @@ def test_both_ends_named_with_exact_ports_directions_bytes(lab: Lab, v6: bool) -
     assert (out["bytes_sent"], out["bytes_received"]) == (123_457, 9_876)
     assert (inb["bytes_sent"], inb["bytes_received"]) == (9_876, 123_457)
     assert out["local_workload"] == f"k8s:pod/{lab.pod_uid}"
-    assert inb["local_workload"] == f"systemd:foo-{lab.tag}.service"
+    assert inb["local_workload"] == f"systemd:foo-{lab.net.tag}.service"
     for r in rows:
         assert r["state"] == "closed" and r["outcome"] == "established"
         assert r["exporter"] == "lab-host" and r["region"] == "lab"
@@ -370,12 +183,14 @@ def test_both_ends_named_with_exact_ports_directions_bytes(lab: Lab, v6: bool) -
     validate(lab.rows(), FLOWS)
 
 
-def test_dnat_resolved_to_real_backend(lab: Lab) -> None:
+def test_dnat_resolved_to_real_backend(lab: AgentLab) -> None:
     def scenario() -> tuple[list[dict[str, Any]], int]:
         cport = lab.port()
-        srv = lab.server(lab.server_ip, 8080, recv=500, send=600)
+        srv = lab.server(lab.net.server.ip, 8080, recv=500, send=600)
         finish(
-            lab.client(ip=lab.vip, port=80, bind=lab.client_ip, bind_port=cport, send=500, recv=600)
+            lab.client(
+                ip=lab.net.vip, port=80, bind=lab.net.client.ip, bind_port=cport, send=500, recv=600
+            )
         )
         finish(srv)
         return lab.wait_rows(lambda r: cport in (r["local_port"], r["remote_port"]), 2), 2
@@ -384,25 +199,30 @@ def test_dnat_resolved_to_real_backend(lab: Lab) -> None:
     out = next(r for r in rows if r["direction"] == "outbound")
     inb = next(r for r in rows if r["direction"] == "inbound")
     # The client's kernel saw the VIP; conntrack knows the backend.
-    assert (out["remote_ip"], out["remote_port"]) == (lab.vip, 80)
-    assert (out["nat_remote_ip"], out["nat_remote_port"]) == (lab.server_ip, 8080)
+    assert (out["remote_ip"], out["remote_port"]) == (lab.net.vip, 80)
+    assert (out["nat_remote_ip"], out["nat_remote_port"]) == (lab.net.server.ip, 8080)
     assert (out["bytes_sent"], out["bytes_received"]) == (500, 600)
     assert (inb["local_ip"], inb["local_port"], inb["remote_ip"]) == (
-        lab.server_ip,
+        lab.net.server.ip,
         8080,
-        lab.client_ip,
+        lab.net.client.ip,
     )
     assert inb["nat_remote_ip"] is None
 
 
-def test_refused_connection_is_a_named_closed_row(lab: Lab) -> None:
+def test_refused_connection_is_a_named_closed_row(lab: AgentLab) -> None:
     dead = lab.port()
 
     def scenario() -> tuple[list[dict[str, Any]], int]:
         cport = lab.port()
         out = finish(
             lab.client(
-                ip=lab.server_ip, port=dead, bind=lab.client_ip, bind_port=cport, send=1, recv=1
+                ip=lab.net.server.ip,
+                port=dead,
+                bind=lab.net.client.ip,
+                bind_port=cport,
+                send=1,
+                recv=1,
             )
         )
         assert "refused" in out
@@ -415,21 +235,21 @@ def test_refused_connection_is_a_named_closed_row(lab: Lab) -> None:
     assert row["local_workload"] == f"k8s:pod/{lab.pod_uid}"
 
 
-def test_long_lived_connection_gets_active_snapshots(lab: Lab) -> None:
+def test_long_lived_connection_gets_active_snapshots(lab: AgentLab) -> None:
     chunks = [10_000] * 8
     ports: list[int] = []
 
     def scenario() -> tuple[list[dict[str, Any]], int]:
         sport, cport = lab.port(), lab.port()
         ports[:] = [cport]
-        srv = lab.server(lab.server_ip, sport, recv=sum(chunks), send=77)
+        srv = lab.server(lab.net.server.ip, sport, recv=sum(chunks), send=77)
         cli = lab.client(
-            ip=lab.server_ip,
+            ip=lab.net.server.ip,
             port=sport,
-            bind=lab.client_ip,
+            bind=lab.net.client.ip,
             bind_port=cport,
-            chunks=chunks,
-            gap=0.45,
+            send=tuple(chunks),
+            gap_s=0.45,
             recv=77,
         )
         finish(cli, timeout=20)
@@ -455,29 +275,27 @@ def test_long_lived_connection_gets_active_snapshots(lab: Lab) -> None:
         assert r["segs_sent"] > 0 and r["srtt_us"] > 0
 
 
-def test_removed_cgroup_still_named(lab: Lab) -> None:
-    gone = lab.root / "system.slice" / f"short-lived-{lab.tag}.service"
+def test_removed_cgroup_still_named(lab: AgentLab) -> None:
+    gone = lab.net.root / "system.slice" / f"short-lived-{lab.net.tag}.service"
     ids: list[int] = []
 
     def scenario() -> tuple[list[dict[str, Any]], int]:
         gone.mkdir(parents=True)
         ids[:] = [gone.stat().st_ino]
         sport, cport = lab.port(), lab.port()
-        srv = lab.server(lab.server_ip, sport, recv=300, send=400)
+        srv = lab.server(lab.net.server.ip, sport, recv=300, send=400)
         # The workload lives a little (past one cgroup rescan), talks, exits; its cgroup goes.
-        cli = lab.spawn(
-            {
-                "role": "client",
-                "cgroup": str(gone),
-                "netns": lab.client_ns,
-                "wait": 1.3,
-                "ip": lab.server_ip,
-                "port": sport,
-                "bind": lab.client_ip,
-                "bind_port": cport,
-                "send": 300,
-                "recv": 400,
-            }
+        cli = lab.net.spawn(
+            lab.net.client.at(gone),
+            Client(
+                lab.net.server.ip,
+                sport,
+                send=300,
+                recv=400,
+                bind=lab.net.client.ip,
+                bind_port=cport,
+                wait_s=1.3,
+            ),
         )
         finish(cli)
         finish(srv)
@@ -487,7 +305,7 @@ def test_removed_cgroup_still_named(lab: Lab) -> None:
 
     (row,) = until_seen(lab, scenario)
     cg_id = ids[0]
-    assert row["local_workload"] == f"systemd:short-lived-{lab.tag}.service"
+    assert row["local_workload"] == f"systemd:short-lived-{lab.net.tag}.service"
     # And the name is still there for anything resolved after the removal.
     probe = pa.Table.from_pylist(
         [
@@ -502,11 +320,11 @@ def test_removed_cgroup_still_named(lab: Lab) -> None:
         schema=RAW_SCHEMA,
     )
     assert lab.agent.identity.resolve(probe).to_pylist() == [
-        f"systemd:short-lived-{lab.tag}.service"
+        f"systemd:short-lived-{lab.net.tag}.service"
     ]
 
 
-def test_agent_metrics_account_for_every_row(lab: Lab) -> None:
+def test_agent_metrics_account_for_every_row(lab: AgentLab) -> None:
     m = lab.agent.metrics()
     for reason in ("ringbuf_full", "map_full"):
         assert f"capture_drop_{reason}" in m
@@ -517,10 +335,10 @@ def test_agent_metrics_account_for_every_row(lab: Lab) -> None:
     assert m["nat_resolved"] >= 1 and m["snapshots"] >= 2
 
 
-def test_cli_stdout_and_sigterm_flushes_last_batch(lab: Lab, tmp_path: Path) -> None:
+def test_cli_stdout_and_sigterm_flushes_last_batch(lab: AgentLab, tmp_path: Path) -> None:
     out = tmp_path / "cli-out"
     ident = tmp_path / "identity.toml"
-    ident.write_text(f'[[register]]\nworkload = "registered-client"\nip = "{lab.client_ip}"\n')
+    ident.write_text(f'[[register]]\nworkload = "registered-client"\nip = "{lab.net.client.ip}"\n')
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -545,14 +363,14 @@ def test_cli_stdout_and_sigterm_flushes_last_batch(lab: Lab, tmp_path: Path) -> 
         assert proc.stdout is not None
         assert "LOCAL_WORKLOAD" in proc.stdout.readline()  # header printed once attached
         time.sleep(0.3)
-        sport, cport = exchange(lab, lab.server_ip, lab.client_ip, up=2048, down=4096)
+        sport, cport = exchange(lab, lab.net.server.ip, lab.net.client.ip, up=2048, down=4096)
         deadline = time.monotonic() + 10
         line = ""
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
-            if f"{lab.client_ip}:{cport}" in line and "OUT" in line:
+            if f"{lab.net.client.ip}:{cport}" in line and "OUT" in line:
                 break
-        assert "registered-client" in line and f"{lab.server_ip}:{sport}" in line
+        assert "registered-client" in line and f"{lab.net.server.ip}:{sport}" in line
         proc.send_signal(signal.SIGTERM)  # the interval is 60 s: only the shutdown flush writes
         # Shutdown flushes all the host's captured connections: on a loaded machine that takes
         # a while. A hang still fails.

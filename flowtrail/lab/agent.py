@@ -1,0 +1,54 @@
+"""A real agent for lab tests: BPF capture, identity, NAT and snapshots, run in a thread.
+
+Not imported by `flowtrail.lab` itself: peers import that package, and they should not load
+the agent (pyarrow, libbpf) just to open a socket.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flowtrail.agent.capture import Capture
+from flowtrail.agent.conntrack import NatResolver
+from flowtrail.agent.exporter import Delivery
+from flowtrail.agent.identity import IdentityChain
+from flowtrail.agent.netlink import NetnsIndex
+from flowtrail.agent.runner import Agent, AgentConfig
+from flowtrail.agent.snapshots import Snapshotter
+
+EXPORTER = "lab-host"
+REGION = "lab"
+HOST_WORKLOAD = "lab-host-itself"
+
+
+@contextmanager
+def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent]:
+    """An agent exporting as `lab-host` in region `lab`, every `interval_s`, until the block ends.
+
+    On exit it is stopped (its shutdown flushes the last batch through `delivery`) and the
+    capture is closed, even when the block raised.
+    """
+    capture = Capture()
+    capture.start()
+    try:
+        netns = NetnsIndex()
+        agent = Agent(
+            capture,
+            AgentConfig(exporter=EXPORTER, region=REGION, interval_s=interval_s, poll_ms=100),
+            IdentityChain.build(host_workload=HOST_WORKLOAD),
+            delivery,
+            nat=NatResolver(netns),
+            snapshotter=Snapshotter(netns),
+        )
+        stop = threading.Event()
+        thread = threading.Thread(target=agent.run, args=(stop,), name="lab-agent", daemon=True)
+        thread.start()
+        try:
+            yield agent
+        finally:
+            stop.set()
+            thread.join(15)
+    finally:
+        capture.close()

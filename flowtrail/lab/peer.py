@@ -1,0 +1,150 @@
+"""The lab's TCP peers: a server and a client that each run as their own process.
+
+A peer first joins its cgroup, then its network namespace, and only then opens sockets, so
+the kernel files every socket under that cgroup and namespace (the socket keeps the cgroup it
+was created in). The parent describes the role with `Server` or `Client`; `argv()` turns it
+into a command line and `main()` is what that command runs.
+
+What a peer prints, one word a line, lets a test sequence roles without sleeping blindly:
+a server prints "ready" once it listens; a client prints "refused" when the connection is
+refused (and exits 0) or "done" after its last connection.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
+
+# Run through `-c`, not `-m`: the package imports this module, and `-m` would run it twice.
+ENTRY = "from flowtrail.lab.peer import main; main()"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Listen on ip:port; per accepted connection read `recv` bytes, answer `send` bytes."""
+
+    ip: str
+    port: int
+    recv: int
+    send: int
+    accepts: int = 1
+
+
+@dataclass(frozen=True)
+class Client:
+    """Connect to ip:port `connections` times; send, then read `recv` bytes, then close.
+
+    `send` is a byte count, or several writes made `gap_s` apart (a long-lived connection).
+    `bind`/`bind_port` fix the local address (`bind_port` only makes sense with one
+    connection). `wait_s` keeps the process alive in its cgroup before it connects.
+    """
+
+    ip: str
+    port: int
+    send: int | Sequence[int]
+    recv: int
+    bind: str | None = None
+    bind_port: int = 0
+    gap_s: float = 0.0
+    connections: int = 1
+    wait_s: float = 0.0
+
+    def writes(self) -> list[int]:
+        return [self.send] if isinstance(self.send, int) else list(self.send)
+
+
+def argv(netns: str, cgroup: Path, role: Server | Client) -> list[str]:
+    """The command line of a peer playing `role` inside `netns` and `cgroup`."""
+    spec = {"netns": netns, "cgroup": str(cgroup), type(role).__name__.lower(): asdict(role)}
+    return [sys.executable, "-c", ENTRY, json.dumps(spec)]
+
+
+def main() -> None:
+    """A peer's process: `argv()`'s JSON spec is its only argument."""
+    spec = json.loads(sys.argv[1])
+    join(spec["netns"], Path(spec["cgroup"]))
+    if "server" in spec:
+        serve(Server(**spec["server"]))
+    else:
+        connect(Client(**spec["client"]))
+
+
+def join(netns: str, cgroup: Path) -> None:
+    """Move this process into `cgroup`, then into the named network namespace."""
+    (cgroup / "cgroup.procs").write_text("0")  # "0" means the writing process
+    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        # os.setns arrived in Python 3.12; flowtrail supports 3.11.
+        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def serve(s: Server) -> None:
+    listener = socket.socket(family(s.ip), socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((s.ip, s.port))
+    listener.listen(16)
+    say("ready")
+    for _ in range(s.accepts):
+        conn, _ = listener.accept()
+        recv_exact(conn, s.recv)
+        conn.sendall(b"s" * s.send)
+        drain_and_close(conn)
+    listener.close()
+
+
+def connect(c: Client) -> None:
+    time.sleep(c.wait_s)
+    for _ in range(c.connections):
+        sock = socket.socket(family(c.ip), socket.SOCK_STREAM)
+        if c.bind is not None:
+            sock.bind((c.bind, c.bind_port))
+        try:
+            sock.connect((c.ip, c.port))
+        except ConnectionRefusedError:
+            sock.close()
+            say("refused")
+            return
+        for i, n in enumerate(c.writes()):
+            if i:
+                time.sleep(c.gap_s)
+            sock.sendall(b"c" * n)
+        recv_exact(sock, c.recv)
+        drain_and_close(sock)
+    say("done")
+
+
+def family(ip: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def recv_exact(sock: socket.socket, n: int) -> None:
+    while n > 0:
+        chunk = sock.recv(min(65536, n))
+        if not chunk:
+            raise SystemExit("peer closed early")
+        n -= len(chunk)
+
+
+def drain_and_close(sock: socket.socket) -> None:
+    # Half-close and wait for the peer's FIN, so both ends have seen every byte at close.
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(65536):
+        pass
+    sock.close()
+
+
+def say(word: str) -> None:
+    print(word, flush=True)
