@@ -92,7 +92,8 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "out_dir",
     metavar="DIR",
     help="Write one Parquet file (contract `flows` table) per interval into DIR; with "
-    "--sink collector, the collector's URL (https://HOST:PORT).",
+    "--sink collector, the collector's URL (https://HOST:PORT); with --sink nats, the NATS "
+    "servers (nats://H1:4222,nats://H2:4222).",
 )
 @click.option(
     "--stdout",
@@ -114,7 +115,13 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     default=None,
     help="This agent's name in the `exporter` column and flow ids [default: the host name].",
 )
-@click.option("--region", metavar="NAME", default=None, help="Value of the `region` column.")
+@click.option(
+    "--region",
+    metavar="NAME",
+    default=None,
+    help="Value of the `region` column; with --sink nats also the region whose work stream "
+    "takes the batches (required there).",
+)
 @click.option(
     "--resolvers",
     metavar="LIST",
@@ -134,7 +141,9 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     default=None,
     metavar="NAME",
     help="Exporter kind: parquet (needs --out DIR), collector (--out https://HOST:PORT; token "
-    "from FLOWTRAIL_COLLECTOR_TOKEN or _TOKEN_FILE, CA from FLOWTRAIL_COLLECTOR_CAFILE) or none "
+    "from FLOWTRAIL_COLLECTOR_TOKEN or _TOKEN_FILE, CA from FLOWTRAIL_COLLECTOR_CAFILE), nats "
+    "(a cluster: --out nats://HOST:PORT[,...] and --region; credentials file from "
+    "FLOWTRAIL_NATS_CREDS, CA from FLOWTRAIL_NATS_CAFILE) or none "
     "[default: parquet with --out, else none].",
 )
 @click.option(
@@ -142,7 +151,8 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "spool_dir",
     metavar="DIR",
     default=None,
-    help="Where undeliverable batches wait [default: DIR.spool, beside --out DIR].",
+    help="Where undeliverable batches wait [default: DIR.spool, beside --out DIR; "
+    "./flowtrail-agent.spool for collector and nats].",
 )
 @click.option(
     "--spool-max",
@@ -227,6 +237,9 @@ def agent(
     from flowtrail.collector.client import register as register_collector_sink
 
     register_collector_sink()  # --sink collector --out https://HOST:PORT
+    from flowtrail.cluster.agent_sink import register as register_nats_sink
+
+    register_nats_sink(region)  # --sink nats --out nats://HOST:PORT[,...] --region R
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
     spool = None
@@ -303,6 +316,9 @@ def agent(
             api.stop()
         summary = runner.metrics()
         capture.close()
+        close_exporter = getattr(exporter, "close", None)
+        if callable(close_exporter):
+            close_exporter()  # network sinks: their connection (after the last flush)
         if metrics_file:
             _write_metrics(summary, metrics_file)
         click.echo(
