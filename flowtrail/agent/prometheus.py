@@ -7,15 +7,12 @@ so a single alert can watch every way a flow can be lost.
 
 from __future__ import annotations
 
-import ipaddress
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from flowtrail.errors import InputError
+from flowtrail.opshttp import PROMETHEUS_TEXT, OpsServer
 
 PREFIX = "flowtrail_agent_"
 DROP_PREFIX = "capture_drop_"
@@ -54,52 +51,14 @@ def render(read: Read) -> bytes:
     return bytes(generate_latest(registry))
 
 
-class MetricsServer:
+class MetricsServer(OpsServer):
     """GET /metrics on a loopback address, in a daemon thread."""
 
     def __init__(self, read: Read, host: str = "127.0.0.1", port: int = 0) -> None:
-        try:
-            loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            loopback = host == "localhost"
-        if not loopback:
-            raise InputError(
-                f"--metrics-listen {host!r}: the agent serves metrics on loopback only"
-            )
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # quiet
-                pass
-
-            def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
-                    return
-                body = render(read)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
-        except OSError as exc:
-            raise InputError(f"--metrics-listen {host}:{port}: cannot listen: {exc}") from exc
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="agent-metrics", daemon=True
+        super().__init__(
+            {"/metrics": lambda: (200, PROMETHEUS_TEXT, render(read))},
+            host,
+            port,
+            flag="--metrics-listen",
+            loopback_only=True,
         )
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    def start(self) -> int:
-        self._thread.start()
-        return self.port
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
