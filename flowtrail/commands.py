@@ -7,7 +7,7 @@ import click
 
 def register(group: click.Group) -> None:
     from flowtrail.agent.command import agent
-    from flowtrail.cluster.command import cluster_node
+    from flowtrail.cluster.command import cluster_events, cluster_node
     from flowtrail.collector.command import collector
     from flowtrail.demo import demo
     from flowtrail.engine.command import attribute
@@ -16,6 +16,9 @@ def register(group: click.Group) -> None:
     from flowtrail.sim.command import sim
     from flowtrail.up import up
 
-    commands = (up, attribute, sim, eval_command, demo, agent, collector, cluster_node, query)
+    commands = (
+        up, attribute, sim, eval_command, demo, agent, collector, cluster_node, cluster_events,
+        query,
+    )  # fmt: skip
     for command in commands:
         group.add_command(command)

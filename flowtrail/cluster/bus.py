@@ -10,12 +10,15 @@ Per region two streams (file storage, replicated):
 - evidence (`<prefix>.evidence.<region>`): every batch of the region once more, as handled
   by the node that took it, with a header naming that node. Every node reads it all, in one
   order, from `now - retention` on (re)start: that is how ownership knowledge is shared
-  and rebuilt, with no database of the node's own.
+  and rebuilt, with no database of the node's own. The control plane's `events` tables
+  and clock marks travel here too, so every node applies them at the same place in the
+  same order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,10 +42,12 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from flowtrail.errors import ExportError, InputError
 
+log = logging.getLogger("flowtrail.cluster")
 SECOND = 1_000_000_000
 MSG_ID = "Nats-Msg-Id"
 OWNER = "Flowtrail-Owner"  # evidence: the node (incarnation) that decides this batch's rows
 CLOCK = "Flowtrail-Clock"  # evidence: a clock mark (ns), no rows
+EVENTS = "Flowtrail-Events"  # evidence: a control-plane `events` table, not flows
 FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
 WORK_DURABLE = "collectors"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -66,9 +71,12 @@ class BusConfig:
     ack_wait_ns: int = 30 * SECOND  # a silent node's batches go to another after this
     max_ack_pending: int = 20_000  # batches a region's nodes may hold while rows wait
     publish_timeout_s: float = 5.0
+    connect_timeout_s: float = 30.0  # the first connection; later ones are retried forever
     publish_attempts: int = 8  # with backoff: rides out a server restart / leader election
     creds_file: str | None = None
     tls_ca_file: str | None = None
+    tls_cert_file: str | None = None  # client certificate, for servers that verify clients
+    tls_key_file: str | None = None
     connect_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,6 +86,20 @@ class BusConfig:
             raise InputError(f"--nats-prefix {self.prefix!r}: use A-Z a-z 0-9 _ -")
         if self.replicas not in (1, 3, 5):
             raise InputError(f"--nats-replicas {self.replicas}: must be 1, 3 or 5")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise InputError("--tls-cert and --tls-key go together")
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    log.warning("NATS: %s", exc or type(exc).__name__)
+
+
+async def _log_disconnected() -> None:
+    log.warning("NATS: disconnected; reconnecting")
+
+
+async def _log_reconnected() -> None:
+    log.info("NATS: reconnected")
 
 
 def encode(table: pa.Table) -> bytes:
@@ -134,22 +156,40 @@ class Bus:
             "servers": self.config.servers,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.2,
+            # One line per problem, not nats-py's default traceback every 0.2 s per server.
+            "error_cb": _log_nats_error,
+            "disconnected_cb": _log_disconnected,
+            "reconnected_cb": _log_reconnected,
             **self.config.connect_options,
         }
         if self.config.creds_file:
             options["user_credentials"] = self.config.creds_file
-        if self.config.tls_ca_file:
+        if self.config.tls_ca_file or self.config.tls_cert_file:
             import ssl
 
-            options["tls"] = ssl.create_default_context(cafile=self.config.tls_ca_file)
-        self._nc = await nats.connect(**options)
+            context = ssl.create_default_context(cafile=self.config.tls_ca_file)
+            if self.config.tls_cert_file and self.config.tls_key_file:
+                context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+            options["tls"] = context
+        try:
+            # nats-py retries a first connection forever when reconnects are unlimited.
+            self._nc = await asyncio.wait_for(
+                nats.connect(**options), self.config.connect_timeout_s
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as exc:
+            servers = ", ".join(self.config.servers)
+            why = str(exc) or f"no answer in {self.config.connect_timeout_s:g} s"
+            raise ExportError(f"NATS: cannot connect to {servers}: {why}") from exc
         self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
 
     async def close(self) -> None:
         # close, not drain: draining an ordered consumer makes the client recreate it and
         # then time out (nats-py 2.16); every ack this process owes is sent explicitly.
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.close()
+            try:
+                await self._nc.close()
+            except (OSError, nats.errors.Error) as exc:  # the server went away meanwhile
+                log.debug("closing the NATS connection: %s", exc)
         self._nc = self._js = None
 
     async def ensure_streams(self, regions: list[str], attempts: int = 50) -> None:
@@ -183,6 +223,8 @@ class Bus:
             except (TimeoutError, NoStreamResponseError, APIError, nats.errors.Error) as exc:
                 if isinstance(exc, APIError) and exc.code == 400:
                     raise InputError(f"NATS refused {what}: {exc}") from exc
+                if isinstance(exc, nats.errors.MaxPayloadError):  # the same size fails again
+                    raise ExportError(f"NATS refused {what}: {exc}") from exc
                 if attempt == attempts - 1:
                     raise ExportError(f"NATS: {what} failed after {attempts} tries: {exc}") from exc
                 self.stats["publish_retries"] += 1
@@ -218,6 +260,23 @@ class Bus:
         return await self.publish(
             self.evidence_subject(region), b"", mark_id, {CLOCK: str(int(now_ns))}
         )
+
+    async def publish_events(self, region: str, events: pa.Table, batch_id: str) -> PubAck:
+        """A control-plane `events` table onto a region's evidence stream (dedup by id)."""
+        return await self.publish(
+            self.evidence_subject(region), encode(events), batch_id, {EVENTS: "1"}
+        )
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def evidence_last_seq(self, region: str) -> int:
+        """The sequence of the newest message in a region's evidence stream (0: none)."""
+        info = await self._retry(
+            lambda: self.js.stream_info(self.evidence_stream(region)), 50, "stream info"
+        )
+        return int(info.state.last_seq)
 
     async def evidence_count(self, region: str) -> int:
         """Messages in a region's evidence stream now (retried through a leader election)."""

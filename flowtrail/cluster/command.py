@@ -1,7 +1,5 @@
-"""`python -m flowtrail.cluster`: run one cluster-mode collector node (docs/cluster.md).
-
-Not yet registered in the `flowtrail` group (flowtrail/commands.py belongs to another part).
-"""
+"""`flowtrail cluster-node` (one collector node of a region) and `flowtrail cluster-events`
+(publish control-plane events into a cluster). See docs/cluster.md."""
 
 from __future__ import annotations
 
@@ -9,41 +7,139 @@ import asyncio
 import json
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 import pyarrow as pa
 
 from flowtrail.cluster.bus import Bus, BusConfig
+from flowtrail.cluster.eventfeed import publish_events
 from flowtrail.cluster.node import ClusterNode, NodeConfig, Sink
+from flowtrail.cluster.ops import serve
 from flowtrail.collector.sink import ParquetSink
+from flowtrail.configfile import config_option
 from flowtrail.engine.attributor import Settings
-from flowtrail.schema import REGIONS
+from flowtrail.engine.regions import RegionMap
+from flowtrail.opshttp import parse_listen
+from flowtrail.schema import EVENTS, REGIONS
 from flowtrail.store import Store
 from flowtrail.tables import read_table
 from flowtrail.units import DURATION
 
+F = TypeVar("F", bound=Callable[..., Any])
+SECTIONS = ("nats", "node")
+
+
+def nats_options(f: F) -> F:
+    """The connection options every cluster command shares."""
+    for option in reversed(
+        (
+            click.option(
+                "--nats",
+                "servers",
+                multiple=True,
+                envvar="FLOWTRAIL_NATS",
+                help="NATS server URL, repeatable (env FLOWTRAIL_NATS: space-separated).",
+            ),
+            click.option(
+                "--nats-prefix",
+                default="flowtrail",
+                show_default=True,
+                help="Subject/stream prefix, to share a NATS cluster between deployments.",
+            ),
+            click.option(
+                "--creds",
+                type=click.Path(exists=True, dir_okay=False),
+                envvar="FLOWTRAIL_NATS_CREDS",
+                help="NATS credentials file (env FLOWTRAIL_NATS_CREDS).",
+            ),
+            click.option(
+                "--tls-ca",
+                type=click.Path(exists=True, dir_okay=False),
+                envvar="FLOWTRAIL_NATS_CAFILE",
+                help="CA to verify the NATS servers (env FLOWTRAIL_NATS_CAFILE).",
+            ),
+            click.option(
+                "--tls-cert",
+                type=click.Path(exists=True, dir_okay=False),
+                help="Client certificate, for servers that verify clients (with --tls-key).",
+            ),
+            click.option("--tls-key", type=click.Path(exists=True, dir_okay=False)),
+            click.option(
+                "--regions",
+                "regions_path",
+                type=click.Path(exists=True, dir_okay=False),
+                help="regions table (CIDR -> region; Parquet/CSV/JSONL).",
+            ),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def _bus_config(
+    servers: tuple[str, ...] | list[str],
+    nats_prefix: str,
+    creds: str | None,
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    **extra: Any,
+) -> BusConfig:
+    if not servers:
+        raise click.UsageError("give --nats URL (or FLOWTRAIL_NATS, or servers in --config)")
+    return BusConfig(
+        servers=list(servers),
+        prefix=nats_prefix,
+        creds_file=creds,
+        tls_ca_file=tls_ca,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        **extra,
+    )
+
 
 @click.command("cluster-node")
-@click.option("--nats", "servers", multiple=True, required=True, help="NATS URL (repeatable).")
+@config_option(*SECTIONS)
+@nats_options
 @click.option("--region", required=True, help="This node's region.")
 @click.option("--name", required=True, help="This node's name (unique in its region).")
 @click.option(
-    "--regions",
-    "regions_path",
-    type=click.Path(exists=True, dir_okay=False),
-    help="regions table (CIDR -> region); without it nothing is forwarded.",
-)
-@click.option("--sink", type=click.Choice(["store", "parquet"]), default="store", show_default=True)
+    "--sink", type=click.Choice(["store", "parquet"]), default="store", show_default=True,
+    help="store: a DuckDB file (idempotent); parquet: a directory several nodes may share.",
+)  # fmt: skip
 @click.option("--out", required=True, type=click.Path(), help="Store file or Parquet directory.")
 @click.option("--replicas", type=int, default=3, show_default=True, help="Stream replicas.")
-@click.option("--ack-wait", type=DURATION, default="30s", show_default=True)
-@click.option("--creds", type=click.Path(exists=True, dir_okay=False), help="NATS creds file.")
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), help="CA for NATS TLS.")
+@click.option(
+    "--ack-wait", type=DURATION, default="30s", show_default=True,
+    help="A silent node's batches go to another node after this.",
+)  # fmt: skip
+@click.option(
+    "--evidence-retention", type=DURATION, default="30m", show_default=True,
+    help="How much evidence the streams keep: how far back a (re)starting node rebuilds.",
+)  # fmt: skip
+@click.option(
+    "--listen",
+    metavar="HOST:PORT",
+    help="Serve /metrics, /healthz and /readyz here (port 0: a free one) [default: off].",
+)
+@click.option(
+    "--events/--no-events",
+    default=True,
+    show_default=True,
+    help="Fall back to control-plane events (flowtrail cluster-events) for agent-less IPs.",
+)
+@click.option(
+    "--clock-marks/--no-clock-marks",
+    default=None,
+    help="Publish a wall-clock mark every second so a quiet region still decides "
+    "[default: on, off with --trust-received].",
+)
 @click.option("--trust-received", is_flag=True, help="Keep senders' received_ns (replays).")
 @click.option("--status-file", type=click.Path(), help="Write the node's counters here (JSON).")
 def cluster_node(
-    servers: tuple[str, ...],
     region: str,
     name: str,
     regions_path: str | None,
@@ -51,26 +147,45 @@ def cluster_node(
     out: str,
     replicas: int,
     ack_wait: int,
-    creds: str | None,
-    tls_ca: str | None,
+    evidence_retention: int,
+    listen: str | None,
+    events: bool,
+    clock_marks: bool | None,
     trust_received: bool,
     status_file: str | None,
+    **nats: Any,
 ) -> None:
-    """Run one collector node of a region until SIGTERM or SIGINT."""
+    """Run one collector node of a region until SIGTERM or SIGINT.
+
+    The node takes agents' batches from its region's work stream (shared with the region's
+    other nodes), forwards rows whose remote address belongs to another region, learns
+    every batch of the region from the evidence stream and writes the rows it decides to
+    --out. It creates the streams of every region in --regions if missing, and prints
+    {"ready": "<name>/<incarnation>"} once attached.
+
+    \b
+    Examples:
+      flowtrail cluster-node --nats nats://n1:4222 --nats nats://n2:4222 \\
+          --region us-east --name east-1 --regions regions.parquet --out flows.duckdb
+      flowtrail cluster-node --config /etc/flowtrail/node.toml --listen 0.0.0.0:9465
+    """
     regions = read_table(regions_path, REGIONS) if regions_path else None
-    bus_config = BusConfig(
-        servers=list(servers),
+    bus_config = _bus_config(
         replicas=replicas,
         ack_wait_ns=ack_wait,
-        creds_file=creds,
-        tls_ca_file=tls_ca,
+        evidence_retention_ns=evidence_retention,
+        **nats,
     )
-    # No control-plane events travel over the bus yet: heartbeats only.
     node_config = NodeConfig(
-        region, name, settings=Settings(use_events=False), trust_received=trust_received
+        region,
+        name,
+        settings=Settings(use_events=events),
+        trust_received=trust_received,
+        clock_marks=clock_marks,
     )
+    where = parse_listen(listen, "--listen") if listen else None
     target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)
-    asyncio.run(_serve(bus_config, node_config, regions, target, status_file))
+    asyncio.run(_serve(bus_config, node_config, regions, target, status_file, where))
 
 
 async def _serve(
@@ -79,6 +194,7 @@ async def _serve(
     regions: pa.Table | None,
     sink: Sink,
     status_file: str | None,
+    listen: tuple[str, int] | None,
 ) -> None:
     bus = Bus(bus_config)
     await bus.connect()
@@ -90,9 +206,15 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     run = asyncio.create_task(node.run(stop))
-    await node.ready.wait()
-    click.echo(json.dumps({"ready": node.incarnation}), nl=True)
+    ops = None
+    if listen is not None:
+        ops = serve(node.status, lambda: node.status_age_s, lambda: not run.done(), *listen)
     try:
+        await node.ready.wait()
+        ready: dict[str, object] = {"ready": node.incarnation}
+        if ops is not None:
+            ready["listen"] = ops.port
+        click.echo(json.dumps(ready), nl=True)
         while not run.done():
             if status_file:
                 _write_status(Path(status_file), node)
@@ -101,11 +223,59 @@ async def _serve(
     finally:
         if status_file:
             _write_status(Path(status_file), node)
+        if ops is not None:
+            ops.stop()
         await bus.close()
 
 
 def _write_status(path: Path, node: ClusterNode) -> None:
-    status = {"incarnation": node.incarnation, "held": node.held, "waiting": node.waiting}
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**status, **node.stats}))
+    tmp.write_text(json.dumps(node.status()))
     os.replace(tmp, path)
+
+
+@click.command("cluster-events")
+@config_option("nats", skip=("node",))
+@nats_options
+@click.argument("events_path", metavar="EVENTS", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--region",
+    help="Where to publish when there is no --regions table (else the table decides).",
+)
+@click.option(
+    "--batch-id",
+    help="De-duplication id [default: a hash of the file's rows: publishing the same "
+    "file again within the streams' duplicate window stores it once].",
+)
+def cluster_events(
+    events_path: str, region: str | None, regions_path: str | None, batch_id: str | None,
+    **nats: Any,
+) -> None:  # fmt: skip
+    """Publish a control-plane `events` table (IP assign/unassign) into a cluster.
+
+    Each event goes to the region whose prefixes hold its IP (flows towards that IP are
+    decided there); events about IPs in no region go to every region. Nodes apply them in
+    stream order. Prints the rows published per region as JSON.
+
+    \b
+    Example:
+      flowtrail cluster-events lb-assignments.parquet --nats nats://n1:4222 \\
+          --regions regions.parquet
+    """
+    events = read_table(events_path, EVENTS)
+    regions = read_table(regions_path, REGIONS) if regions_path else None
+    if regions is None and region is None:
+        raise click.UsageError("give --regions FILE or --region NAME: where do the events go?")
+    bus_config = _bus_config(**nats)
+
+    async def main() -> dict[str, int]:
+        bus = Bus(bus_config)
+        await bus.connect()
+        try:
+            return await publish_events(
+                bus, events, RegionMap(regions), default_region=region, batch_id=batch_id
+            )
+        finally:
+            await bus.close()
+
+    click.echo(json.dumps(asyncio.run(main())))

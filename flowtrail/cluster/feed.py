@@ -6,7 +6,9 @@ waits until the evidence streams hold every part of that second's batches (the b
 home region, `<id>><region>` for rows forwarded to another), whoever published them, so that
 every node sees the seconds in order, as a single-node replay would. Counting ids rather
 than messages keeps the pacing exact when a batch is published twice (a node died holding
-it and another took it over).
+it and another took it over). Control-plane events of a second (by received_ns, else
+time_ns, as the replay reads them) go to the evidence streams before that second's flows,
+as the replay applies them before the second's flows.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowtrail.cluster.bus import MSG_ID, OWNER, SECOND, Bus
+from flowtrail.cluster.eventfeed import publish_events
 from flowtrail.cluster.node import remote_regions
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
@@ -43,6 +47,7 @@ async def feed_paced(
     flows: pa.Table,
     regions: pa.Table,
     *,
+    events: pa.Table | None = None,
     on_second: OnSecond | None = None,
     timeout_s: float = 60.0,
 ) -> None:
@@ -51,13 +56,22 @@ async def feed_paced(
     where = remote_regions(flows, rmap, ipkeys)
     home = np.array([rmap.names.index(r) for r in flows.column("region").to_pylist()])
     second = np.asarray(flows.column("received_ns")) // SECOND
+    ev_second = np.empty(0, np.int64)
+    if events is not None and events.num_rows:
+        got = events.column("time_ns")
+        if "received_ns" in events.column_names:
+            got = pc.coalesce(events.column("received_ns"), got)
+        ev_second = np.asarray(got) // SECOND
     seen: set[str] = set()
     readers = [asyncio.create_task(_collect(bus, name, seen)) for name in rmap.names]
     try:
-        seconds = np.unique(second)
+        seconds = np.union1d(second, ev_second)
         for i, s in enumerate(seconds):
             if on_second is not None:
                 await on_second(i, len(seconds))
+            if events is not None and (ev_second == s).any():
+                part = events.filter(pa.array(ev_second == s))
+                await publish_events(bus, part, rmap, batch_id=f"e{s}")
             expected: set[str] = set()
             for rid, name in enumerate(rmap.names):
                 mask = (second == s) & (home == rid)

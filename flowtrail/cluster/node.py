@@ -12,9 +12,11 @@ Two loops share one StreamingAttribution:
   submit_evidence. So every node learns every heartbeat, and each flow is decided once.
 
 The engine's clock is the data's: received_ns of the evidence rows (stamped once, by the node
-that took the batch) and explicit clock marks. Every node sees the same evidence in the same
-order, so its decisions do not depend on which node took which batch: the cluster decides
-like one node replaying the same input (tests/cluster/test_node.py checks this).
+that took the batch) and clock marks, which every node publishes once per tick of wall time
+(deduplicated by id: one mark per tick reaches the stream) so that time moves on in a quiet
+region. Control-plane events come on the evidence stream too. Every node sees the same
+evidence in the same order, so its decisions do not depend on which node took which batch:
+the cluster decides like one node replaying the same input (tests/cluster/test_node.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from nats.js.client import JetStreamContext
 
 from flowtrail.cluster.bus import (
     CLOCK,
+    EVENTS,
     FORWARDED_FROM,
     MSG_ID,
     OWNER,
@@ -51,7 +55,8 @@ from flowtrail.engine.attributor import Settings
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.stream import StreamingAttribution
-from flowtrail.errors import ContractError
+from flowtrail.errors import ContractError, ExportError
+from flowtrail.schema import EVENTS as EVENTS_TABLE
 from flowtrail.schema import FLOWS
 from flowtrail.tables import validate
 
@@ -79,11 +84,21 @@ class NodeConfig:
     poll_s: float = 0.2
     since_ns: int | None = None  # where evidence reading starts; None: the whole stream
     max_catch_up_ticks: int = 3600  # a longer jump in the clock is taken in one step
+    # Publish a wall-clock mark every tick (None: when received_ns is the stream's clock,
+    # i.e. not trust_received; a replay's historic clock must not be mixed with today's).
+    clock_marks: bool | None = None
+    # Marks trail wall time by this much: batches stored a moment ago may still be on their
+    # way to the evidence stream, and node clocks differ a little from the servers'.
+    clock_lag_ns: int = 2 * SECOND
 
     def __post_init__(self) -> None:
         check_region(self.region)
         if self.tick_ns <= 0:
             raise ContractError(f"tick {self.tick_ns} ns: must be positive")
+
+    @property
+    def marks(self) -> bool:
+        return not self.trust_received if self.clock_marks is None else self.clock_marks
 
 
 def remote_regions(table: pa.Table, rmap: RegionMap, ipkeys: IpKeys) -> I32:
@@ -121,6 +136,11 @@ class ClusterNode:
         self._next_seq = 0
         self._done: OrderedDict[str, None] = OrderedDict()  # recently finished evidence ids
         self.ready = asyncio.Event()  # set once both consumers are attached
+        self.caught_up = False  # the evidence retained at start has been read
+        self._catch_up_seq = 0
+        self._evidence_pending = 0  # evidence messages not yet delivered (last known)
+        self._status: dict[str, object] = {}
+        self._status_at = 0.0  # monotonic time of the last snapshot (loop liveness)
         self.stats: dict[str, int] = {
             "batches_taken": 0,
             "batches_redelivered": 0,
@@ -136,6 +156,11 @@ class ClusterNode:
             "rows_written": 0,
             "rows_stored": 0,
             "clock_marks": 0,
+            "clock_marks_published": 0,
+            "clock_mark_failures": 0,
+            "event_messages": 0,
+            "event_rows": 0,
+            "events_bad": 0,
         }
 
     @property
@@ -151,15 +176,60 @@ class ClusterNode:
         """The data clock: the end of the current tick, or None before any evidence."""
         return None if self._tick is None else (self._tick + 1) * self.config.tick_ns - 1
 
+    def status(self) -> dict[str, object]:
+        """A snapshot of the node for /metrics, /healthz, /readyz and the status file.
+
+        Made on the event loop (see _status_loop) and read from other threads: a plain dict
+        swapped in whole, never mutated after.
+        """
+        return self._status
+
+    @property
+    def status_age_s(self) -> float:
+        return time.monotonic() - self._status_at if self._status_at else 0.0
+
+    def _snapshot(self) -> None:
+        e = self.engine.engine
+        c = e.counters
+        self._status = {
+            "incarnation": self.incarnation,
+            "region": self.config.region,
+            "attached": self.ready.is_set(),
+            "caught_up": self.caught_up,
+            "nats_connected": self.bus.connected,
+            "held_batches": len(self._held),
+            "waiting_flows": self.engine.waiting,
+            "data_clock_ns": self.now or 0,
+            "evidence_pending": self._evidence_pending,
+            "ownership_ranges": len(e.ranges),
+            **e.memory(),
+            "decided": {**c.decided, "unattributed": sum(c.unattributed.values())},
+            "unattributed": dict(c.unattributed),
+            **self.stats,
+        }
+        self._status_at = time.monotonic()
+
+    async def _status_loop(self, stop: asyncio.Event, every_s: float = 0.5) -> None:
+        while not stop.is_set():
+            self._snapshot()
+            await asyncio.sleep(every_s)
+
     async def run(self, stop: asyncio.Event) -> None:
+        self._snapshot()
         work = await self.bus.work_consumer(self.config.region)
+        # The stream's newest message now: once read, the node has rebuilt its state.
+        self._catch_up_seq = await self.bus.evidence_last_seq(self.config.region)
+        self.caught_up = self._catch_up_seq == 0
         evidence = await self.bus.evidence_consumer(self.config.region, self.config.since_ns)
         self.ready.set()
         tasks = [
             asyncio.create_task(self._take_loop(work, stop)),
             asyncio.create_task(self._learn_loop(evidence, stop)),
             asyncio.create_task(self._keepalive_loop(stop)),
+            asyncio.create_task(self._status_loop(stop)),
         ]
+        if self.config.marks:
+            tasks.append(asyncio.create_task(self._clock_loop(stop)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -170,6 +240,7 @@ class ClusterNode:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._hand_back()
             await evidence.unsubscribe()
+            self._snapshot()
 
     async def _hand_back(self) -> None:
         """On stop, give held batches back at once (nak) instead of after ack_wait."""
@@ -291,6 +362,8 @@ class ClusterNode:
             try:
                 msg: Msg = await next_msg(timeout=self.config.poll_s)
             except TimeoutError:
+                if not self.caught_up:
+                    await self._check_caught_up(sub)
                 continue
             except nats.errors.Error as exc:
                 self.stats["consumer_errors"] += 1
@@ -299,12 +372,37 @@ class ClusterNode:
                 continue
             await self._learn(msg)
 
+    async def _check_caught_up(self, sub: JetStreamContext.PushSubscription) -> None:
+        """Idle before reaching the start's newest message (it expired, or since_ns is past
+        it): caught up when the server has nothing more to deliver."""
+        try:
+            info = await sub.consumer_info()
+        except Exception as exc:  # a server restarting: ask again at the next idle poll
+            log.debug("consumer info failed: %s", exc)
+            return
+        self._evidence_pending = int(info.num_pending or 0)
+        if self._evidence_pending == 0 and sub.pending_msgs == 0:
+            self._mark_caught_up()
+
+    def _mark_caught_up(self) -> None:
+        self.caught_up = True
+        log.info("%s: evidence read up to the start's newest message: ready", self.incarnation)
+
     async def _learn(self, msg: Msg) -> None:
         headers = msg.headers or {}
         self.stats["evidence_messages"] += 1
+        meta = msg.metadata
+        self._evidence_pending = int(meta.num_pending or 0)
+        if not self.caught_up and (
+            meta.sequence.stream >= self._catch_up_seq or self._evidence_pending == 0
+        ):
+            self._mark_caught_up()
         if CLOCK in headers:
             self.stats["clock_marks"] += 1
             await self._advance(int(headers[CLOCK]))
+            return
+        if EVENTS in headers:
+            await self._learn_events(msg)
             return
         table = decode(msg.data)
         owned = np.asarray(table.column(OWNED_COLUMN).to_numpy(zero_copy_only=False), bool)
@@ -330,6 +428,56 @@ class ClusterNode:
         if rest.num_rows:
             self.engine.submit_evidence(rest, now)
             self.stats["rows_evidence"] += rest.num_rows
+
+    async def _learn_events(self, msg: Msg) -> None:
+        """Control-plane events: every node applies them where they sit in the stream."""
+        what = f"events {(msg.headers or {}).get(MSG_ID, '?')}"
+        try:
+            table = validate(decode(msg.data), EVENTS_TABLE, path=what)
+        except (ContractError, pa.ArrowException) as exc:
+            self.stats["events_bad"] += 1  # refused by every node alike: decisions stay equal
+            log.warning("dropping %s: %s", what, exc)
+            return
+        self.stats["event_messages"] += 1
+        if table.num_rows == 0:
+            return
+        # received_ns is when the cluster learned of the event: the stream's time, unless
+        # the sender's is trusted (replays; the contract's default there is time_ns).
+        stored = pa.array(np.full(table.num_rows, stream_time_ns(msg), np.int64))
+        field = EVENTS_TABLE.column("received_ns").field
+        if self.config.trust_received and "received_ns" in table.column_names:
+            got = pc.coalesce(table.column("received_ns"), table.column("time_ns"))
+        elif self.config.trust_received:
+            got = table.column("time_ns")
+        else:
+            got = stored
+        if "received_ns" in table.column_names:
+            table = table.drop_columns(["received_ns"])
+        table = table.append_column(field, got)
+        await self._advance(int(pc.max(table.column("received_ns")).as_py()))
+        now = self.now
+        assert now is not None
+        self.engine.submit_events(table, now)
+        self.stats["event_rows"] += table.num_rows
+
+    async def _clock_loop(self, stop: asyncio.Event) -> None:
+        """Once per tick, a wall-clock mark, so a region that receives nothing still decides.
+
+        Every node of the region publishes the same id for the same tick: JetStream keeps one.
+        """
+        tick = self.config.tick_ns
+        region = self.config.region
+        while not stop.is_set():
+            await asyncio.sleep(tick / SECOND)
+            mark_tick = (time.time_ns() - self.config.clock_lag_ns) // tick
+            if self._tick is not None and mark_tick <= self._tick:
+                continue  # data keeps the clock moving
+            try:
+                await self.bus.publish_clock(region, mark_tick * tick, f"clock-{mark_tick}")
+                self.stats["clock_marks_published"] += 1
+            except ExportError as exc:  # NATS unreachable: the next tick tries again
+                self.stats["clock_mark_failures"] += 1
+                log.warning("clock mark: %s", exc)
 
     async def _advance(self, t_ns: int) -> None:
         """Move the data clock to t_ns's tick, deciding at the end of every tick passed."""

@@ -227,6 +227,14 @@ class Attributor:
         self.counters.events_in += len(key)
         self.events.add(key, owner, assign, time, received)
 
+    def memory(self) -> dict[str, int]:
+        """Bytes held by the engine's state (numpy buffers; excludes Python overhead)."""
+        return {
+            "ownership_bytes": self.ranges.nbytes,
+            "peer_bytes": self.peers.nbytes,
+            "waiting_bytes": self._pending.nbytes,
+        }
+
     @property
     def pending(self) -> int:
         return len(self._pending) + sum(len(f) for f in self._new)

@@ -54,13 +54,17 @@ def _keyed(table: pa.Table) -> dict[tuple[object, ...], object]:
     )
 
 
+@pytest.mark.parametrize("with_events", [False, True], ids=["heartbeats", "with-events"])
 def test_three_nodes_two_regions_equal_single_node_replay(
-    nats_lab: NatsLab, tmp_path: Path
+    nats_lab: NatsLab, tmp_path: Path, with_events: bool
 ) -> None:
+    """With events, the control plane's feed travels on the evidence streams (to the
+    region holding each address) and load balancers' flows are decided from it."""
     sim = simulate("churny", 3, flows=3_000)
     flows, regions = sim.flows, sim.regions
-    settings = Settings(use_events=False)
-    offline = replay(flows, None, regions, settings=settings).table
+    events = sim.events if with_events else None
+    settings = Settings(use_events=with_events)
+    offline = replay(flows, events, regions, settings=settings).table
     region_names = sorted(set(regions.column("region").to_pylist()))
     east, west = "us-east", "eu-west"
     assert set(region_names) == {east, west}
@@ -83,11 +87,14 @@ def test_three_nodes_two_regions_equal_single_node_replay(
         try:
             for n in nodes:
                 await asyncio.wait_for(n.ready.wait(), 20)
-            await feed_paced(feeder, flows, regions)
-            # The clock runs on past every wait, as the replay's drain does.
-            mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
-            for name in region_names:
-                await feeder.publish_clock(name, mark, f"end-{name}")
+            await feed_paced(feeder, flows, regions, events=events)
+            # The clock runs on past every wait (and the event feed's lag), as the replay's
+            # drain does; in steps, so no node takes a long jump in one tick.
+            last = int(pc.max(flows.column("received_ns")).as_py())
+            for step in range(1, 9 if with_events else 2):
+                for name in region_names:
+                    mark = last + step * 200 * SECOND
+                    await feeder.publish_clock(name, mark, f"end-{step}-{name}")
             await _wait_for(
                 lambda: (
                     sum(n.stats["rows_written"] for n in nodes) >= flows.num_rows
@@ -123,6 +130,12 @@ def test_three_nodes_two_regions_equal_single_node_replay(
     assert sum(n.stats["rows_forwarded"] for n in nodes) > 0
     attributed = pc.sum(pc.is_valid(stored.column("remote_workload"))).as_py()
     assert attributed > flows.num_rows // 2  # a meaningful comparison, not all nulls
+    by_event = pc.sum(pc.equal(stored.column("remote_source"), "event")).as_py() or 0
+    if with_events:
+        assert by_event > 100  # the events really travelled and were used
+        assert sum(n.stats["event_rows"] for n in nodes) >= sim.events.num_rows
+    else:
+        assert by_event == 0
 
 
 def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: Path) -> None:
