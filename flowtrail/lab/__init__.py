@@ -11,7 +11,9 @@
 Each peer is its own process that joins its cgroup and namespace before it opens a socket,
 so the kernel (and so the agent) sees the socket there. `flowtrail.lab.agent.running_agent`
 runs a real agent in a thread beside the lab. Needs root, cgroup v2 at
-/sys/fs/cgroup/unified, iproute2 and nftables; see `netns` for names, addresses and teardown.
+/sys/fs/cgroup/unified, iproute2 and nftables; see `netns` for names, addresses, ports and
+teardown. Beside it, for any test: `loopback` (a connected TCP pair inside the test's own
+process) and `wait` (poll until a condition holds; wait for a started process to be ready).
 """
 
 from flowtrail.lab.netns import CGROUP2, End, Lab, LabError, Place

@@ -10,6 +10,7 @@ not meet: namespaces `ft<name>-c-<tag>` (client) and `ft<name>-s-<tag>` (server)
 `ftc<tag>` and `fts<tag>`, cgroups below /sys/fs/cgroup/unified/flowtrail-<name>-<tag>/. The
 addresses are test-only and exist only inside the two namespaces: a random /24 in
 10.214.0.0/15 (client .1, server .2, .100 kept for a VIP) and fd00:f10:<n>::/64 (::1, ::2).
+Ports for the lab's traffic come from `port()`: random, below the kernel's ephemeral range.
 
 Teardown (`close()`, or leaving the `with`) also runs when a test fails halfway: it kills the
 peers still running, deletes the namespaces (their veth ends and nftables rules go with them)
@@ -19,6 +20,7 @@ and removes the cgroup tree deepest first. What it cannot remove is reported as 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import subprocess
 import time
@@ -32,6 +34,10 @@ from flowtrail.lab import peer
 from flowtrail.lab.peer import Client, Server
 
 CGROUP2 = Path("/sys/fs/cgroup/unified")
+
+# Below Linux's default ephemeral range (32768-60999): no connection elsewhere on the host gets
+# one of these as the port the kernel picked for it, so a capture filtered by port finds ours.
+PORTS = range(20_000, 32_768)
 
 
 class LabError(RuntimeError):
@@ -58,6 +64,10 @@ class End:
     def at(self, cgroup: Path) -> Place:
         return Place(self.netns, cgroup)
 
+    def netns_inode(self) -> int:
+        """The namespace's inode number: how the kernel (and so capture's netns_ino) names it."""
+        return os.stat(f"/run/netns/{self.netns}").st_ino
+
 
 class Lab:
     """A client namespace and a server namespace on one veth link, plus a cgroup tree.
@@ -78,6 +88,7 @@ class Lab:
         self.vip = f"{net}.100"
         self.root = CGROUP2 / f"flowtrail-{name}-{self.tag}"
         self._peers: list[subprocess.Popen[str]] = []
+        self._ports: set[int] = set()
 
     def __enter__(self) -> Lab:
         try:
@@ -130,18 +141,25 @@ class Lab:
 
     # -- traffic ---------------------------------------------------------------------------
 
+    def port(self) -> int:
+        """A TCP port for this lab's traffic: random in `PORTS`, never the same twice per lab."""
+        while (port := random.choice(PORTS)) in self._ports:
+            pass
+        self._ports.add(port)
+        return port
+
     def dnat(self, port: int, backend_port: int) -> None:
         """In the client's namespace, send vip:port to the server's ip:backend_port.
 
         A ClusterIP in miniature: the client's socket sees the VIP, conntrack knows the backend.
         """
-        rules = (
-            f"table ip ftnat{self.tag} {{\n chain out {{\n"
-            "  type nat hook output priority -100;\n"
-            f"  ip daddr {self.vip} tcp dport {port} dnat to {self.server.ip}:{backend_port}\n"
-            " }\n}\n"
-        )
-        sh("ip", "netns", "exec", self.client.netns, "nft", "-f", "-", stdin=rules)
+        rule = f"ip daddr {self.vip} tcp dport {port} dnat to {self.server.ip}:{backend_port}"
+        nft_chain(self.client.netns, f"ip ftnat{self.tag}", "out", NAT_OUTPUT, rule)
+
+    def drop(self, port: int) -> None:
+        """In the server's namespace, drop every TCP packet to `port`: a connect times out."""
+        rule = f"tcp dport {port} drop"
+        nft_chain(self.server.netns, f"inet ftdrop{self.tag}", "in", FILTER_INPUT, rule)
 
     def spawn(self, where: Place, role: Server | Client) -> subprocess.Popen[str]:
         """Start a peer playing `role` at `where` (stdout piped); teardown stops it if needed."""
@@ -166,6 +184,19 @@ def sh(*argv: str, stdin: str | None = None) -> None:
     r = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if r.returncode != 0:
         raise LabError(f"{' '.join(argv)}: exit {r.returncode}: {r.stderr.strip()}")
+
+
+NAT_OUTPUT = "type nat hook output priority -100"
+FILTER_INPUT = "type filter hook input priority 0; policy accept"
+
+
+def nft_chain(netns: str, table: str, chain: str, hook: str, rule: str) -> None:
+    """Load a table (`<family> <name>`) with one base chain (`hook`) holding `rule` into `netns`.
+
+    The table lives and dies with the namespace.
+    """
+    rules = f"table {table} {{\n chain {chain} {{\n  {hook};\n  {rule}\n }}\n}}\n"
+    sh("ip", "netns", "exec", netns, "nft", "-f", "-", stdin=rules)
 
 
 def configure(end: End) -> None:

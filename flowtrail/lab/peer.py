@@ -7,7 +7,10 @@ into a command line and `main()` is what that command runs.
 
 What a peer prints, one word a line, lets a test sequence roles without sleeping blindly:
 a server prints "ready" once it listens; a client prints "refused" when the connection is
-refused (and exits 0) or "done" after its last connection.
+refused or "timeout" when its handshake timed out (and exits 0 either way), or "done" after
+its last connection. A role with `report=True` also prints, per connection once it is closed,
+what it saw: `conn local_port=<n> remote_port=<n> got=<n>` (got: every byte it received on
+that connection); `read_report` reads such a line back.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ import ctypes
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 CLONE_NEWNET = 0x40000000
 
@@ -37,6 +42,7 @@ class Server:
     recv: int
     send: int
     accepts: int = 1
+    report: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,6 +52,7 @@ class Client:
     `send` is a byte count, or several writes made `gap_s` apart (a long-lived connection).
     `bind`/`bind_port` fix the local address (`bind_port` only makes sense with one
     connection). `wait_s` keeps the process alive in its cgroup before it connects.
+    `syn_retries` sets TCP_SYNCNT, so a handshake nobody answers times out in seconds.
     """
 
     ip: str
@@ -57,6 +64,8 @@ class Client:
     gap_s: float = 0.0
     connections: int = 1
     wait_s: float = 0.0
+    syn_retries: int | None = None
+    report: bool = False
 
     def writes(self) -> list[int]:
         return [self.send] if isinstance(self.send, int) else list(self.send)
@@ -98,10 +107,13 @@ def serve(s: Server) -> None:
     listener.listen(16)
     say("ready")
     for _ in range(s.accepts):
-        conn, _ = listener.accept()
+        conn, remote = listener.accept()
+        local = conn.getsockname()
         recv_exact(conn, s.recv)
         conn.sendall(b"s" * s.send)
-        drain_and_close(conn)
+        got = s.recv + drain_and_close(conn)
+        if s.report:
+            tell(local, remote, got)
     listener.close()
 
 
@@ -111,18 +123,23 @@ def connect(c: Client) -> None:
         sock = socket.socket(family(c.ip), socket.SOCK_STREAM)
         if c.bind is not None:
             sock.bind((c.bind, c.bind_port))
+        if c.syn_retries is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, c.syn_retries)
         try:
             sock.connect((c.ip, c.port))
-        except ConnectionRefusedError:
+        except (ConnectionRefusedError, TimeoutError) as e:
             sock.close()
-            say("refused")
+            say("refused" if isinstance(e, ConnectionRefusedError) else "timeout")
             return
+        local, remote = sock.getsockname(), sock.getpeername()
         for i, n in enumerate(c.writes()):
             if i:
                 time.sleep(c.gap_s)
             sock.sendall(b"c" * n)
         recv_exact(sock, c.recv)
-        drain_and_close(sock)
+        got = c.recv + drain_and_close(sock)
+        if c.report:
+            tell(local, remote, got)
     say("done")
 
 
@@ -134,17 +151,39 @@ def recv_exact(sock: socket.socket, n: int) -> None:
     while n > 0:
         chunk = sock.recv(min(65536, n))
         if not chunk:
-            raise SystemExit("peer closed early")
+            raise ConnectionError(f"peer closed early, {n} bytes short")
         n -= len(chunk)
 
 
-def drain_and_close(sock: socket.socket) -> None:
-    # Half-close and wait for the peer's FIN, so both ends have seen every byte at close.
+def drain_and_close(sock: socket.socket) -> int:
+    """Half-close and wait for the peer's FIN, so both ends have seen every byte at close.
+
+    Returns how many bytes arrived meanwhile (none, when the peer sent what it was asked to).
+    """
     sock.shutdown(socket.SHUT_WR)
-    while sock.recv(65536):
-        pass
+    extra = 0
+    while chunk := sock.recv(65536):
+        extra += len(chunk)
     sock.close()
+    return extra
 
 
 def say(word: str) -> None:
     print(word, flush=True)
+
+
+def tell(local: tuple[Any, ...], remote: tuple[Any, ...], got: int) -> None:
+    say(f"conn local_port={local[1]} remote_port={remote[1]} got={got}")
+
+
+def read_report(proc: subprocess.Popen[str]) -> dict[str, int]:
+    """The next `conn` line of a peer started with `report=True`, as {local_port, remote_port, got}.
+
+    Fails when the peer printed something else or exited first.
+    """
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    word, *pairs = line.split() or [""]
+    if word != "conn":
+        raise AssertionError(f"peer {proc.pid} did not report a connection: {line!r}")
+    return {k: int(v) for k, v in (p.split("=") for p in pairs)}

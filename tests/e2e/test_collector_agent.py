@@ -10,7 +10,6 @@ each other's workload as remote_workload. Everything created is removed at the e
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from pathlib import Path
@@ -37,7 +36,7 @@ def test_agent_sends_over_tls_and_both_ends_are_attributed(tmp_path: Path) -> No
         svc = lab.server.at(lab.service_cgroup(f"db-{lab.tag}"))
         cip, sip, tag = lab.client.ip, lab.server.ip, lab.tag
         with running_agent(Delivery(exporter)) as agent:
-            port = random.randint(20000, 50000)
+            port = lab.port()
             server = lab.serve(svc, Server(sip, port, recv=50_000, send=2))
             client = lab.spawn(pod, Client(sip, port, send=50_000, recv=2, bind=cip))
             assert client.wait(timeout=30) == 0

@@ -28,6 +28,7 @@ from flowtrail.collector.client import CollectorExporter, ipc_bytes
 from flowtrail.collector.devcert import self_signed
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError
+from flowtrail.lab.wait import started, until
 from flowtrail.sim.simulation import simulate
 
 S = 1_000_000_000
@@ -69,11 +70,7 @@ class Proc:
             "--tls-key", str(self.tls / "key.pem"), "--no-events", "--max-wait", "2s", *extra,
         ]  # fmt: skip
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while not self.port_file.exists():
-            if self.p.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"collector did not start: {self.output()}")
-            time.sleep(0.05)
+        started(self.p, self.port_file.exists, tmp / "collector.log", 60, "collector")
         self.port = int(self.port_file.read_text())
         self.url = f"https://127.0.0.1:{self.port}"
         self.cafile = str(self.tls / "cert.pem")
@@ -93,17 +90,15 @@ class Proc:
 
     def wait_idle(self, timeout_s: float = 60) -> None:
         """Until no flow waits and nothing decided is unstored."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            _, body = self.get("/metrics")
-            text = body.decode()
-            if (
+
+        def idle(text: str) -> bool:
+            return (
                 "flowtrail_collector_waiting_flows 0.0" in text
                 and "flowtrail_collector_sink_backlog_rows 0.0" in text
-            ):
-                return
-            time.sleep(0.3)
-        raise AssertionError("collector still has waiting flows")
+            )
+
+        if not idle(until(lambda: self.get("/metrics")[1].decode(), idle, timeout_s, 0.3)):
+            raise AssertionError("collector still has waiting flows")
 
     def stop(self) -> int:
         self.p.send_signal(signal.SIGTERM)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -34,6 +33,7 @@ import duckdb
 import pytest
 
 from flowtrail.lab import Client, Lab, Place, Server
+from flowtrail.lab.wait import started, until
 
 pytestmark = pytest.mark.kernel
 
@@ -82,11 +82,11 @@ class Up:
             stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         state = data / "up.json"
-        deadline = time.monotonic() + 45
-        while not (state.exists() and json.loads(state.read_text())["pid"] == self.p.pid):
-            if self.p.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"flowtrail up did not start:\n{self.output()}")
-            time.sleep(0.1)
+
+        def ours() -> bool:  # this process's state file, not one left by an earlier `up`
+            return state.exists() and json.loads(state.read_text())["pid"] == self.p.pid
+
+        started(self.p, ours, self.log_path, 45, "flowtrail up")
         self.state = json.loads(state.read_text())
 
     def output(self) -> str:
@@ -112,7 +112,7 @@ def test_up_captures_attributes_and_serves_both_ends(lab: UpLab, tmp_path: Path)
     try:
         assert up.state["collector"].startswith("https://127.0.0.1:")
         assert up.state["api"].startswith("http://127.0.0.1:")
-        port = random.randint(20_000, 29_999)
+        port = lab.net.port()
         server_role = Server(lab.net.server.ip, port, recv=SEND, send=RECV, accepts=CONNECTIONS)
         client_role = Client(lab.net.server.ip, port, send=SEND, recv=RECV, connections=CONNECTIONS)
         server = lab.net.serve(lab.server, server_role)  # returns once it listens
@@ -121,15 +121,16 @@ def test_up_captures_attributes_and_serves_both_ends(lab: UpLab, tmp_path: Path)
         assert client.wait(10) == 0 and server.wait(10) == 0
 
         # Both ends of every connection, decided, through the API only.
-        deadline = time.monotonic() + 40
-        rows: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
-            rows = up.get("flows", port=port, since="5m", limit=100)
-            closed = [r for r in rows if r["state"] == "closed"]
-            if len(closed) >= 2 * CONNECTIONS:
-                break
-            time.sleep(0.5)
-        closed = [r for r in rows if r["state"] == "closed"]
+        def closed_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r for r in rows if r["state"] == "closed"]
+
+        rows = until(
+            lambda: up.get("flows", port=port, since="5m", limit=100),
+            lambda rows: len(closed_of(rows)) >= 2 * CONNECTIONS,
+            timeout_s=40,
+            every_s=0.5,
+        )
+        closed = closed_of(rows)
         assert len(closed) == 2 * CONNECTIONS, f"rows {rows}\n{up.output()}"
         out = [r for r in closed if r["direction"] == "outbound"]
         inb = [r for r in closed if r["direction"] == "inbound"]
@@ -164,7 +165,7 @@ def test_up_captures_attributes_and_serves_both_ends(lab: UpLab, tmp_path: Path)
 
         # One more connection, then Ctrl-C at once: the agent's last batch must still be
         # exported, decided and stored by the ordered stop, which exits 0.
-        last_port = port + 1
+        last_port = lab.net.port()
         server = lab.net.serve(
             lab.server, dataclasses.replace(server_role, port=last_port, accepts=1)
         )
@@ -261,10 +262,7 @@ def test_up_without_root_says_what_is_missing(open_dir: Path) -> None:
             stdout=out, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 30
-            while not (data / "up.json").exists():
-                assert p.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+            started(p, (data / "up.json").exists, log, 30, "flowtrail up --no-agent")
             state = json.loads((data / "up.json").read_text())
             assert state["agent"] is False
             with urlopen(state["api"] + "/api/health", timeout=10) as resp:

@@ -11,7 +11,6 @@ picks its rows out of the output by port. Everything is removed at the end.
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from flowtrail.agent.records import RAW_SCHEMA
 from flowtrail.agent.runner import Agent
 from flowtrail.lab import Client, Lab, Place, Server
 from flowtrail.lab.agent import running_agent
+from flowtrail.lab.wait import until
 from flowtrail.schema import FLOWS
 from flowtrail.tables import validate
 
@@ -51,10 +51,9 @@ class AgentLab:
     svc: Place  # the server side: foo-<tag>.service
     out: Path
     agent: Agent
-    ports: Iterator[int]
 
     def port(self) -> int:
-        return next(self.ports)
+        return self.net.port()
 
     def server(
         self, ip: str, port: int, recv: int, send: int, accepts: int = 1
@@ -77,15 +76,11 @@ class AgentLab:
     def wait_rows(
         self, match: Callable[[dict[str, Any]], bool], want: int, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        found: list[dict[str, Any]] = []
-        while time.monotonic() < deadline:
+        def found() -> list[dict[str, Any]]:
             t = self.rows()
-            found = [r for r in t.to_pylist() if match(r)] if t.num_rows else []
-            if len(found) >= want:
-                return found
-            time.sleep(0.2)
-        return found
+            return [r for r in t.to_pylist() if match(r)] if t.num_rows else []
+
+        return until(found, lambda rows: len(rows) >= want, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +92,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentLab]:
         pod = net.client.at(net.pod_cgroup(pod_uid))
         svc = net.server.at(net.service_cgroup(f"foo-{net.tag}"))
         with running_agent(Delivery(ParquetDir(out)), interval_s=INTERVAL_S) as agent:
-            base = random.randint(20000, 50000)
-            yield AgentLab(net, pod_uid, pod, svc, out, agent, iter(range(base, base + 1000)))
+            yield AgentLab(net, pod_uid, pod, svc, out, agent)
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 10) -> str:

@@ -18,17 +18,14 @@ import pytest
 from flowtrail.agent.netlink import NETLINK_SOCK_DIAG, NetnsIndex, netlink_socket, own_netns
 from flowtrail.agent.records import RAW_SCHEMA
 from flowtrail.agent.snapshots import Snapshotter, dump_tcp_info
+from flowtrail.lab.loopback import exchange, tcp_pair
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    ls = socket.socket()
-    ls.bind(("127.0.0.1", 0))
-    ls.listen()
-    c = socket.create_connection(ls.getsockname())
-    a, _ = ls.accept()
+    ls, c, a = tcp_pair(socket.AF_INET, "127.0.0.1")
     ls.close()
     yield c, a
     c.close()
@@ -36,14 +33,7 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 
 def settle(c: socket.socket, a: socket.socket, up: int, down: int) -> None:
-    c.sendall(b"u" * up)
-    got = 0
-    while got < up:
-        got += len(a.recv(65536))
-    a.sendall(b"d" * down)
-    got = 0
-    while got < down:
-        got += len(c.recv(65536))
+    exchange(c, a, up, down)
     time.sleep(0.05)  # let the last ACKs land
 
 

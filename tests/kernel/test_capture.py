@@ -1,20 +1,18 @@
 """Capture against the real kernel: the BPF program loaded, real sockets, real namespaces.
 
-Every connection here stays on loopback or between network namespaces this file creates (with
-unique names, removed afterwards). Records are picked out of the host-wide capture by port and
-netns, since the tracepoint sees every TCP socket on the machine.
+Every connection here stays on loopback or inside the namespace lab (flowtrail/lab/: network
+namespaces and cgroups with unique names, removed afterwards). Records are picked out of the
+host-wide capture by port and netns, since the tracepoint sees every TCP socket on the machine.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +24,11 @@ import pytest
 from flowtrail.agent.capture import DROP_REASONS, RECORD_SIZE, Capture
 from flowtrail.agent.records import RAW_SCHEMA
 from flowtrail.errors import CapabilityError
+from flowtrail.lab import CGROUP2, Client, Lab, Server
+from flowtrail.lab.loopback import exchange, tcp_pair
+from flowtrail.lab.peer import read_report
 
 pytestmark = pytest.mark.kernel
-
-CGROUP2 = Path("/sys/fs/cgroup/unified")
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -113,148 +112,11 @@ def collect(
     return rows
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}{uuid.uuid4().hex[:8]}"
-
-
-@contextlib.contextmanager
-def netns_pair(v6: bool = False) -> Iterator[tuple[str, str, str, str]]:
-    """Two fresh network namespaces joined by a veth pair: (ns_a, ip_a, ns_b, ip_b)."""
-    tag = uuid.uuid4().hex[:8]
-    ns_a, ns_b = f"ftcap-a-{tag}", f"ftcap-b-{tag}"
-    if_a, if_b = f"fta{tag}", f"ftb{tag}"
-    # test-only addresses that exist only inside these two namespaces
-    ip_a, ip_b, plen = (
-        ("fd00:f10:7a11::1", "fd00:f10:7a11::2", 64) if v6 else ("10.213.7.1", "10.213.7.2", 30)
-    )
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
-    try:
-        run("ip", "netns", "add", ns_a)
-        run("ip", "netns", "add", ns_b)
-        run("ip", "link", "add", if_a, "netns", ns_a, "type", "veth", "peer", if_b, "netns", ns_b)
-        for ns, ifname, ip in ((ns_a, if_a, ip_a), (ns_b, if_b, ip_b)):
-            extra = ["nodad"] if v6 else []
-            run("ip", "-n", ns, "addr", "add", f"{ip}/{plen}", "dev", ifname, *extra)
-            run("ip", "-n", ns, "link", "set", ifname, "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield ns_a, ip_a, ns_b, ip_b
-    finally:
-        for ns in (ns_a, ns_b):
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-
-
-def netns_inode(ns: str) -> int:
-    return os.stat(f"/run/netns/{ns}").st_ino
-
-
-@contextlib.contextmanager
-def cgroup() -> Iterator[Path]:
-    """A fresh cgroup v2 directory; its processes are moved out before it is removed."""
-    path = CGROUP2 / unique("flowtrail-test-")
-    path.mkdir()
-    try:
-        yield path
-    finally:
-        for pid in (path / "cgroup.procs").read_text().split():
-            with contextlib.suppress(OSError):
-                (CGROUP2 / "cgroup.procs").write_text(pid)
-        for _ in range(50):
-            try:
-                path.rmdir()
-                break
-            except OSError:
-                time.sleep(0.05)
-
-
-# A peer process (started inside its cgroup and netns): serves or connects, and prints what it
-# saw as "key=value" lines.
-PEER = r"""
-import os, socket, sys
-role, host, port, send, expect = sys.argv[1:6]
-fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-send, expect = int(send), int(expect)
-def recv_exact(s, n):
-    got = 0
-    while got < n:
-        d = s.recv(65536)
-        if not d:
-            break
-        got += len(d)
-    return got
-if role == "server":
-    ls = socket.socket(fam)
-    ls.bind((host, int(port)))
-    ls.listen(8)
-    print("port=%d" % ls.getsockname()[1], flush=True)
-    c, addr = ls.accept()
-    got = recv_exact(c, expect)
-    c.sendall(b"s" * send)
-    c.shutdown(socket.SHUT_WR)
-    recv_exact(c, 1)
-    print("peer_port=%d got=%d" % (addr[1], got), flush=True)
-    c.close()
-    ls.close()
-else:
-    c = socket.socket(fam)
-    c.connect((host, int(port)))
-    print("local_port=%d" % c.getsockname()[1], flush=True)
-    c.sendall(b"c" * send)
-    got = recv_exact(c, expect)
-    print("got=%d" % got, flush=True)
-    c.close()
-"""
-
-
-def spawn(
-    ns: str | None, cg: Path | None, role: str, host: str, port: int, send: int, expect: int
-) -> subprocess.Popen[str]:
-    prefix = ["ip", "netns", "exec", ns] if ns else []
-    argv = [*prefix, sys.executable, "-c", PEER, role, host, str(port), str(send), str(expect)]
-
-    def join_cgroup() -> None:
-        # in the child before exec: `ip netns exec` remounts /sys, so join while it is visible
-        if cg is not None:
-            (cg / "cgroup.procs").write_text(str(os.getpid()))
-
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=join_cgroup
-    )
-
-
-def read_kv(proc: subprocess.Popen[str]) -> dict[str, int]:
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        _, err = proc.communicate(timeout=5)
-        raise AssertionError(f"peer died: {err}")
-    return {k: int(v) for k, v in (kv.split("=") for kv in line.split())}
-
-
-def tcp_pair(family: int, host: str) -> tuple[socket.socket, socket.socket, socket.socket]:
-    """(listener, client, accepted) on `host`, connected, in this process."""
-    listener = socket.socket(family)
-    listener.bind((host, 0))
-    listener.listen(8)
-    client = socket.create_connection(listener.getsockname()[:2])
-    accepted, _ = listener.accept()
-    return listener, client, accepted
-
-
-def exchange(client: socket.socket, server: socket.socket, up: int, down: int) -> None:
-    client.sendall(b"u" * up)
-    got = 0
-    while got < up:
-        got += len(server.recv(65536))
-    server.sendall(b"d" * down)
-    got = 0
-    while got < down:
-        got += len(client.recv(65536))
-
-
-def own_cgroup_inode() -> int:
+def own_cgroup() -> Path:
+    """This process's cgroup v2 directory."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         if line.startswith("0::"):
-            return os.stat(CGROUP2 / line[3:].lstrip("/")).st_ino
+            return CGROUP2 / line[3:].lstrip("/")
     raise AssertionError("no cgroup v2 line in /proc/self/cgroup")
 
 
@@ -282,7 +144,7 @@ def test_loopback_ipv4_both_ends_exact(cap: Recorder) -> None:
     assert (inb["bytes_sent"], inb["bytes_received"]) == (678, 12345)
     for r in rows:
         assert r["family"] == 4 and r["outcome"] == "established"
-        assert r["cgroup_id"] == own_cgroup_inode()
+        assert r["cgroup_id"] == own_cgroup().stat().st_ino
         assert r["netns_ino"] == os.stat("/proc/self/ns/net").st_ino
         assert r["segs_sent"] > 0 and r["segs_received"] > 0 and r["retransmits"] == 0
         # times are epoch ns around now, and ordered
@@ -379,15 +241,20 @@ def test_live_rows_share_sock_id_with_closed_record(cap: Recorder) -> None:
 
 
 def test_cross_netns_and_cgroups_both_ends(cap: Recorder) -> None:
-    with netns_pair() as (ns_a, ip_a, ns_b, ip_b), cgroup() as cg_a, cgroup() as cg_b:
-        server = spawn(ns_a, cg_a, "server", ip_a, 0, 4321, 98765)
-        port = read_kv(server)["port"]
-        client = spawn(ns_b, cg_b, "client", ip_a, port, 98765, 4321)
-        cport = read_kv(client)["local_port"]
-        assert read_kv(client)["got"] == 4321
-        assert read_kv(server) == {"peer_port": cport, "got": 98765}
-        client.wait(5)
-        server.wait(5)
+    with Lab("cap") as lab:
+        cg_a, cg_b = lab.cgroup("a"), lab.cgroup("b")
+        ip_a, ip_b, port = lab.server.ip, lab.client.ip, lab.port()
+        server = lab.serve(
+            lab.server.at(cg_a), Server(ip_a, port, recv=98765, send=4321, report=True)
+        )
+        client = lab.spawn(
+            lab.client.at(cg_b), Client(ip_a, port, send=98765, recv=4321, report=True)
+        )
+        seen = read_report(client)
+        cport = seen["local_port"]
+        assert seen == {"local_port": cport, "remote_port": port, "got": 4321}
+        assert read_report(server) == {"local_port": port, "remote_port": cport, "got": 98765}
+        assert client.wait(5) == 0 and server.wait(5) == 0
         rows = collect(
             cap, {port, cport}, lambda r: {r["local_port"], r["remote_port"]} == {port, cport}, 2
         )
@@ -409,14 +276,17 @@ def test_cross_netns_and_cgroups_both_ends(cap: Recorder) -> None:
 
 
 def test_ipv6_across_namespaces_netns_inodes_and_bytes(cap: Recorder) -> None:
-    with netns_pair(v6=True) as (ns_a, ip_a, ns_b, ip_b):
-        ino_a, ino_b = netns_inode(ns_a), netns_inode(ns_b)
-        server = spawn(ns_a, None, "server", ip_a, 0, 70000, 2000)
-        port = read_kv(server)["port"]
-        client = spawn(ns_b, None, "client", ip_a, port, 2000, 70000)
-        cport = read_kv(client)["local_port"]
-        client.wait(5)
-        server.wait(5)
+    with Lab("cap") as lab:
+        ip_a, ip_b, port = lab.server.ip6, lab.client.ip6, lab.port()
+        ino_a, ino_b = lab.server.netns_inode(), lab.client.netns_inode()
+        server = lab.serve(
+            lab.server.at(lab.cgroup("a")), Server(ip_a, port, recv=2000, send=70000)
+        )
+        client = lab.spawn(
+            lab.client.at(lab.cgroup("b")), Client(ip_a, port, send=2000, recv=70000, report=True)
+        )
+        cport = read_report(client)["local_port"]
+        assert client.wait(5) == 0 and server.wait(5) == 0
         rows = collect(
             cap, {port, cport}, lambda r: {r["local_port"], r["remote_port"]} == {port, cport}, 2
         )
@@ -444,26 +314,14 @@ def test_handshake_timeout(cap: Recorder) -> None:
 
 
 def handshake_timeout_rows(cap: Recorder) -> list[dict[str, Any]]:
-    with netns_pair() as (ns_a, ip_a, ns_b, _ip_b):
-        table = unique("ftcap")
-        ruleset = (
-            f"table inet {table} {{\n chain in {{\n"
-            "  type filter hook input priority 0; policy accept;\n  tcp dport 9 drop\n }\n}\n"
+    with Lab("cap") as lab:
+        ip_a = lab.server.ip
+        lab.drop(9)  # the nftables table lives and dies with the server's namespace
+        client = lab.spawn(
+            lab.client.at(lab.cgroup("b")), Client(ip_a, 9, send=1, recv=1, syn_retries=1)
         )
-        subprocess.run(
-            ["ip", "netns", "exec", ns_a, "nft", "-f", "-"], input=ruleset, text=True, check=True
-        )  # the table lives and dies with the namespace
-        code = (
-            "import socket\n"
-            "s = socket.socket()\n"
-            "s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 1)\n"
-            f"try:\n    s.connect(({ip_a!r}, 9))\nexcept TimeoutError as e:\n    print('timeout')\n"
-        )
-        out = subprocess.run(
-            ["ip", "netns", "exec", ns_b, sys.executable, "-c", code],
-            check=True, capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
-        assert out.stdout.strip() == "timeout"
+        out, _ = client.communicate(timeout=20)
+        assert client.returncode == 0 and out.strip() == "timeout"
         return collect(cap, {9}, lambda r: r["remote_ip"] == ip_a and r["remote_port"] == 9, 1)
 
 
@@ -610,28 +468,21 @@ def test_poll_timeout_bounds_latency_below_wakeup_threshold() -> None:
 
 def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
     """The socket keeps the id of the cgroup it was made in, even once that cgroup is gone."""
-    home = next(
-        line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line[:3] == "0::"
-    )
-    path = CGROUP2 / unique("flowtrail-test-")
-    path.mkdir()
-    try:
+    home = own_cgroup()
+    with Lab("cap") as lab:  # for its cgroup tree, removed at the end even if this test fails
+        path = lab.cgroup("gone")
         cg_id = path.stat().st_ino
         (path / "cgroup.procs").write_text(str(os.getpid()))  # this process, for one connect
         try:
             listener, client, accepted = tcp_pair(socket.AF_INET, "127.0.0.1")
         finally:
-            (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
+            (home / "cgroup.procs").write_text(str(os.getpid()))
         path.rmdir()  # no process left in it; the sockets still refer to it
         assert not path.exists()
         ports = {client.getsockname()[1], listener.getsockname()[1]}
         exchange(client, accepted, 3, 4)
         for s in (client, accepted, listener):
             s.close()
-    finally:
-        if path.exists():
-            (CGROUP2 / home.lstrip("/") / "cgroup.procs").write_text(str(os.getpid()))
-            path.rmdir()
     rows = collect(cap, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2)
     assert [r["cgroup_id"] for r in rows] == [cg_id, cg_id]  # the accepted one via its listener
 

@@ -1,0 +1,48 @@
+"""Waiting in tests without sleeping blindly: for a condition, or for a started process.
+
+rows = until(lambda: api.get("flows"), lambda rows: len(rows) >= 2, timeout_s=40)
+started(proc, port_file.exists, log_path, timeout_s=60, what="collector")
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def until(
+    fetch: Callable[[], T], done: Callable[[T], bool], timeout_s: float, every_s: float = 0.2
+) -> T:
+    """Call `fetch` every `every_s` until `done` holds for its result or `timeout_s` has passed.
+
+    Returns the last result either way, so the caller's assertion can show what it got.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = fetch()
+        if done(got) or time.monotonic() >= deadline:
+            return got
+        time.sleep(every_s)
+
+
+def started(
+    proc: subprocess.Popen[Any],
+    ready: Callable[[], bool],
+    log: Path,
+    timeout_s: float,
+    what: str,
+) -> None:
+    """Return once `ready()` holds for the process `proc` just started.
+
+    Fails, with the process's log, as soon as it exits or once `timeout_s` has passed.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.05)
