@@ -1,16 +1,20 @@
-"""Throughput of cluster mode: `python bench/cluster_throughput.py ROWS NODES`.
+"""Throughput of cluster mode: `python bench/cluster_throughput.py --rows 500000 --nodes 1 2`.
 
-Not a test (pytest does not collect it). Starts a 3-server NATS lab and NODES node processes
-(`python -m flowtrail.cluster`, one region, Parquet sink), publishes the `churny` simulator's
-ROWS in 10,000-row batches as fast as JetStream takes them, then clock marks until every
-row is stored. Prints one JSON line: seconds to publish, seconds until all stored, rows/s,
-rows per node, each node's peak RSS. Everything shares the machine's cores.
+Not a test (pytest does not collect it). For each node count: starts a 3-server NATS lab and
+that many node processes (`python -m flowtrail.cluster`, one region, Parquet sink, no
+events), publishes the `churny` simulator's rows in 10,000-row batches as fast as JetStream
+takes them, then clock marks until every row is stored. Prints one JSON line per node count:
+seconds to publish, seconds until all stored, rows/s, rows per node, each node's CPU seconds
+and peak RSS, and the ratio of rows/s to the first node count's. Everything (NATS servers,
+publisher, nodes) shares the machine's cores.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +30,11 @@ from flowtrail.sim.simulation import simulate
 from flowtrail.tables import write_table
 
 BATCH = 10_000
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mib(pid: int) -> int:
@@ -46,10 +55,12 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
             args += ["--nats", url]
         args += ["--region", "r", "--name", f"n{i}", "--regions", str(tmp / "regions.parquet")]
         args += ["--sink", "parquet", "--out", str(tmp / "out"), "--trust-received"]
+        args += ["--no-events"]
         args += ["--status-file", str(tmp / f"n{i}.json")]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
     for proc in procs:
         assert proc.stdout is not None and b"ready" in proc.stdout.readline()
+    cpu_before = [_cpu_s(p.pid) for p in procs]
     n = flows.num_rows
     began = time.monotonic()
     for k, start in enumerate(range(0, n, BATCH)):
@@ -66,6 +77,7 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
         await asyncio.sleep(0.1)
     stored = time.monotonic() - began
     rss = [_peak_rss_mib(p.pid) for p in procs]
+    cpu = [round(_cpu_s(p.pid) - c, 2) for p, c in zip(procs, cpu_before, strict=True)]
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -78,22 +90,32 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
         "all_stored_s": round(stored, 2),
         "rows_per_s": round(n / stored),
         "rows_per_node": [s["rows_written"] for s in status],
+        "cpu_s_per_node": cpu,
         "peak_rss_mib": rss,
     }
 
 
 def main() -> None:
-    rows, nodes = int(sys.argv[1]), int(sys.argv[2])
-    sim = simulate("churny", 7, flows=rows)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rows", type=int, default=500_000, help="simulated flows to publish")
+    p.add_argument("--nodes", type=int, nargs="+", default=[1, 2], help="node counts to run")
+    args = p.parse_args()
+    sim = simulate("churny", 7, flows=args.rows)
     flows = sim.flows.sort_by("received_ns")
     region = flows.column_names.index("region")
     flows = flows.set_column(region, "region", pa.array(["r"] * flows.num_rows))
     regions = pa.table({"cidr": ["0.0.0.0/0", "::/0"], "region": ["r", "r"]})
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        write_table(regions, tmp / "regions.parquet")
-        with NatsLab(tmp / "nats") as lab:
-            print(json.dumps(asyncio.run(_run(lab, tmp, flows, nodes))))
+    first: float | None = None
+    for nodes in args.nodes:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            write_table(regions, tmp / "regions.parquet")
+            with NatsLab(tmp / "nats") as lab:
+                report = asyncio.run(_run(lab, tmp, flows, nodes))
+        rate = float(report["rows_per_s"])  # type: ignore[arg-type]
+        first = first or rate
+        report["ratio_to_first"] = round(rate / first, 3)
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,191 @@
+"""Per-node memory of cluster mode's ownership state: `python bench/cluster_memory.py`.
+
+Not a test. Starts a 3-server NATS lab (R1 streams: a node's memory does not depend on NATS)
+and NODES real node processes (`python -m flowtrail.cluster`, one region), warms them up
+with a few thousand flows of other addresses (imports, compiled kernels), then publishes
+ADDRESSES synthetic flows whose local addresses are all distinct, so every node
+learns one heartbeat range for each of ADDRESSES addresses (broadcast evidence: every node
+learns the whole region). Every flow's remote address is one of those addresses, so
+flows are decided and written as they would be live. Reports, per node: the engine's own
+buffers read from the node's /metrics (ownership ranges, the peer-row index, the waiting
+pool), the process's resident memory after the warm-up, after, and at its peak, and its
+CPU time per row of the region (every node pays for every row: learning is broadcast).
+
+    python bench/cluster_memory.py --addresses 1000000 --nodes 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.natslab import NatsLab
+
+T0 = 1_767_225_600 * SECOND  # 2026-01-01
+REGION = "r"
+
+
+def synthetic_flows(addresses: int, first_octet: int = 10) -> pa.Table:
+    """One flow per address i (10.0.0.0 + i), towards another of the addresses."""
+    i = np.arange(addresses, dtype=np.int64)
+    base = first_octet << 24
+
+    def ips(values: np.ndarray) -> pa.Array:
+        v = values.astype(np.int64) + base
+        parts = [pc.cast(pa.array((v >> s) & 255), pa.string()) for s in (24, 16, 8, 0)]
+        return pc.binary_join_element_wise(*parts, ".")
+
+    start = T0 + i * 1_000  # 1M flows within 1 ms of each other: the worst case for state
+    return pa.table(
+        {
+            "flow_id": pc.binary_join_element_wise(
+                str(first_octet), pc.cast(pa.array(i), pa.string()), "-"
+            ),
+            "exporter": pc.binary_join_element_wise(
+                "h", pc.cast(pa.array(i % 5000), pa.string()), ""
+            ),
+            "local_ip": ips(i),
+            "local_port": pa.array(np.full(addresses, 443, np.int32)),
+            "remote_ip": ips((i * 7919 + 13) % addresses),
+            "remote_port": pa.array((40000 + i % 20000).astype(np.int32)),
+            "direction": pa.array(np.where(i % 2 == 0, "outbound", "inbound")),
+            "start_ns": pa.array(start),
+            "end_ns": pa.array(start + 2 * SECOND),
+            "state": pa.array(["closed"] * addresses),
+            "bytes_sent": pa.array(i % 9000 + 100),
+            "bytes_received": pa.array(i % 7000 + 100),
+            "local_workload": pc.binary_join_element_wise(
+                "svc-", pc.cast(pa.array(i % 20_000), pa.string()), ""
+            ),
+            "received_ns": pa.array(start + 3 * SECOND),
+        }
+    )
+
+
+def _rss_mib(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS", "VmHWM")):
+            out[line.split(":")[0]] = int(line.split()[1]) // 1024
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.findall(r"^flowtrail_node_(\w+) ([0-9.e+]+)$", text, re.M)
+    return {k: float(v) for k, v in found}
+
+
+async def _settle(bus: Bus, ports: list[int], flows: pa.Table, tag: str, total: int) -> None:
+    """Clock marks past every wait until each node learned and the nodes wrote `total` rows."""
+    mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
+    k = 0
+    while True:
+        await bus.publish_clock(REGION, mark + k * SECOND, f"{tag}{k}")
+        k += 1
+        m = [_metrics(port) for port in ports]
+        learned = [x.get("rows_submitted_total", 0) + x.get("rows_evidence_total", 0) for x in m]
+        written = sum(x.get("rows_written_total", 0) for x in m)
+        if written >= total and all(v >= total for v in learned):
+            return
+        await asyncio.sleep(0.5)
+
+
+async def _run(
+    lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int, batch: int
+) -> dict[str, object]:
+    bus = Bus(BusConfig(servers=lab.urls, replicas=1))
+    await bus.connect()
+    await bus.ensure_streams([REGION])
+    procs, ports = [], []
+    for i in range(nodes):
+        args = [sys.executable, "-m", "flowtrail.cluster", "--nats", lab.urls[0]]
+        args += ["--region", REGION, "--name", f"n{i}", "--replicas", "1"]
+        args += ["--sink", "parquet", "--out", str(tmp / f"out{i}"), "--trust-received"]
+        args += ["--no-events", "--listen", "127.0.0.1:0"]
+        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    for proc in procs:
+        assert proc.stdout is not None
+        ports.append(int(json.loads(proc.stdout.readline())["listen"]))
+    warm = synthetic_flows(5_000, first_octet=11)
+    await bus.publish_batch(REGION, warm, "warm-up")
+    await _settle(bus, ports, warm, "w", warm.num_rows)
+    before = [_rss_mib(p.pid)["VmRSS"] for p in procs]
+    cpu_before = [_cpu_s(p.pid) for p in procs]
+    n = flows.num_rows
+    began = time.monotonic()
+    for k, start in enumerate(range(0, n, batch)):
+        await bus.publish_batch(REGION, flows.slice(start, batch), f"b{k}")
+        if k % 10 == 0:
+            print(f"published {min(start + batch, n):,}/{n:,}", file=sys.stderr)
+    await _settle(bus, ports, flows, "m", n + warm.num_rows)
+    seconds = time.monotonic() - began
+    time.sleep(1.0)  # let the allocator settle before reading resident memory
+    m = [_metrics(port) for port in ports]
+    rss = [_rss_mib(p.pid) for p in procs]
+    cpu = [_cpu_s(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+    await bus.close()
+    mib = 1024 * 1024
+    return {
+        "addresses": n,
+        "nodes": nodes,
+        "seconds_until_all_learned_and_stored": round(seconds, 1),
+        "per_node": [
+            {
+                "ownership_ranges": int(x["ownership_ranges"]),
+                "ownership_mib": round(x["ownership_bytes"] / mib, 1),
+                "ownership_bytes_per_range": round(x["ownership_bytes"] / x["ownership_ranges"], 1),
+                "peer_index_mib": round(x["peer_bytes"] / mib, 1),
+                "waiting_pool_mib": round(x["waiting_bytes"] / mib, 1),
+                "rss_after_warm_up_mib": b,
+                "rss_after_mib": r["VmRSS"],
+                "rss_growth_mib": r["VmRSS"] - b,
+                "rss_peak_mib": r["VmHWM"],
+                "rows_written": int(x["rows_written_total"]),
+                "cpu_s": round(c, 2),
+                "cpu_us_per_region_row": round(c / n * 1e6, 2),
+            }
+            for x, r, b, c in zip(m, rss, before, cpu, strict=True)
+        ],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--addresses", type=int, default=1_000_000, help="distinct addresses")
+    p.add_argument("--nodes", type=int, default=2, help="node processes (each learns all)")
+    p.add_argument("--batch", type=int, default=20_000, help="rows per published batch")
+    args = p.parse_args()
+    flows = synthetic_flows(args.addresses)
+    with tempfile.TemporaryDirectory() as d, NatsLab(Path(d) / "nats") as lab:
+        report = asyncio.run(_run(lab, Path(d), flows, args.nodes, args.batch))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
