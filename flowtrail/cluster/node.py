@@ -153,6 +153,7 @@ class ClusterNode:
             "evidence_messages": 0,
             "rows_submitted": 0,
             "rows_evidence": 0,
+            "rows_not_learned": 0,  # forwarded-in rows no flow decided here can use
             "rows_written": 0,
             "rows_stored": 0,
             "clock_marks": 0,
@@ -313,11 +314,14 @@ class ClusterNode:
         marked = table.append_column(OWNED_COLUMN, pa.array(owned))
         if owned.any():
             self._held[evidence_id] = _Held(msg, int(owned.sum()))
+        evidence_headers = {OWNER: self.incarnation}
+        if FORWARDED_FROM in headers:
+            evidence_headers[FORWARDED_FROM] = headers[FORWARDED_FROM]
         await self.bus.publish(
             self.bus.evidence_subject(self.config.region),
             encode(marked),
             evidence_id,
-            {OWNER: self.incarnation},
+            evidence_headers,
         )
         if not owned.any():
             await self._settle(msg.ack(), "ack")  # all forwarded: other regions hold it now
@@ -423,11 +427,30 @@ class ClusterNode:
             self.engine.submit_flows(mine, now)
             self.stats["rows_submitted"] += mine.num_rows
             rest = table.filter(pa.array(~owned))
+        elif FORWARDED_FROM in headers:
+            rest = self._useful_here(table)
         else:
             rest = table
         if rest.num_rows:
             self.engine.submit_evidence(rest, now)
             self.stats["rows_evidence"] += rest.num_rows
+
+    def _useful_here(self, forwarded: pa.Table) -> pa.Table:
+        """Rows forwarded in from another region, as evidence for this region's other nodes.
+
+        They are decided here (their remote address is ours), but their local side is a
+        heartbeat for an address of the region they came from, and their own other end's row
+        (local address ours, remote theirs) is decided there: no flow decided here can use
+        them, so learning them would only cost. Rows whose local address is in no region,
+        or in ours, stay (a flow towards an address in no region is decided here).
+        """
+        local = self.regions.lookup(
+            self._ipkeys.keys(forwarded.column("local_ip"), forwarded.column("exporter")),
+            self._ipkeys,
+        )
+        keep = (local < 0) | (local == self._region_id)
+        self.stats["rows_not_learned"] += int(np.count_nonzero(~keep))
+        return forwarded if keep.all() else forwarded.filter(pa.array(keep))
 
     async def _learn_events(self, msg: Msg) -> None:
         """Control-plane events: every node applies them where they sit in the stream."""

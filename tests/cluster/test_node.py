@@ -128,6 +128,9 @@ def test_three_nodes_two_regions_equal_single_node_replay(
     east_written = [n.stats["rows_written"] for n in nodes[:2]]
     assert min(east_written) > 0, east_written
     assert sum(n.stats["rows_forwarded"] for n in nodes) > 0
+    # us-east's other node skipped learning rows forwarded in from eu-west, and still
+    # decided exactly like the replay.
+    assert sum(n.stats["rows_not_learned"] for n in nodes) > 0
     attributed = pc.sum(pc.is_valid(stored.column("remote_workload"))).as_py()
     assert attributed > flows.num_rows // 2  # a meaningful comparison, not all nulls
     by_event = pc.sum(pc.equal(stored.column("remote_source"), "event")).as_py() or 0
