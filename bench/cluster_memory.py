@@ -167,6 +167,7 @@ async def _run(
                 "rss_growth_mib": r["VmRSS"] - b,
                 "rss_peak_mib": r["VmHWM"],
                 "rows_written": int(x["rows_written_total"]),
+                "batches_redelivered": int(x["batches_redelivered_total"]),
                 "cpu_s": round(c, 2),
                 "cpu_us_per_region_row": round(c / n * 1e6, 2),
             }

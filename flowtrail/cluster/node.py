@@ -80,7 +80,10 @@ class NodeConfig:
     # False: received_ns := when JetStream stored the work batch (the cluster's clock, as the
     # single-node collector stamps its own). True keeps senders' values (replays, tests).
     trust_received: bool = False
-    fetch_batch: int = 32
+    # Work batches asked for at once. A fetch lands in the subscription's pending buffer (64 MiB
+    # in nats-py) and what overflows it is dropped, to come back only after ack_wait: keep
+    # fetch_batch x the largest batch (up to max_payload, 8 MiB in the lab) well below that.
+    fetch_batch: int = 4
     poll_s: float = 0.2
     since_ns: int | None = None  # where evidence reading starts; None: the whole stream
     max_catch_up_ticks: int = 3600  # a longer jump in the clock is taken in one step
