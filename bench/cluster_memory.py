@@ -10,6 +10,8 @@ flows are decided and written as they would be live. Reports, per node: the engi
 buffers read from the node's /metrics (ownership ranges, the peer-row index, the waiting
 pool), the process's resident memory after the warm-up, after, and at its peak, and its
 CPU time per row of the region (every node pays for every row: learning is broadcast).
+Then one more node starts and the time until its /readyz answers 200 (it has rebuilt the
+whole state from the evidence stream) is reported.
 
     python bench/cluster_memory.py --addresses 1000000 --nodes 2
 """
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -76,6 +79,22 @@ def synthetic_flows(addresses: int, first_octet: int = 10) -> pa.Table:
     )
 
 
+LEARNED = ("rows_submitted_total", "rows_evidence_total")
+
+
+def _start_node(lab: NatsLab, tmp: Path, name: str) -> subprocess.Popen[bytes]:
+    args = [sys.executable, "-m", "flowtrail.cluster", "--nats", lab.urls[0]]
+    args += ["--region", REGION, "--name", name, "--replicas", "1"]
+    args += ["--sink", "parquet", "--out", str(tmp / f"out-{name}"), "--trust-received"]
+    args += ["--no-events", "--listen", "127.0.0.1:0"]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _listen_port(proc: subprocess.Popen[bytes]) -> int:
+    assert proc.stdout is not None
+    return int(json.loads(proc.stdout.readline())["listen"])
+
+
 def _rss_mib(pid: int) -> dict[str, int]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -105,7 +124,7 @@ async def _settle(bus: Bus, ports: list[int], flows: pa.Table, tag: str, total: 
         await bus.publish_clock(REGION, mark + k * SECOND, f"{tag}{k}")
         k += 1
         m = [_metrics(port) for port in ports]
-        learned = [x.get("rows_submitted_total", 0) + x.get("rows_evidence_total", 0) for x in m]
+        learned = [sum(x.get(k, 0) for k in LEARNED) for x in m]
         written = sum(x.get("rows_written_total", 0) for x in m)
         if written >= total and all(v >= total for v in learned):
             return
@@ -118,16 +137,8 @@ async def _run(
     bus = Bus(BusConfig(servers=lab.urls, replicas=1))
     await bus.connect()
     await bus.ensure_streams([REGION])
-    procs, ports = [], []
-    for i in range(nodes):
-        args = [sys.executable, "-m", "flowtrail.cluster", "--nats", lab.urls[0]]
-        args += ["--region", REGION, "--name", f"n{i}", "--replicas", "1"]
-        args += ["--sink", "parquet", "--out", str(tmp / f"out{i}"), "--trust-received"]
-        args += ["--no-events", "--listen", "127.0.0.1:0"]
-        procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
-    for proc in procs:
-        assert proc.stdout is not None
-        ports.append(int(json.loads(proc.stdout.readline())["listen"]))
+    procs = [_start_node(lab, tmp, f"n{i}") for i in range(nodes)]
+    ports = [_listen_port(proc) for proc in procs]
     warm = synthetic_flows(5_000, first_octet=11)
     await bus.publish_batch(REGION, warm, "warm-up")
     await _settle(bus, ports, warm, "w", warm.num_rows)
@@ -145,6 +156,22 @@ async def _run(
     m = [_metrics(port) for port in ports]
     rss = [_rss_mib(p.pid) for p in procs]
     cpu = [_cpu_s(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
+    # A node (re)starting now rebuilds from the evidence stream: time until /readyz says so.
+    joined = time.monotonic()
+    late = _start_node(lab, tmp, "late")
+    procs.append(late)
+    late_port = _listen_port(late)
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{late_port}/readyz", timeout=10):
+                break
+        except urllib.error.HTTPError:
+            time.sleep(0.1)
+    rebuild = {
+        "evidence_rows": int(sum(v for k, v in _metrics(late_port).items() if k in LEARNED)),
+        "seconds_until_ready": round(time.monotonic() - joined, 1),
+        "rss_mib": _rss_mib(late.pid)["VmRSS"],
+    }
     for proc in procs:
         proc.terminate()
     for proc in procs:
@@ -155,6 +182,7 @@ async def _run(
         "addresses": n,
         "nodes": nodes,
         "seconds_until_all_learned_and_stored": round(seconds, 1),
+        "node_started_afterwards": rebuild,
         "per_node": [
             {
                 "ownership_ranges": int(x["ownership_ranges"]),
