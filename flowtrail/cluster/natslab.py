@@ -4,10 +4,18 @@ Each server gets its own config file, JetStream file store and log under one dir
 Ports are taken free from the kernel (bind to 0) just before the servers start. A server can
 be killed (SIGKILL, like a crash) and started again on the same ports and store, which is how
 tests exercise JetStream's recovery.
+
+Optionally the client side is secured as a production cluster's would be: TLS with a server
+certificate signed by a throwaway CA (`tls=True`), client certificates required and checked
+against that CA (`verify_clients=True`), and user/password authorization (`user`,
+`password`; clients put them in the URL, nats://user:pass@host:port). The CA and
+certificates are made with the openssl command-line tool, like flowtrail.collector.devcert.
+By default there is none of it: plain, open loopback servers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +24,9 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
+
+from flowtrail.errors import CapabilityError
 
 NATS_SERVER = os.environ.get("FLOWTRAIL_NATS_SERVER", "/usr/sbin/nats-server")
 
@@ -31,6 +42,67 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LabPki:
+    """A throwaway CA and the certificates it signed (PEM files), valid for two days."""
+
+    ca_file: Path
+    server_cert: Path  # SAN: IP 127.0.0.1 and DNS localhost; serverAuth
+    server_key: Path
+    client_cert: Path  # CN flowtrail-lab-client; clientAuth
+    client_key: Path
+
+
+def make_pki(directory: Path, days: int = 2) -> LabPki:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, all EC
+    P-256, made with the openssl command (no Python crypto dependency)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise CapabilityError("the openssl command is needed to make the lab's certificates")
+    directory.mkdir(parents=True, exist_ok=True)
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        done = subprocess.run([openssl, *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    run(
+        "req", "-x509", *newkey, "-keyout", str(ca_key), "-out", str(ca), "-days", str(days),
+        "-subj", "/CN=flowtrail lab CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "-addext", "subjectKeyIdentifier=hash",
+    )  # fmt: skip
+
+    def leaf(name: str, subject: str, extensions: str) -> tuple[Path, Path]:
+        cert, key, csr = (directory / f"{name}{ext}" for ext in (".pem", ".key", ".csr"))
+        ext_file = directory / f"{name}.ext"
+        ext_file.write_text(
+            "basicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n" + extensions
+        )
+        run("req", "-new", *newkey, "-keyout", str(key), "-out", str(csr), "-subj", subject)
+        run(
+            "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", str(days),
+            "-extfile", str(ext_file), "-out", str(cert),
+        )  # fmt: skip
+        key.chmod(0o600)
+        return cert, key
+
+    server = leaf(
+        "server",
+        "/CN=127.0.0.1",
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    client = leaf("client", "/CN=flowtrail-lab-client", "extendedKeyUsage=clientAuth\n")
+    ca_key.chmod(0o600)
+    return LabPki(ca, *server, *client)
 
 
 @dataclass
@@ -53,18 +125,34 @@ class NatsServer:
 
 @dataclass
 class NatsLab:
-    """`size` servers forming one cluster; start() waits until every client port answers."""
+    """`size` servers forming one cluster; start() waits until every server is healthy.
+
+    `tls`: clients must use TLS (certificates in `pki`, made under root/pki);
+    `verify_clients`: and present a certificate signed by the lab's CA (implies tls);
+    `user`/`password`: clients must authenticate (`urls` carry them).
+    """
 
     root: Path
     size: int = 3
     cluster_name: str = "flowtrail-test"
+    tls: bool = False
+    verify_clients: bool = False
+    user: str | None = None
+    password: str | None = None
     servers: list[NatsServer] = field(default_factory=list)
+    pki: LabPki | None = None
 
     def __post_init__(self) -> None:
         binary = nats_server_binary()
         if binary is None:
             raise FileNotFoundError("nats-server not found (set FLOWTRAIL_NATS_SERVER)")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("NatsLab: user and password go together")
         self.binary = binary
+        if self.verify_clients:
+            self.tls = True
+        if self.tls and self.pki is None:
+            self.pki = make_pki(self.root / "pki")
         for i in range(self.size):
             directory = self.root / f"n{i}"
             (directory / "js").mkdir(parents=True, exist_ok=True)
@@ -76,22 +164,54 @@ class NatsLab:
 
     @property
     def urls(self) -> list[str]:
-        return [s.url for s in self.servers]
+        """Client URLs, with the lab's user and password in them when it has some."""
+        return self.client_urls(self.user, self.password)
+
+    def client_urls(self, user: str | None = None, password: str | None = None) -> list[str]:
+        """nats://[user:password@]127.0.0.1:port of every server (TLS is negotiated after
+        the server's INFO, so the scheme stays nats:// with TLS too)."""
+        auth = ""
+        if user is not None:
+            auth = (
+                quote(user, safe="")
+                + (f":{quote(password, safe='')}" if password is not None else "")
+                + "@"
+            )
+        return [f"nats://{auth}127.0.0.1:{s.client_port}" for s in self.servers]
 
     def _config_text(self, server: NatsServer) -> str:
+        # The routes between the lab's servers stay plain and open: they are on loopback
+        # and only the client side is under test. (A production cluster would secure them
+        # too, with the cluster block's own tls and authorization.)
         routes = ", ".join(
             f"nats-route://127.0.0.1:{s.route_port}" for s in self.servers if s is not server
         )
-        return (
+        text = (
             f'server_name: "{server.name}"\n'
             f"listen: 127.0.0.1:{server.client_port}\n"
             f"http: 127.0.0.1:{server.monitor_port}\n"
             "max_payload: 8MB\n"
             f'jetstream {{\n  store_dir: "{server.directory / "js"}"\n'
             "  max_memory_store: 64MB\n  max_file_store: 1GB\n}\n"
-            f'cluster {{\n  name: "{self.cluster_name}"\n'
-            f"  listen: 127.0.0.1:{server.route_port}\n  routes: [{routes}]\n}}\n"
         )
+        if self.size > 1:  # a lone server with a cluster block but no routes: JetStream refuses
+            text += (
+                f'cluster {{\n  name: "{self.cluster_name}"\n'
+                f"  listen: 127.0.0.1:{server.route_port}\n  routes: [{routes}]\n}}\n"
+            )
+        if self.pki is not None and self.tls:
+            text += (
+                f"tls {{\n  cert_file: {_quoted(self.pki.server_cert)}\n"
+                f"  key_file: {_quoted(self.pki.server_key)}\n"
+                f"  ca_file: {_quoted(self.pki.ca_file)}\n"
+                f"  verify: {'true' if self.verify_clients else 'false'}\n  timeout: 2\n}}\n"
+            )
+        if self.user is not None and self.password is not None:
+            text += (
+                f"authorization {{\n  user: {_quoted(self.user)}\n"
+                f"  password: {_quoted(self.password)}\n}}\n"
+            )
+        return text
 
     def start(self, timeout: float = 20.0) -> None:
         for server in self.servers:
@@ -168,3 +288,8 @@ class NatsLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quoted(value: object) -> str:
+    """A nats-server config string (JSON's quoting is a subset the config parser reads)."""
+    return json.dumps(str(value))
