@@ -23,7 +23,8 @@ publish ack and retries under the same id.
   re-sent batch splits the same way and its parts are deduplicated too.
 
 Secrets come from the environment like the collector sink's: FLOWTRAIL_NATS_CREDS (a NATS
-credentials file) and FLOWTRAIL_NATS_CAFILE (CA bundle for TLS to the servers).
+credentials file), FLOWTRAIL_NATS_CAFILE (CA bundle for TLS to the servers) and, for servers
+that verify clients, FLOWTRAIL_NATS_CERT / FLOWTRAIL_NATS_KEY (the agent's certificate and key).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from flowtrail.errors import ExportError, InputError
 
 CREDS_ENV = "FLOWTRAIL_NATS_CREDS"
 CAFILE_ENV = "FLOWTRAIL_NATS_CAFILE"
+CERT_ENV = "FLOWTRAIL_NATS_CERT"  # client certificate, for servers that verify clients
+KEY_ENV = "FLOWTRAIL_NATS_KEY"
 SCHEMES = ("nats://", "tls://")
 
 T = TypeVar("T")
@@ -118,12 +121,16 @@ class NatsExporter:
     @classmethod
     def from_environment(cls, target: str | None, region: str | None) -> NatsExporter:
         """Factory for the agent's exporter registry: servers from --out, region from
-        --region, credentials and CA from FLOWTRAIL_NATS_CREDS / FLOWTRAIL_NATS_CAFILE."""
+        --region, credentials and CA from FLOWTRAIL_NATS_CREDS / FLOWTRAIL_NATS_CAFILE, a
+        client certificate from FLOWTRAIL_NATS_CERT / FLOWTRAIL_NATS_KEY."""
         servers = parse_servers(target)
         if not region:
             raise InputError(
                 "--sink nats needs --region NAME: batches go to that region's work stream"
             )
+        cert, key = _env_file(CERT_ENV), _env_file(KEY_ENV)
+        if bool(cert) != bool(key):
+            raise InputError(f"{CERT_ENV} and {KEY_ENV} go together")
         config = BusConfig(
             servers=servers,
             # Bounded so that one export stays well inside the exporter's timeout: a
@@ -132,6 +139,8 @@ class NatsExporter:
             publish_attempts=3,
             creds_file=_env_file(CREDS_ENV),
             tls_ca_file=_env_file(CAFILE_ENV),
+            tls_cert_file=cert,
+            tls_key_file=key,
         )
         return cls(config, region)
 

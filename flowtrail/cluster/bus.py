@@ -18,11 +18,13 @@ Per region two streams (file storage, replicated):
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import nats
 import pyarrow as pa
@@ -40,7 +42,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError
 
-from flowtrail.errors import ExportError, InputError
+from flowtrail.errors import CapabilityError, ExportError, InputError
 
 log = logging.getLogger("flowtrail.cluster")
 SECOND = 1_000_000_000
@@ -88,6 +90,56 @@ class BusConfig:
             raise InputError(f"--nats-replicas {self.replicas}: must be 1, 3 or 5")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InputError("--tls-cert and --tls-key go together")
+        if self.creds_file and importlib.util.find_spec("nkeys") is None:
+            # nats-py signs the server's nonce with the creds file's seed through nkeys.
+            raise CapabilityError(
+                "a NATS credentials file needs the nkeys package: pip install 'nats-py[nkeys]'"
+            )
+        split_auth(self.servers)  # the URLs' credentials must agree
+
+
+def split_auth(servers: list[str]) -> tuple[list[str], str | None, str | None]:
+    """Server URLs without their user:password part, and that user and password decoded.
+
+    nats-py takes user:password from the URL it is connecting to without %-decoding it, and
+    the servers a cluster announces (added to the client's list as bare host:port) get no
+    credentials at all: after a failover the client could land on one and be refused. So
+    the credentials are taken out of the URLs and given to the client once, for every
+    server; which also keeps them out of error messages. A user alone is a token.
+    """
+    bare: list[str] = []
+    auths: set[tuple[str | None, str | None]] = set()
+    for url in servers:
+        parts = urlsplit(url)
+        if parts.username is None and parts.password is None:
+            bare.append(url)
+            continue
+        user = unquote(parts.username) if parts.username is not None else None
+        password = unquote(parts.password) if parts.password is not None else None
+        auths.add((user, password))
+        bare.append(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl())
+    if len(auths) > 1:
+        raise InputError("--nats: the server URLs carry different user:password parts")
+    user, password = auths.pop() if auths else (None, None)
+    return bare, user, password
+
+
+def explain(error: str) -> str:
+    """A connection error, with what to do about the usual TLS and authorization ones."""
+    hints = (
+        ("CERTIFICATE_VERIFY_FAILED", "the servers' certificate is not trusted: give the CA "
+         "that signed it (--tls-ca, FLOWTRAIL_NATS_CAFILE)"),
+        ("ALERT_BAD_CERTIFICATE", "the servers refused this client's certificate (or its "
+         "lack of one): give --tls-cert and --tls-key signed by a CA the servers trust"),
+        ("ALERT_CERTIFICATE_REQUIRED", "the servers want a client certificate: give "
+         "--tls-cert and --tls-key"),
+        ("Authorization Violation", "the servers refused the credentials: check the "
+         "user:password in the URL, or --creds"),
+    )  # fmt: skip
+    for marker, hint in hints:
+        if marker in error:
+            return f"{error} ({hint})"
+    return error
 
 
 async def _log_nats_error(exc: Exception) -> None:
@@ -125,6 +177,7 @@ class Bus:
 
     def __init__(self, config: BusConfig) -> None:
         self.config = config
+        self._errors: dict[str, None] = {}  # the client's latest distinct connection errors
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self.stats = {"published": 0, "publish_retries": 0, "duplicates": 0}
@@ -152,8 +205,9 @@ class Bus:
         return self._js
 
     async def connect(self) -> None:
+        servers, user, password = split_auth(self.config.servers)
         options: dict[str, Any] = {
-            "servers": self.config.servers,
+            "servers": servers,
             "max_reconnect_attempts": -1,
             "reconnect_time_wait": 0.2,
             # One line per problem, not nats-py's default traceback every 0.2 s per server.
@@ -162,14 +216,41 @@ class Bus:
             "reconnected_cb": _log_reconnected,
             **self.config.connect_options,
         }
+        if password is not None:
+            options.update(user=user, password=password)
+        elif user is not None:
+            options["token"] = user
+        report = options["error_cb"]
+
+        async def remember_error(exc: Exception) -> None:
+            # A refused TLS handshake or login is often followed by a broken pipe or a
+            # reset: keep a few distinct ones, so the first-connect error names the cause.
+            what = str(exc) or type(exc).__name__
+            self._errors.pop(what, None)
+            self._errors[what] = None
+            while len(self._errors) > 3:
+                del self._errors[next(iter(self._errors))]
+            await report(exc)
+
+        options["error_cb"] = remember_error
+        self._errors.clear()
         if self.config.creds_file:
             options["user_credentials"] = self.config.creds_file
         if self.config.tls_ca_file or self.config.tls_cert_file:
             import ssl
 
-            context = ssl.create_default_context(cafile=self.config.tls_ca_file)
+            try:
+                context = ssl.create_default_context(cafile=self.config.tls_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise InputError(f"--tls-ca {self.config.tls_ca_file}: {exc}") from exc
             if self.config.tls_cert_file and self.config.tls_key_file:
-                context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+                try:
+                    context.load_cert_chain(self.config.tls_cert_file, self.config.tls_key_file)
+                except (OSError, ssl.SSLError) as exc:
+                    raise InputError(
+                        f"--tls-cert {self.config.tls_cert_file} / --tls-key "
+                        f"{self.config.tls_key_file}: {exc}"
+                    ) from exc
             options["tls"] = context
         try:
             # nats-py retries a first connection forever when reconnects are unlimited.
@@ -177,9 +258,13 @@ class Bus:
                 nats.connect(**options), self.config.connect_timeout_s
             )
         except (OSError, TimeoutError, nats.errors.Error) as exc:
-            servers = ", ".join(self.config.servers)
             why = str(exc) or f"no answer in {self.config.connect_timeout_s:g} s"
-            raise ExportError(f"NATS: cannot connect to {servers}: {why}") from exc
+            seen = [e for e in self._errors if e not in why]
+            if seen:
+                why += f"; errors seen: {' | '.join(seen)}"
+            raise ExportError(
+                f"NATS: cannot connect to {', '.join(servers)}: {explain(why)}"
+            ) from exc
         self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
 
     async def close(self) -> None:
