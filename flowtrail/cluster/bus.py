@@ -146,10 +146,6 @@ async def _log_nats_error(exc: Exception) -> None:
     log.warning("NATS: %s", exc or type(exc).__name__)
 
 
-async def _log_disconnected() -> None:
-    log.warning("NATS: disconnected; reconnecting")
-
-
 async def _log_reconnected() -> None:
     log.info("NATS: reconnected")
 
@@ -180,6 +176,7 @@ class Bus:
         self._errors: dict[str, None] = {}  # the client's latest distinct connection errors
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._closing = False
         self.stats = {"published": 0, "publish_retries": 0, "duplicates": 0}
 
     # -- names ---------------------------------------------------------------------------
@@ -212,7 +209,7 @@ class Bus:
             "reconnect_time_wait": 0.2,
             # One line per problem, not nats-py's default traceback every 0.2 s per server.
             "error_cb": _log_nats_error,
-            "disconnected_cb": _log_disconnected,
+            "disconnected_cb": self._log_disconnected,
             "reconnected_cb": _log_reconnected,
             **self.config.connect_options,
         }
@@ -267,7 +264,12 @@ class Bus:
             ) from exc
         self._js = self._nc.jetstream(timeout=self.config.publish_timeout_s)
 
+    async def _log_disconnected(self) -> None:
+        if not self._closing:
+            log.warning("NATS: disconnected; reconnecting")
+
     async def close(self) -> None:
+        self._closing = True
         # close, not drain: draining an ordered consumer makes the client recreate it and
         # then time out (nats-py 2.16); every ack this process owes is sent explicitly.
         if self._nc is not None and not self._nc.is_closed:
