@@ -74,7 +74,9 @@ class BusConfig:
     max_ack_pending: int = 20_000  # batches a region's nodes may hold while rows wait
     publish_timeout_s: float = 5.0
     connect_timeout_s: float = 30.0  # the first connection; later ones are retried forever
-    publish_attempts: int = 8  # with backoff: rides out a server restart / leader election
+    # With backoff (0.1 s doubling to 2 s): ~50 s, enough for a stream leader election after
+    # a server dies (8 tries, ~9 s, was sometimes too short on a loaded machine).
+    publish_attempts: int = 30
     creds_file: str | None = None
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None  # client certificate, for servers that verify clients

@@ -138,6 +138,7 @@ class ClusterNode:
         self._seq_ids: dict[int, str] = {}
         self._next_seq = 0
         self._done: OrderedDict[str, None] = OrderedDict()  # recently finished evidence ids
+        self._retries: dict[str, int] = {}  # batch id -> failed publishing tries (until one works)
         self.ready = asyncio.Event()  # set once both consumers are attached
         self.caught_up = False  # the evidence retained at start has been read
         self._catch_up_seq = 0
@@ -150,6 +151,7 @@ class ClusterNode:
             "batches_bad": 0,
             "batches_handed_back": 0,
             "ack_failures": 0,
+            "publish_failures": 0,
             "consumer_errors": 0,
             "rows_taken": 0,
             "rows_forwarded": 0,
@@ -278,6 +280,10 @@ class ClusterNode:
         meta = msg.metadata
         batch_id = headers.get(MSG_ID) or f"{meta.stream}:{meta.sequence.stream}"
         evidence_id = f"{batch_id}@{self.incarnation}"
+        if batch_id in self._retries:
+            # An earlier try's evidence may have been stored after all (a lost publish ack):
+            # a new id keeps this try's evidence from being dropped as its duplicate.
+            evidence_id += f"#{self._retries[batch_id]}"
         if evidence_id in self._held or evidence_id in self._done:
             # Redelivered to us while we still hold it (or just finished it): ours already.
             if evidence_id in self._held:
@@ -293,6 +299,24 @@ class ClusterNode:
             log.warning("dropping %s: %s", batch_id, exc)
             await self._settle(msg.term(), "term")
             return
+        try:
+            await self._route(msg, table, batch_id, evidence_id, headers)
+        except ExportError as exc:
+            # NATS would not take the forward or the evidence for long: give the batch back
+            # (it comes again, to this node or another; re-published parts are deduplicated).
+            self.stats["publish_failures"] += 1
+            log.warning("handing %s back: %s", batch_id, exc)
+            self._held.pop(evidence_id, None)
+            self._retries[batch_id] = self._retries.get(batch_id, 0) + 1
+            await self._settle(msg.nak(), "nak")
+            return
+        self._retries.pop(batch_id, None)
+
+    async def _route(
+        self, msg: Msg, table: pa.Table, batch_id: str, evidence_id: str, headers: dict[str, str]
+    ) -> None:
+        """Forward other regions' rows, publish the batch as evidence, hold it until stored."""
+        meta = msg.metadata
         self.stats["batches_taken"] += 1
         self.stats["batches_redelivered"] += int(meta.num_delivered > 1)
         self.stats["rows_taken"] += table.num_rows

@@ -18,12 +18,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.bus import CLOCK, SECOND, Bus, BusConfig
 from flowtrail.cluster.feed import feed_paced
 from flowtrail.cluster.natslab import NatsLab
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
+from flowtrail.errors import ExportError
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 
@@ -271,3 +272,58 @@ def test_node_joining_midway_rebuilds_from_the_evidence_stream(
     assert copies.keys() == want.keys()  # none lost
     differ = [k for k in want if copies[k] != {want[k]}]
     assert not differ, [(k, copies[k], want[k]) for k in differ[:3]]
+
+
+def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_later(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    """Fault injection (the one fake here: NATS cannot be made to refuse exactly one publish
+    for a minute on cue): the first evidence publish fails as after a long election. The
+    node survives, hands the batch back, takes it again under a new evidence id and stores
+    every row once."""
+    sim = simulate("churny", 4, flows=1_000)
+    good = sim.flows.slice(0, 50)
+    region = "us-east"
+
+    async def main() -> ClusterNode:
+        bus = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
+        await bus.connect()
+        await bus.ensure_streams([region])
+        real_publish = bus.publish
+        failed: list[str] = []
+
+        async def flaky(subject: str, payload: bytes, msg_id: str, headers=None):  # type: ignore[no-untyped-def]
+            if ".evidence." in subject and not failed:
+                await real_publish(subject, payload, msg_id, headers)  # stored, ack "lost"
+                failed.append(msg_id)
+                raise ExportError(f"publish {msg_id}: injected failure")
+            return await real_publish(subject, payload, msg_id, headers)
+
+        bus.publish = flaky  # type: ignore[method-assign]
+        store = Store(tmp_path / "node.duckdb", retention_ns=None)
+        cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
+        node = ClusterNode(bus, cfg, None, store)
+        stop = asyncio.Event()
+        run = asyncio.create_task(node.run(stop))
+        try:
+            await asyncio.wait_for(node.ready.wait(), 20)
+            await bus.publish_batch(region, good, "good")
+            await _wait_for(lambda: node.stats["rows_submitted"] > 0, 30, "the retry", [run])
+            end = int(pc.max(good.column("received_ns")).as_py()) + 200 * SECOND
+            await real_publish(bus.evidence_subject(region), b"", "end", {CLOCK: str(end)})
+            await _wait_for(
+                lambda: node.stats["rows_written"] >= good.num_rows and node.held == 0,
+                30,
+                "the batch stored",
+                [run],
+            )
+            return node
+        finally:
+            stop.set()
+            await asyncio.gather(run, return_exceptions=True)
+            await bus.close()
+
+    node = asyncio.run(main())
+    assert node.stats["publish_failures"] == 1
+    assert node.stats["rows_written"] == good.num_rows  # decided once, from the second try
+    assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
