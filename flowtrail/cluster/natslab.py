@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,10 +39,28 @@ def nats_server_binary() -> str | None:
     return shutil.which("nats-server")
 
 
+_taken: set[int] = set()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's ephemeral range (32768 up by default).
+
+    A port the kernel picked with bind(0) comes from the ephemeral range, where any outgoing
+    connection on the machine may take it before nats-server binds it ("address already in
+    use", seen in CI). Below that range only explicit picks like this one compete.
+    """
+    for _ in range(1000):
+        port = random.randint(20_000, 32_000)
+        if port in _taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _taken.add(port)
+        return port
+    raise RuntimeError("no free port found in 20000-32000")
 
 
 @dataclass(frozen=True)
