@@ -10,11 +10,18 @@ certificate signed by a throwaway CA (`tls=True`), client certificates required 
 against that CA (`verify_clients=True`), and user/password authorization (`user`,
 `password`; clients put them in the URL, nats://user:pass@host:port). The CA and
 certificates are made with the openssl command-line tool, like flowtrail.collector.devcert.
+Or, instead of user/password, decentralized JWT authorization (`operator=make_operator_auth()`):
+the servers trust an operator whose accounts they know from JWTs preloaded into a MEMORY
+resolver, and clients log in with a credentials file (a user JWT signed by an account, and
+the user's nkey seed; `OperatorAuth.user_creds`). The keys are made with the nkeys package
+and the JWTs (NATS JWT v2) are built here, so no nsc is needed.
 By default there is none of it: plain, open loopback servers.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import random
@@ -25,6 +32,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import quote
 
 from flowtrail.errors import CapabilityError
@@ -124,6 +132,124 @@ def make_pki(directory: Path, days: int = 2) -> LabPki:
     return LabPki(ca, *server, *client)
 
 
+# -- operator mode (NATS JWT v2) ---------------------------------------------------------------
+
+NkeyKind = Literal["operator", "account", "user"]
+
+
+def new_seed(kind: NkeyKind) -> str:
+    """A new random nkey seed (SO..., SA..., SU...) of that kind."""
+    import nkeys  # type: ignore[import-untyped]
+
+    prefix = {
+        "operator": nkeys.PREFIX_BYTE_OPERATOR,
+        "account": nkeys.PREFIX_BYTE_ACCOUNT,
+        "user": nkeys.PREFIX_BYTE_USER,
+    }[kind]
+    return bytes(nkeys.encode_seed(os.urandom(32), prefix)).decode()
+
+
+def public_key(seed: str) -> str:
+    """The public key (O..., A..., U...) of an nkey seed."""
+    import nkeys
+
+    return bytes(nkeys.from_seed(seed.encode()).public_key).decode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def encode_jwt(signer_seed: str, subject: str, name: str, nats: dict[str, Any]) -> str:
+    """A NATS JWT (v2): `nats` claims (with their "type" and "version": 2) about `subject`,
+    issued and signed (ed25519) by the key of `signer_seed`."""
+    import nkeys
+
+    signer = nkeys.from_seed(signer_seed.encode())
+    claims: dict[str, Any] = {
+        "iat": int(time.time()),
+        "iss": bytes(signer.public_key).decode(),
+        "name": name,
+        "sub": subject,
+    }
+    # The ID is a hash of the standard claims (the servers do not check it, nsc makes it so).
+    digest = hashlib.new("sha512_256", json.dumps(claims, separators=(",", ":")).encode())
+    claims["jti"] = base64.b32encode(digest.digest()).rstrip(b"=").decode()
+    claims["nats"] = nats
+    header = _b64(b'{"typ":"JWT","alg":"ed25519-nkey"}')
+    payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+    signature = bytes(signer.sign(f"{header}.{payload}".encode()))
+    return f"{header}.{payload}.{_b64(signature)}"
+
+
+_UNLIMITED = {"subs": -1, "data": -1, "payload": -1}
+_ACCOUNT_UNLIMITED = {
+    **_UNLIMITED, "imports": -1, "exports": -1, "wildcards": True, "conn": -1, "leaf": -1
+}  # fmt: skip
+# An account has JetStream only when its JWT grants storage.
+_JETSTREAM_UNLIMITED = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+
+
+def account_jwt(operator_seed: str, account_seed: str, name: str, jetstream: bool) -> str:
+    limits = {**_ACCOUNT_UNLIMITED, **(_JETSTREAM_UNLIMITED if jetstream else {})}
+    nats = {"limits": limits, "default_permissions": {"pub": {}, "sub": {}}}
+    nats |= {"type": "account", "version": 2}
+    return encode_jwt(operator_seed, public_key(account_seed), name, nats)
+
+
+def write_user_creds(path: Path, account_seed: str, name: str = "flowtrail") -> Path:
+    """A credentials file for a new user of the account of `account_seed` (allowed to
+    publish and subscribe to anything): the user JWT that account signed and the user's
+    seed, in the format nsc writes. Mode 0600."""
+    user_seed = new_seed("user")
+    nats = {"pub": {}, "sub": {}, **_UNLIMITED, "type": "user", "version": 2}
+    jwt = encode_jwt(account_seed, public_key(user_seed), name, nats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(0o600)
+    path.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n"
+        "************************* IMPORTANT *************************\n"
+        "NKEY Seed printed below can be used to sign and prove identity.\n"
+        "NKEYs are sensitive and should be treated as secrets.\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user_seed}\n------END USER NKEY SEED------\n\n"
+        "*************************************************************\n"
+    )
+    return path
+
+
+@dataclass(frozen=True)
+class OperatorAuth:
+    """An operator, its system account and one application account with JetStream, whose
+    users log in with credentials files (`user_creds`)."""
+
+    operator_seed: str
+    operator_jwt: str
+    system_account: str  # public key
+    account_seed: str  # the application account's: it signs the users
+    accounts: dict[str, str]  # public key -> JWT of both accounts, for resolver_preload
+
+    @property
+    def account(self) -> str:
+        return public_key(self.account_seed)
+
+    def user_creds(self, path: Path, name: str = "flowtrail") -> Path:
+        return write_user_creds(path, self.account_seed, name)
+
+
+def make_operator_auth(name: str = "flowtrail-lab") -> OperatorAuth:
+    operator_seed, system_seed, account_seed = (
+        new_seed("operator"), new_seed("account"), new_seed("account")
+    )  # fmt: skip
+    system = public_key(system_seed)
+    operator_nats = {"system_account": system, "type": "operator", "version": 2}
+    operator_jwt = encode_jwt(operator_seed, public_key(operator_seed), name, operator_nats)
+    accounts = {
+        system: account_jwt(operator_seed, system_seed, "SYS", jetstream=False),
+        public_key(account_seed): account_jwt(operator_seed, account_seed, name, jetstream=True),
+    }
+    return OperatorAuth(operator_seed, operator_jwt, system, account_seed, accounts)
+
+
 @dataclass
 class NatsServer:
     name: str
@@ -148,7 +274,8 @@ class NatsLab:
 
     `tls`: clients must use TLS (certificates in `pki`, made under root/pki);
     `verify_clients`: and present a certificate signed by the lab's CA (implies tls);
-    `user`/`password`: clients must authenticate (`urls` carry them).
+    `user`/`password`: clients must authenticate (`urls` carry them);
+    `operator`: or operator mode, clients log in with `operator.user_creds(...)` files.
     """
 
     root: Path
@@ -158,6 +285,7 @@ class NatsLab:
     verify_clients: bool = False
     user: str | None = None
     password: str | None = None
+    operator: OperatorAuth | None = None
     servers: list[NatsServer] = field(default_factory=list)
     pki: LabPki | None = None
 
@@ -167,6 +295,8 @@ class NatsLab:
             raise FileNotFoundError("nats-server not found (set FLOWTRAIL_NATS_SERVER)")
         if (self.user is None) != (self.password is None):
             raise ValueError("NatsLab: user and password go together")
+        if self.user is not None and self.operator is not None:
+            raise ValueError("NatsLab: user/password or operator mode, not both")
         self.binary = binary
         if self.verify_clients:
             self.tls = True
@@ -229,6 +359,13 @@ class NatsLab:
             text += (
                 f"authorization {{\n  user: {_quoted(self.user)}\n"
                 f"  password: {_quoted(self.password)}\n}}\n"
+            )
+        if self.operator is not None:
+            preload = "".join(f"  {key}: {jwt}\n" for key, jwt in self.operator.accounts.items())
+            text += (
+                f"operator: {self.operator.operator_jwt}\n"
+                f"system_account: {self.operator.system_account}\n"
+                f"resolver: MEMORY\nresolver_preload: {{\n{preload}}}\n"
             )
         return text
 
