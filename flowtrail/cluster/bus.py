@@ -18,11 +18,14 @@ Per region two streams (file storage, replicated):
 from __future__ import annotations
 
 import asyncio
+import base64
 import importlib.util
+import json
 import logging
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -93,7 +96,8 @@ class BusConfig:
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InputError("--tls-cert and --tls-key go together")
         if self.creds_file and importlib.util.find_spec("nkeys") is None:
-            # nats-py signs the server's nonce with the creds file's seed through nkeys.
+            # nats-py signs the server's nonce with the creds file's seed through nkeys (a
+            # dependency of flowtrail: this is for installs that left it out).
             raise CapabilityError(
                 "a NATS credentials file needs the nkeys package: pip install 'nats-py[nkeys]'"
             )
@@ -124,6 +128,50 @@ def split_auth(servers: list[str]) -> tuple[list[str], str | None, str | None]:
         raise InputError("--nats: the server URLs carry different user:password parts")
     user, password = auths.pop() if auths else (None, None)
     return bare, user, password
+
+
+def check_creds(path: str) -> None:
+    """Refuse a credentials file nats-py could not use, naming it (never its secrets).
+
+    nats-py reads the file only while connecting, and then a missing one is retried until
+    the connect bound, one without a seed crashes the client (TypeError) and one without a
+    JWT hangs it. It takes the line after each BEGIN marker as is, so CRLF line ends break
+    it too.
+    """
+    import nkeys  # type: ignore[import-untyped]
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"--creds {path}: {exc.strerror or exc}") from exc
+    lines = data.split(b"\n")
+
+    def after(marker: bytes) -> bytes | None:
+        for i, line in enumerate(lines[:-1]):
+            if marker in line:
+                return lines[i + 1]
+        return None
+
+    jwt, seed = after(b"BEGIN NATS USER JWT"), after(b"BEGIN USER NKEY SEED")
+    what = "a NATS credentials file (as nsc writes them)"
+    if b"\r" in data:
+        raise InputError(f"--creds {path}: has CRLF line ends; nats-py reads only LF")
+    if jwt is None or jwt.count(b".") != 2:
+        raise InputError(f"--creds {path}: no user JWT after a BEGIN NATS USER JWT line: {what}")
+    if seed is None:
+        raise InputError(f"--creds {path}: no BEGIN USER NKEY SEED line: {what}")
+    try:
+        user = bytes(nkeys.from_seed(bytearray(seed)).public_key).decode()
+    except Exception as exc:  # nkeys raises its own errors, binascii's, nacl's
+        raise InputError(f"--creds {path}: the user nkey seed is not valid: {what}") from exc
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(jwt.split(b".")[1] + b"=="))
+        subject = claims["sub"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InputError(f"--creds {path}: the user JWT does not decode: {what}") from exc
+    if subject != user:
+        # The server would say only "Authorization Violation".
+        raise InputError(f"--creds {path}: the nkey seed is not that of the JWT's user {subject}")
 
 
 def explain(error: str) -> str:
@@ -234,6 +282,7 @@ class Bus:
         options["error_cb"] = remember_error
         self._errors.clear()
         if self.config.creds_file:
+            check_creds(self.config.creds_file)
             options["user_credentials"] = self.config.creds_file
         if self.config.tls_ca_file or self.config.tls_cert_file:
             import ssl

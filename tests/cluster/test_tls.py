@@ -13,9 +13,8 @@ against a real nats-server (one server: the client side is under test, not repli
 - The agent's NATS sink exports over TLS with FLOWTRAIL_NATS_CAFILE and FLOWTRAIL_NATS_CERT /
   FLOWTRAIL_NATS_KEY set, read back equal; without the client certificate it fails saying so.
 
-Creds files (JWT + nkey seed) are not exercised: they need the nkeys package (and nsc or
-nkeys to make them), which this environment lacks; BusConfig refuses a creds file without
-nkeys at once instead of failing at the first connect.
+Creds files (JWT + nkey seed) are tested against a server in operator mode in
+tests/cluster/test_creds.py.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from flowtrail.cluster.agent_sink import CAFILE_ENV, CERT_ENV, KEY_ENV, NatsExpo
 from flowtrail.cluster.bus import MSG_ID, SECOND, Bus, BusConfig, decode, split_auth
 from flowtrail.cluster.natslab import NatsLab, make_pki
 from flowtrail.collector.sink import read_parquet_sink
-from flowtrail.errors import CapabilityError, ExportError, InputError
+from flowtrail.errors import ExportError, InputError
 from flowtrail.sim.simulation import simulate
 
 pytestmark = pytest.mark.timeout(90)
@@ -327,16 +326,6 @@ def test_credentials_come_out_of_the_urls_decoded() -> None:
     assert split_auth(["nats://n1:4222"]) == (["nats://n1:4222"], None, None)
     with pytest.raises(InputError, match="different user:password"):
         BusConfig(servers=["nats://a:b@n1:4222", "nats://a:c@n2:4222"])
-
-
-@pytest.mark.skipif(
-    __import__("importlib.util").util.find_spec("nkeys") is not None, reason="nkeys installed"
-)
-def test_creds_file_without_nkeys_is_refused_up_front(tmp_path: Path) -> None:
-    creds = tmp_path / "user.creds"
-    creds.write_text("not checked: the missing package is found first\n")
-    with pytest.raises(CapabilityError, match="nkeys"):
-        BusConfig(servers=["nats://127.0.0.1:4222"], creds_file=str(creds))
 
 
 def test_lab_pki_is_a_ca_and_two_leaves_and_a_mismatched_pair_is_an_input_error(
