@@ -55,6 +55,7 @@ CLOCK = "Flowtrail-Clock"  # evidence: a clock mark (ns), no rows
 EVENTS = "Flowtrail-Events"  # evidence: a control-plane `events` table, not flows
 FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
 WORK_DURABLE = "collectors"
+JETSTREAM_NOT_ENABLED = 10039  # a 503 like an election's, but retrying never helps
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -361,6 +362,11 @@ class Bus:
             except (TimeoutError, NoStreamResponseError, APIError, nats.errors.Error) as exc:
                 if isinstance(exc, APIError) and exc.code == 400:
                     raise InputError(f"NATS refused {what}: {exc}") from exc
+                if isinstance(exc, APIError) and exc.err_code == JETSTREAM_NOT_ENABLED:
+                    raise InputError(
+                        f"NATS refused {what}: JetStream is not enabled for this account "
+                        "(grant it JetStream limits, e.g. nsc edit account --js-disk-storage -1)"
+                    ) from exc
                 if isinstance(exc, nats.errors.MaxPayloadError):  # the same size fails again
                     raise ExportError(f"NATS refused {what}: {exc}") from exc
                 if attempt == attempts - 1:

@@ -236,7 +236,7 @@ class OperatorAuth:
         return write_user_creds(path, self.account_seed, name)
 
 
-def make_operator_auth(name: str = "flowtrail-lab") -> OperatorAuth:
+def make_operator_auth(name: str = "flowtrail-lab", *, jetstream: bool = True) -> OperatorAuth:
     operator_seed, system_seed, account_seed = (
         new_seed("operator"), new_seed("account"), new_seed("account")
     )  # fmt: skip
@@ -245,7 +245,7 @@ def make_operator_auth(name: str = "flowtrail-lab") -> OperatorAuth:
     operator_jwt = encode_jwt(operator_seed, public_key(operator_seed), name, operator_nats)
     accounts = {
         system: account_jwt(operator_seed, system_seed, "SYS", jetstream=False),
-        public_key(account_seed): account_jwt(operator_seed, account_seed, name, jetstream=True),
+        public_key(account_seed): account_jwt(operator_seed, account_seed, name, jetstream),
     }
     return OperatorAuth(operator_seed, operator_jwt, system, account_seed, accounts)
 

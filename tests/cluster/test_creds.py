@@ -264,3 +264,25 @@ def test_creds_file_without_nkeys_is_refused_up_front(
         BusConfig(servers=["nats://127.0.0.1:4222"], creds_file=str(creds))
     monkeypatch.undo()
     BusConfig(servers=["nats://127.0.0.1:4222"], creds_file=str(creds))  # nkeys is installed
+
+
+@pytest.mark.cluster
+def test_an_account_without_jetstream_is_refused_at_once(tmp_path: Path) -> None:
+    """JetStream's "not enabled for account" is a 503 like a leader election's, but waiting
+    never helps: the streams cannot be made, said at once and why."""
+    operator = make_operator_auth(jetstream=False)
+    creds = operator.user_creds(tmp_path / "plain.creds")
+
+    async def main() -> None:
+        with NatsLab(tmp_path / "nats", size=1, operator=operator) as lab:
+            bus = Bus(BusConfig(servers=lab.urls, replicas=1, creds_file=str(creds)))
+            await bus.connect()
+            try:
+                await bus.ensure_streams(["no-js"])
+            finally:
+                await bus.close()
+
+    began = time.monotonic()
+    with pytest.raises(InputError, match="JetStream is not enabled for this account"):
+        asyncio.run(main())
+    assert time.monotonic() - began < 15  # not 50 tries with backoff
