@@ -132,6 +132,11 @@ def _bus_config(
     help="Fall back to control-plane events (flowtrail cluster-events) for agent-less IPs.",
 )
 @click.option(
+    "--peer-slack", type=DURATION, default="10m", show_default=True,
+    help="Keep learned rows for peer matching this long beyond max_wait (180s). This index "
+    "sets a busy node's memory (~130 B per row kept); see docs/benchmarks.md.",
+)  # fmt: skip
+@click.option(
     "--clock-marks/--no-clock-marks",
     default=None,
     help="Publish a wall-clock mark every second so a quiet region still decides "
@@ -150,6 +155,7 @@ def cluster_node(
     evidence_retention: int,
     listen: str | None,
     events: bool,
+    peer_slack: int,
     clock_marks: bool | None,
     trust_received: bool,
     status_file: str | None,
@@ -179,7 +185,7 @@ def cluster_node(
     node_config = NodeConfig(
         region,
         name,
-        settings=Settings(use_events=events),
+        settings=Settings(use_events=events, peer_slack_ns=peer_slack),
         trust_received=trust_received,
         clock_marks=clock_marks,
     )

@@ -54,6 +54,9 @@ class Settings:
     # False gives the "plain" heartbeat design for comparison: ranges only, looked up at the
     # start instant (set max_skew_ns=0 and event_lag_ns=0 too).
     use_peers: bool = True
+    # Peer rows are kept this long beyond max_wait (collector clock): the other end's row may
+    # come that much later. In a cluster node this index, not the ranges, sets the memory.
+    peer_slack_ns: int = 600 * SECOND
 
     @property
     def guard_ns(self) -> int:
@@ -170,7 +173,7 @@ class Attributor:
         if self.settings.method not in ("heartbeat", "event"):
             raise ValueError(f"unknown method {self.settings.method!r}")
         self.ranges = OwnershipRanges()
-        self.peers = PeerIndex(retention_ns=self.settings.max_wait_ns + 600 * SECOND)
+        self.peers = PeerIndex(retention_ns=self.settings.max_wait_ns + self.settings.peer_slack_ns)
         self.events = EventFeed()
         self.counters = Counters()
         self._pending = PendingPool(FLOW_DTYPE)

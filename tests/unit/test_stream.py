@@ -96,3 +96,14 @@ def test_two_nodes_sharing_evidence_decide_like_one() -> None:
     assert (
         both.column("remote_workload").to_pylist() == offline.column("remote_workload").to_pylist()
     )
+
+
+def test_peer_rows_are_kept_max_wait_plus_the_slack() -> None:
+    """The peer index's retention is a setting (cluster nodes size their memory with it)."""
+    from flowtrail.engine.attributor import Attributor
+
+    second = 1_000_000_000
+    default = Attributor(Settings())
+    assert default.peers.retention_ns == (180 + 600) * second
+    short = Attributor(Settings(max_wait_ns=30 * second, peer_slack_ns=60 * second))
+    assert short.peers.retention_ns == 90 * second
