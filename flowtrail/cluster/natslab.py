@@ -20,6 +20,7 @@ By default there is none of it: plain, open loopback servers.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -35,6 +36,9 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
+import pyarrow as pa
+
+from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
 from flowtrail.errors import CapabilityError
 
 NATS_SERVER = os.environ.get("FLOWTRAIL_NATS_SERVER", "/usr/sbin/nats-server")
@@ -449,3 +453,32 @@ class NatsLab:
 def _quoted(value: object) -> str:
     """A nats-server config string (JSON's quoting is a subset the config parser reads)."""
     return json.dumps(str(value))
+
+
+async def read_work(bus: Bus, region: str, idle_s: float = 1.0) -> list[tuple[str, pa.Table]]:
+    """Every batch waiting in a region's work stream, as (batch id, table), taken and acked
+    through the nodes' shared consumer; stops after `idle_s` without a message."""
+    sub = await bus.work_consumer(region)
+    got: list[tuple[str, pa.Table]] = []
+    while True:
+        try:
+            msgs = await sub.fetch(16, timeout=idle_s)
+        except TimeoutError:
+            return got
+        for m in msgs:
+            got.append(((m.headers or {}).get(MSG_ID, ""), decode(m.data)))
+            await m.ack()
+
+
+def read_work_with(config: BusConfig, region: str) -> list[tuple[str, pa.Table]]:
+    """read_work on a connection of its own (for synchronous callers)."""
+
+    async def run() -> list[tuple[str, pa.Table]]:
+        bus = Bus(config)
+        await bus.connect()
+        try:
+            return await read_work(bus, region)
+        finally:
+            await bus.close()
+
+    return asyncio.run(run())

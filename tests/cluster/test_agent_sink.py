@@ -36,8 +36,8 @@ from click.testing import CliRunner
 from flowtrail.agent.exporter import Delivery, Spool, make_exporter
 from flowtrail.cli import main as cli_main
 from flowtrail.cluster.agent_sink import CAFILE_ENV, NatsExporter, register
-from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
-from flowtrail.cluster.natslab import NatsLab
+from flowtrail.cluster.bus import Bus, BusConfig
+from flowtrail.cluster.natslab import NatsLab, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
 from flowtrail.schema import FLOWS
@@ -95,20 +95,7 @@ def _create_streams(lab: NatsLab, *regions: str) -> None:
 
 def _read_work(lab: NatsLab, region: str = REGION) -> list[tuple[str, pa.Table]]:
     """Every batch waiting in the region's work stream, through the nodes' durable consumer."""
-
-    async def read(bus: Bus) -> list[tuple[str, pa.Table]]:
-        sub = await bus.work_consumer(region)
-        got: list[tuple[str, pa.Table]] = []
-        while True:
-            try:
-                msgs = await sub.fetch(16, timeout=1.0)
-            except TimeoutError:
-                return got
-            for m in msgs:
-                got.append(((m.headers or {}).get(MSG_ID, ""), decode(m.data)))
-                await m.ack()
-
-    return asyncio.run(_with_bus(lab, read))
+    return read_work_with(BusConfig(servers=lab.urls, replicas=3), region)
 
 
 def _messages(lab: NatsLab, region: str = REGION) -> int:

@@ -36,12 +36,14 @@ import pytest
 
 from flowtrail.cluster import bus as bus_module
 from flowtrail.cluster.agent_sink import CREDS_ENV, NatsExporter
-from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
+from flowtrail.cluster.bus import Bus, BusConfig
 from flowtrail.cluster.natslab import (
     NatsLab,
     OperatorAuth,
     make_operator_auth,
     new_seed,
+    read_work,
+    read_work_with,
     write_user_creds,
 )
 from flowtrail.errors import CapabilityError, ExportError, InputError
@@ -80,14 +82,6 @@ def _batch(rows: int) -> pa.Table:
     return simulate("churny", 4, flows=200).flows.slice(0, rows)
 
 
-async def _read_back(bus: Bus, region: str) -> list[tuple[str, pa.Table]]:
-    sub = await bus.work_consumer(region)
-    msgs = await sub.fetch(8, timeout=5.0)
-    for m in msgs:
-        await m.ack()
-    return [((m.headers or {}).get(MSG_ID, ""), decode(m.data)) for m in msgs]
-
-
 @pytest.mark.cluster
 def test_the_lab_runs_in_operator_mode(operated: Operated) -> None:
     config = operated.lab.servers[0].config.read_text()
@@ -112,7 +106,7 @@ def test_bus_with_a_creds_file_creates_streams_and_reads_a_batch_back(
         try:
             await bus.ensure_streams(["creds-bus"])
             await bus.publish_batch("creds-bus", batch, "creds-batch-1")
-            return await _read_back(bus, "creds-bus")
+            return await read_work(bus, "creds-bus")
         finally:
             await bus.close()
 
@@ -168,15 +162,7 @@ def test_agent_sink_exports_with_creds_from_env(
         sink.export(batch, "0001-1-000001")
         assert sink.stats["published_batches"] == 1
 
-    async def read_back() -> list[tuple[str, pa.Table]]:
-        bus = Bus(operated.config())
-        await bus.connect()
-        try:
-            return await _read_back(bus, "creds-agent")
-        finally:
-            await bus.close()
-
-    got = asyncio.run(read_back())
+    got = read_work_with(operated.config(), "creds-agent")
     assert [msg_id for msg_id, _ in got] == [f"{exporter}:0001-1-000001"]
     assert got[0][1].equals(batch)
 

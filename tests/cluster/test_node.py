@@ -10,15 +10,16 @@ is what a replay needs to be exact; the nodes themselves know nothing of the pac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import CLOCK, SECOND, Bus, BusConfig
+from flowtrail.cluster.bus import SECOND, Bus, BusConfig
 from flowtrail.cluster.feed import feed_paced
 from flowtrail.cluster.natslab import NatsLab
 from flowtrail.cluster.node import ClusterNode, NodeConfig
@@ -46,6 +47,48 @@ async def _wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def _solo_node(
+    lab: NatsLab, tmp_path: Path, region: str, tune: Callable[[Bus], None] | None = None
+) -> AsyncIterator[tuple[Bus, ClusterNode, asyncio.Task[None]]]:
+    """One node in this process with its own store; `tune` may adjust its bus first."""
+    bus = Bus(BusConfig(servers=lab.urls, replicas=3))
+    await bus.connect()
+    await bus.ensure_streams([region])
+    if tune is not None:
+        tune(bus)
+    store = Store(tmp_path / "node.duckdb", retention_ns=None)
+    cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
+    node = ClusterNode(bus, cfg, None, store)
+    stop = asyncio.Event()
+    run = asyncio.create_task(node.run(stop))
+    try:
+        await asyncio.wait_for(node.ready.wait(), 20)
+        yield bus, node, run
+    finally:
+        stop.set()
+        await asyncio.gather(run, return_exceptions=True)
+        await bus.close()
+
+
+async def _decide_all(
+    node: ClusterNode,
+    run: asyncio.Task[None],
+    rows: pa.Table,
+    mark: Callable[[int], Awaitable[object]],
+) -> None:
+    """Once the rows are submitted, a clock mark past every wait; then wait until stored."""
+    # The mark must come after the batch's evidence: a node decides at tick ends.
+    await _wait_for(lambda: node.stats["rows_submitted"] > 0, 30, "the batch", [run])
+    await mark(int(pc.max(rows.column("received_ns")).as_py()) + 200 * SECOND)
+    await _wait_for(
+        lambda: node.stats["rows_written"] >= rows.num_rows and node.held == 0,
+        30,
+        "the batch stored",
+        [run],
+    )
 
 
 def _keyed(table: pa.Table) -> dict[tuple[object, ...], object]:
@@ -148,30 +191,12 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
     region = "us-east"
 
     async def main() -> tuple[ClusterNode, int, int]:
-        bus = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
-        await bus.connect()
-        await bus.ensure_streams([region])
-        store = Store(tmp_path / "node.duckdb", retention_ns=None)
-        cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
-        node = ClusterNode(bus, cfg, None, store)
-        stop = asyncio.Event()
-        run = asyncio.create_task(node.run(stop))
-        try:
-            await asyncio.wait_for(node.ready.wait(), 20)
+        async with _solo_node(nats_lab, tmp_path, region) as (bus, node, run):
             subject = bus.work_subject(region)
             await bus.publish(subject, b"not arrow at all", "junk")
             await bus.publish_batch(region, good.drop_columns(["remote_ip"]), "no-remote-ip")
             await bus.publish_batch(region, good, "good")
-            # The mark must come after the batch's evidence: a node decides at tick ends.
-            await _wait_for(lambda: node.stats["rows_submitted"] > 0, 30, "the batch", [run])
-            end = int(pc.max(good.column("received_ns")).as_py()) + 200 * SECOND
-            await bus.publish_clock(region, end, "end")
-            await _wait_for(
-                lambda: node.stats["rows_written"] >= good.num_rows and node.held == 0,
-                30,
-                "the good batch stored",
-                [run],
-            )
+            await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
             # Terminations are not confirmed to the sender: give the server a moment.
             for _ in range(100):
                 info = await bus.js.consumer_info(bus.work_stream(region), "collectors")
@@ -179,10 +204,6 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
                     break
                 await asyncio.sleep(0.05)
             return node, info.num_pending, info.num_ack_pending
-        finally:
-            stop.set()
-            await asyncio.gather(run, return_exceptions=True)
-            await bus.close()
 
     node, pending, ack_pending = asyncio.run(main())
     assert node.stats["batches_bad"] == 2  # counted, and each terminated: never redelivered
@@ -285,12 +306,10 @@ def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_late
     good = sim.flows.slice(0, 50)
     region = "us-east"
 
-    async def main() -> ClusterNode:
-        bus = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
-        await bus.connect()
-        await bus.ensure_streams([region])
+    failed: list[str] = []
+
+    def inject(bus: Bus) -> None:
         real_publish = bus.publish
-        failed: list[str] = []
 
         async def flaky(subject: str, payload: bytes, msg_id: str, headers=None):  # type: ignore[no-untyped-def]
             if ".evidence." in subject and not failed:
@@ -300,28 +319,12 @@ def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_late
             return await real_publish(subject, payload, msg_id, headers)
 
         bus.publish = flaky  # type: ignore[method-assign]
-        store = Store(tmp_path / "node.duckdb", retention_ns=None)
-        cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
-        node = ClusterNode(bus, cfg, None, store)
-        stop = asyncio.Event()
-        run = asyncio.create_task(node.run(stop))
-        try:
-            await asyncio.wait_for(node.ready.wait(), 20)
+
+    async def main() -> ClusterNode:
+        async with _solo_node(nats_lab, tmp_path, region, inject) as (bus, node, run):
             await bus.publish_batch(region, good, "good")
-            await _wait_for(lambda: node.stats["rows_submitted"] > 0, 30, "the retry", [run])
-            end = int(pc.max(good.column("received_ns")).as_py()) + 200 * SECOND
-            await real_publish(bus.evidence_subject(region), b"", "end", {CLOCK: str(end)})
-            await _wait_for(
-                lambda: node.stats["rows_written"] >= good.num_rows and node.held == 0,
-                30,
-                "the batch stored",
-                [run],
-            )
+            await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
             return node
-        finally:
-            stop.set()
-            await asyncio.gather(run, return_exceptions=True)
-            await bus.close()
 
     node = asyncio.run(main())
     assert node.stats["publish_failures"] == 1

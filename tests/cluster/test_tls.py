@@ -36,8 +36,8 @@ import pyarrow.compute as pc
 import pytest
 
 from flowtrail.cluster.agent_sink import CAFILE_ENV, CERT_ENV, KEY_ENV, NatsExporter
-from flowtrail.cluster.bus import MSG_ID, SECOND, Bus, BusConfig, decode, split_auth
-from flowtrail.cluster.natslab import NatsLab, make_pki
+from flowtrail.cluster.bus import SECOND, Bus, BusConfig, split_auth
+from flowtrail.cluster.natslab import NatsLab, make_pki, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
 from flowtrail.sim.simulation import simulate
@@ -271,19 +271,7 @@ def test_agent_sink_exports_over_tls_with_client_cert_from_env(
         sink.export(batch, "0001-1-000002")
     assert sink.stats["connection_errors"] > 0 and sink.stats["published_batches"] == 0
 
-    async def read_back() -> list[tuple[str, pa.Table]]:
-        bus = Bus(secured.config())
-        await bus.connect()
-        try:
-            sub = await bus.work_consumer(AGENT_REGION)
-            msgs = await sub.fetch(8, timeout=5.0)
-            for m in msgs:
-                await m.ack()
-            return [((m.headers or {}).get(MSG_ID, ""), decode(m.data)) for m in msgs]
-        finally:
-            await bus.close()
-
-    got = asyncio.run(read_back())
+    got = read_work_with(secured.config(), AGENT_REGION)
     assert [msg_id for msg_id, _ in got] == [f"{exporter}:0001-1-000001"]
     assert got[0][1].equals(batch)
 
