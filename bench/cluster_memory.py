@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
 from flowtrail.cluster.natslab import NatsLab
+from flowtrail.lab.wait import stop_all
 
 T0 = 1_767_225_600 * SECOND  # 2026-01-01
 REGION = "r"
@@ -172,10 +173,7 @@ async def _run(
         "seconds_until_ready": round(time.monotonic() - joined, 1),
         "rss_mib": _rss_mib(late.pid)["VmRSS"],
     }
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(30)
+    stop_all(procs, grace_s=30)
     await bus.close()
     mib = 1024 * 1024
     return {

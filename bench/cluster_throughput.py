@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
 from flowtrail.cluster.natslab import NatsLab
+from flowtrail.lab.wait import stop_all
 from flowtrail.sim.simulation import simulate
 from flowtrail.tables import write_table
 
@@ -78,10 +79,7 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
     stored = time.monotonic() - began
     rss = [_peak_rss_mib(p.pid) for p in procs]
     cpu = [round(_cpu_s(p.pid) - c, 2) for p, c in zip(procs, cpu_before, strict=True)]
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(20)
+    stop_all(procs, grace_s=20)
     await bus.close()
     return {
         "rows": n,

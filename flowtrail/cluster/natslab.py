@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
 from flowtrail.errors import CapabilityError
+from flowtrail.lab.wait import stop_all
 
 NATS_SERVER = os.environ.get("FLOWTRAIL_NATS_SERVER", "/usr/sbin/nats-server")
 
@@ -429,17 +430,8 @@ class NatsLab:
         self._wait_ready(server, timeout)
 
     def stop(self) -> None:
+        stop_all([s.process for s in self.servers if s.process is not None], grace_s=10)
         for server in self.servers:
-            process = server.process
-            if process is None:
-                continue
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(10)
             server.process = None
 
     def __enter__(self) -> NatsLab:

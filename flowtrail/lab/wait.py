@@ -2,13 +2,14 @@
 
 rows = until(lambda: api.get("flows"), lambda rows: len(rows) >= 2, timeout_s=40)
 started(proc, port_file.exists, log_path, timeout_s=60, what="collector")
+stop_all(procs)  # SIGTERM all, then SIGKILL what outlasts the grace period
 """
 
 from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,3 +47,18 @@ def started(
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{what} did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
+
+
+def stop_all(procs: Iterable[subprocess.Popen[Any]], grace_s: float = 15.0) -> None:
+    """SIGTERM every process still running, then wait for each; SIGKILL any that outlast
+    `grace_s`. All are signalled first, so they shut down side by side."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

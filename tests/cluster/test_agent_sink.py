@@ -40,6 +40,7 @@ from flowtrail.cluster.bus import Bus, BusConfig
 from flowtrail.cluster.natslab import NatsLab, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
+from flowtrail.lab.wait import stop_all
 from flowtrail.schema import FLOWS
 
 pytestmark = pytest.mark.timeout(120)
@@ -351,15 +352,7 @@ def test_real_agent_publishes_into_a_real_cluster_node(nats_lab: NatsLab, tmp_pa
         log = (tmp_path / "agent.log").read_text()
         assert "captured_rows=" in log and "Traceback" not in log
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_all(procs)
     metrics = json.loads((tmp_path / "a.json").read_text())  # written at exit
     assert metrics["exported_batches"] >= 1 and metrics["export_failures"] == 0, metrics
     assert metrics["spool_pending_batches"] == 0, metrics

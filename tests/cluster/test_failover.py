@@ -28,6 +28,7 @@ from flowtrail.cluster.natslab import NatsLab
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
+from flowtrail.lab.wait import stop_all
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.tables import write_table
@@ -126,15 +127,7 @@ def test_node_killed_and_nats_server_restarted_mid_run(nats_lab: NatsLab, tmp_pa
         logs = {m: (tmp_path / f"{m}.log").read_text()[-1500:] for m in names}
         raise AssertionError(f"{exc}; node logs: {logs}") from exc
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_all(procs.values())
     assert len(events) == 2, events
     assert procs["east-1"].returncode == 0 and procs["west-0"].returncode == 0, [
         (tmp_path / f"{m}.log").read_text()[-2000:] for m in ("east-1", "west-0")

@@ -40,6 +40,7 @@ from flowtrail.cluster.bus import SECOND, Bus, BusConfig, split_auth
 from flowtrail.cluster.natslab import NatsLab, make_pki, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
+from flowtrail.lab.wait import stop_all
 from flowtrail.sim.simulation import simulate
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,13 +78,7 @@ def _node_cmd(lab: NatsLab, *args: str, urls: list[str] | None = None) -> list[s
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_all([proc])
 
 
 @pytest.fixture(scope="module")
