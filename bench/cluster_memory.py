@@ -13,7 +13,14 @@ CPU time per row of the region (every node pays for every row: learning is broad
 Then one more node starts and the time until its /readyz answers 200 (it has rebuilt the
 whole state from the evidence stream) is reported.
 
+With `--layout sharded` the same traffic goes to NODES shards instead (regions-table
+entries splitting the addresses by prefix, one node each): evidence partitioned by address
+rather than broadcast. Each agent row goes to the shard of its local address; a row whose
+remote address is in another shard is forwarded there. The report then shows what each
+node holds and spends when it learns only its share.
+
     python bench/cluster_memory.py --addresses 1000000 --nodes 2
+    python bench/cluster_memory.py --addresses 1000000 --nodes 2 --layout sharded
 """
 
 from __future__ import annotations
@@ -37,7 +44,10 @@ import pyarrow.compute as pc
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
 from flowtrail.cluster.natslab import NatsLab
+from flowtrail.engine.ipkeys import IpKeys
+from flowtrail.engine.regions import RegionMap
 from flowtrail.lab.wait import stop_all
+from flowtrail.tables import write_table
 
 T0 = 1_767_225_600 * SECOND  # 2026-01-01
 REGION = "r"
@@ -83,9 +93,12 @@ def synthetic_flows(addresses: int, first_octet: int = 10) -> pa.Table:
 LEARNED = ("rows_submitted_total", "rows_evidence_total")
 
 
-def _start_node(lab: NatsLab, tmp: Path, name: str) -> subprocess.Popen[bytes]:
+def _start_node(
+    lab: NatsLab, tmp: Path, name: str, region: str = REGION
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "flowtrail.cluster", "--nats", lab.urls[0]]
-    args += ["--region", REGION, "--name", name, "--replicas", "1"]
+    args += ["--region", region, "--name", name, "--replicas", "1"]
+    args += ["--regions", str(tmp / "regions.parquet")]
     args += ["--sink", "parquet", "--out", str(tmp / f"out-{name}"), "--trust-received"]
     args += ["--no-events", "--listen", "127.0.0.1:0"]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -117,41 +130,75 @@ def _metrics(port: int) -> dict[str, float]:
     return {k: float(v) for k, v in found}
 
 
-async def _settle(bus: Bus, ports: list[int], flows: pa.Table, tag: str, total: int) -> None:
-    """Clock marks past every wait until each node learned and the nodes wrote `total` rows."""
+async def _settle(
+    bus: Bus, ports: list[int], regions: list[str], flows: pa.Table, tag: str, total: int
+) -> None:
+    """Clock marks past every wait until the nodes wrote `total` rows and hold nothing."""
     mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
     k = 0
     while True:
-        await bus.publish_clock(REGION, mark + k * SECOND, f"{tag}{k}")
+        for region in regions:
+            await bus.publish_clock(region, mark + k * SECOND, f"{tag}{k}")
         k += 1
         m = [_metrics(port) for port in ports]
-        learned = [sum(x.get(k, 0) for k in LEARNED) for x in m]
         written = sum(x.get("rows_written_total", 0) for x in m)
-        if written >= total and all(v >= total for v in learned):
+        idle = all(
+            x.get(g, 1) == 0
+            for x in m
+            for g in ("held_batches", "waiting_flows", "evidence_pending")
+        )
+        if written >= total and idle:
             return
         await asyncio.sleep(0.5)
 
 
+def _layout(addresses: int, nodes: int, sharded: bool) -> tuple[pa.Table, list[str], list[str]]:
+    """(regions table, region names, each node's region) for the layout."""
+    if not sharded:
+        return pa.table({"cidr": ["0.0.0.0/0"], "region": [REGION]}), [REGION], [REGION] * nodes
+    bits = (nodes - 1).bit_length()
+    span = max((addresses - 1).bit_length(), bits)  # the addresses fill 10.0.0.0/(32 - span)
+    if 1 << bits != nodes or span > 24:
+        raise SystemExit("--layout sharded: --nodes must be a power of two, --addresses <= 2^24")
+    # Cut that block into `nodes` prefixes of equal size (the last one is partly empty).
+    size = 1 << (span - bits)
+    names = [f"s{k}" for k in range(nodes)]
+    cidrs = [
+        f"10.{(k * size) >> 16}.{((k * size) >> 8) & 255}.{(k * size) & 255}/{32 - span + bits}"
+        for k in range(nodes)
+    ]
+    return pa.table({"cidr": cidrs, "region": names}), names, names
+
+
 async def _run(
-    lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int, batch: int
+    lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int, batch: int, sharded: bool
 ) -> dict[str, object]:
+    table, names, homes = _layout(flows.num_rows, nodes, sharded)
+    write_table(table, tmp / "regions.parquet")
     bus = Bus(BusConfig(servers=lab.urls, replicas=1))
     await bus.connect()
-    await bus.ensure_streams([REGION])
-    procs = [_start_node(lab, tmp, f"n{i}") for i in range(nodes)]
+    await bus.ensure_streams(names)
+    procs = [_start_node(lab, tmp, f"n{i}", homes[i]) for i in range(nodes)]
     ports = [_listen_port(proc) for proc in procs]
     warm = synthetic_flows(5_000, first_octet=11)
-    await bus.publish_batch(REGION, warm, "warm-up")
-    await _settle(bus, ports, warm, "w", warm.num_rows)
+    await bus.publish_batch(names[0], warm, "warm-up")
+    await _settle(bus, ports, names, warm, "w", warm.num_rows)
     before = [_rss_mib(p.pid)["VmRSS"] for p in procs]
     cpu_before = [_cpu_s(p.pid) for p in procs]
     n = flows.num_rows
+    # Each agent row goes to the shard of its local address (its agent's region).
+    rmap, ipkeys = RegionMap(table), IpKeys()
+    home = rmap.lookup(ipkeys.keys(flows.column("local_ip")), ipkeys)
     began = time.monotonic()
     for k, start in enumerate(range(0, n, batch)):
-        await bus.publish_batch(REGION, flows.slice(start, batch), f"b{k}")
+        part, where = flows.slice(start, batch), home[start : start + batch]
+        for rid, name in enumerate(rmap.names):
+            mine = part.filter(pa.array(where == rid))
+            if mine.num_rows:
+                await bus.publish_batch(name, mine, f"b{k}-{name}")
         if k % 10 == 0:
             print(f"published {min(start + batch, n):,}/{n:,}", file=sys.stderr)
-    await _settle(bus, ports, flows, "m", n + warm.num_rows)
+    await _settle(bus, ports, names, flows, "m", n + warm.num_rows)
     seconds = time.monotonic() - began
     time.sleep(1.0)  # let the allocator settle before reading resident memory
     m = [_metrics(port) for port in ports]
@@ -159,7 +206,7 @@ async def _run(
     cpu = [_cpu_s(p.pid) - c for p, c in zip(procs, cpu_before, strict=True)]
     # A node (re)starting now rebuilds from the evidence stream: time until /readyz says so.
     joined = time.monotonic()
-    late = _start_node(lab, tmp, "late")
+    late = _start_node(lab, tmp, "late", homes[0])
     procs.append(late)
     late_port = _listen_port(late)
     while True:
@@ -179,25 +226,32 @@ async def _run(
     return {
         "addresses": n,
         "nodes": nodes,
+        "layout": "sharded" if sharded else "broadcast",
         "seconds_until_all_learned_and_stored": round(seconds, 1),
         "node_started_afterwards": rebuild,
         "per_node": [
             {
                 "ownership_ranges": int(x["ownership_ranges"]),
                 "ownership_mib": round(x["ownership_bytes"] / mib, 1),
-                "ownership_bytes_per_range": round(x["ownership_bytes"] / x["ownership_ranges"], 1),
+                "ownership_bytes_per_range": round(
+                    x["ownership_bytes"] / max(x["ownership_ranges"], 1), 1
+                ),
                 "peer_index_mib": round(x["peer_bytes"] / mib, 1),
                 "waiting_pool_mib": round(x["waiting_bytes"] / mib, 1),
                 "rss_after_warm_up_mib": b,
                 "rss_after_mib": r["VmRSS"],
                 "rss_growth_mib": r["VmRSS"] - b,
                 "rss_peak_mib": r["VmHWM"],
+                "region": home,
+                "rows_learned": int(sum(x[k] for k in LEARNED)),
+                "rows_forwarded": int(x["rows_forwarded_total"]),
+                "rows_not_learned": int(x["rows_not_learned_total"]),
                 "rows_written": int(x["rows_written_total"]),
                 "batches_redelivered": int(x["batches_redelivered_total"]),
                 "cpu_s": round(c, 2),
-                "cpu_us_per_region_row": round(c / n * 1e6, 2),
+                "cpu_us_per_row_published": round(c / n * 1e6, 2),
             }
-            for x, r, b, c in zip(m, rss, before, cpu, strict=True)
+            for x, r, b, c, home in zip(m, rss, before, cpu, homes, strict=True)
         ],
     }
 
@@ -207,10 +261,18 @@ def main() -> None:
     p.add_argument("--addresses", type=int, default=1_000_000, help="distinct addresses")
     p.add_argument("--nodes", type=int, default=2, help="node processes (each learns all)")
     p.add_argument("--batch", type=int, default=20_000, help="rows per published batch")
+    p.add_argument(
+        "--layout",
+        choices=["broadcast", "sharded"],
+        default="broadcast",
+        help="broadcast: one region, every node learns all; sharded: one shard per node",
+    )
     args = p.parse_args()
     flows = synthetic_flows(args.addresses)
     with tempfile.TemporaryDirectory() as d, NatsLab(Path(d) / "nats") as lab:
-        report = asyncio.run(_run(lab, Path(d), flows, args.nodes, args.batch))
+        report = asyncio.run(
+            _run(lab, Path(d), flows, args.nodes, args.batch, args.layout == "sharded")
+        )
     print(json.dumps(report, indent=2))
 
 

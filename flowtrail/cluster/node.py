@@ -158,7 +158,9 @@ class ClusterNode:
             "evidence_messages": 0,
             "rows_submitted": 0,
             "rows_evidence": 0,
-            "rows_not_learned": 0,  # forwarded-in rows no flow decided here can use
+            # forwarded-in rows no flow decided here can use: not learned by other nodes,
+            # no ownership range on the node deciding them
+            "rows_not_learned": 0,
             "rows_written": 0,
             "rows_stored": 0,
             "clock_marks": 0,
@@ -451,7 +453,8 @@ class ClusterNode:
             self._seq_ids[seq] = evidence_id
             self._held[evidence_id].seq = seq
             mine = mine.append_column(_SEQ_COLUMN, pa.array(np.full(mine.num_rows, seq)))
-            self.engine.submit_flows(mine, now)
+            ranges = self._local_here(mine) if FORWARDED_FROM in headers else None
+            self.engine.submit_flows(mine, now, ranges)
             self.stats["rows_submitted"] += mine.num_rows
             rest = table.filter(pa.array(~owned))
         elif FORWARDED_FROM in headers:
@@ -462,21 +465,26 @@ class ClusterNode:
             self.engine.submit_evidence(rest, now)
             self.stats["rows_evidence"] += rest.num_rows
 
-    def _useful_here(self, forwarded: pa.Table) -> pa.Table:
-        """Rows forwarded in from another region, as evidence for this region's other nodes.
+    def _local_here(self, rows: pa.Table) -> npt.NDArray[np.bool_]:
+        """Per row: is its local address ours or in no region?
 
-        They are decided here (their remote address is ours), but their local side is a
-        heartbeat for an address of the region they came from, and their own other end's row
-        (local address ours, remote theirs) is decided there: no flow decided here can use
-        them, so learning them would only cost. Rows whose local address is in no region,
-        or in ours, stay (a flow towards an address in no region is decided here).
+        Rows forwarded in from another region are decided here (their remote address is
+        ours), but their local side is a heartbeat for an address of the region they came
+        from, and their own other end's row (local address ours, remote theirs) is decided
+        there: no flow decided here can use them as evidence. Rows whose local address is in
+        no region, or in ours, can (a flow towards an address in no region is decided here).
         """
         local = self.regions.lookup(
-            self._ipkeys.keys(forwarded.column("local_ip"), forwarded.column("exporter")),
-            self._ipkeys,
+            self._ipkeys.keys(rows.column("local_ip"), rows.column("exporter")), self._ipkeys
         )
-        keep = (local < 0) | (local == self._region_id)
-        self.stats["rows_not_learned"] += int(np.count_nonzero(~keep))
+        here = (local < 0) | (local == self._region_id)
+        self.stats["rows_not_learned"] += int(np.count_nonzero(~here))
+        return np.asarray(here, dtype=np.bool_)
+
+    def _useful_here(self, forwarded: pa.Table) -> pa.Table:
+        """Rows forwarded in, as evidence for this region's other nodes: only those whose
+        local address is ours or in no region (see _local_here); the rest would only cost."""
+        keep = self._local_here(forwarded)
         return forwarded if keep.all() else forwarded.filter(pa.array(keep))
 
     async def _learn_events(self, msg: Msg) -> None:

@@ -182,15 +182,23 @@ class Attributor:
         self._next_evict: int | None = None
 
     # -- input -------------------------------------------------------------------------
-    def add_flows(self, flows: FlowArrays, now: int) -> None:
-        """Flows received at `now`: their local sides become evidence; all await a decision."""
+    def add_flows(
+        self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
+    ) -> None:
+        """Flows received at `now`: their local sides become evidence; all await a decision.
+
+        `ranges` (per row) says whose local side may become an ownership range; None: all.
+        A cluster node passes False for rows forwarded in from another region, whose local
+        address no flow decided here can ask about (they still enter the peer index, so
+        their other end's row can find them).
+        """
         if len(flows) == 0:
             return
         self.counters.flows_in += len(flows)
         self._new.append(flows)
         if self.settings.method != "heartbeat":
             return
-        self._learn(flows, now)
+        self._learn(flows, now, ranges)
 
     def add_evidence(self, flows: FlowArrays, now: int) -> None:
         """Rows another node attributes: learn from their local sides, decide nothing.
@@ -209,14 +217,20 @@ class Attributor:
             )  # fmt: skip
             self._wake.append(partners)
 
-    def _learn(self, flows: FlowArrays, now: int) -> FlowArrays | None:
+    def _learn(
+        self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
+    ) -> FlowArrays | None:
         """Take the rows with a local workload as evidence; returns them."""
         known = flows.local_owner >= 0
         if not known.any():
             return None
         ev = flows.take(known)
         self.counters.evidence_rows += len(ev)
-        self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
+        if ranges is None:
+            self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
+        else:
+            r = ranges[known]
+            self.ranges.add(ev.local_key[r], ev.local_owner[r], ev.start[r], ev.end[r])
         if self.settings.use_peers:
             self.peers.add(
                 ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,

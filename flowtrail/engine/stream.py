@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -42,11 +43,13 @@ class StreamingAttribution:
     def waiting(self) -> int:
         return self.engine.pending
 
-    def submit_flows(self, flows: pa.Table, now: int) -> pa.Table:
+    def submit_flows(
+        self, flows: pa.Table, now: int, ranges: npt.NDArray[np.bool_] | None = None
+    ) -> pa.Table:
         """Hand over a batch received at `now`; returns it with received_ns filled in.
 
         A null or absent received_ns becomes `now`: the collector's own clock is what the
-        contract means by it.
+        contract means by it. `ranges`: see Attributor.add_flows.
         """
         idx = flows.column_names.index("received_ns") if "received_ns" in flows.column_names else -1
         field = FLOWS.column("received_ns").field
@@ -62,7 +65,7 @@ class StreamingAttribution:
         self._batches[self._next] = _Batch(flows, self._next, n)
         self._firsts = np.append(self._firsts, self._next)
         self._next += n
-        self.engine.add_flows(fa, now)
+        self.engine.add_flows(fa, now, ranges)
         return flows
 
     def submit_evidence(self, flows: pa.Table, now: int) -> None:
