@@ -34,6 +34,14 @@ def load_defaults(
     except tomllib.TOMLDecodeError as exc:
         raise click.BadParameter(f"{path}: not valid TOML: {exc}", param_hint="--config") from exc
     known: dict[str, str] = {}  # a long option's name or a parameter's name -> parameter
+    repeatable = {p.name for p in command.params if isinstance(p, click.Option) and p.multiple}
+    flags = {  # what the error lists: the long options, as people know them
+        o[2:]
+        for p in command.params
+        if isinstance(p, click.Option) and p.name != "config"
+        for o in p.opts
+        if o.startswith("--")
+    }
     for p in command.params:
         if p.name and p.name != "config" and isinstance(p, click.Option):
             known[p.name] = p.name
@@ -45,13 +53,15 @@ def load_defaults(
     def take(key: str, value: Any, where: str) -> None:
         name = key.replace("-", "_")
         if name not in known:
-            choices = ", ".join(sorted(n.replace("_", "-") for n in known))
+            choices = ", ".join(sorted(flags))
             raise click.BadParameter(
                 f"{path}: unknown setting {where}{key!r} (known: {choices})",
                 param_hint="--config",
             )
         if known[name] in out:
             raise click.BadParameter(f"{path}: {key!r} given twice", param_hint="--config")
+        if known[name] in repeatable and isinstance(value, str):
+            value = [value]  # one value where a list may go
         out[known[name]] = value
 
     for key, value in doc.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,10 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise InputError(f"{flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9464")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class OpsServer:
@@ -78,8 +83,9 @@ class OpsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+        server_class = _Server6 if ":" in host else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, port), Handler)
+            self._server = server_class((host, port), Handler)
         except OSError as exc:
             raise InputError(f"{flag} {host}:{port}: cannot listen: {exc}") from exc
         self._server.daemon_threads = True

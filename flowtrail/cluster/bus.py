@@ -412,6 +412,27 @@ class Bus:
         )
 
     @property
+    def max_payload(self) -> int:
+        """The largest message the servers take (their max_payload; 1 MiB by default)."""
+        return int(self._nc.max_payload) if self._nc is not None else 1 << 20
+
+    async def consumer_ack_wait_s(
+        self, sub: JetStreamContext.PullSubscription, fallback_ns: int
+    ) -> float:
+        """The ack wait the shared consumer really has: whoever created it set it, and a
+        node's own --ack-wait does not change an existing consumer."""
+        try:
+            info = await sub.consumer_info()
+            got = info.config.ack_wait
+        except Exception as exc:  # a server restarting: our own setting will do
+            log.debug("consumer info failed: %s", exc)
+            got = None
+        mine = fallback_ns / SECOND
+        if got is not None and abs(got - mine) > 0.001:
+            log.warning("the work consumer's ack wait is %.1f s, not --ack-wait %.1f s", got, mine)
+        return float(got) if got else mine
+
+    @property
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 

@@ -66,12 +66,18 @@ def nats_options(f: F) -> F:
                 type=click.Path(exists=True, dir_okay=False),
                 help="Client certificate, for servers that verify clients (with --tls-key).",
             ),
-            click.option("--tls-key", type=click.Path(exists=True, dir_okay=False)),
+            click.option(
+                "--tls-key",
+                type=click.Path(exists=True, dir_okay=False),
+                help="The client certificate's private key (with --tls-cert).",
+            ),
             click.option(
                 "--regions",
                 "regions_path",
                 type=click.Path(exists=True, dir_okay=False),
-                help="regions table (CIDR -> region; Parquet/CSV/JSONL).",
+                help="regions table (CIDR -> region; Parquet/CSV/JSONL): which region decides "
+                "flows towards which addresses (rows are forwarded there); nodes create every "
+                "listed region's streams.",
             ),
         )
     ):
@@ -176,6 +182,12 @@ def cluster_node(
       flowtrail cluster-node --config /etc/flowtrail/node.toml --listen 0.0.0.0:9465
     """
     regions = read_table(regions_path, REGIONS) if regions_path else None
+    if regions is not None and region not in regions.column("region").to_pylist():
+        raise click.BadParameter(
+            f"{region!r} is not a region of {regions_path}: this node would forward every "
+            "row and decide none",
+            param_hint="--region",
+        )
     bus_config = _bus_config(
         replicas=replicas,
         ack_wait_ns=ack_wait,
@@ -216,7 +228,13 @@ async def _serve(
     if listen is not None:
         ops = serve(node.status, lambda: node.status_age_s, lambda: not run.done(), *listen)
     try:
-        await node.ready.wait()
+        # A node that fails while attaching never becomes ready: wait for either.
+        attached = asyncio.create_task(node.ready.wait())
+        await asyncio.wait([run, attached], return_when=asyncio.FIRST_COMPLETED)
+        if not node.ready.is_set():
+            attached.cancel()
+            run.result()  # its error, as the node's exit
+            return
         ready: dict[str, object] = {"ready": node.incarnation}
         if ops is not None:
             ready["listen"] = ops.port
@@ -261,7 +279,9 @@ def cluster_events(
 
     Each event goes to the region whose prefixes hold its IP (flows towards that IP are
     decided there); events about IPs in no region go to every region. Nodes apply them in
-    stream order. Prints the rows published per region as JSON.
+    stream order. Prints, per region, the rows published and whether JetStream dropped them
+    as a re-send of the same batch id (same file again within its duplicate window, 120 s).
+    The regions' streams must exist: nodes create them when they start.
 
     \b
     Example:
@@ -272,9 +292,11 @@ def cluster_events(
     regions = read_table(regions_path, REGIONS) if regions_path else None
     if regions is None and region is None:
         raise click.UsageError("give --regions FILE or --region NAME: where do the events go?")
+    if regions is not None and region is not None:
+        raise click.UsageError("give --regions FILE or --region NAME, not both")
     bus_config = _bus_config(**nats)
 
-    async def main() -> dict[str, int]:
+    async def main() -> dict[str, dict[str, int | bool]]:
         bus = Bus(bus_config)
         await bus.connect()
         try:

@@ -41,8 +41,9 @@ async def publish_events(
     *,
     default_region: str | None = None,
     batch_id: str | None = None,
-) -> dict[str, int]:
-    """Publish an events table to the regions it concerns; rows published per region.
+) -> dict[str, dict[str, int | bool]]:
+    """Publish an events table to the regions it concerns: per region, the rows and whether
+    JetStream dropped the message as a re-send (same id within its duplicate window).
 
     With no regions table (rmap without names), everything goes to `default_region`.
     """
@@ -55,8 +56,8 @@ async def publish_events(
     else:
         raise ValueError("no regions table and no default region: nowhere to publish events")
     base = batch_id or f"events-{content_id(events)}"
-    sent: dict[str, int] = {}
+    sent: dict[str, dict[str, int | bool]] = {}
     for region, part in parts:
-        await bus.publish_events(region, part, f"{base}>{region}")
-        sent[region] = part.num_rows
+        ack = await bus.publish_events(region, part, f"{base}>{region}")
+        sent[region] = {"rows": part.num_rows, "duplicate": bool(ack.duplicate)}
     return sent

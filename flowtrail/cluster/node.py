@@ -139,6 +139,8 @@ class ClusterNode:
         self._next_seq = 0
         self._done: OrderedDict[str, None] = OrderedDict()  # recently finished evidence ids
         self._retries: dict[str, int] = {}  # batch id -> failed publishing tries (until one works)
+        self._taking: list[Msg] = []  # fetched, not yet held or settled
+        self._ack_wait_s = self.bus.config.ack_wait_ns / SECOND
         self.ready = asyncio.Event()  # set once both consumers are attached
         self.caught_up = False  # the evidence retained at start has been read
         self._catch_up_seq = 0
@@ -169,6 +171,8 @@ class ClusterNode:
             "event_messages": 0,
             "event_rows": 0,
             "events_bad": 0,
+            "evidence_bad": 0,
+            "batches_split": 0,
         }
 
     @property
@@ -225,6 +229,8 @@ class ClusterNode:
     async def run(self, stop: asyncio.Event) -> None:
         self._snapshot()
         work = await self.bus.work_consumer(self.config.region)
+        # The shared consumer keeps the ack wait of whoever created it: keep-alives follow it.
+        self._ack_wait_s = await self.bus.consumer_ack_wait_s(work, self.bus.config.ack_wait_ns)
         # The stream's newest message now: once read, the node has rebuilt its state.
         self._catch_up_seq = await self.bus.evidence_last_seq(self.config.region)
         self.caught_up = self._catch_up_seq == 0
@@ -274,8 +280,15 @@ class ClusterNode:
                 log.warning("work fetch failed: %s", exc)
                 await asyncio.sleep(self.config.poll_s)
                 continue
+            # Kept alive from now on, not only once held: forwarding may take a while.
+            self._taking = list(msgs)
             for msg in msgs:
+                if stop.is_set():
+                    await self._settle(msg.nak(), "nak")  # not started: straight back
+                    continue
                 await self._take(msg)
+                self._taking.remove(msg)
+            self._taking = []
 
     async def _take(self, msg: Msg) -> None:
         headers = msg.headers or {}
@@ -301,18 +314,54 @@ class ClusterNode:
             log.warning("dropping %s: %s", batch_id, exc)
             await self._settle(msg.term(), "term")
             return
+        if len(msg.data) > self.bus.max_payload * 0.9:
+            # Its evidence (the batch plus one column) might not pass: split it and requeue.
+            await self._split_back(msg, table, batch_id, headers)
+            return
         try:
             await self._route(msg, table, batch_id, evidence_id, headers)
         except ExportError as exc:
+            self.stats["publish_failures"] += 1
+            held = self._held.get(evidence_id)
+            if held is not None and held.seq >= 0:
+                # The evidence was stored after all and this node has read it back: its rows
+                # are in the engine and will be decided; keep holding the batch.
+                log.warning(
+                    "%s: publish reported failed but the evidence arrived: %s", batch_id, exc
+                )
+                return
             # NATS would not take the forward or the evidence for long: give the batch back
             # (it comes again, to this node or another; re-published parts are deduplicated).
-            self.stats["publish_failures"] += 1
             log.warning("handing %s back: %s", batch_id, exc)
             self._held.pop(evidence_id, None)
             self._retries[batch_id] = self._retries.get(batch_id, 0) + 1
+            if len(self._retries) > 10_000:  # batches another node finished meanwhile
+                self._retries.pop(next(iter(self._retries)))
             await self._settle(msg.nak(), "nak")
             return
         self._retries.pop(batch_id, None)
+
+    async def _split_back(
+        self, msg: Msg, table: pa.Table, batch_id: str, headers: dict[str, str]
+    ) -> None:
+        """A batch near the servers' max_payload goes back into the work stream in halves
+        (ids `<id>.a`, `<id>.b`: a retry republishes the same halves, deduplicated)."""
+        if table.num_rows < 2:
+            self.stats["batches_bad"] += 1
+            log.warning("dropping %s: one row over the servers' max_payload", batch_id)
+            await self._settle(msg.term(), "term")
+            return
+        half = table.num_rows // 2
+        extra = {k: v for k, v in headers.items() if k == FORWARDED_FROM}
+        try:
+            for part, suffix in ((table.slice(0, half), "a"), (table.slice(half), "b")):
+                await self.bus.publish(msg.subject, encode(part), f"{batch_id}.{suffix}", extra)
+        except ExportError as exc:
+            log.warning("splitting %s: %s", batch_id, exc)
+            await self._settle(msg.nak(), "nak")
+            return
+        self.stats["batches_split"] += 1
+        await self._settle(msg.ack(), "ack")
 
     async def _route(
         self, msg: Msg, table: pa.Table, batch_id: str, evidence_id: str, headers: dict[str, str]
@@ -376,12 +425,11 @@ class ClusterNode:
 
     async def _keepalive_loop(self, stop: asyncio.Event) -> None:
         """Held batches wait for their rows' decisions: tell JetStream we are still on them."""
-        every = max(self.bus.config.ack_wait_ns / SECOND / 3, 0.2)
         while not stop.is_set():
-            await asyncio.sleep(every)
-            for held in list(self._held.values()):
+            await asyncio.sleep(max(self._ack_wait_s / 3, 0.2))
+            for msg in [*self._taking, *(held.msg for held in list(self._held.values()))]:
                 try:
-                    await held.msg.in_progress()
+                    await msg.in_progress()
                 except Exception as exc:  # a lost connection: redelivery covers it
                     log.debug("in_progress failed: %s", exc)
 
@@ -431,15 +479,22 @@ class ClusterNode:
         ):
             self._mark_caught_up()
         if CLOCK in headers:
-            self.stats["clock_marks"] += 1
-            await self._advance(int(headers[CLOCK]))
+            await self._learn_clock(msg, headers[CLOCK])
             return
         if EVENTS in headers:
             await self._learn_events(msg)
             return
-        table = decode(msg.data)
-        owned = np.asarray(table.column(OWNED_COLUMN).to_numpy(zero_copy_only=False), bool)
-        table = table.drop_columns([OWNED_COLUMN])
+        try:
+            table = decode(msg.data)
+            owned = np.asarray(table.column(OWNED_COLUMN).to_numpy(zero_copy_only=False), bool)
+            table = table.drop_columns([OWNED_COLUMN])
+            if table.num_rows and "received_ns" not in table.column_names:
+                raise KeyError("received_ns")
+        except (pa.ArrowException, KeyError, ValueError) as exc:
+            # Every node skips it alike (and a restarted node again): never a crash loop.
+            self.stats["evidence_bad"] += 1
+            log.warning("skipping evidence %s: %r", headers.get(MSG_ID, "?"), exc)
+            return
         if table.num_rows == 0:
             return
         await self._advance(int(pc.max(table.column("received_ns")).as_py()))
@@ -486,6 +541,20 @@ class ClusterNode:
         local address is ours or in no region (see _local_here); the rest would only cost."""
         keep = self._local_here(forwarded)
         return forwarded if keep.all() else forwarded.filter(pa.array(keep))
+
+    async def _learn_clock(self, msg: Msg, value: str) -> None:
+        try:
+            mark = int(value)
+        except ValueError:
+            self.stats["evidence_bad"] += 1
+            log.warning("skipping clock mark %r", value)
+            return
+        self.stats["clock_marks"] += 1
+        if not self.config.trust_received:
+            # The data clock is the servers' (received_ns = when JetStream stored a batch): a
+            # mark from a node whose own clock runs ahead must not move everyone's past it.
+            mark = min(mark, stream_time_ns(msg) - self.config.clock_lag_ns)
+        await self._advance(mark)
 
     async def _learn_events(self, msg: Msg) -> None:
         """Control-plane events: every node applies them where they sit in the stream."""
@@ -565,7 +634,9 @@ class ClusterNode:
         self.stats["rows_written"] += table.num_rows
         self.stats["rows_stored"] += stored
         for evidence_id, rows in finished.items():
-            held = self._held[evidence_id]
+            held = self._held.get(evidence_id)
+            if held is None:  # handed back meanwhile: its redelivery is decided again
+                continue
             held.left -= rows
             if held.left == 0:
                 del self._held[evidence_id]

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.bus import CLOCK, OWNER, SECOND, Bus, BusConfig, encode
 from flowtrail.cluster.feed import feed_paced
 from flowtrail.cluster.natslab import NatsLab
 from flowtrail.cluster.node import ClusterNode, NodeConfig
@@ -51,16 +51,28 @@ async def _wait_for(
 
 @contextlib.asynccontextmanager
 async def _solo_node(
-    lab: NatsLab, tmp_path: Path, region: str, tune: Callable[[Bus], None] | None = None
+    lab: NatsLab,
+    tmp_path: Path,
+    region: str,
+    tune: Callable[[Bus], None] | None = None,
+    *,
+    trust_received: bool = True,
+    ack_wait_ns: int = 30 * SECOND,
 ) -> AsyncIterator[tuple[Bus, ClusterNode, asyncio.Task[None]]]:
     """One node in this process with its own store; `tune` may adjust its bus first."""
-    bus = Bus(BusConfig(servers=lab.urls, replicas=3))
+    bus = Bus(BusConfig(servers=lab.urls, replicas=3, ack_wait_ns=ack_wait_ns))
     await bus.connect()
     await bus.ensure_streams([region])
     if tune is not None:
         tune(bus)
     store = Store(tmp_path / "node.duckdb", retention_ns=None)
-    cfg = NodeConfig(region, "solo", settings=Settings(use_events=False), trust_received=True)
+    cfg = NodeConfig(
+        region,
+        "solo",
+        settings=Settings(use_events=False),
+        trust_received=trust_received,
+        clock_marks=False,
+    )
     node = ClusterNode(bus, cfg, None, store)
     stop = asyncio.Event()
     run = asyncio.create_task(node.run(stop))
@@ -195,6 +207,10 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
             subject = bus.work_subject(region)
             await bus.publish(subject, b"not arrow at all", "junk")
             await bus.publish_batch(region, good.drop_columns(["remote_ip"]), "no-remote-ip")
+            # Malformed evidence (not from a node) is skipped by every node, never fatal.
+            evidence = bus.evidence_subject(region)
+            await bus.publish(evidence, b"not arrow either", "junk-evidence", {OWNER: "x/1"})
+            await bus.publish(evidence, b"", "junk-mark", {CLOCK: "soon"})
             await bus.publish_batch(region, good, "good")
             await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
             # Terminations are not confirmed to the sender: give the server a moment.
@@ -207,6 +223,7 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
 
     node, pending, ack_pending = asyncio.run(main())
     assert node.stats["batches_bad"] == 2  # counted, and each terminated: never redelivered
+    assert node.stats["evidence_bad"] == 2
     assert node.stats["batches_taken"] == 1
     assert (pending, ack_pending) == (0, 0)
     assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
@@ -330,3 +347,43 @@ def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_late
     assert node.stats["publish_failures"] == 1
     assert node.stats["rows_written"] == good.num_rows  # decided once, from the second try
     assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
+
+
+def test_a_batch_near_max_payload_is_split_and_a_fast_clock_cannot_rush_the_region(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    """A work batch within 10% of the servers' max_payload (its evidence, one column more,
+    might not pass) goes back in halves and every row is still stored once. A clock mark
+    from a node whose clock runs an hour ahead moves the data clock no further than the
+    servers' time. The node keeps its batches alive with the consumer's real ack wait."""
+    big = simulate("churny", 11, flows=45_000).flows
+    region = "us-east"
+
+    async def main() -> tuple[ClusterNode, int, int, float]:
+        first = Bus(BusConfig(servers=nats_lab.urls, replicas=3, ack_wait_ns=30 * SECOND))
+        await first.connect()
+        await first.ensure_streams([region])
+        await first.work_consumer(region)  # the shared consumer, made by an earlier node
+        await first.close()
+        async with _solo_node(
+            nats_lab, tmp_path, region, trust_received=False, ack_wait_ns=2 * SECOND
+        ) as (bus, node, run):
+            nonlocal big
+            size = len(encode(big))
+            big = big.slice(0, int(big.num_rows * 0.95 * bus.max_payload / size))
+            payload = encode(big)
+            assert 0.9 * bus.max_payload < len(payload) < bus.max_payload
+            await bus.publish(bus.work_subject(region), payload, "big")
+            await _wait_for(lambda: node.stats["rows_submitted"] >= big.num_rows, 60, "big", [run])
+            ahead = time.time_ns() + 3600 * SECOND
+            before = time.time_ns()
+            await bus.publish_clock(region, ahead, "from-the-future")
+            await _wait_for(lambda: node.stats["clock_marks"] >= 1, 30, "the mark", [run])
+            clock = node.now or 0
+            return node, clock, before, node._ack_wait_s
+
+    node, clock, before, ack_wait_s = asyncio.run(main())
+    assert node.stats["batches_split"] == 1
+    assert node.stats["rows_taken"] == big.num_rows  # both halves, once each
+    assert clock <= before + 5 * SECOND  # not an hour ahead
+    assert ack_wait_s == 30.0  # the consumer was created with 30 s before, not this node's 2 s

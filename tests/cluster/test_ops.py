@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from flowtrail.cluster.bus import CLOCK, SECOND, Bus, BusConfig
+from flowtrail.cluster.command import _serve
 from flowtrail.cluster.natslab import NatsLab
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.cluster.ops import serve
 from flowtrail.engine.attributor import Settings
+from flowtrail.errors import InputError
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.tables import write_table
@@ -213,8 +215,11 @@ def test_config_file_endpoints_and_cluster_events_cli(nats_lab: NatsLab, tmp_pat
         ]
         for result in results:
             assert result.returncode == 0, result.stderr
-        sent = json.loads(results[0].stdout)
-        assert sent == json.loads(results[1].stdout)
+        first, second = (json.loads(r.stdout) for r in results)
+        assert not any(v["duplicate"] for v in first.values())
+        assert all(v["duplicate"] for v in second.values())  # said, not silently dropped
+        sent = {region: v["rows"] for region, v in first.items()}
+        assert {region: v["rows"] for region, v in second.items()} == sent
         assert sum(sent.values()) >= events.num_rows and REGION in sent
         want = f"flowtrail_node_event_rows_total {float(sent[REGION])}"
         deadline = time.monotonic() + 30
@@ -242,3 +247,25 @@ def test_cluster_events_usage_errors_name_what_is_missing(tmp_path: Path) -> Non
         )
         assert result.returncode == 2, result.stderr
         assert missing in result.stderr
+
+
+def test_a_node_that_cannot_attach_exits_with_the_error(
+    nats_lab: NatsLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (attaching fails only after ~90 s of retries against a real server,
+    too slow for a test): the error ends `cluster-node` at once instead of leaving it waiting
+    for a readiness that never comes (it then ignored SIGTERM)."""
+
+    async def refuse(self: Bus, region: str) -> object:
+        raise InputError(f"NATS refused work consumer of {region}: injected")
+
+    monkeypatch.setattr(Bus, "work_consumer", refuse)
+    bus_config = BusConfig(servers=nats_lab.urls, replicas=3)
+    node_config = NodeConfig(REGION, "doomed", settings=Settings(use_events=False))
+    sink = Store(tmp_path / "n.duckdb", retention_ns=None)
+
+    async def main() -> None:
+        await asyncio.wait_for(_serve(bus_config, node_config, None, sink, None, None), 30)
+
+    with pytest.raises(InputError, match="injected"):
+        asyncio.run(main())
