@@ -374,7 +374,9 @@ class NatsLab:
             )
         return text
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        # Healthy means JetStream's streams are current too; after a restart of every server
+        # on a loaded 2-core machine that took longer than 20 s once (CI).
         for server in self.servers:
             self._spawn(server)
         for server in self.servers:
@@ -422,7 +424,7 @@ class NatsLab:
             server.process.wait(10)
         server.process = None
 
-    def restart(self, index: int, timeout: float = 20.0) -> None:
+    def restart(self, index: int, timeout: float = 60.0) -> None:
         """Kill one server if running and start it again on the same ports and store."""
         self.kill(index)
         server = self.servers[index]
