@@ -43,7 +43,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from flowtrail.errors import CapabilityError, ExportError, InputError
 
@@ -352,7 +352,13 @@ class Bus:
                     duplicate_window=c.duplicate_window_ns / SECOND,
                     discard=DiscardPolicy.OLD,
                 )
-                await self._retry(lambda cfg=cfg: self.js.add_stream(cfg), attempts, name)
+                try:
+                    await self._retry(lambda cfg=cfg: self.js.add_stream(cfg), attempts, name)
+                except InputError as exc:  # typically: it exists with other settings
+                    raise InputError(
+                        f"{exc} (an existing stream keeps its settings: --replicas, "
+                        "--evidence-retention and --nats-prefix must match it, or delete it)"
+                    ) from exc
 
     async def _retry(self, call: Any, attempts: int, what: str) -> Any:
         delay = 0.1
@@ -442,6 +448,17 @@ class Bus:
             lambda: self.js.stream_info(self.evidence_stream(region)), 50, "stream info"
         )
         return int(info.state.last_seq)
+
+    async def require_streams(self, regions: list[str]) -> None:
+        """Refuse at once, saying why, when a region has no streams (no node created them)."""
+        for region in regions:
+            try:
+                await self.js.stream_info(self.evidence_stream(region))
+            except NotFoundError as exc:
+                raise ExportError(
+                    f"no stream {self.evidence_stream(region)} on the NATS servers: start a "
+                    f"`flowtrail cluster-node --region {region}` first (nodes create them)"
+                ) from exc
 
     async def evidence_count(self, region: str) -> int:
         """Messages in a region's evidence stream now (retried through a leader election)."""

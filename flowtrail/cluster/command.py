@@ -300,6 +300,8 @@ def cluster_events(
         bus = Bus(bus_config)
         await bus.connect()
         try:
+            targets = RegionMap(regions).names if regions is not None else [str(region)]
+            await bus.require_streams(targets)
             return await publish_events(
                 bus, events, RegionMap(regions), default_region=region, batch_id=batch_id
             )

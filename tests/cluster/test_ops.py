@@ -215,6 +215,14 @@ def test_config_file_endpoints_and_cluster_events_cli(nats_lab: NatsLab, tmp_pat
         ]
         for result in results:
             assert result.returncode == 0, result.stderr
+        nowhere = subprocess.run(
+            [sys.executable, *publish[:4], "--nats", nats_lab.urls[0], "--region", "nowhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert nowhere.returncode != 0
+        assert "flowtrail cluster-node --region nowhere" in nowhere.stderr, nowhere.stderr
         first, second = (json.loads(r.stdout) for r in results)
         assert not any(v["duplicate"] for v in first.values())
         assert all(v["duplicate"] for v in second.values())  # said, not silently dropped
