@@ -31,8 +31,9 @@ from typing import Any
 
 import click
 
-from flowtrail.api.server import QueryAPI, is_loopback
+from flowtrail.api.server import QueryAPI
 from flowtrail.errors import CapabilityError, FlowtrailError, InputError
+from flowtrail.opshttp import is_loopback
 from flowtrail.standalone import run_standalone
 from flowtrail.units import DURATION
 

@@ -9,7 +9,6 @@ committed write without opening the file a second time).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 import threading
@@ -24,6 +23,7 @@ import pyarrow as pa
 
 from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
 from flowtrail.errors import InputError
+from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query
 from flowtrail.query.output import render
 from flowtrail.store.duck import FLOWS_TABLE
@@ -31,15 +31,6 @@ from flowtrail.store.duck import FLOWS_TABLE
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _Handler(BaseHTTPRequestHandler):

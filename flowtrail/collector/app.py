@@ -7,7 +7,6 @@ both build it.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from flowtrail.collector.sink import ParquetSink, Sink
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.errors import InputError
+from flowtrail.opshttp import is_loopback
 
 
 @dataclass
@@ -37,15 +37,6 @@ class CollectorOptions:
     max_body_bytes: int = 256 << 20
     max_connections: int = 64
     config: CollectorConfig = field(default_factory=CollectorConfig)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def make_sink(options: CollectorOptions) -> Sink:
@@ -67,7 +58,7 @@ class CollectorApp:
     def __init__(self, options: CollectorOptions, sink: Sink | None = None) -> None:
         self.options = options
         if options.plaintext:
-            if not _is_loopback(options.host):
+            if not is_loopback(options.host):
                 raise InputError(f"--plaintext: only on loopback, not {options.host!r}")
             self._tls = None
         else:
