@@ -22,6 +22,8 @@ from typing import Protocol, runtime_checkable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowtrail.collector.wal import fsync_path
+
 
 class Sink(Protocol):
     def write(self, table: pa.Table) -> int:
@@ -82,21 +84,13 @@ class ParquetSink:
         tmp = final.with_name(f".{final.name}.tmp")
         dictionary = [c for c in DICTIONARY_COLUMNS if c in table.column_names]
         pq.write_table(table, tmp, compression="snappy", use_dictionary=dictionary)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        _fsync(final.parent)
+        fsync_path(final.parent)
         return int(table.num_rows)
 
     def close(self) -> None:
         return None
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_parquet_sink(directory: str | os.PathLike[str]) -> pa.Table:

@@ -44,7 +44,8 @@ class Appended:
     first_row: int
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a directory's entries, durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -121,7 +122,7 @@ class WriteAheadLog:
     def _start_segment(self, segment: int, now_ns: int) -> None:
         fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         if self.fsync:
-            _fsync_dir(self.directory)
+            fsync_path(self.directory)
         old = self._fd
         self._fd, self._segment = fd, segment
         self._segment_size, self._segment_opened_ns = 0, now_ns
