@@ -20,6 +20,7 @@ and removes the cgroup tree deepest first. What it cannot remove is reported as 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import random
 import subprocess
@@ -34,6 +35,12 @@ from flowtrail.lab import peer
 from flowtrail.lab.peer import Client, Server
 
 CGROUP2 = Path("/sys/fs/cgroup/unified")
+
+
+def _v6(text: str) -> str:
+    """Canonical spelling, as the agent reports it (n=0 would otherwise read "fd00:f10:0::1")."""
+    return str(ipaddress.IPv6Address(text))
+
 
 # Below Linux's default ephemeral range (32768-60999): no connection elsewhere on the host gets
 # one of these as the port the kernel picked for it, so a capture filtered by port finds ours.
@@ -80,10 +87,10 @@ class Lab:
         n = random.randrange(512)
         net = f"10.{214 + n // 256}.{n % 256}"
         self.client = End(
-            f"ft{name}-c-{self.tag}", f"ftc{self.tag}", f"{net}.1", f"fd00:f10:{n:x}::1"
+            f"ft{name}-c-{self.tag}", f"ftc{self.tag}", f"{net}.1", _v6(f"fd00:f10:{n:x}::1")
         )
         self.server = End(
-            f"ft{name}-s-{self.tag}", f"fts{self.tag}", f"{net}.2", f"fd00:f10:{n:x}::2"
+            f"ft{name}-s-{self.tag}", f"fts{self.tag}", f"{net}.2", _v6(f"fd00:f10:{n:x}::2")
         )
         self.vip = f"{net}.100"
         self.root = CGROUP2 / f"flowtrail-{name}-{self.tag}"
