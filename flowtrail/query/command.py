@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +65,42 @@ def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, 
     return con, "lake_flows"
 
 
-def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
+Query = Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where to read (store or lake), the window, and how to print: every subcommand's part."""
+
+    db: str | None
+    lake: str | None
+    since: str | None
+    until: str | None
+    fmt: str
+
+    def run(self, query: Query) -> None:
+        window = window_of(self.since, self.until)
+        con, relation = _open(self.db, self.lake)
+        try:
+            result = query(con, window, relation)
+        except duckdb.Error as exc:
+            raise InputError(f"query failed: {exc}") from exc
+        finally:
+            con.close()
+        click.echo(render(result, self.fmt), nl=False)
+
+
+def _source_options(func: Callable[..., None]) -> Callable[..., None]:
+    """Adds the five source options and hands them to `func` as one `Source`."""
+
+    @functools.wraps(func)
+    def with_source(
+        db: str | None, lake: str | None, since: str | None, until: str | None, fmt: str,
+        **options: Any,
+    ) -> None:  # fmt: skip
+        func(Source(db, lake, since, until, fmt), **options)
+
+    decorators = [
         click.option("--db", type=str, help="The store: a flowtrail DuckDB database file."),
         click.option("--lake", type=str, help="Or the Parquet lake directory (Hive layout)."),
         click.option(
@@ -87,28 +123,10 @@ def _source_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Output format.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _run(
-    db: str | None,
-    lake: str | None,
-    since: str | None,
-    until: str | None,
-    fmt: str,
-    query: Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table],
-) -> None:
-    window = window_of(since, until)
-    con, source = _open(db, lake)
-    try:
-        result = query(con, window, source)
-    except duckdb.Error as exc:
-        raise InputError(f"query failed: {exc}") from exc
-    finally:
-        con.close()
-    click.echo(render(result, fmt), nl=False)
+    command: Callable[..., None] = with_source
+    for option in reversed(decorators):
+        command = option(command)
+    return command
 
 
 @click.group("query", cls=_QueryGroup)
@@ -125,25 +143,12 @@ def query() -> None:
 @_source_options
 @click.option("--workload", help="Only edges where this workload calls or is called.")
 @click.option("--known-only", is_flag=True, help="Leave out edges with an unnamed side.")
-def dependencies_command(
-    db: str | None,
-    lake: str | None,
-    since: str | None,
-    until: str | None,
-    fmt: str,
-    workload: str | None,
-    known_only: bool,
-) -> None:
+def dependencies_command(source: Source, workload: str | None, known_only: bool) -> None:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs)."""
-    _run(
-        db,
-        lake,
-        since,
-        until,
-        fmt,
-        lambda con, w, src: dependencies(
-            con, w, source=src, workload=workload, known_only=known_only
-        ),
+    source.run(
+        lambda con, w, rel: dependencies(
+            con, w, source=rel, workload=workload, known_only=known_only
+        )
     )
 
 
@@ -153,24 +158,9 @@ def dependencies_command(
     "--by", type=click.Choice(TALKER_KEYS), default="workload", show_default=True, help="Group by."
 )
 @click.option("--limit", type=int, default=10, show_default=True, help="How many to list.")
-def top_talkers_command(
-    db: str | None,
-    lake: str | None,
-    since: str | None,
-    until: str | None,
-    fmt: str,
-    by: str,
-    limit: int,
-) -> None:
+def top_talkers_command(source: Source, by: str, limit: int) -> None:
     """Workloads (or IPs) moving the most bytes, sent plus received."""
-    _run(
-        db,
-        lake,
-        since,
-        until,
-        fmt,
-        lambda con, w, src: top_talkers(con, w, source=src, by=by, limit=limit),
-    )
+    source.run(lambda con, w, rel: top_talkers(con, w, source=rel, by=by, limit=limit))
 
 
 @query.command("flows")
@@ -184,11 +174,7 @@ def top_talkers_command(
 @click.option("--exporter", help="Captured by this exporter.")
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
 def flows_command(
-    db: str | None,
-    lake: str | None,
-    since: str | None,
-    until: str | None,
-    fmt: str,
+    source: Source,
     workload: str | None,
     ip: str | None,
     port: int | None,
@@ -198,20 +184,11 @@ def flows_command(
 ) -> None:
     """Attributed flow rows matching every filter given, newest first."""
     where = FlowFilter(workload, ip, port, remote_source, exporter)
-    _run(
-        db,
-        lake,
-        since,
-        until,
-        fmt,
-        lambda con, w, src: flows(con, w, source=src, where=where, limit=limit),
-    )
+    source.run(lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit))
 
 
 @query.command("health")
 @_source_options
-def health_command(
-    db: str | None, lake: str | None, since: str | None, until: str | None, fmt: str
-) -> None:
+def health_command(source: Source) -> None:
     """Attribution health: attributed %, by source, unattributed by reason, wait p50/p99."""
-    _run(db, lake, since, until, fmt, lambda con, w, src: attribution_health(con, w, source=src))
+    source.run(lambda con, w, rel: attribution_health(con, w, source=rel))
