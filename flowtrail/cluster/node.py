@@ -213,7 +213,8 @@ class ClusterNode:
             "waiting_flows": self.engine.waiting,
             "data_clock_ns": self.now or 0,
             "evidence_pending": self._evidence_pending,
-            "ownership_ranges": len(e.ranges),
+            "ownership_ranges": e.ranges.merged,  # claims merge at the next decision
+            "ownership_claims_waiting": e.ranges.pending,
             **e.memory(),
             "decided": {**c.decided, "unattributed": sum(c.unattributed.values())},
             "unattributed": dict(c.unattributed),

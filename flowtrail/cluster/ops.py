@@ -26,6 +26,7 @@ GAUGES = (
     ("waiting_flows", "flows waiting for ownership evidence"),
     ("evidence_pending", "evidence messages not yet delivered to this node (last known)"),
     ("ownership_ranges", "ownership time ranges held"),
+    ("ownership_claims_waiting", "heartbeat claims learned, merged at the next decision"),
     ("ownership_bytes", "bytes of ownership ranges"),
     ("peer_bytes", "bytes of the peer-row index"),
     ("waiting_bytes", "bytes of the waiting pool"),

@@ -70,17 +70,22 @@ def test_segments_match_brute_force(cs: list[tuple[int, int, int, int]]) -> None
                 assert got == AMBIGUOUS, (key, t, who, got)
 
 
-@given(claims, st.randoms(use_true_random=False), st.integers(1, 5))
-@settings(max_examples=200, deadline=None)
+@given(claims, st.randoms(use_true_random=False), st.integers(1, 5), st.lists(st.booleans()))
+@settings(max_examples=300, deadline=None)
 def test_late_evidence_in_any_order_gives_same_ranges(
-    cs: list[tuple[int, int, int, int]], rnd: object, parts: int
+    cs: list[tuple[int, int, int, int]], rnd: object, parts: int, reads: list[bool]
 ) -> None:
+    """However claims are grouped, and whether or not the ranges are read (merging the
+    waiting claims) between groups, the segments are those of all claims at once."""
     shuffled = list(cs)
     rnd.shuffle(shuffled)  # type: ignore[attr-defined]
     r = OwnershipRanges()
-    for chunk in np.array_split(np.arange(len(shuffled)), parts):
+    for i, chunk in enumerate(np.array_split(np.arange(len(shuffled)), parts)):
         if len(chunk):
             r.add(*arrays([shuffled[i] for i in chunk]))
+        if i < len(reads) and reads[i]:
+            assert_canonical(r.segments)
+            assert r.pending == 0
     expected = segment(*arrays(cs)) if cs else Segments.empty()
     assert_canonical(r.segments)
     for name in ("key", "start", "end", "owner"):
@@ -120,6 +125,28 @@ def test_window_lookup_is_one_owner_over_the_whole_window(
         near = [owners_at(cs, key, t) for t in range(lo - 1, hi + 1)]
         assert any(len(w) >= 2 for w in near) or len(set().union(*near)) >= 2
     assert got >= 0 or got in (CONFLICT, NOT_COVERED)
+
+
+def test_claims_wait_until_read_and_are_copied() -> None:
+    r = OwnershipRanges()
+    key, owner = np.array([5], np.uint64), np.array([1], np.int32)
+    start, end = np.array([0], np.int64), np.array([10], np.int64)
+    r.add(key, owner, start, end)
+    assert r.pending == 1 and len(r._segments) == 0
+    owner[0], end[0] = 2, 99  # the caller reuses its buffers: the claim must not change
+    got = r.owner_over(np.array([5], np.uint64), np.array([1]), np.array([9]))
+    assert got.tolist() == [1] and r.pending == 0
+    assert r.segments.end.tolist() == [10]
+
+
+def test_waiting_claims_are_merged_once_too_many() -> None:
+    r = OwnershipRanges()
+    r.MAX_PENDING = 100
+    for t in range(0, 1000, 10):
+        r.add(np.array([1, 2], np.uint64), np.array([1, 1], np.int32),
+              np.array([t, t], np.int64), np.array([t + 5, t + 5], np.int64))  # fmt: skip
+        assert r.pending < 100
+    assert len(r) == 200
 
 
 def test_conflicting_claims_make_the_overlap_ambiguous() -> None:
