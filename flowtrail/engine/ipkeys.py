@@ -127,6 +127,7 @@ class Names:
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
         self.names: list[str] = []
+        self._arrow = pa.array([], type=pa.string())  # self.names as Arrow, rebuilt when grown
 
     def ids(self, values: pa.Array | pa.ChunkedArray) -> npt.NDArray[np.int32]:
         """Ids for `values`; null → -1."""
@@ -155,7 +156,9 @@ class Names:
 
     def to_arrow(self, ids: npt.NDArray[np.int32]) -> pa.Array:
         """Names for ids as an Arrow string array; negative ids → null."""
-        dictionary = pa.array(self.names, type=pa.string())
+        if len(self._arrow) != len(self.names):
+            self._arrow = pa.array(self.names, type=pa.string())
+        dictionary = self._arrow
         mask = ids < 0
         indices = pa.array(np.where(mask, 0, ids), mask=mask, type=pa.int32())
         if len(self.names) == 0:

@@ -104,6 +104,9 @@ class StreamingAttribution:
             d.source[order],
             d.decided[order],
         )
+        # One take of names and sources for the whole tick, sliced per batch below.
+        owner_names = self.names.to_arrow(owner)
+        sources = pc.take(pa.array(SOURCES), pa.array(source.astype(np.int32)))
         which = np.searchsorted(self._firsts, rows, side="right") - 1
         out: list[pa.Table] = []
         cuts = np.flatnonzero(np.diff(which)) + 1
@@ -112,11 +115,8 @@ class StreamingAttribution:
             first = int(self._firsts[which[part[0]]])
             batch = self._batches[first]
             taken = batch.table.take(pa.array(rows[part] - first))
-            cols = (
-                self.names.to_arrow(owner[part]),
-                pc.take(pa.array(SOURCES), pa.array(source[part].astype(np.int32))),
-                pa.array(decided[part]),
-            )
+            lo, n = int(part[0]), len(part)
+            cols = (owner_names.slice(lo, n), sources.slice(lo, n), pa.array(decided[part]))
             for col, values in zip(ATTRIBUTION_COLUMNS, cols, strict=True):
                 if col.name in taken.column_names:
                     taken = taken.drop_columns([col.name])
