@@ -80,9 +80,11 @@ def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Tab
         if col.name not in names:
             continue
         idx = names.index(col.name)
-        arr = _coerce(data.column(idx), col, path)
+        given = data.column(idx)
+        arr = _coerce(given, col, path)
         _check_values(arr, col, path)
-        data = data.set_column(idx, col.field, arr)
+        if arr is not given or data.schema.field(idx) != col.field:
+            data = data.set_column(idx, col.field, arr)
     return data
 
 
@@ -123,11 +125,16 @@ def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedAr
 def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
     if col.required and arr.null_count:
         _raise_first(pc.is_null(arr), "required value is missing (null)", path, col, arr)
-    if col.kind is Kind.PORT:
-        bad = pc.or_(pc.less(arr, 0), pc.greater(arr, 65535))
-        _raise_first(bad, "port must be 0..65535", path, col, arr)
-    elif col.kind in (Kind.TIME, Kind.COUNT):
-        _raise_first(pc.less(arr, 0), "must not be negative", path, col, arr)
+    if col.kind in (Kind.PORT, Kind.TIME, Kind.COUNT):
+        # One min/max pass; the row at fault is looked for only when there is one.
+        low, high = _min_max(arr)
+        if low is None or high is None:  # all null
+            return
+        if col.kind is Kind.PORT and (low < 0 or high > 65535):
+            bad = pc.or_(pc.less(arr, 0), pc.greater(arr, 65535))
+            _raise_first(bad, "port must be 0..65535", path, col, arr)
+        elif low < 0:
+            _raise_first(pc.less(arr, 0), "must not be negative", path, col, arr)
     elif col.kind is Kind.ENUM:
         bad = pc.invert(pc.is_in(arr, value_set=pa.array(col.choices)))
         bad = pc.and_(bad, pc.is_valid(arr))
@@ -145,6 +152,11 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
             if problem:
                 mask = pc.is_in(arr, value_set=pa.array([value]))
                 _raise_first(mask, problem, path, col, arr)
+
+
+def _min_max(arr: pa.ChunkedArray) -> tuple[int | None, int | None]:
+    mm = pc.min_max(arr)
+    return mm["min"].as_py(), mm["max"].as_py()
 
 
 def invalid_ips(uniques: pa.Array | pa.ChunkedArray) -> list[str]:

@@ -62,6 +62,8 @@ def test_reads_all_three_formats_and_keeps_extra_columns(tmp_path: Path) -> None
         ({"remote_ip": "2001:DB8::1"}, 2, "remote_ip", "canonical"),
         ({"remote_ip": "::ffff:10.0.0.1"}, 2, "remote_ip", "IPv4-mapped"),
         ({"local_port": 70000}, 2, "local_port", "0..65535"),
+        ({"remote_port": -1}, 3, "remote_port", "0..65535"),
+        ({"end_ns": -1}, 3, "end_ns", "negative"),
         ({"direction": "sideways"}, 2, "direction", "'outbound' or 'inbound'"),
         ({"state": "open"}, 2, "state", "'closed' or 'active'"),
         ({"start_ns": "soon"}, 2, "start_ns", "integer"),
