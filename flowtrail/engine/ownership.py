@@ -135,12 +135,15 @@ class OwnershipRanges:
         if self._pending:
             parts = self._pending
             self._pending, self._pending_claims = [], 0
-            self._merge(
-                np.concatenate([p[0] for p in parts]),
-                np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]),
-                np.concatenate([p[3] for p in parts]),
-            )
+            if len(parts) == 1:
+                self._merge(*parts[0])
+            else:
+                self._merge(
+                    np.concatenate([p[0] for p in parts]),
+                    np.concatenate([p[1] for p in parts]),
+                    np.concatenate([p[2] for p in parts]),
+                    np.concatenate([p[3] for p in parts]),
+                )
         return self._segments
 
     def __len__(self) -> int:
