@@ -122,7 +122,7 @@ class OwnershipRanges:
     """
 
     # Merge anyway once this many claims wait (bounds their memory between reads).
-    MAX_PENDING = 1 << 20
+    MAX_PENDING = 1 << 18
 
     def __init__(self) -> None:
         self._segments = Segments.empty()
