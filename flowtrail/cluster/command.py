@@ -138,6 +138,12 @@ def _bus_config(
     help="Fall back to control-plane events (flowtrail cluster-events) for agent-less IPs.",
 )
 @click.option(
+    "--carry-events", type=DURATION, default=None,
+    help="Publish the control plane's assignments still standing again this often, so they "
+    "outlive --evidence-retention (a node started later still knows a load balancer "
+    "assigned long ago); 0: never [default: a third of --evidence-retention].",
+)  # fmt: skip
+@click.option(
     "--peer-slack", type=DURATION, default="10m", show_default=True,
     help="Keep learned rows for peer matching this long beyond max_wait (180s). This index "
     "sets a busy node's memory (~130 B per row kept); see docs/benchmarks.md.",
@@ -161,6 +167,7 @@ def cluster_node(
     evidence_retention: int,
     listen: str | None,
     events: bool,
+    carry_events: int | None,
     peer_slack: int,
     clock_marks: bool | None,
     trust_received: bool,
@@ -188,6 +195,12 @@ def cluster_node(
             "row and decide none",
             param_hint="--region",
         )
+    if carry_events and 2 * carry_events > evidence_retention:
+        raise click.BadParameter(
+            f"{carry_events / 1e9:g}s: must be at most half of --evidence-retention "
+            f"({evidence_retention / 1e9:g}s), or a carried copy may age out before the next",
+            param_hint="--carry-events",
+        )
     bus_config = _bus_config(
         replicas=replicas,
         ack_wait_ns=ack_wait,
@@ -200,6 +213,7 @@ def cluster_node(
         settings=Settings(use_events=events, peer_slack_ns=peer_slack),
         trust_received=trust_received,
         clock_marks=clock_marks,
+        carry_events_ns=carry_events,
     )
     where = parse_listen(listen, "--listen") if listen else None
     target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)

@@ -93,11 +93,17 @@ class NodeConfig:
     # Marks trail wall time by this much: batches stored a moment ago may still be on their
     # way to the evidence stream, and node clocks differ a little from the servers'.
     clock_lag_ns: int = 2 * SECOND
+    # Control-plane assignments still standing are published again this often (data time),
+    # so they never age out of the evidence stream: a node started later still knows them.
+    # None: a third of the bus's evidence retention; 0: never.
+    carry_events_ns: int | None = None
 
     def __post_init__(self) -> None:
         check_region(self.region)
         if self.tick_ns <= 0:
             raise ContractError(f"tick {self.tick_ns} ns: must be positive")
+        if self.carry_events_ns is not None and self.carry_events_ns < 0:
+            raise ContractError(f"carry_events_ns {self.carry_events_ns}: must not be negative")
 
     @property
     def marks(self) -> bool:
@@ -145,6 +151,12 @@ class ClusterNode:
         self.caught_up = False  # the evidence retained at start has been read
         self._catch_up_seq = 0
         self._evidence_pending = 0  # evidence messages not yet delivered (last known)
+        every = config.carry_events_ns
+        if every is None:
+            every = bus.config.evidence_retention_ns // 3
+        self._carry_every = every if config.settings.use_events else 0
+        self._carry_round: int | None = None  # the data clock's last carry round
+        self._carrying: set[asyncio.Task[None]] = set()
         self._status: dict[str, object] = {}
         self._status_at = 0.0  # monotonic time of the last snapshot (loop liveness)
         self.stats: dict[str, int] = {
@@ -170,6 +182,8 @@ class ClusterNode:
             "clock_mark_failures": 0,
             "event_messages": 0,
             "event_rows": 0,
+            "events_carried": 0,
+            "event_carry_failures": 0,
             "events_bad": 0,
             "evidence_bad": 0,
             "batches_split": 0,
@@ -250,9 +264,9 @@ class ClusterNode:
             for task in done:
                 task.result()  # a loop that failed takes the node down, loudly
         finally:
-            for task in tasks:
+            for task in [*tasks, *self._carrying]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._carrying, return_exceptions=True)
             await self._hand_back()
             await evidence.unsubscribe()
             self._snapshot()
@@ -621,6 +635,56 @@ class ClusterNode:
         for t in passed:
             await self._decide(int(t + 1) * self.config.tick_ns - 1)
         self._tick = tick
+        self._maybe_carry()
+
+    def _maybe_carry(self) -> None:
+        """Once per carry round of the data clock: publish the assignments still standing
+        that no message of the last round carried, before the stream's retention drops them.
+
+        Every node of the region sees the same clock and publishes the same id for the same
+        round, so JetStream keeps one copy (or, if their states differ, a few: re-applying an
+        event changes no decision). A node still rebuilding its state does not take part.
+        """
+        now = self.now
+        if not self._carry_every or now is None or not self.caught_up:
+            return
+        round_ = now // self._carry_every
+        if self._carry_round is None or round_ <= self._carry_round:
+            self._carry_round = round_ if self._carry_round is None else self._carry_round
+            return
+        self._carry_round = round_
+        table = self._standing_events(now - self._carry_every, now)
+        if table.num_rows:
+            task = asyncio.create_task(self._carry(table, round_))
+            self._carrying.add(task)
+            task.add_done_callback(self._carrying.discard)
+
+    def _standing_events(self, received_before: int, now: int) -> pa.Table:
+        engine = self.engine
+        key, owner, time_ns = engine.engine.events.standing(received_before)
+        texts = [engine.ipkeys.text(int(k)) for k in key]
+        names = engine.names.names
+        return pa.table(
+            {
+                "ip": pa.array(texts, pa.string()),
+                "workload": pa.array([names[int(o)] for o in owner], pa.string()),
+                "action": pa.array(["assign"] * len(key), pa.string()),
+                "time_ns": pa.array(time_ns, pa.int64()),
+                "received_ns": pa.array(np.full(len(key), now, np.int64)),
+            }
+        )
+
+    async def _carry(self, table: pa.Table, round_: int) -> None:
+        region = self.config.region
+        per_part = max(1, table.num_rows * (self.bus.max_payload // 2) // len(encode(table)))
+        try:
+            for i, start in enumerate(range(0, table.num_rows, per_part)):
+                part = table.slice(start, per_part)
+                await self.bus.publish_events(region, part, f"carry-{region}-{round_}-{i}")
+                self.stats["events_carried"] += part.num_rows
+        except ExportError as exc:  # the next round carries them (they are older by then)
+            self.stats["event_carry_failures"] += 1
+            log.warning("carrying standing events forward: %s", exc)
 
     async def _decide(self, now: int) -> None:
         outs = self.engine.tick(now)

@@ -85,6 +85,25 @@ class EventFeed:
         r_end[ok] = np.where(has_next, nxt_time, now)[ok]
         return owner_out, r_start, r_end
 
+    def standing(self, received_before: int) -> tuple[U64, I32, I64]:
+        """(address, workload, time) of each address whose latest event (by its own time) is
+        an assign, where no copy of that event was received since `received_before`.
+
+        A cluster carries these forward into its streams before they age out, so that a node
+        starting later still knows who holds an address assigned long ago. Re-applying an
+        event the feed already holds changes no answer of `safe_owner`.
+        """
+        key, owner, assign, time, received = self._all()
+        if len(key) == 0:
+            return np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int64)
+        # The order safe_owner reads (_time_sorted): the last row per address is the event it
+        # answers from after every event's time, and the most recent copy of it.
+        order = np.lexsort((assign, received, time, key))
+        k = key[order]
+        last = order[np.append(k[1:] != k[:-1], True)]
+        keep = last[assign[last] & (received[last] < received_before)]
+        return key[keep], owner[keep], time[keep]
+
     def _current(self) -> tuple[U64, I32]:
         if self._now_state is None:
             key, owner, assign, _time, received = self._all()

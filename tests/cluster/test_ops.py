@@ -257,6 +257,17 @@ def test_cluster_events_usage_errors_name_what_is_missing(tmp_path: Path) -> Non
         assert missing in result.stderr
 
 
+def test_carry_events_must_leave_room_within_the_evidence_retention(tmp_path: Path) -> None:
+    args = ["--nats", "nats://127.0.0.1:1", "--region", REGION, "--name", "n"]
+    args += ["--out", str(tmp_path / "o.duckdb"), "--evidence-retention", "30m"]
+    result = subprocess.run(
+        _node_cmd(*args, "--carry-events", "20m"), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--carry-events" in result.stderr and "half of --evidence-retention" in result.stderr
+    assert not (tmp_path / "o.duckdb").exists()  # refused before anything was started
+
+
 def test_a_node_that_cannot_attach_exits_with_the_error(
     nats_lab: NatsLab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,0 +1,132 @@
+"""Standing control-plane assignments outlive the evidence stream's retention.
+
+A load balancer's address is assigned once and then never mentioned again. Events travel on
+the evidence stream, which keeps only the last `evidence_retention`; nodes publish the
+assignments still standing again each carry round, so a node that starts after the
+original event has aged out still names the address. Without carrying (the control case)
+the same node cannot, which shows the test can fail.
+
+Real nats-server cluster, real nodes in this process, wall-clock time (clock marks on):
+the retention is shortened to 8 s so that ageing out happens within the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from flowtrail.cluster.bus import SECOND, Bus, BusConfig
+from flowtrail.cluster.natslab import NatsLab
+from flowtrail.cluster.node import ClusterNode, NodeConfig
+from flowtrail.engine.attributor import Settings
+from flowtrail.schema import EVENTS, FLOWS
+from flowtrail.store import Store
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+REGION = "east"
+LB_IP = "10.9.0.5"
+RETENTION_NS = 8 * SECOND
+SETTINGS = Settings(max_wait_ns=SECOND, event_lag_ns=SECOND)
+
+
+def _flow(now_ns: int) -> pa.Table:
+    """A client's connection to the load balancer (which runs no agent), 30 s ago."""
+    row = {
+        "flow_id": "h1:1",
+        "exporter": "h1",
+        "region": REGION,
+        "local_ip": "10.1.0.7",
+        "local_port": 40001,
+        "remote_ip": LB_IP,
+        "remote_port": 443,
+        "direction": "outbound",
+        "start_ns": now_ns - 30 * SECOND,
+        "end_ns": now_ns - 29 * SECOND,
+        "state": "closed",
+        "bytes_sent": 100,
+        "bytes_received": 200,
+        "local_workload": "client",
+    }
+    return pa.Table.from_pylist([row], schema=FLOWS.schema)
+
+
+def _assignment(now_ns: int) -> pa.Table:
+    row = {"ip": LB_IP, "workload": "lb-frontend", "action": "assign"}
+    return pa.Table.from_pylist([{**row, "time_ns": now_ns - 60 * SECOND}], schema=EVENTS.schema)
+
+
+async def _until(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[ClusterNode, pa.Table]:
+    config = BusConfig(
+        servers=lab.urls,
+        replicas=3,
+        evidence_retention_ns=RETENTION_NS,
+        duplicate_window_ns=SECOND,
+    )
+    control = Bus(config)
+    await control.connect()
+    await control.ensure_streams([REGION])
+    buses: list[Bus] = [control]
+    stops: list[asyncio.Event] = []
+    runs: list[asyncio.Task[None]] = []
+
+    async def start(name: str) -> ClusterNode:
+        bus = Bus(config)
+        await bus.connect()
+        buses.append(bus)
+        cfg = NodeConfig(REGION, name, settings=SETTINGS, carry_events_ns=carry_ns)
+        node = ClusterNode(bus, cfg, None, Store(tmp_path / f"{name}.duckdb", retention_ns=None))
+        stops.append(asyncio.Event())
+        runs.append(asyncio.create_task(node.run(stops[-1])))
+        await asyncio.wait_for(node.ready.wait(), 20)
+        return node
+
+    try:
+        first = await start("first")
+        await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
+        await _until(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
+        # Long enough for the original event message to age out of the stream.
+        await asyncio.sleep(RETENTION_NS / SECOND + 4)
+        stops[0].set()
+        await runs[0]
+        later = await start("later")
+        await _until(lambda: later.caught_up, 20, "the later node rebuilt")
+        await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
+        await _until(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
+        stored = later.sink.read()  # type: ignore[attr-defined]
+        if carry_ns:
+            assert first.stats["events_carried"] >= 1
+        return later, stored
+    finally:
+        for stop in stops:
+            stop.set()
+        await asyncio.gather(*runs, return_exceptions=True)
+        for bus in buses:
+            await bus.close()
+
+
+@pytest.mark.parametrize("carry", [True, False], ids=["carried", "not-carried"])
+def test_a_node_started_after_retention_still_knows_a_standing_assignment(
+    nats_lab: NatsLab, tmp_path: Path, carry: bool
+) -> None:
+    later, stored = asyncio.run(_scenario(nats_lab, tmp_path, SECOND if carry else 0))
+    assert stored.num_rows == 1
+    row = stored.to_pylist()[0]
+    if carry:
+        assert later.stats["event_rows"] >= 1  # it learned the carried copy from the stream
+        assert (row["remote_workload"], row["remote_source"]) == ("lb-frontend", "event")
+    else:
+        assert later.stats["event_rows"] == 0  # the only message about it had aged out
+        assert row["remote_workload"] is None and row["remote_source"] == "unattributed"

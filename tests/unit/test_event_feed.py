@@ -1,0 +1,90 @@
+"""The event feed's standing assignments, which a cluster carries forward in its streams."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowtrail.engine.events import UNKNOWN, EventFeed
+
+event = st.tuples(
+    st.integers(0, 2),  # address key
+    st.integers(0, 3),  # workload
+    st.booleans(),  # assign?
+    st.integers(0, 100),  # time
+    st.integers(0, 100),  # received
+)
+GUARD, LAG, NOW = 3, 10, 1_000
+
+
+def add(feed: EventFeed, events: list[tuple[int, int, bool, int, int]]) -> EventFeed:
+    if events:
+        k, o, a, t, r = zip(*events, strict=True)
+        feed.add(
+            np.array(k, np.uint64), np.array(o, np.int32), np.array(a, bool),
+            np.array(t, np.int64), np.array(r, np.int64),
+        )  # fmt: skip
+    return feed
+
+
+def feed_of(events: list[tuple[int, int, bool, int, int]]) -> EventFeed:
+    return add(EventFeed(), events)
+
+
+def answers(feed: EventFeed, *, ranges: bool = False) -> list[object]:
+    """safe_owner for every address and moment (with the ranges it reports, if asked)."""
+    keys = np.repeat(np.arange(3, dtype=np.uint64), 140)
+    moments = np.tile(np.arange(-10, 130, dtype=np.int64), 3)
+    owner, start, end = feed.safe_owner(keys, moments, guard_ns=GUARD, now=NOW, lag_ns=LAG)
+    if ranges:
+        return list(zip(owner.tolist(), start.tolist(), end.tolist(), strict=True))
+    return owner.tolist()
+
+
+def carried(feed: EventFeed, received: int) -> list[tuple[int, int, bool, int, int]]:
+    k, o, t = feed.standing(received_before=received)
+    return [(int(a), int(b), True, int(c), received) for a, b, c in zip(k, o, t, strict=True)]
+
+
+def test_standing_is_each_address_latest_assign_not_recently_copied() -> None:
+    feed = feed_of(
+        [
+            (0, 1, True, 10, 11),  # address 0: held by 1 ...
+            (1, 1, True, 10, 11),
+            (1, 1, False, 20, 21),  # address 1: released: nothing stands
+            (2, 1, False, 30, 30),  # address 2: handed from 1 to 2 at one instant
+            (2, 2, True, 30, 31),
+        ]
+    )
+    k, o, t = feed.standing(received_before=50)
+    assert list(zip(k.tolist(), o.tolist(), t.tolist(), strict=True)) == [(0, 1, 10), (2, 2, 30)]
+    add(feed, [(0, 1, True, 10, 60)])  # a copy, received at 60
+    k, _, _ = feed.standing(received_before=50)
+    assert k.tolist() == [2]  # address 0 was carried recently: not again yet
+
+
+@given(st.lists(event, max_size=25), st.integers(0, 150))
+@settings(max_examples=300, deadline=None)
+def test_carrying_changes_no_answer_and_a_fresh_feed_never_names_another_owner(
+    events: list[tuple[int, int, bool, int, int]], at: int
+) -> None:
+    full = feed_of(events)
+    before = answers(full)
+    copies = carried(full, received=at + 200)
+    # Every node already holds the events it carries: applying the copies changes nothing,
+    # not even the ranges that heartbeats are checked against.
+    with_ranges = answers(full, ranges=True)
+    add(full, copies)
+    assert answers(full, ranges=True) == with_ranges
+    # A node that starts later and holds only the carried copies answers like the others
+    # or not at all: never a different workload.
+    fresh = answers(feed_of(copies))
+    assert all(f in (UNKNOWN, b) for f, b in zip(fresh, before, strict=True))
+    # ...and for each carried address, every moment past its assignment (plus the guard) is
+    # answered, as by the full feed.
+    moments = list(range(-10, 130))
+    for key, owner, _, time, _ in copies:
+        for i, m in enumerate(moments):
+            if m >= time + GUARD and m + GUARD <= NOW - LAG:
+                assert fresh[key * 140 + i] == owner == before[key * 140 + i]
