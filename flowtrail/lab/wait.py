@@ -1,12 +1,14 @@
 """Waiting in tests without sleeping blindly: for a condition, or for a started process.
 
 rows = until(lambda: api.get("flows"), lambda rows: len(rows) >= 2, timeout_s=40)
+await eventually(lambda: node.caught_up, 20, "the node rebuilt")
 started(proc, port_file.exists, log_path, timeout_s=60, what="collector")
 stop_all(procs)  # SIGTERM all, then SIGKILL what outlasts the grace period
 """
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +31,18 @@ def until(
         if done(got) or time.monotonic() >= deadline:
             return got
         time.sleep(every_s)
+
+
+async def eventually(
+    cond: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05
+) -> None:
+    """In a test's event loop: return once `cond()` holds; AssertionError naming `what` if
+    it does not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(every_s)
 
 
 def started(

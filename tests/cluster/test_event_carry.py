@@ -3,8 +3,9 @@
 A load balancer's address is assigned once and then never mentioned again. Events travel on
 the evidence stream, which keeps only the last `evidence_retention`; nodes publish the
 assignments still standing again each carry round, so a node that starts after the
-original event has aged out still names the address. Without carrying (the control case)
-the same node cannot, which shows the test can fail.
+original event has aged out of the stream (checked: the stream's first sequence has passed
+it) still names the address. Without carrying (the control case) the same node cannot,
+which shows the test can fail.
 
 Real nats-server cluster, real nodes in this process, wall-clock time (clock marks on):
 the retention is shortened to 8 s so that ageing out happens within the test.
@@ -23,6 +24,7 @@ from flowtrail.cluster.bus import SECOND, Bus, BusConfig
 from flowtrail.cluster.natslab import NatsLab
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
+from flowtrail.lab.wait import eventually
 from flowtrail.schema import EVENTS, FLOWS
 from flowtrail.store import Store
 
@@ -60,18 +62,13 @@ def _assignment(now_ns: int) -> pa.Table:
     return pa.Table.from_pylist([{**row, "time_ns": now_ns - 60 * SECOND}], schema=EVENTS.schema)
 
 
-async def _until(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[ClusterNode, pa.Table]:
     config = BusConfig(
         servers=lab.urls,
         replicas=3,
+        # A fetch the stopped node left open at the server may still take the flow's batch:
+        # it comes back to the later node after this.
+        ack_wait_ns=2 * SECOND,
         evidence_retention_ns=RETENTION_NS,
         duplicate_window_ns=SECOND,
     )
@@ -95,20 +92,28 @@ async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[Cluste
 
     try:
         first = await start("first")
-        await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
-        await _until(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
-        # Long enough for the original event message to age out of the stream.
-        await asyncio.sleep(RETENTION_NS / SECOND + 4)
-        stops[0].set()
-        await runs[0]
+        ack = await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
+        await eventually(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
+        stream = control.evidence_stream(REGION)
+
+        async def first_seq() -> int:
+            return int((await control.js.stream_info(stream)).state.first_seq)
+
+        # Until the original event message has aged out of the stream.
+        deadline = time.monotonic() + 30
+        while await first_seq() <= ack.seq:
+            assert time.monotonic() < deadline, "the original event never aged out"
+            await asyncio.sleep(0.2)
         later = await start("later")
-        await _until(lambda: later.caught_up, 20, "the later node rebuilt")
-        await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
-        await _until(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
-        stored = later.sink.read()  # type: ignore[attr-defined]
+        await eventually(lambda: later.caught_up, 20, "the later node rebuilt")
         if carry_ns:
+            await eventually(lambda: later.stats["event_rows"] >= 1, 20, "a carried copy")
             assert first.stats["events_carried"] >= 1
-        return later, stored
+        stops[0].set()  # the flow below must go to the later node
+        await runs[0]
+        await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
+        await eventually(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
+        return later, later.sink.read()  # type: ignore[attr-defined]
     finally:
         for stop in stops:
             stop.set()

@@ -22,6 +22,7 @@ from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.cluster.ops import serve
 from flowtrail.engine.attributor import Settings
 from flowtrail.errors import InputError
+from flowtrail.lab.wait import eventually
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.tables import write_table
@@ -36,14 +37,6 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as err:
         return err.code, err.read().decode()
-
-
-async def _until(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _stored_marks(bus: Bus) -> int:
@@ -106,13 +99,13 @@ def test_readiness_health_metrics_and_clock_marks(nats_lab: NatsLab, tmp_path: P
 
             before = _get(ops.port, "/readyz")
             out["unready_before"] = before
-            await _until(ready, 60, "/readyz 200")
+            await eventually(ready, 60, "/readyz 200")
             out["read_when_ready"] = first_ready["evidence_messages"]
             out["health"] = _get(ops.port, "/healthz")[0]
 
             runs.append(asyncio.create_task(nodes[1].run(stop)))
             await feeder.publish_batch(REGION, lonely, "lonely")
-            await _until(
+            await eventually(
                 lambda: sum(n.stats["rows_written"] for n in nodes) >= lonely.num_rows,
                 60,
                 "lonely rows decided by the clock marks alone",
@@ -125,11 +118,11 @@ def test_readiness_health_metrics_and_clock_marks(nats_lab: NatsLab, tmp_path: P
 
             for i in range(3):
                 nats_lab.kill(i)
-            await _until(lambda: _get(ops.port, "/readyz")[0] == 503, 20, "/readyz 503")
+            await eventually(lambda: _get(ops.port, "/readyz")[0] == 503, 20, "/readyz 503")
             out["unready_without_nats"] = _get(ops.port, "/readyz")[1]
             out["health_without_nats"] = _get(ops.port, "/healthz")[0]
             nats_lab.start()  # all at once: a lone JetStream server waits for a quorum
-            await _until(lambda: _get(ops.port, "/readyz")[0] == 200, 60, "ready again")
+            await eventually(lambda: _get(ops.port, "/readyz")[0] == 200, 60, "ready again")
         finally:
             stop.set()
             await asyncio.gather(*runs, return_exceptions=True)
