@@ -39,6 +39,10 @@ class EventFeed:
         self._by_time = None
         self._now_state = None
 
+    def __len__(self) -> int:
+        """Distinct events held (copies of one event count once)."""
+        return len(self._all()[0])
+
     def _all(self) -> tuple[U64, I32, B, I64, I64]:
         if len(self._chunks) != 1:
             cols = [np.concatenate(parts) for parts in zip(*self._chunks, strict=True)]
@@ -47,7 +51,7 @@ class EventFeed:
                     np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, bool),
                     np.empty(0, np.int64), np.empty(0, np.int64),
                 ]  # fmt: skip
-            self._chunks = [(cols[0], cols[1], cols[2], cols[3], cols[4])]
+            self._chunks = [_distinct(cols[0], cols[1], cols[2], cols[3], cols[4])]
         return self._chunks[0]
 
     def _time_sorted(self) -> tuple[U64, I32, B, I64]:
@@ -136,3 +140,23 @@ class EventFeed:
         hit = k[pos] == key
         out[hit] = o[pos][hit]
         return out
+
+
+def _distinct(
+    key: U64, owner: I32, assign: B, time: I64, received: I64
+) -> tuple[U64, I32, B, I64, I64]:
+    """One row per event: copies of an event (re-published, or carried forward by a cluster)
+    keep only the most recently received, so the feed does not grow with every copy.
+
+    No answer changes: safe_owner reads the last event at or before a moment in (time,
+    received) order, and the latest copy of each event sits where the last copy sat;
+    owner_now reads the last arrival per address and workload, which is kept too.
+    """
+    if len(key) < 2:
+        return key, owner, assign, time, received
+    order = np.lexsort((received, time, assign, owner, key))
+    k, o, a, t = key[order], owner[order], assign[order], time[order]
+    last = np.ones(len(k), bool)
+    last[:-1] = (k[1:] != k[:-1]) | (o[1:] != o[:-1]) | (a[1:] != a[:-1]) | (t[1:] != t[:-1])
+    keep = np.sort(order[last])  # in arrival order, as owner_now breaks ties by it
+    return key[keep], owner[keep], assign[keep], time[keep], received[keep]

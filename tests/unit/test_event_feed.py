@@ -88,3 +88,35 @@ def test_carrying_changes_no_answer_and_a_fresh_feed_never_names_another_owner(
         for i, m in enumerate(moments):
             if m >= time + GUARD and m + GUARD <= NOW - LAG:
                 assert fresh[key * 140 + i] == owner == before[key * 140 + i]
+
+
+def owner_now_by_hand(events: list[tuple[int, int, bool, int, int]], key: int) -> int:
+    """The baseline's rule on the raw events, copies and all: per workload its last event in
+    arrival order (received, then position) says held; the latest-assigned holder wins."""
+    last: dict[int, tuple[int, int, bool]] = {}
+    for i, (k, o, a, _t, r) in enumerate(events):
+        if k == key and (o not in last or (r, i) >= last[o][:2]):
+            last[o] = (r, i, a)
+    held = [(r, o) for o, (r, _i, a) in last.items() if a]
+    return max(held)[1] if held else UNKNOWN
+
+
+@given(st.lists(event, max_size=25))
+@settings(max_examples=300, deadline=None)
+def test_keeping_one_copy_of_each_event_changes_no_baseline_answer(
+    events: list[tuple[int, int, bool, int, int]],
+) -> None:
+    got = feed_of(events).owner_now(np.arange(3, dtype=np.uint64)).tolist()
+    assert got == [owner_now_by_hand(events, k) for k in range(3)]
+
+
+def test_copies_do_not_grow_the_feed() -> None:
+    """A cluster carries each standing assignment every round, forever: the feed keeps one
+    row per event, not one per copy."""
+    feed = feed_of([(0, 1, True, 10, 11), (1, 2, True, 20, 21), (1, 2, False, 30, 31)])
+    held = len(feed)
+    for round_ in range(1, 200):
+        add(feed, carried(feed, received=100 * round_))
+        assert len(feed) == held
+    k, o, t = feed.standing(received_before=10**9)
+    assert (k.tolist(), o.tolist(), t.tolist()) == ([0], [1], [10])
