@@ -50,6 +50,14 @@ def nats_options(f: F) -> F:
                 help="Subject/stream prefix, to share a NATS cluster between deployments.",
             ),
             click.option(
+                "--connect-timeout",
+                type=DURATION,
+                default="30s",
+                show_default=True,
+                help="How long the first connection to NATS may take before the command fails "
+                "saying why; once connected, outages are retried forever.",
+            ),
+            click.option(
                 "--creds",
                 type=click.Path(exists=True, dir_okay=False),
                 envvar="FLOWTRAIL_NATS_CREDS",
@@ -88,6 +96,7 @@ def nats_options(f: F) -> F:
 def _bus_config(
     servers: tuple[str, ...] | list[str],
     nats_prefix: str,
+    connect_timeout: int,
     creds: str | None,
     tls_ca: str | None,
     tls_cert: str | None,
@@ -99,6 +108,7 @@ def _bus_config(
     return BusConfig(
         servers=list(servers),
         prefix=nats_prefix,
+        connect_timeout_s=connect_timeout / 1e9,
         creds_file=creds,
         tls_ca_file=tls_ca,
         tls_cert_file=tls_cert,
