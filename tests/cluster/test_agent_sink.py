@@ -182,13 +182,13 @@ def test_export_fails_within_its_timeout_while_nats_is_down_then_recovers(
             t0 = time.monotonic()
             with pytest.raises(ExportError):
                 sink.export(_flows("agent-a", 2, tag=batch_id), batch_id)
-            assert time.monotonic() - t0 < timeout_s + 1.5
+            assert time.monotonic() - t0 < timeout_s + 3  # not the ~50 s of publish retries
         # A sink that never connected fails the same way (its first connect cannot finish).
         with _exporter(nats_lab, timeout_s=timeout_s) as fresh:
             t0 = time.monotonic()
             with pytest.raises(ExportError, match="no answer within"):
                 fresh.export(_flows("agent-a", 1), "never")
-            assert time.monotonic() - t0 < timeout_s + 1.5
+            assert time.monotonic() - t0 < timeout_s + 3  # not the ~50 s of publish retries
         nats_lab.start()  # same ports and stores: the client reconnects by itself
         deadline = time.monotonic() + 45
         while True:  # until the R3 stream has a leader again
