@@ -4,12 +4,14 @@ Two loops share one StreamingAttribution:
 
 - take (work stream, shared pull consumer): a batch comes to this node only. Its rows whose
   (NAT-resolved) remote address lies in another region's prefixes are republished to that
-  region's work stream; the whole batch then goes to the region's evidence stream, marked
-  with this node's incarnation and which rows it decides here. The work message is held,
-  not acked, until every row this node decides from it is written to the sink.
-- learn (evidence stream, read in full by every node, in one order): rows a node marked as
-  its own go to submit_flows on that node; every other row on every node goes to
-  submit_evidence. So every node learns every heartbeat, and each flow is decided once.
+  region's work stream; the batch's columns that learning needs (EVIDENCE_COLUMNS) then go
+  to the region's evidence stream, marked with this node's incarnation and which rows it
+  decides here. The work message (and the rows to decide, whole) is held, not acked, until
+  every row this node decides from it is written to the sink.
+- learn (evidence stream, read in full by every node, in one order): when a node reads its
+  own evidence back, the whole rows it marked as its own go to submit_flows; every other row
+  on every node goes to submit_evidence. So every node learns every heartbeat, and each
+  flow is decided once.
 
 The engine's clock is the data's: received_ns of the evidence rows (stamped once, by the node
 that took the batch) and clock marks, which every node publishes once per tick of wall time
@@ -64,6 +66,13 @@ log = logging.getLogger("flowtrail.cluster")
 
 OWNED_COLUMN = "_flowtrail_owned"  # evidence payloads only: rows the owner decides
 _SEQ_COLUMN = "_flowtrail_batch"  # engine-internal: which held batch a decided row came from
+# What learning a row needs (flowtrail.engine.replay.flow_arrays, _local_here): evidence
+# carries only these, about half the bytes of a full row. The node that decides the rows
+# keeps the full batch itself until it reads its evidence back.
+EVIDENCE_COLUMNS = (
+    "exporter", "local_ip", "local_port", "remote_ip", "remote_port", "nat_remote_ip",
+    "nat_remote_port", "start_ns", "end_ns", "local_workload", "received_ns",
+)  # fmt: skip
 I32 = npt.NDArray[np.int32]
 
 
@@ -123,6 +132,7 @@ class _Held:
     msg: Msg
     left: int  # rows of this batch not yet written
     seq: int = -1  # its handle in the engine's output, once submitted
+    rows: pa.Table | None = None  # the rows to decide here, until their evidence is read back
 
 
 class ClusterNode:
@@ -404,9 +414,11 @@ class ClusterNode:
                     {FORWARDED_FROM: self.config.region},
                 )
                 self.stats["rows_forwarded"] += part.num_rows
-        marked = table.append_column(OWNED_COLUMN, pa.array(owned))
         if owned.any():
-            self._held[evidence_id] = _Held(msg, int(owned.sum()))
+            mine = table if owned.all() else table.filter(pa.array(owned))
+            self._held[evidence_id] = _Held(msg, int(owned.sum()), rows=mine)
+        learned = [c for c in EVIDENCE_COLUMNS if c in table.column_names]
+        marked = table.select(learned).append_column(OWNED_COLUMN, pa.array(owned))
         evidence_headers = {OWNER: self.incarnation}
         if FORWARDED_FROM in headers:
             evidence_headers[FORWARDED_FROM] = headers[FORWARDED_FROM]
@@ -516,12 +528,13 @@ class ClusterNode:
         now = self.now
         assert now is not None
         evidence_id = headers.get(MSG_ID, "")
-        if headers.get(OWNER) == self.incarnation and evidence_id in self._held:
-            mine = table.filter(pa.array(owned))
+        held = self._held.get(evidence_id) if headers.get(OWNER) == self.incarnation else None
+        if held is not None and held.rows is not None:
+            mine, held.rows = held.rows, None  # the engine keeps them from here
             seq = self._next_seq
             self._next_seq += 1
             self._seq_ids[seq] = evidence_id
-            self._held[evidence_id].seq = seq
+            held.seq = seq
             mine = mine.append_column(_SEQ_COLUMN, pa.array(np.full(mine.num_rows, seq)))
             ranges = self._local_here(mine) if FORWARDED_FROM in headers else None
             self.engine.submit_flows(mine, now, ranges)

@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import CLOCK, OWNER, SECOND, Bus, BusConfig, encode
+from flowtrail.cluster.bus import CLOCK, OWNER, SECOND, Bus, BusConfig, decode, encode
 from flowtrail.cluster.feed import feed_paced
 from flowtrail.cluster.natslab import NatsLab
-from flowtrail.cluster.node import ClusterNode, NodeConfig
+from flowtrail.cluster.node import EVIDENCE_COLUMNS, OWNED_COLUMN, ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
 from flowtrail.errors import ExportError
@@ -230,6 +230,36 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
     assert node.stats["batches_taken"] == 1
     assert (pending, ack_pending) == (0, 0)
     assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
+
+
+def test_evidence_carries_only_what_learning_needs_and_the_store_gets_whole_rows(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    good = simulate("churny", 5, flows=500).flows.slice(0, 80)
+    region = "us-east"
+
+    async def main() -> tuple[ClusterNode, list[tuple[dict[str, str], bytes]]]:
+        async with _solo_node(nats_lab, tmp_path, region) as (bus, node, run):
+            await bus.publish_batch(region, good, "whole")
+            await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
+            stream = bus.evidence_stream(region)
+            last = (await bus.js.stream_info(stream)).state.last_seq
+            msgs = [await bus.js.get_msg(stream, seq) for seq in range(1, last + 1)]
+            return node, [(m.headers or {}, m.data or b"") for m in msgs]
+
+    node, msgs = asyncio.run(main())
+    evidence = [data for headers, data in msgs if OWNER in headers]
+    assert len(evidence) == 1
+    learned = decode(evidence[0])
+    want = [c for c in EVIDENCE_COLUMNS if c in {*good.column_names, "received_ns"}]
+    assert learned.column_names == [*want, OWNED_COLUMN]
+    assert len(evidence[0]) < 0.7 * len(encode(good))  # about half a whole row's bytes
+    # The rows decided here are stored whole: every column the agent sent, as sent.
+    order = [(k, "ascending") for k in KEY]  # a flow_id repeats for a long connection's updates
+    stored = node.sink.read().sort_by(order)  # type: ignore[attr-defined]
+    sent = good.sort_by(order)
+    for name in ("flow_id", "bytes_sent", "srtt_us", "direction", "local_workload"):
+        assert stored.column(name).to_pylist() == sent.column(name).to_pylist(), name
 
 
 def test_node_joining_midway_rebuilds_from_the_evidence_stream(
