@@ -410,7 +410,11 @@ def test_bad_sizes_are_input_errors() -> None:
 
 
 def test_concurrent_closes_from_threads_are_all_recorded(cap: Recorder) -> None:
-    """Closes on both CPUs at once: every socket gets exactly one record."""
+    """Closes on both CPUs at once: every socket gets exactly one record, or its loss is
+    counted. A close in softirq that interrupts the program on the same CPU is skipped by the
+    kernel (recursion_miss, docs/bpf.md); CI saw one such loss in this test once. So a
+    missing record passes only if at least as many misses were counted meanwhile."""
+    misses = cap.stats()["recursion_miss"]
     pairs: list[tuple[int, int]] = []
     lock = threading.Lock()
 
@@ -434,9 +438,13 @@ def test_concurrent_closes_from_threads_are_all_recorded(cap: Recorder) -> None:
         return r["direction"] == "outbound" and (r["local_port"], r["remote_port"]) in wanted
 
     rows = collect(cap, {p for pair in wanted for p in pair}, match, 200)
-    assert sorted((r["local_port"], r["remote_port"]) for r in rows) == sorted(pairs)
-    assert len({r["sock_id"] for r in rows}) == 200
-    assert pa.Table.from_pylist(rows, RAW_SCHEMA).num_rows == 200
+    got = [(r["local_port"], r["remote_port"]) for r in rows]
+    assert len(got) == len(set(got)) and set(got) <= wanted  # none twice, none foreign
+    lost = len(wanted) - len(got)
+    assert lost <= cap.stats()["recursion_miss"] - misses, (lost, cap.stats())
+    assert lost <= 2  # a rare race, not a pattern
+    assert len({r["sock_id"] for r in rows}) == len(rows)
+    assert pa.Table.from_pylist(rows, RAW_SCHEMA).num_rows == len(rows)
 
 
 def test_libbpf_reader_gives_the_same_rows() -> None:
