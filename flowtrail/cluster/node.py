@@ -662,8 +662,10 @@ class ClusterNode:
         if not self._carry_every or now is None or not self.caught_up:
             return
         round_ = now // self._carry_every
-        if self._carry_round is None or round_ <= self._carry_round:
-            self._carry_round = round_ if self._carry_round is None else self._carry_round
+        if self._carry_round is None:
+            self._carry_round = round_  # the first round this node sees: nothing due yet
+            return
+        if round_ <= self._carry_round:
             return
         self._carry_round = round_
         table = self._standing_events(now - self._carry_every, now)
