@@ -27,7 +27,7 @@ UNKNOWN = -1
 class EventFeed:
     def __init__(self) -> None:
         self._chunks: list[tuple[U64, I32, B, I64, I64]] = []
-        self._by_time: tuple[U64, I32, B, I64] | None = None
+        self._by_time: tuple[U64, I32, B, I64, I64] | None = None
         self._now_state: tuple[U64, I32] | None = None
         self.count = 0
 
@@ -54,12 +54,12 @@ class EventFeed:
             self._chunks = [_distinct(cols[0], cols[1], cols[2], cols[3], cols[4])]
         return self._chunks[0]
 
-    def _time_sorted(self) -> tuple[U64, I32, B, I64]:
+    def _time_sorted(self) -> tuple[U64, I32, B, I64, I64]:
         if self._by_time is None:
             key, owner, assign, time, received = self._all()
             # Same time: unassign before assign, so a handover at one instant ends the old range.
             order = np.lexsort((assign, received, time, key))
-            self._by_time = (key[order], owner[order], assign[order], time[order])
+            self._by_time = (key[order], owner[order], assign[order], time[order], received[order])
         return self._by_time
 
     def safe_owner(
@@ -70,7 +70,7 @@ class EventFeed:
         owner_out = np.full(n, UNKNOWN, np.int32)
         r_start = np.zeros(n, np.int64)
         r_end = np.zeros(n, np.int64)
-        k, owner, assign, time = self._time_sorted()
+        k, owner, assign, time, _received = self._time_sorted()
         if len(k) == 0 or n == 0:
             return owner_out, r_start, r_end
         lo, hi = key_blocks(k, key)
@@ -97,15 +97,11 @@ class EventFeed:
         starting later still knows who holds an address assigned long ago. Re-applying an
         event the feed already holds changes no answer of `safe_owner`.
         """
-        key, owner, assign, time, received = self._all()
-        if len(key) == 0:
-            return np.empty(0, np.uint64), np.empty(0, np.int32), np.empty(0, np.int64)
-        # The order safe_owner reads (_time_sorted): the last row per address is the event it
-        # answers from after every event's time, and the most recent copy of it.
-        order = np.lexsort((assign, received, time, key))
-        k = key[order]
-        last = order[np.append(k[1:] != k[:-1], True)]
-        keep = last[assign[last] & (received[last] < received_before)]
+        # In the order safe_owner reads, the last row per address is the event it answers
+        # from after every event's time, and the most recent copy of it.
+        key, owner, assign, time, received = self._time_sorted()
+        last = np.append(key[1:] != key[:-1], True) if len(key) else np.zeros(0, bool)
+        keep = last & assign & (received < received_before)
         return key[keep], owner[keep], time[keep]
 
     def _current(self) -> tuple[U64, I32]:
