@@ -340,7 +340,8 @@ class ClusterNode:
             await self._settle(msg.term(), "term")
             return
         if len(msg.data) > self.bus.max_payload * 0.9:
-            # Its evidence (the batch plus one column) might not pass: split it and requeue.
+            # Its evidence or forwarded parts might not pass (evidence is the learning columns,
+            # received_ns stamped if the batch had none, and a mask): split it and requeue.
             await self._split_back(msg, table, batch_id, headers)
             return
         try:
@@ -678,11 +679,10 @@ class ClusterNode:
         engine = self.engine
         key, owner, time_ns = engine.engine.events.standing(received_before)
         texts = [engine.ipkeys.text(int(k)) for k in key]
-        names = engine.names.names
         return pa.table(
             {
                 "ip": pa.array(texts, pa.string()),
-                "workload": pa.array([names[int(o)] for o in owner], pa.string()),
+                "workload": engine.names.to_arrow(owner),
                 "action": pa.array(["assign"] * len(key), pa.string()),
                 "time_ns": pa.array(time_ns, pa.int64()),
                 "received_ns": pa.array(np.full(len(key), now, np.int64)),
@@ -691,7 +691,9 @@ class ClusterNode:
 
     async def _carry(self, table: pa.Table, round_: int) -> None:
         region = self.config.region
-        per_part = max(1, table.num_rows * (self.bus.max_payload // 2) // len(encode(table)))
+        # Parts of about half the servers' max_payload (Arrow's in-memory size is close to
+        # the encoded one; the half leaves room for the difference and the headers).
+        per_part = max(1, table.num_rows * (self.bus.max_payload // 2) // max(table.nbytes, 1))
         try:
             for i, start in enumerate(range(0, table.num_rows, per_part)):
                 part = table.slice(start, per_part)
