@@ -31,9 +31,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -464,15 +465,28 @@ async def read_work(bus: Bus, region: str, idle_s: float = 1.0) -> list[tuple[st
             await m.ack()
 
 
-def read_work_with(config: BusConfig, region: str) -> list[tuple[str, pa.Table]]:
-    """read_work on a connection of its own (for synchronous callers)."""
+T = TypeVar("T")
 
-    async def run() -> list[tuple[str, pa.Table]]:
+
+def with_bus(config: BusConfig, work: Callable[[Bus], Awaitable[T]]) -> T:
+    """`work` on a Bus with a connection of its own, for synchronous callers."""
+
+    async def run() -> T:
         bus = Bus(config)
         await bus.connect()
         try:
-            return await read_work(bus, region)
+            return await work(bus)
         finally:
             await bus.close()
 
     return asyncio.run(run())
+
+
+def read_work_with(config: BusConfig, region: str) -> list[tuple[str, pa.Table]]:
+    """read_work on a connection of its own (for synchronous callers)."""
+    return with_bus(config, lambda bus: read_work(bus, region))
+
+
+def create_streams_with(config: BusConfig, regions: list[str]) -> None:
+    """The regions' streams, as a node would create them, on a connection of its own."""
+    with_bus(config, lambda bus: bus.ensure_streams(regions))

@@ -15,7 +15,6 @@ its own connections by port, named by the host workload and the agent's exporter
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -37,7 +35,7 @@ from flowtrail.agent.exporter import Delivery, Spool, make_exporter
 from flowtrail.cli import main as cli_main
 from flowtrail.cluster.agent_sink import CAFILE_ENV, NatsExporter, register
 from flowtrail.cluster.bus import Bus, BusConfig
-from flowtrail.cluster.natslab import NatsLab, read_work_with
+from flowtrail.cluster.natslab import NatsLab, create_streams_with, read_work_with, with_bus
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
 from flowtrail.lab.wait import stop_all
@@ -78,25 +76,17 @@ def _exporter(lab: NatsLab, region: str = REGION, timeout_s: float = 10.0) -> Na
     return NatsExporter(config, region, timeout_s=timeout_s)
 
 
-async def _with_bus(lab: NatsLab, work: Callable[[Bus], Awaitable[T]]) -> T:
-    bus = Bus(BusConfig(servers=lab.urls, replicas=3))
-    await bus.connect()
-    try:
-        return await work(bus)
-    finally:
-        await bus.close()
+def _config(lab: NatsLab) -> BusConfig:
+    return BusConfig(servers=lab.urls, replicas=3)
 
 
 def _create_streams(lab: NatsLab, *regions: str) -> None:
-    async def create(bus: Bus) -> None:
-        await bus.ensure_streams(list(regions))
-
-    asyncio.run(_with_bus(lab, create))
+    create_streams_with(_config(lab), list(regions))
 
 
 def _read_work(lab: NatsLab, region: str = REGION) -> list[tuple[str, pa.Table]]:
     """Every batch waiting in the region's work stream, through the nodes' durable consumer."""
-    return read_work_with(BusConfig(servers=lab.urls, replicas=3), region)
+    return read_work_with(_config(lab), region)
 
 
 def _messages(lab: NatsLab, region: str = REGION) -> int:
@@ -104,7 +94,7 @@ def _messages(lab: NatsLab, region: str = REGION) -> int:
         info = await bus.js.stream_info(bus.work_stream(region))
         return int(info.state.messages)
 
-    return asyncio.run(_with_bus(lab, count))
+    return with_bus(_config(lab), count)
 
 
 # -- unit level, real NATS ------------------------------------------------------------------
@@ -266,7 +256,7 @@ def _clock_mark(lab: NatsLab, mark_id: str) -> None:
     async def mark(bus: Bus) -> None:
         await bus.publish_clock(REGION, time.time_ns(), mark_id)
 
-    asyncio.run(_with_bus(lab, mark))
+    with_bus(_config(lab), mark)
 
 
 def _connections(count: int) -> set[tuple[int, int]]:

@@ -40,6 +40,7 @@ from flowtrail.cluster.bus import Bus, BusConfig
 from flowtrail.cluster.natslab import (
     NatsLab,
     OperatorAuth,
+    create_streams_with,
     make_operator_auth,
     new_seed,
     read_work,
@@ -147,15 +148,7 @@ def test_agent_sink_exports_with_creds_from_env(
     batch = _batch(25)
     exporter = str(batch.column("exporter")[0].as_py())
 
-    async def create_streams() -> None:
-        bus = Bus(operated.config())
-        await bus.connect()
-        try:
-            await bus.ensure_streams(["creds-agent"])
-        finally:
-            await bus.close()
-
-    asyncio.run(create_streams())
+    create_streams_with(operated.config(), ["creds-agent"])
     monkeypatch.setenv(CREDS_ENV, str(operated.creds))
     with NatsExporter.from_environment(",".join(operated.lab.urls), "creds-agent") as sink:
         assert sink.config.creds_file == str(operated.creds)

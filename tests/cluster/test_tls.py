@@ -37,7 +37,7 @@ import pytest
 
 from flowtrail.cluster.agent_sink import CAFILE_ENV, CERT_ENV, KEY_ENV, NatsExporter
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig, split_auth
-from flowtrail.cluster.natslab import NatsLab, make_pki, read_work_with
+from flowtrail.cluster.natslab import NatsLab, create_streams_with, make_pki, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
 from flowtrail.lab.wait import stop_all
@@ -239,15 +239,7 @@ def test_agent_sink_exports_over_tls_with_client_cert_from_env(
     batch = _batch(25)
     exporter = str(batch.column("exporter")[0].as_py())
 
-    async def create_streams() -> None:
-        bus = Bus(secured.config())
-        await bus.connect()
-        try:
-            await bus.ensure_streams([AGENT_REGION])
-        finally:
-            await bus.close()
-
-    asyncio.run(create_streams())
+    create_streams_with(secured.config(), [AGENT_REGION])
     monkeypatch.setenv(CAFILE_ENV, str(pki.ca_file))
     monkeypatch.setenv(CERT_ENV, str(pki.client_cert))
     with pytest.raises(InputError, match=KEY_ENV):
