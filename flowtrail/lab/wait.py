@@ -3,12 +3,15 @@
 rows = until(lambda: api.get("flows"), lambda rows: len(rows) >= 2, timeout_s=40)
 await eventually(lambda: node.caught_up, 20, "the node rebuilt")
 started(proc, port_file.exists, log_path, timeout_s=60, what="collector")
+hello = ready_line(node, log_path, 30, "node")  # {"ready": "<name>/<incarnation>", ...}
 stop_all(procs)  # SIGTERM all, then SIGKILL what outlasts the grace period
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import select
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -61,6 +64,22 @@ def started(
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{what} did not start:\n{log.read_text(errors='replace')}")
         time.sleep(0.05)
+
+
+def ready_line(
+    proc: subprocess.Popen[bytes], log: Path, timeout_s: float, what: str
+) -> dict[str, Any]:
+    """The JSON line a flowtrail service prints on stdout once ready ({"ready": ...}).
+
+    Fails, with the tail of the process's `log`, if none comes within `timeout_s`.
+    """
+    assert proc.stdout is not None
+    got, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if got else b""
+    if b"ready" not in line:
+        raise AssertionError(f"{what} not ready: {log.read_text(errors='replace')[-3000:]}")
+    hello: dict[str, Any] = json.loads(line)
+    return hello
 
 
 def stop_all(procs: Iterable[subprocess.Popen[Any]], grace_s: float = 15.0) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
-import select
 import signal
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from flowtrail.cluster.natslab import (
     write_user_creds,
 )
 from flowtrail.errors import CapabilityError, ExportError, InputError
+from flowtrail.lab.wait import ready_line
 from flowtrail.sim.simulation import simulate
 
 pytestmark = pytest.mark.timeout(60)
@@ -127,11 +126,7 @@ def test_node_process_with_creds_becomes_ready(operated: Operated, tmp_path: Pat
     with open(stderr, "wb") as err:
         node = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
     try:
-        assert node.stdout is not None
-        ready, _, _ = select.select([node.stdout], [], [], 30)
-        line = node.stdout.readline() if ready else b""
-        assert b"ready" in line, stderr.read_text()[-3000:]
-        assert json.loads(line)["ready"].startswith("creds-0/")
+        assert ready_line(node, stderr, 30, "node")["ready"].startswith("creds-0/")
         node.send_signal(signal.SIGTERM)
         assert node.wait(20) == 0, stderr.read_text()[-3000:]
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from flowtrail.cluster.natslab import NatsLab
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
-from flowtrail.lab.wait import stop_all
+from flowtrail.lab.wait import ready_line, stop_all
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.tables import write_table
@@ -52,11 +51,7 @@ def _start_node(lab: NatsLab, tmp: Path, region: str, name: str) -> subprocess.P
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], tmp: Path, name: str) -> None:
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline() if ready else b""
-    if b"ready" not in line:
-        raise AssertionError(f"{name} not ready: {(tmp / f'{name}.log').read_text()[-2000:]}")
+    ready_line(proc, tmp / f"{name}.log", 30, name)
 
 
 def _status(tmp: Path, name: str) -> dict[str, int]:

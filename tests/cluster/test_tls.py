@@ -20,9 +20,7 @@ tests/cluster/test_creds.py.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -40,7 +38,7 @@ from flowtrail.cluster.bus import SECOND, Bus, BusConfig, split_auth
 from flowtrail.cluster.natslab import NatsLab, create_streams_with, make_pki, read_work_with
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
-from flowtrail.lab.wait import stop_all
+from flowtrail.lab.wait import ready_line, stop_all
 from flowtrail.sim.simulation import simulate
 
 pytestmark = pytest.mark.timeout(90)
@@ -142,11 +140,7 @@ def test_node_over_tls_with_password_and_client_cert_stores_a_batch(
         node = subprocess.Popen(_node_cmd(lab, *args), stdout=subprocess.PIPE, stderr=err)
     batch = _batch(60)
     try:
-        assert node.stdout is not None
-        ready, _, _ = select.select([node.stdout], [], [], 30)
-        line = node.stdout.readline() if ready else b""
-        assert b"ready" in line, stderr.read_text()[-3000:]
-        assert json.loads(line)["ready"].startswith("tls-0/")
+        assert ready_line(node, stderr, 30, "node")["ready"].startswith("tls-0/")
 
         async def feed() -> None:
             bus = Bus(secured.config())
