@@ -41,6 +41,7 @@ from nats.js.api import (
     PubAck,
     StorageType,
     StreamConfig,
+    StreamState,
 )
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
@@ -442,12 +443,18 @@ class Bus:
     def connected(self) -> bool:
         return self._nc is not None and self._nc.is_connected
 
-    async def evidence_last_seq(self, region: str) -> int:
-        """The sequence of the newest message in a region's evidence stream (0: none)."""
+    async def evidence_state(self, region: str) -> StreamState:
+        """A region's evidence stream now: messages, first and last sequence (retried
+        through a leader election)."""
         info = await self._retry(
             lambda: self.js.stream_info(self.evidence_stream(region)), 50, "stream info"
         )
-        return int(info.state.last_seq)
+        state: StreamState = info.state
+        return state
+
+    async def evidence_last_seq(self, region: str) -> int:
+        """The sequence of the newest message in a region's evidence stream (0: none)."""
+        return int((await self.evidence_state(region)).last_seq)
 
     async def require_streams(self, regions: list[str]) -> None:
         """Refuse at once, saying why, when a region has no streams (no node created them)."""
@@ -461,11 +468,8 @@ class Bus:
                 ) from exc
 
     async def evidence_count(self, region: str) -> int:
-        """Messages in a region's evidence stream now (retried through a leader election)."""
-        info = await self._retry(
-            lambda: self.js.stream_info(self.evidence_stream(region)), 50, "stream info"
-        )
-        return int(info.state.messages)
+        """Messages in a region's evidence stream now."""
+        return int((await self.evidence_state(region)).messages)
 
     # -- consuming -----------------------------------------------------------------------
 

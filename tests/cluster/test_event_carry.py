@@ -94,14 +94,9 @@ async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[Cluste
         first = await start("first")
         ack = await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
         await eventually(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
-        stream = control.evidence_stream(REGION)
-
-        async def first_seq() -> int:
-            return int((await control.js.stream_info(stream)).state.first_seq)
-
         # Until the original event message has aged out of the stream.
         deadline = time.monotonic() + 30
-        while await first_seq() <= ack.seq:
+        while (await control.evidence_state(REGION)).first_seq <= ack.seq:
             assert time.monotonic() < deadline, "the original event never aged out"
             await asyncio.sleep(0.2)
         later = await start("later")
