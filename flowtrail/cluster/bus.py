@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import importlib.util
 import json
 import logging
@@ -303,10 +304,7 @@ class Bus:
                     ) from exc
             options["tls"] = context
         try:
-            # nats-py retries a first connection forever when reconnects are unlimited.
-            self._nc = await asyncio.wait_for(
-                nats.connect(**options), self.config.connect_timeout_s
-            )
+            self._nc = await _connect_within(options, self.config.connect_timeout_s)
         except (OSError, TimeoutError, nats.errors.Error) as exc:
             why = str(exc) or f"no answer in {self.config.connect_timeout_s:g} s"
             seen = [e for e in self._errors if e not in why]
@@ -521,3 +519,29 @@ class Bus:
             f"evidence consumer of {region}",
         )
         return sub
+
+
+async def _connect_within(options: dict[str, Any], timeout_s: float) -> Client:
+    """A first connection, or TimeoutError after `timeout_s`.
+
+    nats-py retries a first connection forever when reconnects are unlimited, and a
+    cancellation that lands while it tidies up after a failed try is swallowed (its _close
+    catches CancelledError), so asyncio.wait_for could wait on it for good: seen as a node
+    refused by the servers still running 90 s past a 3 s bound. Cancel until it ends.
+    """
+    nc = Client()
+    task = asyncio.ensure_future(nc.connect(**options))
+    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    if task in done:
+        task.result()  # its error, if the servers refused us for good
+        return nc
+    for _ in range(50):  # ~10 s; should it never end, it is left behind
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+        if task.done():
+            with contextlib.suppress(BaseException):  # its outcome no longer matters
+                task.result()
+            break
+    with contextlib.suppress(Exception):
+        await nc.close()
+    raise TimeoutError
