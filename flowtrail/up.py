@@ -19,14 +19,12 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import click
@@ -35,6 +33,7 @@ from flowtrail.api.server import QueryAPI
 from flowtrail.errors import CapabilityError, FlowtrailError, InputError
 from flowtrail.opshttp import is_loopback
 from flowtrail.standalone import run_standalone
+from flowtrail.stop_signals import stop_on_signals
 from flowtrail.units import DURATION
 
 SECOND = 1_000_000_000
@@ -349,14 +348,11 @@ class _Up:
     def __init__(self, layout: Layout, host: str, exporter: str, token: str) -> None:
         self.layout, self.host, self.exporter, self.token = layout, host, exporter, token
         self.stopping = threading.Event()
-        self._signals = 0
 
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals > 1:
-            click.echo("flowtrail up: second signal, exiting without a clean stop", err=True)
-            os._exit(1)
-        self.stopping.set()
+    @staticmethod
+    def _on_repeat(count: int) -> None:
+        click.echo("flowtrail up: second signal, exiting without a clean stop", err=True)
+        os._exit(1)
 
     def run(
         self,
@@ -377,8 +373,7 @@ class _Up:
         from flowtrail.engine.attributor import Settings
         from flowtrail.store import Store
 
-        signal.signal(signal.SIGINT, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        stop_on_signals(self.stopping, on_repeat=self._on_repeat)
         lay = self.layout
         # A fresh certificate every start: it is short-lived and only this process trusts it.
         cert, key = self_signed(lay.tls, self.host)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import TextIO
 
 import click
@@ -18,6 +16,7 @@ import pyarrow as pa
 from flowtrail import units
 from flowtrail.agent.prometheus import MetricsServer
 from flowtrail.errors import InputError
+from flowtrail.stop_signals import stop_on_signals
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -265,12 +264,7 @@ def agent(
     capture = Capture(ringbuf_bytes=parse_size(ringbuf, "--ringbuf"))
     capture.start()  # CapabilityError names what is missing
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(stop)
     if to_stdout:
         print(HEADER, flush=True)
     runner = Agent(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from pathlib import Path
-from types import FrameType
 
 import click
 
@@ -15,6 +13,7 @@ from flowtrail.collector.door import Limits
 from flowtrail.collector.service import CollectorConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.errors import InputError
+from flowtrail.stop_signals import stop_on_signals
 from flowtrail.units import DURATION, SIZE
 
 
@@ -228,12 +227,7 @@ def collector(
     )  # fmt: skip
     app = CollectorApp(options)
     stopping = threading.Event()
-
-    def _on_signal(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    stop_on_signals(stopping)
     bound = app.start()
     if port_file is not None:
         write_port_file(port_file, bound)
