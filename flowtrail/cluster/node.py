@@ -74,6 +74,8 @@ EVIDENCE_COLUMNS = (
     "nat_remote_port", "start_ns", "end_ns", "local_workload", "received_ns",
 )  # fmt: skip
 I32 = npt.NDArray[np.int32]
+# On a clean stop, how long a take already started may still finish before it is cancelled.
+STOP_TAKE_S = 5.0
 
 
 class Sink(Protocol):
@@ -274,6 +276,12 @@ class ClusterNode:
             for task in done:
                 task.result()  # a loop that failed takes the node down, loudly
         finally:
+            if stop.is_set():
+                # A clean stop lets the take loop end its fetch rather than cancelling it: a
+                # cancelled fetch leaves its pull request open at the server, which may
+                # deliver a batch to this stopped node (back only after ack_wait). The loop
+                # gives back what that fetch brought; a stuck take is cancelled after a bound.
+                await asyncio.wait(tasks[:1], timeout=self.config.poll_s + STOP_TAKE_S)
             for task in [*tasks, *self._carrying]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._carrying, return_exceptions=True)

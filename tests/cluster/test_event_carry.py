@@ -66,8 +66,7 @@ async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[Cluste
     config = BusConfig(
         servers=lab.urls,
         replicas=3,
-        # A fetch the stopped node left open at the server may still take the flow's batch:
-        # it comes back to the later node after this.
+        # Should a batch still reach the stopped node, it comes back after this.
         ack_wait_ns=2 * SECOND,
         evidence_retention_ns=RETENTION_NS,
         duplicate_window_ns=SECOND,
