@@ -244,6 +244,8 @@ class ClusterNode:
             **e.memory(),
             "decided": {**c.decided, "unattributed": sum(c.unattributed.values())},
             "unattributed": dict(c.unattributed),
+            "ownership_ranges_evicted": c.evicted_segments,
+            "events_forgotten": c.evicted_events,  # older than the retention, superseded
             **self.stats,
         }
         self._status_at = time.monotonic()

@@ -29,6 +29,10 @@ GAUGES = (
     ("ownership_claims_waiting", "heartbeat claims learned, merged at the next decision"),
     ("ownership_bytes", "bytes of ownership ranges"),
     ("peer_bytes", "bytes of the peer-row index"),
+    (
+        "event_bytes",
+        "bytes of control-plane events held (past the retention: the last per address)",
+    ),
     ("waiting_bytes", "bytes of the waiting pool"),
 )
 FLAGS = (

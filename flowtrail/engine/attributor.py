@@ -165,6 +165,7 @@ class Counters:
     waited_flows: int = 0
     waited_for_events: int = 0
     evicted_segments: int = 0
+    evicted_events: int = 0
 
 
 class Attributor:
@@ -249,6 +250,7 @@ class Attributor:
         return {
             "ownership_bytes": self.ranges.nbytes,
             "peer_bytes": self.peers.nbytes,
+            "event_bytes": self.events.nbytes,
             "waiting_bytes": self._pending.nbytes,
         }
 
@@ -428,6 +430,9 @@ class Attributor:
         if self._next_evict is None:
             self._next_evict = now + period
         if now >= self._next_evict:
-            self.counters.evicted_segments += self.ranges.evict(now - self.settings.retention_ns)
+            horizon = now - self.settings.retention_ns
+            self.counters.evicted_segments += self.ranges.evict(horizon)
+            if self.settings.method == "heartbeat":  # the baseline reads every event it got
+                self.counters.evicted_events += self.events.forget_before(horizon)
             self.peers.evict(now)
             self._next_evict = now + period

@@ -30,6 +30,10 @@ class EventFeed:
         self._by_time: tuple[U64, I32, B, I64, I64] | None = None
         self._now_state: tuple[U64, I32] | None = None
         self.count = 0
+        # Per address (sorted keys), searches before this time are not answered: see
+        # forget_before.
+        self._floor_key: U64 = np.empty(0, np.uint64)
+        self._floor_time: I64 = np.empty(0, np.int64)
 
     def add(self, key: U64, owner: I32, assign: B, time: I64, received: I64) -> None:
         if len(key) == 0:
@@ -38,6 +42,10 @@ class EventFeed:
         self.count += len(key)
         self._by_time = None
         self._now_state = None
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for chunk in self._chunks for a in chunk)
 
     def __len__(self) -> int:
         """Distinct events held (copies of one event count once)."""
@@ -84,6 +92,10 @@ class EventFeed:
         # get a late event inside it, so both kinds wait for now - lag to pass the moment.
         settled = moment + guard_ns <= now - lag_ns
         ok = has & assign[p] & settled & (~has_next | (nxt_time >= moment + guard_ns))
+        if len(self._floor_key):
+            at = np.minimum(np.searchsorted(self._floor_key, key), len(self._floor_key) - 1)
+            floored = self._floor_key[at] == key
+            ok &= ~floored | (moment - guard_ns >= self._floor_time[at])
         owner_out[ok] = owner[p][ok]
         r_start[ok] = time[p][ok]
         r_end[ok] = np.where(has_next, nxt_time, now)[ok]
@@ -103,6 +115,46 @@ class EventFeed:
         last = np.append(key[1:] != key[:-1], True) if len(key) else np.zeros(0, bool)
         keep = last & assign & (received < received_before)
         return key[keep], owner[keep], time[keep]
+
+    def forget_before(self, horizon: int) -> int:
+        """Drop the events no answer after `horizon` reads; returns how many were dropped.
+
+        Per address this keeps the last event at or before `horizon` and all after it, so
+        `safe_owner` answers every moment whose search point (moment - guard) is at or after
+        the horizon exactly as before, even when older events (a lagging node's carried
+        copy) arrive later. An address that lost events is not answered before the time of
+        the event kept in their place (a late copy of a forgotten event could otherwise
+        reopen a range the forgotten ones had closed); one never reassigned keeps answering
+        for any moment (a long-lived connection to a load balancer assigned long ago).
+        `standing` loses nothing: the last event per address is always kept. `owner_now`
+        (the baseline) may change: do not use both. Without this a long-running collector
+        keeps every event it ever received.
+        """
+        key, owner, assign, time, received = self._all()
+        if len(key) < 2:
+            return 0
+        order = np.lexsort((assign, received, time, key))  # the order _time_sorted reads
+        k, t = key[order], time[order]
+        old = t <= horizon
+        # Old rows of an address come before its newer ones: drop each followed by another.
+        superseded = old[:-1] & old[1:] & (k[1:] == k[:-1])
+        if not superseded.any():
+            return 0
+        # The row kept in place of an address's dropped ones: its floor from now on.
+        stays = np.flatnonzero(superseded) + 1
+        stays = stays[~np.append(superseded, False)[stays]]
+        fk = np.concatenate([self._floor_key, k[stays]])
+        ft = np.concatenate([self._floor_time, t[stays]])
+        last = np.lexsort((ft, fk))
+        fk, ft = fk[last], ft[last]
+        one = np.append(fk[1:] != fk[:-1], True)
+        self._floor_key, self._floor_time = fk[one], ft[one]
+        keep = np.ones(len(key), bool)
+        keep[order[:-1][superseded]] = False  # back in arrival order, which owner_now reads
+        self._chunks = [(key[keep], owner[keep], assign[keep], time[keep], received[keep])]
+        self._by_time = None
+        self._now_state = None
+        return int(superseded.sum())
 
     def _current(self) -> tuple[U64, I32]:
         if self._now_state is None:

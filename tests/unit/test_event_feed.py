@@ -120,3 +120,65 @@ def test_copies_do_not_grow_the_feed() -> None:
         assert len(feed) == held
     k, o, t = feed.standing(received_before=10**9)
     assert (k.tolist(), o.tolist(), t.tolist()) == ([0], [1], [10])
+
+
+@given(st.lists(event, max_size=25), st.integers(-5, 110), st.lists(event, max_size=5))
+@settings(max_examples=400, deadline=None)
+def test_forgetting_before_a_horizon_changes_no_later_answer_and_never_names_another(
+    events: list[tuple[int, int, bool, int, int]],
+    horizon: int,
+    later: list[tuple[int, int, bool, int, int]],
+) -> None:
+    full, trimmed = feed_of(events), feed_of(events)
+    dropped = trimmed.forget_before(horizon)
+    assert len(trimmed) == len(full) - dropped
+    # Events arriving afterwards land on both alike.
+    add(full, later)
+    add(trimmed, later)
+    before, after = answers(full, ranges=True), answers(trimmed, ranges=True)
+    moments = list(range(-10, 130)) * 3
+    for m, b, a in zip(moments, before, after, strict=True):
+        if m - GUARD >= horizon:
+            assert a == b, (m, b, a)  # a moment the horizon keeps: answered exactly as before
+        else:
+            assert a[0] in (UNKNOWN, b[0]), (m, b, a)  # older: the same owner or none
+    # Carrying forward sees every standing assignment it saw before.
+    assert sorted(carried(trimmed, received=500)) == sorted(carried(full, received=500))
+
+
+def test_a_long_running_feed_is_bounded_by_the_horizon() -> None:
+    """100 addresses reassigned every minute for 30 simulated days, forgetting past one hour
+    each tenth of an hour (as the engine does): the feed holds about an hour of events."""
+    feed, minute, addresses = EventFeed(), 60, np.arange(100, dtype=np.uint64)
+    held_max = 0
+    for m in range(30 * 24 * 60):
+        owner = np.full(100, m % 7, np.int32)
+        t = np.full(100, m * minute, np.int64)
+        feed.add(addresses, owner, np.ones(100, bool), t, t)
+        if m % 6 == 0:
+            feed.forget_before((m - 60) * minute)
+            held_max = max(held_max, len(feed))
+    assert held_max <= 100 * 67  # an hour, the tenth of an hour between rounds, one older row
+    owner, _, _ = feed.safe_owner(
+        addresses, np.full(100, (30 * 24 * 60 - 30) * minute, np.int64),
+        guard_ns=0, now=10**12, lag_ns=0,
+    )  # fmt: skip
+    assert owner.tolist() == [(30 * 24 * 60 - 30) % 7] * 100
+
+
+def test_an_address_never_reassigned_keeps_answering_before_the_horizon() -> None:
+    """A long-lived connection to a load balancer assigned long ago starts before any
+    horizon; only addresses that lost events stop answering before the one kept."""
+    feed = feed_of(
+        [
+            (0, 1, True, 10, 11),  # the load balancer: one assign, long ago
+            (1, 2, True, 10, 11),  # churn: 2, then 3 from 40
+            (1, 2, False, 40, 41),
+            (1, 3, True, 40, 41),
+        ]
+    )
+    assert feed.forget_before(100) == 2  # address 1's events before its last at or before 100
+    keys = np.array([0, 1, 1], np.uint64)
+    moments = np.array([20, 20, 60], np.int64)
+    owner, _, _ = feed.safe_owner(keys, moments, guard_ns=GUARD, now=NOW, lag_ns=LAG)
+    assert owner.tolist() == [1, UNKNOWN, 3]

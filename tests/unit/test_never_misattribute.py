@@ -95,16 +95,21 @@ def owner_at(truth: list[tuple[str, str, int, int]], ip: str, t: int) -> str | N
     max_skew_ms=st.sampled_from([0, 20, 100]),
     peer_share=st.sampled_from([0.0, 0.5, 1.0]),
     use_events=st.booleans(),
+    # Short retentions make the engine forget ranges and events while rows (up to 370 s
+    # late) and events (up to 120 s late) still arrive: forgetting must not mislead.
+    retention_s=st.sampled_from([3600, 60, 15]),
 )
 @settings(max_examples=60, deadline=None)
 def test_heartbeat_method_never_misattributes(
-    seed: int, max_skew_ms: int, peer_share: float, use_events: bool
+    seed: int, max_skew_ms: int, peer_share: float, use_events: bool, retention_s: int
 ) -> None:
     lag_s = 120
     flows, events, truth, _ = timeline(seed, max_skew_ms, peer_share, event_delay_s=lag_s)
     result = replay(
         flows, events if use_events else None,
-        settings=Settings(max_skew_ns=max_skew_ms * MS, event_lag_ns=lag_s * S),
+        settings=Settings(
+            max_skew_ns=max_skew_ms * MS, event_lag_ns=lag_s * S, retention_ns=retention_s * S
+        ),
     ).table  # fmt: skip
     got = result.column("remote_workload").to_pylist()
     ips = result.column("remote_ip").to_pylist()
