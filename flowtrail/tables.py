@@ -141,7 +141,7 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
         allowed = " or ".join(repr(c) for c in col.choices)
         _raise_first(bad, f"must be {allowed}", path, col, arr)
     elif col.kind is Kind.IP:
-        bad_values = invalid_ips(pc.unique(arr.drop_null()))
+        bad_values = invalid_ips(_unique_not_ipv4(arr))
         if bad_values:
             value = next(iter(bad_values))
             mask = pc.is_in(arr, value_set=pa.array([value]))
@@ -157,6 +157,20 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
 def _min_max(arr: pa.ChunkedArray) -> tuple[int | None, int | None]:
     mm = pc.min_max(arr)
     return mm["min"].as_py(), mm["max"].as_py()
+
+
+def _unique_not_ipv4(arr: pa.ChunkedArray) -> pa.Array:
+    """Distinct values other than canonical IPv4 (one compiled pass; those need no check)."""
+    from flowtrail.ipv4text import parse_ipv4  # numba: only where addresses are checked
+
+    rest = []
+    for chunk in arr.chunks:
+        _, ok = parse_ipv4(chunk)
+        if not ok.all():
+            rest.append(chunk.filter(pa.array(~ok)).drop_null())
+    if not rest:
+        return pa.array([], pa.string())
+    return pc.unique(pa.chunked_array(rest, arr.type))
 
 
 def invalid_ips(uniques: pa.Array | pa.ChunkedArray) -> list[str]:

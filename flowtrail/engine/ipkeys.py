@@ -18,6 +18,8 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.ipv4text import parse_ipv4
+
 U64 = npt.NDArray[np.uint64]
 V6_BASE = 1 << 32
 NO_KEY = np.uint64(np.iinfo(np.uint64).max)
@@ -69,6 +71,24 @@ class IpKeys:
         return np.asarray(lut[encoded.indices.to_numpy(zero_copy_only=False)], np.uint64)
 
     def _keys(self, values: pa.Array) -> tuple[U64, npt.NDArray[np.bool_]]:
+        """Keys per row, and whether each row's address is host-scoped.
+
+        Canonical IPv4 (nearly every row) is parsed in one compiled pass; the rest (IPv6)
+        per distinct value.
+        """
+        v4, ok = parse_ipv4(values)
+        out = np.where(ok, v4.astype(np.uint64), NO_KEY)
+        # 127.0.0.0/8 and 169.254.0.0/16, as HOST_SCOPED says for text
+        local = ok & (((v4 >> np.uint32(24)) == 127) | ((v4 >> np.uint32(16)) == 0xA9FE))
+        rest = ~ok
+        if values.null_count:
+            rest &= np.asarray(values.is_valid().to_numpy(zero_copy_only=False), bool)
+        pos = np.flatnonzero(rest)
+        if len(pos):
+            out[pos], local[pos] = self._keys_by_distinct(values.take(pa.array(pos)))
+        return out, local
+
+    def _keys_by_distinct(self, values: pa.Array) -> tuple[U64, npt.NDArray[np.bool_]]:
         """Keys per row, and whether each row's address is host-scoped (parsed per distinct)."""
         encoded = pc.dictionary_encode(values)
         dict_keys = self._parse_distinct(encoded.dictionary)
