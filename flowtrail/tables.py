@@ -175,6 +175,8 @@ def _unique_not_ipv4(arr: pa.ChunkedArray) -> pa.Array:
 
 def invalid_ips(uniques: pa.Array | pa.ChunkedArray) -> list[str]:
     """The values among `uniques` that are not canonical IPv4 / IPv6 text."""
+    if len(uniques) == 0:
+        return []
     is_v4 = pc.fill_null(pc.match_substring_regex(uniques, _IPV4_RE), False)
     others = pc.filter(uniques, pc.invert(is_v4)).to_pylist()
     return [v for v in others if _ip_problem(v)]

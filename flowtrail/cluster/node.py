@@ -428,7 +428,8 @@ class ClusterNode:
         if owned.any():
             mine = table if owned.all() else table.filter(pa.array(owned))
             self._held[evidence_id] = _Held(msg, int(owned.sum()), rows=mine)
-        learned = [c for c in EVIDENCE_COLUMNS if c in table.column_names]
+        has = set(table.column_names)
+        learned = [c for c in EVIDENCE_COLUMNS if c in has]
         marked = table.select(learned).append_column(OWNED_COLUMN, pa.array(owned))
         evidence_headers = {OWNER: self.incarnation}
         if FORWARDED_FROM in headers:

@@ -43,7 +43,8 @@ class ReplayResult:
 
 
 def _col(t: pa.Table, name: str) -> pa.ChunkedArray | None:
-    return t.column(name) if name in t.column_names else None
+    i = t.schema.get_field_index(name)  # no list of every column name, as column_names makes
+    return t.column(i) if i >= 0 else None
 
 
 def _int64(arr: pa.ChunkedArray) -> I64:
