@@ -40,6 +40,7 @@ from urllib.parse import quote
 import pyarrow as pa
 
 from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
+from flowtrail.cluster.node import ClusterNode, NodeConfig, Sink
 from flowtrail.errors import CapabilityError
 from flowtrail.lab.wait import stop_all
 
@@ -490,3 +491,49 @@ def read_work_with(config: BusConfig, region: str) -> list[tuple[str, pa.Table]]
 def create_streams_with(config: BusConfig, regions: list[str]) -> None:
     """The regions' streams, as a node would create them, on a connection of its own."""
     with_bus(config, lambda bus: bus.ensure_streams(regions))
+
+
+class NodeGroup:
+    """Nodes run as tasks of this process, each on its own connection (tests and benches).
+
+    `async with NodeGroup(config) as group:` ... `await group.start(node_config, sink)`;
+    leaving the block stops every node and closes every connection.
+    """
+
+    def __init__(self, config: BusConfig) -> None:
+        self.config = config
+        self.buses: list[Bus] = []
+        self.nodes: list[ClusterNode] = []
+        self.stops: list[asyncio.Event] = []
+        self.runs: list[asyncio.Task[None]] = []
+
+    async def start(
+        self, node_config: NodeConfig, sink: Sink, regions: pa.Table | None = None
+    ) -> ClusterNode:
+        """A node on a new connection, once it is ready (its consumers attached)."""
+        bus = Bus(self.config)
+        await bus.connect()
+        self.buses.append(bus)
+        node = ClusterNode(bus, node_config, regions, sink)
+        self.nodes.append(node)
+        self.stops.append(asyncio.Event())
+        self.runs.append(asyncio.create_task(node.run(self.stops[-1])))
+        await asyncio.wait_for(node.ready.wait(), 20)
+        return node
+
+    async def stop(self, i: int, *, close: bool = False) -> None:
+        """Stop node i cleanly; `close` also closes its connection, as a process exit would."""
+        self.stops[i].set()
+        await self.runs[i]
+        if close:
+            await self.buses[i].close()
+
+    async def __aenter__(self) -> NodeGroup:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for stop in self.stops:
+            stop.set()
+        await asyncio.gather(*self.runs, return_exceptions=True)
+        for bus in self.buses:
+            await bus.close()

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
-from flowtrail.cluster.natslab import NatsLab
+from flowtrail.cluster.natslab import NatsLab, NodeGroup
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.lab.wait import eventually
@@ -74,46 +74,34 @@ async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[Cluste
     control = Bus(config)
     await control.connect()
     await control.ensure_streams([REGION])
-    buses: list[Bus] = [control]
-    stops: list[asyncio.Event] = []
-    runs: list[asyncio.Task[None]] = []
 
-    async def start(name: str) -> ClusterNode:
-        bus = Bus(config)
-        await bus.connect()
-        buses.append(bus)
-        cfg = NodeConfig(REGION, name, settings=SETTINGS, carry_events_ns=carry_ns)
-        node = ClusterNode(bus, cfg, None, Store(tmp_path / f"{name}.duckdb", retention_ns=None))
-        stops.append(asyncio.Event())
-        runs.append(asyncio.create_task(node.run(stops[-1])))
-        await asyncio.wait_for(node.ready.wait(), 20)
-        return node
+    def node_config(name: str) -> NodeConfig:
+        return NodeConfig(REGION, name, settings=SETTINGS, carry_events_ns=carry_ns)
+
+    def store(name: str) -> Store:
+        return Store(tmp_path / f"{name}.duckdb", retention_ns=None)
 
     try:
-        first = await start("first")
-        ack = await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
-        await eventually(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
-        # Until the original event message has aged out of the stream.
-        deadline = time.monotonic() + 30
-        while (await control.evidence_state(REGION)).first_seq <= ack.seq:
-            assert time.monotonic() < deadline, "the original event never aged out"
-            await asyncio.sleep(0.2)
-        later = await start("later")
-        await eventually(lambda: later.caught_up, 20, "the later node rebuilt")
-        if carry_ns:
-            await eventually(lambda: later.stats["event_rows"] >= 1, 20, "a carried copy")
-            assert first.stats["events_carried"] >= 1
-        stops[0].set()  # the flow below must go to the later node
-        await runs[0]
-        await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
-        await eventually(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
-        return later, later.sink.read()  # type: ignore[attr-defined]
+        async with NodeGroup(config) as group:
+            first = await group.start(node_config("first"), store("first"))
+            ack = await control.publish_events(REGION, _assignment(time.time_ns()), "lb-assign")
+            await eventually(lambda: first.stats["event_rows"] >= 1, 20, "the event applied")
+            # Until the original event message has aged out of the stream.
+            deadline = time.monotonic() + 30
+            while (await control.evidence_state(REGION)).first_seq <= ack.seq:
+                assert time.monotonic() < deadline, "the original event never aged out"
+                await asyncio.sleep(0.2)
+            later = await group.start(node_config("later"), store("later"))
+            await eventually(lambda: later.caught_up, 20, "the later node rebuilt")
+            if carry_ns:
+                await eventually(lambda: later.stats["event_rows"] >= 1, 20, "a carried copy")
+                assert first.stats["events_carried"] >= 1
+            await group.stop(0)  # the flow below must go to the later node
+            await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
+            await eventually(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
+            return later, later.sink.read()  # type: ignore[attr-defined]
     finally:
-        for stop in stops:
-            stop.set()
-        await asyncio.gather(*runs, return_exceptions=True)
-        for bus in buses:
-            await bus.close()
+        await control.close()
 
 
 @pytest.mark.parametrize("carry", [True, False], ids=["carried", "not-carried"])

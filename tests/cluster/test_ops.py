@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import select
 import subprocess
 import sys
@@ -148,6 +149,9 @@ def test_readiness_health_metrics_and_clock_marks(nats_lab: NatsLab, tmp_path: P
     metrics = str(out["metrics"])
     assert "flowtrail_node_caught_up 1.0" in metrics
     assert "flowtrail_node_event_messages_total 1500.0" in metrics
+    held = re.search(r"^flowtrail_node_event_bytes (\S+)$", metrics, re.M)
+    assert held is not None and float(held.group(1)) > 0  # the events it read are held
+    assert "flowtrail_node_events_forgotten_total 0.0" in metrics  # all within the retention
     assert 'flowtrail_node_decided_flows_total{source="unattributed"}' in metrics
     assert 'flowtrail_node_info{incarnation="n0/' in metrics
     assert "not connected to NATS" in str(out["unready_without_nats"])
