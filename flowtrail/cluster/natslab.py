@@ -39,10 +39,11 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from flowtrail.cluster.bus import MSG_ID, Bus, BusConfig, decode
+from flowtrail.cluster.bus import MSG_ID, SECOND, Bus, BusConfig, decode
 from flowtrail.cluster.node import ClusterNode, NodeConfig, Sink
 from flowtrail.errors import CapabilityError
 from flowtrail.lab.wait import stop_all
+from flowtrail.schema import FLOWS
 
 NATS_SERVER = os.environ.get("FLOWTRAIL_NATS_SERVER", "/usr/sbin/nats-server")
 
@@ -537,3 +538,26 @@ class NodeGroup:
         await asyncio.gather(*self.runs, return_exceptions=True)
         for bus in self.buses:
             await bus.close()
+
+
+def recent_flow(
+    region: str, remote_ip: str, now_ns: int, *, number: int = 1, local_ip: str = "10.1.0.7"
+) -> pa.Table:
+    """One closed client connection (exporter h1, flow h1:<number>) that ended 29 s ago."""
+    row = {
+        "flow_id": f"h1:{number}",
+        "exporter": "h1",
+        "region": region,
+        "local_ip": local_ip,
+        "local_port": 40000 + number,
+        "remote_ip": remote_ip,
+        "remote_port": 443,
+        "direction": "outbound",
+        "start_ns": now_ns - 30 * SECOND,
+        "end_ns": now_ns - 29 * SECOND,
+        "state": "closed",
+        "bytes_sent": 100,
+        "bytes_received": 200,
+        "local_workload": "client",
+    }
+    return pa.Table.from_pylist([row], schema=FLOWS.schema)

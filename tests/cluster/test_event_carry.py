@@ -21,11 +21,11 @@ import pyarrow as pa
 import pytest
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
-from flowtrail.cluster.natslab import NatsLab, NodeGroup
+from flowtrail.cluster.natslab import NatsLab, NodeGroup, recent_flow
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.lab.wait import eventually
-from flowtrail.schema import EVENTS, FLOWS
+from flowtrail.schema import EVENTS
 from flowtrail.store import Store
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -34,27 +34,6 @@ REGION = "east"
 LB_IP = "10.9.0.5"
 RETENTION_NS = 8 * SECOND
 SETTINGS = Settings(max_wait_ns=SECOND, event_lag_ns=SECOND)
-
-
-def _flow(now_ns: int) -> pa.Table:
-    """A client's connection to the load balancer (which runs no agent), 30 s ago."""
-    row = {
-        "flow_id": "h1:1",
-        "exporter": "h1",
-        "region": REGION,
-        "local_ip": "10.1.0.7",
-        "local_port": 40001,
-        "remote_ip": LB_IP,
-        "remote_port": 443,
-        "direction": "outbound",
-        "start_ns": now_ns - 30 * SECOND,
-        "end_ns": now_ns - 29 * SECOND,
-        "state": "closed",
-        "bytes_sent": 100,
-        "bytes_received": 200,
-        "local_workload": "client",
-    }
-    return pa.Table.from_pylist([row], schema=FLOWS.schema)
 
 
 def _assignment(now_ns: int) -> pa.Table:
@@ -97,7 +76,7 @@ async def _scenario(lab: NatsLab, tmp_path: Path, carry_ns: int) -> tuple[Cluste
                 await eventually(lambda: later.stats["event_rows"] >= 1, 20, "a carried copy")
                 assert first.stats["events_carried"] >= 1
             await group.stop(0)  # the flow below must go to the later node
-            await control.publish_batch(REGION, _flow(time.time_ns()), "h1:b1")
+            await control.publish_batch(REGION, recent_flow(REGION, LB_IP, time.time_ns()), "h1:b1")
             await eventually(lambda: later.stats["rows_written"] >= 1, 30, "the flow decided")
             return later, later.sink.read()  # type: ignore[attr-defined]
     finally:

@@ -17,15 +17,13 @@ import asyncio
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
 from flowtrail.cluster.bus import SECOND, Bus, BusConfig
-from flowtrail.cluster.natslab import NatsLab, NodeGroup
+from flowtrail.cluster.natslab import NatsLab, NodeGroup, recent_flow
 from flowtrail.cluster.node import NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.lab.wait import eventually
-from flowtrail.schema import FLOWS
 from flowtrail.store import Store
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -33,26 +31,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 REGION = "east"
 ACK_WAIT_S = 30
 BATCHES = 100
-
-
-def _flow(i: int, now_ns: int) -> pa.Table:
-    row = {
-        "flow_id": f"h1:{i}",
-        "exporter": "h1",
-        "region": REGION,
-        "local_ip": "10.1.0.7",
-        "local_port": 40000 + i,
-        "remote_ip": "10.9.0.5",
-        "remote_port": 443,
-        "direction": "outbound",
-        "start_ns": now_ns - 30 * SECOND,
-        "end_ns": now_ns - 29 * SECOND,
-        "state": "closed",
-        "bytes_sent": 100,
-        "bytes_received": 200,
-        "local_workload": "client",
-    }
-    return pa.Table.from_pylist([row], schema=FLOWS.schema)
 
 
 async def _scenario(lab: NatsLab, tmp_path: Path, close: bool) -> float:
@@ -73,7 +51,9 @@ async def _scenario(lab: NatsLab, tmp_path: Path, close: bool) -> float:
 
             leaving = asyncio.create_task(leave())
             for i in range(BATCHES):
-                await control.publish_batch(REGION, _flow(i, time.time_ns()), f"h1:b{i}")
+                await control.publish_batch(
+                    REGION, recent_flow(REGION, "10.9.0.5", time.time_ns(), number=i), f"h1:b{i}"
+                )
                 await asyncio.sleep(0.02)
             published = time.monotonic()
             await leaving
