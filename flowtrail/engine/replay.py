@@ -42,6 +42,12 @@ class ReplayResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+# Arrow values made once: converting a Python value tries to import dateutil every time
+# (~0.25 ms per call where it is not installed), and these are used per batch.
+_RECEIVE_DELAY = pa.scalar(DEFAULT_RECEIVE_DELAY_NS, pa.int64())
+SOURCE_NAMES = pa.array(SOURCES, pa.string())
+
+
 def _col(t: pa.Table, name: str) -> pa.ChunkedArray | None:
     i = t.schema.get_field_index(name)  # no list of every column name, as column_names makes
     return t.column(i) if i >= 0 else None
@@ -53,7 +59,7 @@ def _int64(arr: pa.ChunkedArray) -> I64:
 
 def received_times(flows: pa.Table) -> I64:
     """received_ns, defaulting to end_ns + 60 s where absent or null (CONTRACT.md)."""
-    default = pc.add(flows.column("end_ns"), DEFAULT_RECEIVE_DELAY_NS)
+    default = pc.add(flows.column("end_ns"), _RECEIVE_DELAY)
     got = _col(flows, "received_ns")
     merged = default if got is None else pc.coalesce(got, default)
     return _int64(merged)
@@ -170,7 +176,7 @@ def replay(
 
     out = flows
     owner_col = names.to_arrow(owner)
-    source_col = pc.take(pa.array(SOURCES), pa.array(source.astype(np.int32)))
+    source_col = pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32)))
     for col, values in zip(
         ATTRIBUTION_COLUMNS, (owner_col, source_col, pa.array(decided)), strict=True
     ):

@@ -17,8 +17,8 @@ import pyarrow.compute as pc
 
 from flowtrail.engine.attributor import Attributor, Decisions, Settings
 from flowtrail.engine.ipkeys import IpKeys, Names
-from flowtrail.engine.replay import _int64, flow_arrays
-from flowtrail.schema import ATTRIBUTION_COLUMNS, FLOWS, SOURCES
+from flowtrail.engine.replay import SOURCE_NAMES, _int64, flow_arrays
+from flowtrail.schema import ATTRIBUTION_COLUMNS, FLOWS
 
 
 @dataclass
@@ -106,7 +106,7 @@ class StreamingAttribution:
         )
         # One take of names and sources for the whole tick, sliced per batch below.
         owner_names = self.names.to_arrow(owner)
-        sources = pc.take(pa.array(SOURCES), pa.array(source.astype(np.int32)))
+        sources = pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32)))
         which = np.searchsorted(self._firsts, rows, side="right") - 1
         out: list[pa.Table] = []
         cuts = np.flatnonzero(np.diff(which)) + 1
