@@ -76,6 +76,8 @@ class IpKeys:
         Canonical IPv4 (nearly every row) is parsed in one compiled pass; the rest (IPv6)
         per distinct value.
         """
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            return self._keys_by_distinct(values)  # e.g. dictionary-encoded text
         v4, ok = parse_ipv4(values)
         out = np.where(ok, v4.astype(np.uint64), NO_KEY)
         # 127.0.0.0/8 and 169.254.0.0/16, as HOST_SCOPED says for text

@@ -86,3 +86,8 @@ def test_the_parser_handles_an_empty_array_and_rejects_other_types() -> None:
     # All-empty strings: a data buffer of length zero.
     _, ok = parse_ipv4(pa.array(["", ""]))
     assert not np.any(ok)
+
+
+def test_dictionary_encoded_text_takes_the_general_path() -> None:
+    text = pa.array(["10.0.0.1", "fd00::1", "10.0.0.1", None])
+    assert IpKeys().keys(text.dictionary_encode()).tolist() == IpKeys().keys(text).tolist()
