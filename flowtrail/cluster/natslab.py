@@ -452,16 +452,24 @@ def _quoted(value: object) -> str:
     return json.dumps(str(value))
 
 
-async def read_work(bus: Bus, region: str, idle_s: float = 1.0) -> list[tuple[str, pa.Table]]:
+async def read_work(
+    bus: Bus, region: str, idle_s: float = 1.0, within_s: float = 30.0
+) -> list[tuple[str, pa.Table]]:
     """Every batch waiting in a region's work stream, as (batch id, table), taken and acked
-    through the nodes' shared consumer; stops after `idle_s` without a message."""
+    through the nodes' shared consumer; stops after `idle_s` without a message once the
+    consumer has nothing left to deliver (a slow first fetch on a loaded machine is waited
+    for, up to `within_s`)."""
     sub = await bus.work_consumer(region)
     got: list[tuple[str, pa.Table]] = []
+    deadline = time.monotonic() + within_s
     while True:
         try:
             msgs = await sub.fetch(16, timeout=idle_s)
         except TimeoutError:
-            return got
+            info = await sub.consumer_info()
+            if not info.num_pending or time.monotonic() > deadline:
+                return got
+            continue
         for m in msgs:
             got.append(((m.headers or {}).get(MSG_ID, ""), decode(m.data)))
             await m.ack()

@@ -49,6 +49,8 @@ def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent
             yield agent
         finally:
             stop.set()
-            thread.join(15)
+            thread.join(60)  # its shutdown flushes all the host's connections: slow when loaded
+            if thread.is_alive():
+                raise RuntimeError("the lab agent did not stop within 60 s")
     finally:
         capture.close()

@@ -281,7 +281,7 @@ def _connections(count: int) -> set[tuple[int, int]]:
 
 @pytest.mark.kernel
 @pytest.mark.cluster
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_real_agent_publishes_into_a_real_cluster_node(nats_lab: NatsLab, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:8]
     exporter, host = f"e2e-agent-{tag}", f"e2e-host-{tag}"
@@ -305,9 +305,9 @@ def test_real_agent_publishes_into_a_real_cluster_node(nats_lab: NatsLab, tmp_pa
     agent_args += ["--spool", str(tmp_path / "spool"), "--metrics", str(tmp_path / "a.json")]
     try:
         node = spawn(_cli(*node_args), tmp_path / "node.log")
-        _wait_for(tmp_path / "node.log", '"ready"', node, 30)  # streams exist now
+        _wait_for(tmp_path / "node.log", '"ready"', node, 60)  # streams exist now
         agent = spawn(_cli(*agent_args), tmp_path / "agent.log")
-        _wait_for(tmp_path / "agent.log", "LOCAL_WORKLOAD", agent, 30)  # capture attached
+        _wait_for(tmp_path / "agent.log", "LOCAL_WORKLOAD", agent, 60)  # capture attached
         ours = _connections(5)
         want = {(c, "outbound") for c, _ in ours} | {(c, "inbound") for c, _ in ours}
         found: dict[tuple[int, str], dict[str, object]] = {}
@@ -338,7 +338,7 @@ def test_real_agent_publishes_into_a_real_cluster_node(nats_lab: NatsLab, tmp_pa
             sent, received = (300, 700) if direction == "outbound" else (700, 300)
             assert (row["bytes_sent"], row["bytes_received"]) == (sent, received), row
         agent.send_signal(signal.SIGTERM)
-        assert agent.wait(30) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        assert agent.wait(90) == 0, (tmp_path / "agent.log").read_text()[-3000:]
         log = (tmp_path / "agent.log").read_text()
         assert "captured_rows=" in log and "Traceback" not in log
     finally:

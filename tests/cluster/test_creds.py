@@ -49,7 +49,7 @@ from flowtrail.errors import CapabilityError, ExportError, InputError
 from flowtrail.lab.wait import ready_line
 from flowtrail.sim.simulation import simulate
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 @dataclass
@@ -126,7 +126,7 @@ def test_node_process_with_creds_becomes_ready(operated: Operated, tmp_path: Pat
     with open(stderr, "wb") as err:
         node = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
     try:
-        assert ready_line(node, stderr, 30, "node")["ready"].startswith("creds-0/")
+        assert ready_line(node, stderr, 60, "node")["ready"].startswith("creds-0/")
         node.send_signal(signal.SIGTERM)
         assert node.wait(20) == 0, stderr.read_text()[-3000:]
     finally:
@@ -247,16 +247,19 @@ def test_an_account_without_jetstream_is_refused_at_once(tmp_path: Path) -> None
     operator = make_operator_auth(jetstream=False)
     creds = operator.user_creds(tmp_path / "plain.creds")
 
+    took: list[float] = []
+
     async def main() -> None:
         with NatsLab(tmp_path / "nats", size=1, operator=operator) as lab:
             bus = Bus(BusConfig(servers=lab.urls, replicas=1, creds_file=str(creds)))
             await bus.connect()
+            began = time.monotonic()
             try:
                 await bus.ensure_streams(["no-js"])
             finally:
+                took.append(time.monotonic() - began)
                 await bus.close()
 
-    began = time.monotonic()
     with pytest.raises(InputError, match="JetStream is not enabled for this account"):
         asyncio.run(main())
-    assert time.monotonic() - began < 15  # not 50 tries with backoff
+    assert took[0] < 15  # not 50 tries with backoff

@@ -32,7 +32,7 @@ from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.tables import write_table
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(360)]
 
 KEY = ("exporter", "flow_id", "state", "end_ns")
 
@@ -51,7 +51,7 @@ def _start_node(lab: NatsLab, tmp: Path, region: str, name: str) -> subprocess.P
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], tmp: Path, name: str) -> None:
-    ready_line(proc, tmp / f"{name}.log", 30, name)
+    ready_line(proc, tmp / f"{name}.log", 60, name)
 
 
 def _status(tmp: Path, name: str) -> dict[str, int]:

@@ -41,18 +41,15 @@ def _get(port: int, path: str) -> tuple[int, str]:
 
 
 async def _stored_marks(bus: Bus) -> int:
-    """Clock marks held by the region's evidence stream (read with a fresh consumer)."""
-    sub = await bus.evidence_consumer(REGION)
+    """Clock marks held by the region's evidence stream (every message read by sequence, so a
+    slow delivery cannot end the count early)."""
+    state = await bus.evidence_state(REGION)
+    stream = bus.evidence_stream(REGION)
     marks = 0
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                return marks
-            marks += CLOCK in (msg.headers or {})
-    finally:
-        await sub.unsubscribe()
+    for seq in range(int(state.first_seq), int(state.last_seq) + 1):
+        msg = await bus.js.get_msg(stream, seq)
+        marks += CLOCK in (msg.headers or {})
+    return marks
 
 
 def test_readiness_health_metrics_and_clock_marks(nats_lab: NatsLab, tmp_path: Path) -> None:

@@ -75,6 +75,6 @@ def test_a_clean_stop_delays_no_batch_by_the_ack_wait(
     nats_lab: NatsLab, tmp_path: Path, close: bool
 ) -> None:
     took_s = asyncio.run(_scenario(nats_lab, tmp_path, close))
-    # Deciding needs max_wait (1 s) past a clock mark (~3 s here); 15 s leaves room for a
-    # loaded machine and is half the ack wait a batch given to the stopped node costs.
-    assert took_s < 15, f"the last batch was stored {took_s:.1f} s after publishing ended"
+    # Deciding needs max_wait (1 s) past a clock mark (~3 s here); 25 s leaves room for a
+    # loaded machine and is still under the ack wait a batch given to the stopped node costs.
+    assert took_s < 25, f"the last batch was stored {took_s:.1f} s after publishing ended"

@@ -29,7 +29,9 @@ def test_agent_sends_over_tls_and_both_ends_are_attributed(tmp_path: Path) -> No
 
     store = pytest.importorskip("flowtrail.store")
     pod_uid = str(uuid.uuid4())
-    proc = Proc(tmp_path, ["lab-host"])
+    # The two ends' rows may leave the agent an interval (plus any stall) apart: the first
+    # must still be waiting for its heartbeat when the second arrives.
+    proc = Proc(tmp_path, ["lab-host"], "--max-wait", "10s")
     exporter = CollectorExporter(proc.url, token("lab-host"), proc.cafile)
     with Lab("coll") as lab:
         pod = lab.client.at(lab.pod_cgroup(pod_uid, qos="besteffort"))

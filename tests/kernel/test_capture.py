@@ -469,9 +469,10 @@ def test_poll_timeout_bounds_latency_below_wakeup_threshold() -> None:
             s.close()
         t0 = time.monotonic()
         rows = collect(
-            c, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2, timeout=3
+            c, ports, lambda r: {r["local_port"], r["remote_port"]} == ports, 2, timeout=10
         )
-        assert len(rows) == 2 and time.monotonic() - t0 < 2
+        # Held back until wakeup_bytes, the rows would never come; a loaded machine may stall.
+        assert len(rows) == 2 and time.monotonic() - t0 < 8
 
 
 def test_cgroup_removed_before_close_is_still_named(cap: Recorder) -> None:
