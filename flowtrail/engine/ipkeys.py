@@ -159,14 +159,15 @@ class Names:
             return np.empty(0, dtype=np.int32)
         encoded = pc.dictionary_encode(values)
         distinct = encoded.dictionary.to_pylist()
-        lut = np.empty(len(distinct), dtype=np.int32)
-        for i, name in enumerate(distinct):
-            got = self._ids.get(name)
-            if got is None:
-                got = len(self.names)
-                self._ids[name] = got
-                self.names.append(name)
-            lut[i] = got
+        known = self._ids
+        found = [known.get(name, -1) for name in distinct]  # one C-level pass when all known
+        if -1 in found:
+            for i, name in enumerate(distinct):
+                if found[i] == -1:
+                    found[i] = known.setdefault(name, len(self.names))
+                    if found[i] == len(self.names):
+                        self.names.append(name)
+        lut = np.array(found, dtype=np.int32)
         idx = encoded.indices
         out = np.full(len(values), -1, dtype=np.int32)
         if idx.null_count:
