@@ -27,32 +27,42 @@ UNKNOWN = -1
 class EventFeed:
     def __init__(self) -> None:
         self._chunks: list[tuple[U64, I32, B, I64, I64]] = []
+        self._is_distinct = True  # the one chunk holds each event once
         self._by_time: tuple[U64, I32, B, I64, I64] | None = None
         self._now_state: tuple[U64, I32] | None = None
         self.count = 0
-        # Per address (sorted keys), searches before this time are not answered: see
-        # forget_before.
+        # Per address (sorted keys), searches before floor_time are not answered, and
+        # [floor_time, span_end] is a run of assigns of span_owner collapsed to its ends
+        # (-1: none): see forget_before.
         self._floor_key: U64 = np.empty(0, np.uint64)
         self._floor_time: I64 = np.empty(0, np.int64)
+        self._span_end: I64 = np.empty(0, np.int64)
+        self._span_owner: I32 = np.empty(0, np.int32)
 
     def add(self, key: U64, owner: I32, assign: B, time: I64, received: I64) -> None:
         if len(key) == 0:
             return
         self._chunks.append((key, owner, assign, time, received))
+        self._is_distinct = False  # a batch may repeat an event (re-published, carried)
+        if len(self._floor_key):
+            self._break_spans(key, owner, assign, time)
         self.count += len(key)
         self._by_time = None
         self._now_state = None
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for chunk in self._chunks for a in chunk)
+        held = sum(a.nbytes for chunk in self._chunks for a in chunk)
+        floors = (self._floor_key, self._floor_time, self._span_end, self._span_owner)
+        return held + sum(a.nbytes for a in floors)
 
     def __len__(self) -> int:
         """Distinct events held (copies of one event count once)."""
         return len(self._all()[0])
 
     def _all(self) -> tuple[U64, I32, B, I64, I64]:
-        if len(self._chunks) != 1:
+        """Every event once (copies collapsed), in arrival order."""
+        if len(self._chunks) != 1 or not self._is_distinct:
             cols = [np.concatenate(parts) for parts in zip(*self._chunks, strict=True)]
             if not self._chunks:
                 cols = [
@@ -60,6 +70,7 @@ class EventFeed:
                     np.empty(0, np.int64), np.empty(0, np.int64),
                 ]  # fmt: skip
             self._chunks = [_distinct(cols[0], cols[1], cols[2], cols[3], cols[4])]
+            self._is_distinct = True
         return self._chunks[0]
 
     def _time_sorted(self) -> tuple[U64, I32, B, I64, I64]:
@@ -117,44 +128,88 @@ class EventFeed:
         return key[keep], owner[keep], time[keep]
 
     def forget_before(self, horizon: int) -> int:
-        """Drop the events no answer after `horizon` reads; returns how many were dropped.
+        """Drop the events no answer after `horizon` needs; returns how many were dropped.
 
-        Per address this keeps the last event at or before `horizon` and all after it, so
-        `safe_owner` answers every moment whose search point (moment - guard) is at or after
-        the horizon exactly as before, even when older events (a lagging node's carried
-        copy) arrive later. An address that lost events is not answered before the time of
-        the event kept in their place (a late copy of a forgotten event could otherwise
-        reopen a range the forgotten ones had closed); one never reassigned keeps answering
-        for any moment (a long-lived connection to a load balancer assigned long ago).
+        Per address this keeps the last event at or before `horizon` and everything after
+        it, so `safe_owner` answers every moment whose search point (moment - guard) is at
+        or after the horizon exactly as before, even when older events (a lagging node's
+        carried copy) arrive later. If that last event ends a run of assigns of one workload
+        (a control plane re-asserting who holds an address), the run's first row stays too:
+        the address keeps answering from then on, as a long-lived connection started before
+        the horizon needs (one never reassigned keeps answering for any moment). Before the
+        first row kept, an address that lost events is not answered (a late copy of a
+        forgotten event could otherwise reopen a range the forgotten ones had closed).
         `standing` loses nothing: the last event per address is always kept. `owner_now`
-        (the baseline) may change: do not use both. Without this a long-running collector
-        keeps every event it ever received.
+        (the baseline) may change: do not use both. The feed still keeps one or two rows per
+        address ever seen (and its floor): bounded by addresses, not by time.
         """
+        # One row per event (the copy the feed reads): the row a run keeps must be that one.
         key, owner, assign, time, received = self._all()
-        if len(key) < 2:
+        n = len(key)
+        if n < 2:
             return 0
         order = np.lexsort((assign, received, time, key))  # the order _time_sorted reads
-        k, t = key[order], time[order]
+        k, o, a, t = key[order], owner[order], assign[order], time[order]
         old = t <= horizon
-        # Old rows of an address come before its newer ones: drop each followed by another.
-        superseded = old[:-1] & old[1:] & (k[1:] == k[:-1])
-        if not superseded.any():
+        # Old rows of an address come before its newer ones.
+        followed = np.zeros(n, bool)  # by another old row of the same address
+        followed[:-1] = old[:-1] & old[1:] & (k[1:] == k[:-1])
+        last_old = old & ~followed
+        link = np.zeros(n, bool)  # this row and the next: assigns of one workload
+        link[:-1] = followed[:-1] & a[:-1] & a[1:] & (o[:-1] == o[1:])
+        breaks = np.flatnonzero(~link)  # the last row is always one
+        chain_end = breaks[np.searchsorted(breaks, np.arange(n))]
+        chain_start = np.ones(n, bool)
+        chain_start[1:] = ~link[:-1]
+        first_kept = old & chain_start & last_old[chain_end]  # one per address with old rows
+        drop = old & ~last_old & ~first_kept
+        if not drop.any():
             return 0
-        # The row kept in place of an address's dropped ones: its floor from now on.
-        stays = np.flatnonzero(superseded) + 1
-        stays = stays[~np.append(superseded, False)[stays]]
-        fk = np.concatenate([self._floor_key, k[stays]])
-        ft = np.concatenate([self._floor_time, t[stays]])
-        last = np.lexsort((ft, fk))
-        fk, ft = fk[last], ft[last]
-        one = np.append(fk[1:] != fk[:-1], True)
-        self._floor_key, self._floor_time = fk[one], ft[one]
-        keep = np.ones(len(key), bool)
-        keep[order[:-1][superseded]] = False  # back in arrival order, which owner_now reads
+        # Addresses that lost rows are answered from their first kept row on; a run kept by
+        # its ends stays valid until an event lands inside it (see _break_spans).
+        starts = np.flatnonzero(first_kept & np.isin(k, np.unique(k[drop])))
+        ends = chain_end[starts]
+        span = ends != starts
+        self._set_floors(
+            k[starts], t[starts], t[ends], np.where(span, o[starts], -1).astype(np.int32)
+        )
+        keep = np.ones(n, bool)
+        keep[order[drop]] = False  # back in arrival order, which owner_now reads
         self._chunks = [(key[keep], owner[keep], assign[keep], time[keep], received[keep])]
         self._by_time = None
         self._now_state = None
-        return int(superseded.sum())
+        return int(drop.sum())
+
+    def _set_floors(self, key: U64, floor: I64, span_end: I64, span_owner: I32) -> None:
+        """Merge new floors in: per address the higher floor, the newest span."""
+        fk = np.concatenate([self._floor_key, key])
+        ft = np.concatenate([self._floor_time, floor])
+        fe = np.concatenate([self._span_end, span_end])
+        fo = np.concatenate([self._span_owner, span_owner])
+        new = np.concatenate([np.zeros(len(self._floor_key), bool), np.ones(len(key), bool)])
+        by_key = np.lexsort((new, fk))  # per address: the old entry, then the new one
+        fk, ft, fe, fo = fk[by_key], ft[by_key], fe[by_key], fo[by_key]
+        last = np.append(fk[1:] != fk[:-1], True)
+        first = np.insert(fk[1:] != fk[:-1], 0, True)
+        group = np.cumsum(first) - 1
+        highest = np.maximum.reduceat(ft, np.flatnonzero(first)) if len(ft) else ft
+        self._floor_key = fk[last]
+        self._floor_time = highest[group[last]]
+        self._span_end = np.maximum(fe[last], self._floor_time)
+        self._span_owner = fo[last]
+        self._by_time = None
+
+    def _break_spans(self, key: U64, owner: I32, assign: B, time: I64) -> None:
+        """An event inside a collapsed run that is not an assign of its workload: the run's
+        middle is gone, so the address is answered only from the run's end on."""
+        at = np.minimum(np.searchsorted(self._floor_key, key), len(self._floor_key) - 1)
+        hit = self._floor_key[at] == key
+        inside = hit & (time >= self._floor_time[at]) & (time <= self._span_end[at])
+        breaks = inside & ~(assign & (owner == self._span_owner[at]))
+        if breaks.any():
+            pos = at[breaks]
+            self._floor_time[pos] = self._span_end[pos]
+            self._span_owner[pos] = -1
 
     def _current(self) -> tuple[U64, I32]:
         if self._now_state is None:
