@@ -18,36 +18,54 @@ from types import FrameType
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+Repeat = Callable[[int], None]
+# One wakeup fd per process: later calls add their Event to the first call's watcher.
+_watched: list[tuple[threading.Event, Repeat | None]] = []
+_lock = threading.Lock()
+
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
     """A Python-level handler must exist (else the default action kills); the work is elsewhere."""
 
 
-def stop_on_signals(
-    stop: threading.Event, *, on_repeat: Callable[[int], None] | None = None
-) -> None:
+def stop_on_signals(stop: threading.Event, *, on_repeat: Repeat | None = None) -> None:
     """Set `stop` on SIGINT or SIGTERM; call `on_repeat(count)` on every later one.
 
-    Call from the main thread (signal handlers can only be installed there). One per process:
-    it takes the process's wakeup fd.
+    Call from the main thread (signal handlers can only be installed there). The process's
+    wakeup fd is taken by the first call; do not combine with asyncio's add_signal_handler.
     """
+    with _lock:
+        _watched.append((stop, on_repeat))
+        if len(_watched) > 1:
+            return
     read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)  # the C handler must never block
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, _ignore)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    wanted = {int(s) for s in STOP_SIGNALS}
+    try:
+        os.set_blocking(write_fd, False)  # the C handler must never block
+        # The fd first: a signal landing between the two steps still reaches the pipe.
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _ignore)
+    except BaseException:
+        os.close(read_fd)
+        os.close(write_fd)
+        with _lock:
+            _watched.clear()
+        raise
+    threading.Thread(target=_watch, args=(read_fd,), name="flowtrail-signals", daemon=True).start()
 
-    def watch() -> None:
-        seen = 0
-        while True:
-            data = os.read(read_fd, 64)
-            for signum in data:
-                if signum not in wanted:
-                    continue  # other handled signals share the fd
-                seen += 1
+
+def _watch(read_fd: int) -> None:
+    wanted = {int(s) for s in STOP_SIGNALS}
+    seen = 0
+    while True:
+        data = os.read(read_fd, 64)
+        for signum in data:
+            if signum not in wanted:
+                continue  # other handled signals share the fd
+            seen += 1
+            with _lock:
+                watched = list(_watched)
+            for stop, on_repeat in watched:
                 stop.set()
                 if seen > 1 and on_repeat is not None:
                     on_repeat(seen)
-
-    threading.Thread(target=watch, name="flowtrail-signals", daemon=True).start()
