@@ -1,8 +1,9 @@
 """The agent's counters as Prometheus metrics, served on a loopback `/metrics` endpoint.
 
-Every counter the agent keeps (Agent.metrics()) is exposed, read at scrape time. Losses
-(capture's drop reasons, the spool's dropped batches) get a `reason` label under one name,
-so a single alert can watch every way a flow can be lost.
+Every counter the agent keeps (Agent.metrics()) is exposed, read at scrape time; levels
+that go down (held, queued, spooled) are gauges. Capture's losses get a `reason` label under
+one name (`capture_dropped_records`); the other losses (`backlog_dropped_rows`, the spool's
+`spool_dropped_*`) are counters of their own.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from flowtrail.opshttp import PROMETHEUS_TEXT, OpsServer
 
 PREFIX = "flowtrail_agent_"
 DROP_PREFIX = "capture_drop_"
-GAUGES = frozenset({"held_rows", "queued_rows", "spool_bytes", "spool_batches"})
+GAUGES = frozenset({"held_rows", "queued_rows", "spool_bytes", "spool_pending_batches"})
 
 Read = Callable[[], dict[str, int]]
 

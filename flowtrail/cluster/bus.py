@@ -95,7 +95,7 @@ class BusConfig:
         if not _NAME_RE.match(self.prefix):
             raise InputError(f"--nats-prefix {self.prefix!r}: use A-Z a-z 0-9 _ -")
         if self.replicas not in (1, 3, 5):
-            raise InputError(f"--nats-replicas {self.replicas}: must be 1, 3 or 5")
+            raise InputError(f"--replicas {self.replicas}: must be 1, 3 or 5")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise InputError("--tls-cert and --tls-key go together")
         if self.creds_file and importlib.util.find_spec("nkeys") is None:

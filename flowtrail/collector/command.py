@@ -44,7 +44,7 @@ def _listen(text: str) -> tuple[str, int]:
 @click.option(
     "--plaintext",
     is_flag=True,
-    help="Serve plain HTTP: allowed only on a loopback address (flowtrail up).",
+    help="Serve plain HTTP: allowed only on a loopback address (local tests, embedding).",
 )
 @click.option(
     "--tokens",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -44,3 +45,16 @@ def test_server_answers_metrics_and_refuses_other_addresses() -> None:
         server.stop()
     with pytest.raises(InputError, match="loopback only"):
         MetricsServer(counters, "10.1.2.3", 0)
+
+
+def test_delivery_levels_are_gauges(tmp_path: Path) -> None:
+    """Levels that go down (the spool's pending batches and bytes) are gauges, read from a
+    real Delivery with a spool, so a renamed key cannot silently turn into a counter."""
+    from flowtrail.agent.exporter import Delivery, ParquetDir, Spool
+
+    delivery = Delivery(ParquetDir(tmp_path / "out"), Spool(tmp_path / "spool", 1 << 20))
+    levels = {k: v for k, v in delivery.metrics().items() if k.startswith("spool_")}
+    assert {"spool_pending_batches", "spool_bytes"} <= set(levels)
+    text = render(lambda: levels).decode()
+    assert "# TYPE flowtrail_agent_spool_pending_batches gauge" in text
+    assert "# TYPE flowtrail_agent_spool_bytes gauge" in text
