@@ -526,8 +526,17 @@ class NodeGroup:
         node = ClusterNode(bus, node_config, regions, sink)
         self.nodes.append(node)
         self.stops.append(asyncio.Event())
-        self.runs.append(asyncio.create_task(node.run(self.stops[-1])))
-        await asyncio.wait_for(node.ready.wait(), 20)
+        run = asyncio.create_task(node.run(self.stops[-1]))
+        self.runs.append(run)
+        ready = asyncio.create_task(node.ready.wait())
+        await asyncio.wait([ready, run], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if run.done():
+            ready.cancel()
+            run.result()  # a node that failed to start: its own error
+            raise RuntimeError(f"{node_config.name} stopped before it was ready")
+        if not ready.done():
+            ready.cancel()
+            raise TimeoutError(f"{node_config.name} not ready within 20 s")
         return node
 
     async def stop(self, i: int, *, close: bool = False) -> None:
@@ -543,9 +552,12 @@ class NodeGroup:
     async def __aexit__(self, *exc: object) -> None:
         for stop in self.stops:
             stop.set()
-        await asyncio.gather(*self.runs, return_exceptions=True)
+        ended = await asyncio.gather(*self.runs, return_exceptions=True)
         for bus in self.buses:
             await bus.close()
+        failed = [e for e in ended if isinstance(e, Exception)]
+        if failed and exc[0] is None:
+            raise failed[0]  # a node that crashed during a block that otherwise passed
 
 
 def recent_flow(

@@ -283,7 +283,10 @@ class ClusterNode:
                 # cancelled fetch leaves its pull request open at the server, which may
                 # deliver a batch to this stopped node (back only after ack_wait). The loop
                 # gives back what that fetch brought; a stuck take is cancelled after a bound.
-                await asyncio.wait(tasks[:1], timeout=self.config.poll_s + STOP_TAKE_S)
+                taken, _ = await asyncio.wait(tasks[:1], timeout=self.config.poll_s + STOP_TAKE_S)
+                for task in taken:
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("take loop failed while stopping: %r", task.exception())
             for task in [*tasks, *self._carrying]:
                 task.cancel()
             await asyncio.gather(*tasks, *self._carrying, return_exceptions=True)
@@ -292,7 +295,14 @@ class ClusterNode:
             self._snapshot()
 
     async def _hand_back(self) -> None:
-        """On stop, give held batches back at once (nak) instead of after ack_wait."""
+        """On stop, give held batches back at once (nak) instead of after ack_wait: those
+        held, and those fetched but not yet taken (a take cancelled at the stop bound)."""
+        holding = {id(h.msg) for h in self._held.values()}
+        for msg in self._taking:
+            if id(msg) not in holding:  # a take cut short after holding it: nak'd below
+                await self._settle(msg.nak(), "nak")
+                self.stats["batches_handed_back"] += 1
+        self._taking = []
         for evidence_id, held in list(self._held.items()):
             try:
                 await held.msg.nak()

@@ -32,6 +32,7 @@ def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent
     """
     capture = Capture()
     capture.start()
+    stopped = True
     try:
         netns = NetnsIndex()
         agent = Agent(
@@ -50,7 +51,9 @@ def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent
         finally:
             stop.set()
             thread.join(60)  # its shutdown flushes all the host's connections: slow when loaded
-            if thread.is_alive():
-                raise RuntimeError("the lab agent did not stop within 60 s")
+            stopped = not thread.is_alive()
+        if not stopped:
+            raise RuntimeError("the lab agent did not stop within 60 s")
     finally:
-        capture.close()
+        if stopped:  # never under a thread still polling it
+            capture.close()
