@@ -28,11 +28,15 @@ def main() -> None:
 
     \b
     Typical use:
-      flowtrail demo                      simulate a fleet, attribute it both ways, compare
+      flowtrail up                        agent + collector + store + query API, one host (root)
+      flowtrail demo                      simulate fleets, attribute three ways, compare
       flowtrail sim --out DIR             write a simulated fleet's flows, events, truth
       flowtrail attribute --flows F --out OUT [--events E] [--regions R]
       flowtrail eval --attributed A --truth T
       flowtrail agent --stdout            capture this host's TCP connections (root)
+      flowtrail collector --tokens T ...  receive agents' batches over HTTPS, attribute, store
+      flowtrail cluster-node --nats URL --region R   one node of a NATS JetStream cluster
+      flowtrail query dependencies --db D  who talked to whom, from the store
     """
 
 
