@@ -163,10 +163,9 @@ class Names:
         found = [known.get(name, -1) for name in distinct]  # one C-level pass when all known
         if -1 in found:
             for i, name in enumerate(distinct):
-                if found[i] == -1:
-                    found[i] = known.setdefault(name, len(self.names))
-                    if found[i] == len(self.names):
-                        self.names.append(name)
+                if found[i] == -1:  # new: the next id (distinct values are unique)
+                    found[i] = known[name] = len(self.names)
+                    self.names.append(name)
         lut = np.array(found, dtype=np.int32)
         idx = encoded.indices
         out = np.full(len(values), -1, dtype=np.int32)
