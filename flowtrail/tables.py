@@ -27,8 +27,6 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
-_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 _INT_RE = r"^[+-]?[0-9]+$"
 
 
@@ -142,7 +140,7 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
         allowed = " or ".join(repr(c) for c in col.choices)
         _raise_first(bad, f"must be {allowed}", path, col, arr)
     elif col.kind is Kind.IP:
-        bad_values = invalid_ips(_unique_not_ipv4(arr))
+        bad_values = invalid_ips(arr)
         if bad_values:
             value = next(iter(bad_values))
             mask = pc.is_in(arr, value_set=pa.array([value]))
@@ -167,26 +165,23 @@ def _min_max(arr: pa.ChunkedArray) -> tuple[int | None, int | None]:
     return mm["min"].as_py(), mm["max"].as_py()
 
 
-def _unique_not_ipv4(arr: pa.ChunkedArray) -> pa.Array:
-    """Distinct values other than canonical IPv4 (one compiled pass; those need no check)."""
+def invalid_ips(values: pa.Array | pa.ChunkedArray) -> list[str]:
+    """The distinct values that are not canonical IPv4 / IPv6 text, in first-seen order.
+
+    Canonical IPv4 (nearly every row) is recognised in one compiled pass and needs no more;
+    only the rest are checked one distinct value at a time.
+    """
     from flowtrail.ipv4text import parse_ipv4  # numba: only where addresses are checked
 
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
     rest = []
-    for chunk in arr.chunks:
+    for chunk in chunks:
         _, ok = parse_ipv4(chunk)
         if not ok.all():
             rest.append(chunk.filter(pa.array(~ok)).drop_null())
     if not rest:
-        return pa.array([], pa.string())
-    return pc.unique(pa.chunked_array(rest, arr.type))
-
-
-def invalid_ips(uniques: pa.Array | pa.ChunkedArray) -> list[str]:
-    """The values among `uniques` that are not canonical IPv4 / IPv6 text."""
-    if len(uniques) == 0:
         return []
-    is_v4 = pc.fill_null(pc.match_substring_regex(uniques, _IPV4_RE), False)
-    others = pc.filter(uniques, pc.invert(is_v4)).to_pylist()
+    others = pc.unique(pa.chunked_array(rest, values.type)).to_pylist()
     return [v for v in others if _ip_problem(v)]
 
 

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from flowtrail.engine.ipkeys import NO_KEY, IpKeys
 from flowtrail.ipv4text import parse_ipv4
-from flowtrail.tables import _IPV4_RE
 
 octet = st.one_of(
     st.integers(0, 255).map(str),
@@ -26,6 +25,11 @@ v6 = st.ip_addresses(v=6).map(str)
 v4 = st.ip_addresses(v=4).map(str)
 scoped = st.sampled_from(["127.0.0.1", "127.9.8.7", "169.254.3.4", "::1", "fe80::1"])
 text = st.one_of(v4, v4, dotted, v6, scoped, st.none(), st.text(max_size=16))
+
+
+# The contract's canonical IPv4 text, written out independently of the parser.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = rf"^({_OCTET}\.){{3}}{_OCTET}$"
 
 
 def canonical_v4(value: str | None) -> bool:
