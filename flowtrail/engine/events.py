@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine.keyed_search import key_blocks, search_in_blocks
+from flowtrail.engine.keyed_search import find_unique, key_blocks, search_in_blocks
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -103,9 +103,8 @@ class EventFeed:
         # get a late event inside it, so both kinds wait for now - lag to pass the moment.
         settled = moment + guard_ns <= now - lag_ns
         ok = has & assign[p] & settled & (~has_next | (nxt_time >= moment + guard_ns))
-        if len(self._floor_key):
-            at = np.minimum(np.searchsorted(self._floor_key, key), len(self._floor_key) - 1)
-            floored = self._floor_key[at] == key
+        at, floored = find_unique(self._floor_key, key)
+        if floored.any():
             ok &= ~floored | (moment - guard_ns >= self._floor_time[at])
         owner_out[ok] = owner[p][ok]
         r_start[ok] = time[p][ok]
@@ -181,29 +180,24 @@ class EventFeed:
         return int(drop.sum())
 
     def _set_floors(self, key: U64, floor: I64, span_end: I64, span_owner: I32) -> None:
-        """Merge new floors in: per address the higher floor, the newest span."""
-        fk = np.concatenate([self._floor_key, key])
-        ft = np.concatenate([self._floor_time, floor])
-        fe = np.concatenate([self._span_end, span_end])
-        fo = np.concatenate([self._span_owner, span_owner])
-        new = np.concatenate([np.zeros(len(self._floor_key), bool), np.ones(len(key), bool)])
-        by_key = np.lexsort((new, fk))  # per address: the old entry, then the new one
-        fk, ft, fe, fo = fk[by_key], ft[by_key], fe[by_key], fo[by_key]
-        last = np.append(fk[1:] != fk[:-1], True)
-        first = np.insert(fk[1:] != fk[:-1], 0, True)
-        group = np.cumsum(first) - 1
-        highest = np.maximum.reduceat(ft, np.flatnonzero(first)) if len(ft) else ft
-        self._floor_key = fk[last]
-        self._floor_time = highest[group[last]]
-        self._span_end = np.maximum(fe[last], self._floor_time)
-        self._span_owner = fo[last]
+        """Merge new floors in (unique keys): per address the higher floor, the newest span."""
+        at, known = find_unique(self._floor_key, key)
+        floor = floor.copy()
+        floor[known] = np.maximum(floor[known], self._floor_time[at[known]])
+        others = ~np.isin(self._floor_key, key)
+        fk = np.concatenate([self._floor_key[others], key])
+        by_key = np.argsort(fk)
+        self._floor_key = fk[by_key]
+        self._floor_time = np.concatenate([self._floor_time[others], floor])[by_key]
+        span_end = np.maximum(span_end, floor)
+        self._span_end = np.concatenate([self._span_end[others], span_end])[by_key]
+        self._span_owner = np.concatenate([self._span_owner[others], span_owner])[by_key]
         self._by_time = None
 
     def _break_spans(self, key: U64, owner: I32, assign: B, time: I64) -> None:
         """An event inside a collapsed run that is not an assign of its workload: the run's
         middle is gone, so the address is answered only from the run's end on."""
-        at = np.minimum(np.searchsorted(self._floor_key, key), len(self._floor_key) - 1)
-        hit = self._floor_key[at] == key
+        at, hit = find_unique(self._floor_key, key)
         inside = hit & (time >= self._floor_time[at]) & (time <= self._span_end[at])
         breaks = inside & ~(assign & (owner == self._span_owner[at]))
         if breaks.any():
@@ -237,11 +231,8 @@ class EventFeed:
         """The baseline: who the feed received so far says owns each address now."""
         k, o = self._current()
         out = np.full(len(key), UNKNOWN, np.int32)
-        if len(k) == 0:
-            return out
-        pos = np.minimum(np.searchsorted(k, key), len(k) - 1)
-        hit = k[pos] == key
-        out[hit] = o[pos][hit]
+        pos, hit = find_unique(k, key)
+        out[hit] = o[pos[hit]]
         return out
 
 

@@ -24,6 +24,17 @@ def key_blocks(
     return lo, hi
 
 
+def find_unique(
+    sorted_keys: npt.NDArray[np.uint64], query_keys: npt.NDArray[np.uint64]
+) -> tuple[I64, npt.NDArray[np.bool_]]:
+    """For keys held at most once in `sorted_keys`: each query key's position and whether
+    it is there (where it is not, the position is a valid index, not a match)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(query_keys), np.int64), np.zeros(len(query_keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, query_keys), len(sorted_keys) - 1)
+    return pos.astype(np.int64), sorted_keys[pos] == query_keys
+
+
 def search_in_blocks(values: I64, lo: I64, hi: I64, targets: I64, *, side: str) -> I64:
     """Like searchsorted(values[lo:hi], target, side) + lo, for every query at once.
 
