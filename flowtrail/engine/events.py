@@ -156,6 +156,12 @@ class EventFeed:
         last_old = old & ~followed
         link = np.zeros(n, bool)  # this row and the next: assigns of one workload
         link[:-1] = followed[:-1] & a[:-1] & a[1:] & (o[:-1] == o[1:])
+        # A row below its address's floor (it came late) starts no run: the row at the floor
+        # must stay, or it could answer moments at or after the floor.
+        at, floored = find_unique(self._floor_key, k)
+        below = np.zeros(n, bool)
+        below[floored] = t[floored] < self._floor_time[at[floored]]
+        link &= ~below
         breaks = np.flatnonzero(~link)  # the last row is always one
         chain_end = breaks[np.searchsorted(breaks, np.arange(n))]
         chain_start = np.ones(n, bool)

@@ -237,3 +237,23 @@ def test_a_late_event_inside_a_collapsed_run_closes_it() -> None:
         np.array([0], np.uint64), np.array([3], np.int64), guard_ns=GUARD, now=NOW, lag_ns=LAG
     )
     assert owner.tolist() == [UNKNOWN]
+
+
+def test_a_late_row_below_the_floor_cannot_replace_the_row_at_it() -> None:
+    """Found re-reading the change (two rounds): workload 0 re-asserted at 1 and 7 is kept
+    by its ends, floor 1. A late assign of 0 at 0 (below the floor) must not start the run at
+    the next round: the row at 1 would go, and a late assign of 1 at 0 would then answer for
+    moments after the floor."""
+    events = [(0, 0, False, 0, 0), (0, 0, True, 1, 0), (0, 0, True, 7, 0)]
+    full, trimmed = feed_of(events), feed_of(events)
+    trimmed.forget_before(7)
+    add(full, [(0, 0, True, 0, 0)])
+    add(trimmed, [(0, 0, True, 0, 0)])
+    trimmed.forget_before(7)
+    add(full, [(0, 1, True, 0, 0)])
+    add(trimmed, [(0, 1, True, 0, 0)])
+    assert held_throughout(full, 0, 4) == 0  # 0 held it from 1 to 7
+    owner, _, _ = trimmed.safe_owner(
+        np.array([0], np.uint64), np.array([4], np.int64), guard_ns=GUARD, now=NOW, lag_ns=LAG
+    )
+    assert owner.tolist()[0] in (UNKNOWN, 0)
