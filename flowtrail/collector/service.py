@@ -7,7 +7,8 @@
 Row ids: every accepted flow row gets a number from the write-ahead log (in a column the
 sink never sees). After the sink takes rows, their ids go back into the log as a `stored`
 record, so a restart re-feeds every logged row to a fresh engine (rebuilding ownership state
-from recent data) but stores only rows not stored before.
+from recent data) but stores only rows not stored before. Ids never repeat: a replay goes on
+above the highest id that any record left in the log names, `stored` records included.
 """
 
 from __future__ import annotations
@@ -145,9 +146,14 @@ class Collector:
             firsts.setdefault(rec.segment, None)
             seg = self._segments.setdefault(rec.segment, _Segment(first_row=0))
             if kind == "stored":
+                runs = np.frombuffer(rec.body, np.int64).reshape(-1, 2)
+                if len(runs):
+                    # A mark may outlive the segment of the rows it names: new ids must
+                    # start above it, or it would claim them on a later replay.
+                    next_row = max(next_row, int((runs[:, 0] + runs[:, 1]).max()))
                 name = h.get("name")
                 if name is None or (isinstance(self.sink, NamedSink) and self.sink.has(name)):
-                    stored_runs.append(np.frombuffer(rec.body, np.int64).reshape(-1, 2))
+                    stored_runs.append(runs)
                 continue
             received = int(h["recv"])
             try:
@@ -166,7 +172,8 @@ class Collector:
                 lowest = first if lowest is None else lowest
                 self._submit_flows(data, first, received)
                 seg.outstanding += data.num_rows
-                next_row = ends[rec.segment] = first + data.num_rows
+                ends[rec.segment] = first + data.num_rows
+                next_row = max(next_row, ends[rec.segment])
             else:
                 self._submit_events(data, received)
             self.metrics.rows_replayed.labels(kind).inc(data.num_rows)

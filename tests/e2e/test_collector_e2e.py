@@ -53,13 +53,14 @@ def token(exporter: str) -> str:
 class Proc:
     """One collector process; `url` once it listens."""
 
-    def __init__(self, tmp: Path, exporters: list[str], *extra: str) -> None:
+    def __init__(self, tmp: Path, exporters: list[str], *extra: str, events: bool = False) -> None:
         self.tmp = tmp
         self.tls = tmp / "tls"
         if not (self.tls / "cert.pem").exists():
             self_signed(self.tls)
         tokens = tmp / "tokens"
-        tokens.write_text("".join(f"{e} {token(e)}\n" for e in exporters))
+        kinds = " flows,events" if events else ""
+        tokens.write_text("".join(f"{e} {token(e)}{kinds}\n" for e in exporters))
         self.port_file = tmp / "port"
         self.port_file.unlink(missing_ok=True)
         self.log = open(tmp / "collector.log", "ab")  # noqa: SIM115
@@ -67,8 +68,10 @@ class Proc:
             sys.executable, "-m", "flowtrail.collector", "--listen", "127.0.0.1:0",
             "--port-file", str(self.port_file), "--tokens", str(tokens),
             "--data-dir", str(tmp / "data"), "--tls-cert", str(self.tls / "cert.pem"),
-            "--tls-key", str(self.tls / "key.pem"), "--no-events", "--max-wait", "2s", *extra,
+            "--tls-key", str(self.tls / "key.pem"), "--max-wait", "2s", *extra,
         ]  # fmt: skip
+        if not events:
+            args.append("--no-events")
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         started(self.p, self.port_file.exists, tmp / "collector.log", 60, "collector")
         self.port = int(self.port_file.read_text())
