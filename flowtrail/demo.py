@@ -17,6 +17,7 @@ import click
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
 from flowtrail.evaluate import EvalReport, evaluate, format_side_by_side
+from flowtrail.outputs import make_dir, writing
 from flowtrail.sim.scenarios import SCENARIOS
 from flowtrail.sim.simulation import SimOutput, simulate, write_sim
 from flowtrail.tables import write_table
@@ -80,6 +81,8 @@ def demo(
     dependency edges.
     """
     chosen = scenarios or tuple(sorted(SCENARIOS, key=_harshness))
+    if out_dir:
+        make_dir("--out", out_dir)
     results: dict[str, Any] = {}
     for name in chosen:
         print(f"demo: {name}: simulating", file=sys.stderr, flush=True)
@@ -92,10 +95,11 @@ def demo(
         got = compare(sim)
         if out_dir:
             where = Path(out_dir) / name
-            write_sim(sim, where)
-            for method, table in got["tables"].items():
-                slug = method.replace(" ", "-")
-                write_table(table, where / f"attributed-{slug}.parquet")
+            with writing("--out", out_dir):
+                write_sim(sim, where)
+                for method, table in got["tables"].items():
+                    slug = method.replace(" ", "-")
+                    write_table(table, where / f"attributed-{slug}.parquet")
         results[name] = got
     if as_json:
         click.echo(

@@ -44,6 +44,8 @@ class Column:
 class Table:
     name: str
     columns: tuple[Column, ...]
+    # (earlier, later) column pairs: a row's later value may not be below its earlier one.
+    ordered: tuple[tuple[str, str], ...] = ()
 
     @property
     def schema(self) -> pa.Schema:
@@ -98,6 +100,7 @@ FLOWS = Table(
             "received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME
         ),
     ),
+    ordered=(("start_ns", "end_ns"),),
 )
 
 EVENTS = Table(
@@ -135,6 +138,8 @@ ATTRIBUTION_COLUMNS = (
     Column("attributed_ns", I64, True, "the collector's clock when it decided", Kind.TIME),
 )
 
+# No order rule here: attributed rows are judged or stored as given; flows are checked where
+# they come in (attribute, the collector, a cluster node).
 ATTRIBUTED = Table("attributed", FLOWS.columns + ATTRIBUTION_COLUMNS)
 
 TABLES: dict[str, Table] = {t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED)}

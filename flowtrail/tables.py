@@ -44,11 +44,13 @@ def read_table(path: str | os.PathLike[str], table: Table) -> pa.Table:
             data = pq.read_table(p)
         elif suffix in CSV_SUFFIXES:
             # Known columns are read as text and cast here, so a bad value is reported by row.
+            # Only an empty cell is null: "NA", "null", "NaN" are values (a workload may be
+            # called NA; NaN in an integer column is an error, not a missing value).
             text_types = {c.name: pa.string() for c in table.columns}
             data = pacsv.read_csv(
                 p,
                 convert_options=pacsv.ConvertOptions(
-                    column_types=text_types, strings_can_be_null=True
+                    column_types=text_types, null_values=[""], strings_can_be_null=True
                 ),
             )
         elif suffix in JSONL_SUFFIXES:
@@ -84,7 +86,25 @@ def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Tab
         _check_values(arr, col, path)
         if arr is not given or data.schema.field(idx) != col.field:
             data = data.set_column(idx, col.field, arr)
+    for earlier, later in table.ordered:
+        _check_order(data, earlier, later, path)
     return data
+
+
+def _check_order(data: pa.Table, earlier: str, later: str, path: str | None) -> None:
+    """Refuse rows whose `later` value is below their `earlier` one (nulls are not compared)."""
+    if earlier not in data.column_names or later not in data.column_names:
+        return
+    first, last = data.column(earlier), data.column(later)
+    backwards = pc.less(last, first)
+    if not pc.any(backwards).as_py():
+        return
+    m = pc.fill_null(backwards, False).to_numpy(zero_copy_only=False)
+    row = int(np.flatnonzero(m)[0])
+    raise ContractError(
+        f"{last[row].as_py()} is before {earlier} {first[row].as_py()}",
+        path=path, row=row + 1, column=later,
+    )  # fmt: skip
 
 
 def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedArray:
@@ -114,11 +134,28 @@ def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedAr
     try:
         return arr.cast(want)
     except (pa.ArrowInvalid, OverflowError):
-        lo, hi = (-(2**31), 2**31 - 1) if want == pa.int32() else (-(2**63), 2**63 - 1)
-        as_float = arr.cast(pa.float64())
-        bad = pc.or_(pc.less(as_float, lo), pc.greater(as_float, hi))
-        _raise_first(bad, f"value out of range for {want}", path, col, arr)
-        raise
+        # Integer text or another integer type: the only way the cast fails is a value out
+        # of range. No float detour: it rounds, and fails itself beyond 2**53.
+        row = _first_failing_cast(arr, want)
+        raise ContractError(
+            f"value out of range for {want} (value {arr[row].as_py()!r})",
+            path=path, row=row + 1, column=col.name,
+        ) from None  # fmt: skip
+
+
+def _first_failing_cast(arr: pa.ChunkedArray, want: pa.DataType) -> int:
+    """Index of the first value that does not cast to `want` (one exists): halving the
+    range keeps the work linear, without a Python object per row."""
+    lo, hi = 0, len(arr)  # the first failure is in [lo, hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            arr.slice(lo, mid - lo).cast(want)
+        except (pa.ArrowInvalid, OverflowError):
+            hi = mid
+        else:
+            lo = mid
+    return lo
 
 
 def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:

@@ -390,6 +390,7 @@ class _Up:
                 # No control-plane feed on one machine: nothing waits for events.
                 settings=Settings(max_wait_ns=max_wait_ns, use_events=False),
             ),
+            data_flag="--data",
         )
         app = CollectorApp(options)
         try:

@@ -16,6 +16,7 @@ import pyarrow as pa
 from flowtrail import units
 from flowtrail.agent.prometheus import MetricsServer
 from flowtrail.errors import InputError
+from flowtrail.outputs import make_dir, writing
 from flowtrail.stop_signals import stop_on_signals
 
 
@@ -241,13 +242,16 @@ def agent(
     register_nats_sink(region)  # --sink nats --out nats://HOST:PORT[,...] --region R
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
+    if kind == "parquet" and out_dir:
+        make_dir("--out", out_dir)
     spool = None
     if kind != "none":
         # A URL is no place for a spool: a collector's batches wait in ./flowtrail-agent.spool.
         beside_out = f"{out_dir.rstrip('/')}.spool" if out_dir and kind == "parquet" else None
         where = spool_dir or beside_out or "flowtrail-agent.spool"
         if where:
-            spool = Spool(where, parse_size(spool_max, "--spool-max"))
+            with writing("--spool", where):
+                spool = Spool(where, parse_size(spool_max, "--spool-max"))
     registry = Registry(identity_file)
     order = parse_resolvers(resolvers) if resolvers else (registry.resolvers or None)
     identity = IdentityChain.build(

@@ -23,6 +23,7 @@ from flowtrail.configfile import config_option
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.regions import RegionMap
 from flowtrail.opshttp import parse_listen
+from flowtrail.outputs import writing
 from flowtrail.schema import EVENTS, REGIONS
 from flowtrail.store import Store
 from flowtrail.tables import read_table
@@ -226,7 +227,8 @@ def cluster_node(
         carry_events_ns=carry_events,
     )
     where = parse_listen(listen, "--listen") if listen else None
-    target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)
+    with writing("--out", out):
+        target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)
     asyncio.run(_serve(bus_config, node_config, regions, target, status_file, where))
 
 

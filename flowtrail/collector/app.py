@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.errors import InputError
 from flowtrail.opshttp import is_loopback
+from flowtrail.outputs import problem
 
 
 @dataclass
@@ -37,6 +40,7 @@ class CollectorOptions:
     max_body_bytes: int = 256 << 20
     max_connections: int = 64
     config: CollectorConfig = field(default_factory=CollectorConfig)
+    data_flag: str = "--data-dir"  # names data_dir in messages
 
 
 def make_sink(options: CollectorOptions) -> Sink:
@@ -70,26 +74,35 @@ class CollectorApp:
                 raise InputError(f"--tls-cert/--tls-key: cannot load: {exc}") from exc
         tokens = Tokens.load(options.tokens_file)
         data = options.data_dir
-        data.mkdir(parents=True, exist_ok=True)
         cfg = options.config
-        self.collector = Collector(
-            cfg,
-            tokens=tokens,
-            wal=WriteAheadLog(
+        with self._data_dir_errors():
+            data.mkdir(parents=True, exist_ok=True)
+            wal = WriteAheadLog(
                 data / "wal",
                 segment_bytes=cfg.segment_bytes,
                 segment_age_ns=cfg.segment_age_ns,
                 fsync=cfg.fsync,
-            ),
-            sink=sink if sink is not None else make_sink(options),
-            quarantine=Quarantine(data / "quarantine", cfg.quarantine_bytes),
-        )
+            )
+            quarantine = Quarantine(data / "quarantine", cfg.quarantine_bytes)
+            sink = sink if sink is not None else make_sink(options)
+        self.collector = Collector(cfg, tokens=tokens, wal=wal, sink=sink, quarantine=quarantine)
         self.server: CollectorHTTPServer | None = None
         self._serving: threading.Thread | None = None
 
+    @contextmanager
+    def _data_dir_errors(self) -> Iterator[None]:
+        """A data directory that cannot be made, read or written is the operator's to fix:
+        one line naming it, not a traceback."""
+        try:
+            yield
+        except OSError as exc:
+            flag, where = self.options.data_flag, self.options.data_dir
+            raise InputError(f"{flag} {where}: cannot use: {problem(exc)}") from exc
+
     def start(self) -> int:
         """Replay the log, then listen; returns the port (useful with port 0)."""
-        self.collector.start()
+        with self._data_dir_errors():
+            self.collector.start()  # the log is read, and its first new segment made
         try:
             self.server = CollectorHTTPServer(
                 (self.options.host, self.options.port),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import ReplayResult, replay, stderr_progress
+from flowtrail.outputs import make_parent, writing
 from flowtrail.schema import EVENTS, FLOWS, REGIONS
 from flowtrail.tables import read_table, write_table
 from flowtrail.units import DURATION
@@ -120,6 +120,7 @@ def attribute(
     """
     if tick <= 0:
         raise click.BadParameter("must be positive", param_hint="--tick")
+    out = make_parent("--out", out_path)
     flows = read_table(flows_path, FLOWS)
     events = read_table(events_path, EVENTS) if events_path else None
     regions = read_table(regions_path, REGIONS) if regions_path else None
@@ -134,9 +135,11 @@ def attribute(
     )
     result = replay(
         flows, events, regions, settings=settings, tick_ns=tick, default_region=default_region,
-        progress=None if quiet else stderr_progress,
+        progress=None if quiet else stderr_progress, flows_path=flows_path,
+        events_path=events_path,
     )  # fmt: skip
-    write_table(result.table, Path(out_path))
+    with writing("--out", out):
+        write_table(result.table, out)
     click.echo(json.dumps(result.summary, indent=2) if as_json else format_summary(result))
 
 

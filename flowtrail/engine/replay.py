@@ -30,6 +30,7 @@ from flowtrail.engine.attributor import (
 )
 from flowtrail.engine.ipkeys import IpKeys, Names
 from flowtrail.engine.regions import RegionMap
+from flowtrail.errors import ContractError
 from flowtrail.schema import ATTRIBUTION_COLUMNS, DEFAULT_RECEIVE_DELAY_NS, SOURCES
 
 I64 = npt.NDArray[np.int64]
@@ -55,6 +56,29 @@ def _col(t: pa.Table, name: str) -> pa.ChunkedArray | None:
 
 def _int64(arr: pa.ChunkedArray) -> I64:
     return np.asarray(arr.to_numpy(), dtype=np.int64)
+
+
+# The replay clock is int64 nanoseconds and runs on past the rows by waits, lags and
+# retention: a time later than this (2116-02-20) would overflow it.
+LATEST_NS = 1 << 62
+FLOW_TIMES = ("start_ns", "end_ns", "received_ns")
+EVENT_TIMES = ("time_ns", "received_ns")
+
+
+def check_clock_range(table: pa.Table, columns: tuple[str, ...], path: str | None) -> None:
+    """ContractError naming the first row with a time the replay clock cannot reach."""
+    for name in columns:
+        col = _col(table, name)
+        high = pc.max(col).as_py() if col is not None else None
+        if col is None or high is None or high <= LATEST_NS:
+            continue
+        late = pc.fill_null(pc.greater(col, LATEST_NS), False).to_numpy(zero_copy_only=False)
+        row = int(np.flatnonzero(late)[0])
+        raise ContractError(
+            f"{col[row].as_py()} is later than replay can handle (at most {LATEST_NS}, "
+            "in the year 2116)",
+            path=path, row=row + 1, column=name,
+        )  # fmt: skip
 
 
 def received_times(flows: pa.Table) -> I64:
@@ -112,7 +136,13 @@ def replay(
     tick_ns: int = 1_000_000_000,
     default_region: str | None = None,
     progress: Progress | None = None,
+    flows_path: str | None = None,
+    events_path: str | None = None,
 ) -> ReplayResult:
+    """`flows_path`, `events_path`: where the tables came from, for error messages."""
+    check_clock_range(flows, FLOW_TIMES, flows_path)
+    if events is not None:
+        check_clock_range(events, EVENT_TIMES, events_path)
     settings = replace(
         settings or Settings(), use_events=events is not None and events.num_rows > 0
     )

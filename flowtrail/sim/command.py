@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from flowtrail.errors import InputError
+from flowtrail.outputs import make_dir, writing
 from flowtrail.sim.scenarios import (
     DEFAULT_SCENARIO,
     KNOBS,
@@ -84,8 +85,10 @@ def sim(out: Path, scenario_name: str, seed: int, quiet: bool, **knobs: Any) -> 
     if seed < 0:
         raise InputError(f"--seed: must not be negative, got {seed}")
     say = None if quiet else (lambda msg: click.echo(f"sim: {msg}", err=True))
+    make_dir("--out", out)
     output = simulate(scenario_name, seed, progress=say, **knobs)
-    paths = write_sim(output, out)
+    with writing("--out", out):
+        paths = write_sim(output, out)
     if not quiet:
         click.echo(_summary(output, paths["flows"].parent), err=True)
 

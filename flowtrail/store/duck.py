@@ -45,7 +45,10 @@ def open_database(
     if p.is_dir():
         raise InputError(f"{label} {p}: is a directory, expected a DuckDB database file")
     if not read_only:
-        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{label} {p}: cannot create its directory: {exc}") from exc
     try:
         return duckdb.connect(str(p), read_only=read_only)
     except duckdb.IOException as exc:

@@ -127,7 +127,9 @@ def test_refusals_say_why_are_counted_and_quarantined(tmp_path: Path) -> None:
     backwards = p1.set_column(
         p1.column_names.index("end_ns"), "end_ns", pc.subtract(p1["start_ns"], 1)
     )
-    assert c.ingest("flows", token(e1), ipc_bytes(backwards), "x4").body["reason"] == "time_range"
+    backwards_refused = c.ingest("flows", token(e1), ipc_bytes(backwards), "x4").body
+    assert backwards_refused["reason"] == "contract"
+    assert "row 1, column 'end_ns'" in backwards_refused["error"]
     future = p1.set_column(
         p1.column_names.index("end_ns"), "end_ns", pc.add(p1["end_ns"], 3600 * S)
     )
@@ -139,7 +141,7 @@ def test_refusals_say_why_are_counted_and_quarantined(tmp_path: Path) -> None:
 
     notes = [json.loads(p.read_text()) for p in c.quarantine.entries()]
     reasons = sorted(n["reason"] for n in notes)
-    assert reasons == ["contract", "exporter_mismatch", "time_range", "time_range", "unreadable"]
+    assert reasons == ["contract", "contract", "exporter_mismatch", "time_range", "unreadable"]
     assert all(
         (tmp_path / "q" / (Path(p).stem + ".arrows")).exists() for p in c.quarantine.entries()
     )
