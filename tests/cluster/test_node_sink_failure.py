@@ -1,11 +1,12 @@
 """A cluster node whose store cannot be written stops, and its batches go to another node.
 
 docs/cluster.md: "sink write fails: the exception stops the node; nothing was acked, so the
-batches go to another node". Two node processes share one region over a real 3-server NATS
-cluster; one keeps its DuckDB store on a small tmpfs that the test fills (a real ENOSPC on
-DuckDB's commit; mounting needs root, hence the `kernel` marker). That node must exit with
-an error naming the cause, and the other must store every row exactly as the offline replay
-attributes it.
+batches go to another node". Two node processes of one region over a real 3-server NATS
+cluster. The first keeps its DuckDB store on a small tmpfs that the test fills (a real
+ENOSPC on DuckDB's commit; mounting needs root, hence the `kernel` marker) and runs alone
+until it has taken the batch and failed to store it: it must exit with an error naming the
+cause. The second, started then, must get the batch again and store every row exactly as
+the offline replay attributes it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,13 +60,20 @@ def test_node_with_a_full_store_stops_and_another_takes_its_batches(
     nats_lab: NatsLab, tmp_path: Path
 ) -> None:
     sim = simulate("churny", 3, flows=1500, duration=120)
-    # One region holds everything, so both nodes compete for every batch.
+    # One region holds every address: its nodes decide every row.
     flows = sim.flows.set_column(
         sim.flows.column_names.index("region"), "region", pa.array([REGION] * sim.flows.num_rows)
     )
     regions = pa.table({"cidr": ["0.0.0.0/0", "::/0"], "region": [REGION, REGION]})
     write_table(regions, tmp_path / "regions.parquet")
+    # All rows received in one second: one batch, taken by whichever node runs then.
+    last = pc.max(flows["received_ns"]).as_py()
+    flows = flows.set_column(
+        flows.column_names.index("received_ns"), "received_ns", pa.array([last] * len(flows))
+    )
     n = flows.num_rows
+    mark, marks = last + 200 * SECOND, [0]
+    feeder = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
     offline = replay(flows, None, regions, settings=Settings(use_events=False)).table
 
     small = tmp_path / "small"
@@ -74,16 +83,24 @@ def test_node_with_a_full_store_stops_and_another_takes_its_batches(
     try:
         outs = {"east-full": small / "east-full.duckdb", "east-ok": tmp_path / "east-ok.duckdb"}
 
+        async def clock_until(done: Callable[[], bool], what: str) -> None:
+            """Move the region's clock on (a mark every 0.3 s) until `done()`."""
+            deadline = time.monotonic() + 120
+            while not done():
+                assert time.monotonic() < deadline, f"timed out waiting until {what}"
+                marks[0] += 1
+                await feeder.publish_clock(REGION, mark + marks[0] * SECOND, f"mark-{marks[0]}")
+                await asyncio.sleep(0.3)
+
         async def main() -> None:
-            feeder = Bus(BusConfig(servers=nats_lab.urls, replicas=3))
             await feeder.connect()
             try:
                 await feeder.ensure_streams([REGION])
-                for name, out in outs.items():
-                    procs[name] = start_node(nats_lab, tmp_path, name, out)
-                for name, proc in procs.items():
-                    await asyncio.to_thread(ready_line, proc, tmp_path / f"{name}.log", 60, name)
-                with open(small / "filler", "wb") as f:  # the full node's store: no room left
+                # The full node alone first, so that it surely takes the batch.
+                procs["east-full"] = start_node(nats_lab, tmp_path, "east-full", outs["east-full"])
+                await asyncio.to_thread(ready_line, procs["east-full"],
+                                        tmp_path / "east-full.log", 60, "east-full")  # fmt: skip
+                with open(small / "filler", "wb") as f:  # its store: no room left
                     try:
                         while True:
                             f.write(b"\0" * 65536)
@@ -91,23 +108,18 @@ def test_node_with_a_full_store_stops_and_another_takes_its_batches(
                     except OSError as exc:
                         assert exc.errno == 28, exc
                 await feed_paced(feeder, flows, regions)
-                mark = int(pc.max(flows.column("received_ns")).as_py()) + 200 * SECOND
-                deadline = time.monotonic() + 120
-                k = 0
-                while procs["east-full"].poll() is None or stored_rows(tmp_path, "east-ok") < n:
-                    await feeder.publish_clock(REGION, mark + k * SECOND, f"mark-{k}")
-                    k += 1
-                    assert time.monotonic() < deadline, (
-                        "the full node did not stop or not all stored"
-                    )
-                    await asyncio.sleep(0.3)
+                await clock_until(lambda: procs["east-full"].poll() is not None, "east-full stops")
+                procs["east-ok"] = start_node(nats_lab, tmp_path, "east-ok", outs["east-ok"])
+                await asyncio.to_thread(ready_line, procs["east-ok"],
+                                        tmp_path / "east-ok.log", 60, "east-ok")  # fmt: skip
+                await clock_until(lambda: stored_rows(tmp_path, "east-ok") >= n, "all stored")
             finally:
                 await feeder.close()
 
         try:
             asyncio.run(main())
         except Exception as exc:
-            logs = {m: (tmp_path / f"{m}.log").read_text()[-1500:] for m in outs}
+            logs = {m: p.read_text()[-1500:] for m in outs if (p := tmp_path / f"{m}.log").exists()}
             raise AssertionError(f"{exc}; node logs: {logs}") from exc
         finally:
             stop_all(procs.values())
