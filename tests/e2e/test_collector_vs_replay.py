@@ -18,6 +18,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -110,7 +111,10 @@ class ClockedCollector:
         self._ready()
 
     def _ready(self) -> None:
-        line = self._acks.readline()  # the loop asks for its next time: the last tick is done
+        # The loop asks for its next time: its last tick is done. (Nothing within a minute:
+        # the loop no longer reads its clock from `_loop`, see clocked_collector.py.)
+        got, _, _ = select.select([self._acks], [], [], 60)
+        line = self._acks.readline() if got else ""
         assert line == "ready\n", f"tick loop gone: {self.log_path.read_text()[-3000:]}"
 
     def tick(self, now: int) -> None:
