@@ -2,19 +2,19 @@
 
 Used by the agent (/metrics on loopback) and by cluster nodes (/metrics, /healthz, /readyz
 for an orchestrator's probes). Handlers are read at request time and run in the server's
-threads, so they must only read state that is safe to read from another thread.
+threads, so they must only read state that is safe to read from another thread. Connections
+are admitted and timed by `flowtrail.httpguard` (deadlines, connection limits).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import threading
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from flowtrail.errors import InputError
+from flowtrail.httpguard import GuardedHandler, GuardedServer
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -41,10 +41,6 @@ def parse_listen(text: str, flag: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-class _Server6(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-
-
 class OpsServer:
     """GET on a few fixed paths, in daemon threads; anything else is 404."""
 
@@ -64,7 +60,7 @@ class OpsServer:
         table = dict(routes)
         known = ", ".join(sorted(table))
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(GuardedHandler):
             def log_message(self, format: str, *args: object) -> None:  # quiet
                 pass
 
@@ -83,12 +79,10 @@ class OpsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        server_class = _Server6 if ":" in host else ThreadingHTTPServer
         try:
-            self._server = server_class((host, port), Handler)
+            self._server = GuardedServer((host, port), Handler)
         except OSError as exc:
             raise InputError(f"{flag} {host}:{port}: cannot listen: {exc}") from exc
-        self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="ops-http", daemon=True
         )

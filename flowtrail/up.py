@@ -251,6 +251,14 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
     help="Query API's HTTP port (0: any free port; see DATA/up.json).",
 )
 @click.option(
+    "--api-allow-host",
+    "api_allow_hosts",
+    metavar="NAME",
+    multiple=True,
+    help="A name (besides localhost and loopback addresses) the query API answers under, "
+    "checked against each request's Host header; repeatable.",
+)
+@click.option(
     "--interval",
     type=DURATION,
     default="10s",
@@ -297,6 +305,7 @@ def up(
     host: str,
     port_collector: int,
     port_api: int,
+    api_allow_hosts: tuple[str, ...],
     interval: int,
     no_agent: bool,
     identity_file: str | None,
@@ -334,6 +343,7 @@ def up(
     _Up(layout, host, exporter, token).run(
         port_collector=port_collector,
         port_api=port_api,
+        api_allow_hosts=api_allow_hosts,
         interval_s=interval / SECOND,
         no_agent=no_agent,
         identity_file=identity_file,
@@ -359,6 +369,7 @@ class _Up:
         *,
         port_collector: int,
         port_api: int,
+        api_allow_hosts: tuple[str, ...],
         interval_s: float,
         no_agent: bool,
         identity_file: str | None,
@@ -403,7 +414,13 @@ class _Up:
         agent: AgentPart | None = None
         failure: BaseException | None = None
         try:
-            api = QueryAPI(store.cursor, self.host, port_api, health=lambda: _health(app))
+            api = QueryAPI(
+                store.cursor,
+                self.host,
+                port_api,
+                health=lambda: _health(app),
+                allowed_hosts=api_allow_hosts,
+            )
             try:
                 api.start()
             except InputError as exc:

@@ -1,20 +1,22 @@
 """The HTTP server: GET /api/<query>?params → JSON (default) or CSV; /healthz; nothing else.
 
 Read-only and loopback-only by construction: the handler has no write path, and the server
-refuses to bind anything but a loopback address. Each request runs on its own thread with its
-own DuckDB cursor from `connect()` (DuckDB allows one writer process; in `flowtrail up` the
-collector's Store is that writer and hands out cursors on its connection, so readers see every
-committed write without opening the file a second time).
+refuses to bind anything but a loopback address. A request whose Host header names anything
+but this machine's loopback (or a name given in `allowed_hosts`) is refused with 403, so a web
+page whose own name was re-pointed at 127.0.0.1 (DNS rebinding) cannot read the answers.
+Connections are admitted and timed by `flowtrail.httpguard`. Each request runs on its own
+thread with its own DuckDB cursor from `connect()` (DuckDB allows one writer process; in
+`flowtrail up` the collector's Store is that writer and hands out cursors on its connection,
+so readers see every committed write without opening the file a second time).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import socket
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -23,6 +25,7 @@ import pyarrow as pa
 
 from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
 from flowtrail.errors import InputError
+from flowtrail.httpguard import ConnectionLimits, GuardedHandler, GuardedServer
 from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query
 from flowtrail.query.output import render
@@ -33,10 +36,25 @@ Health = Callable[[], tuple[bool, dict[str, Any]]]
 CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
 
 
-class _Handler(BaseHTTPRequestHandler):
+def host_name(header: str) -> str:
+    """The name in a Host header, without port or brackets, lower-case, no trailing dot."""
+    name = header.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    return name.rstrip(".")
+
+
+def _loopback_literal(name: str) -> bool:
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class _Handler(GuardedHandler):
     server: _Server
-    protocol_version = "HTTP/1.1"
-    timeout = 30  # a client that stops sending cannot hold a thread forever
 
     def log_message(self, format: str, *args: Any) -> None:
         return None  # `flowtrail up` prints its own status; counters are on the server
@@ -60,7 +78,22 @@ class _Handler(BaseHTTPRequestHandler):
             body["parameter"] = parameter
         self._json(status, body)
 
+    def _host_allowed(self) -> bool:
+        header = self.headers.get("Host")
+        if header is None:
+            return True  # HTTP/1.0 without Host: not a browser, which always sends one
+        name = host_name(header)
+        return _loopback_literal(name) or name in self.server.allowed_hosts
+
     def do_GET(self) -> None:
+        if not self._host_allowed():
+            self.close_connection = True
+            self._error(
+                403,
+                f"Host {self.headers.get('Host')!r} is not a name this API is served under "
+                "(a loopback address, localhost, or one given with allowed_hosts)",
+            )
+            return
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         if path == "/healthz":
@@ -99,25 +132,31 @@ class _Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def _read_only(self) -> None:
-        self.close_connection = True
+        length = self.headers.get("Content-Length", "")
+        self.read_and_drop(int(length) if length.isdigit() else 0, 1 << 20)
         self._error(405, "read-only API: only GET")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _read_only
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _Server(GuardedServer):
     def __init__(
-        self, address: tuple[str, int], connect: Connect, health: Health, source: str
+        self,
+        address: tuple[str, int],
+        connect: Connect,
+        health: Health,
+        source: str,
+        allowed_hosts: frozenset[str],
+        limits: ConnectionLimits | None,
     ) -> None:
         self.connect, self._health, self.source = connect, health, source
+        self.allowed_hosts = allowed_hosts
         self.stats: dict[str, int] = {}
         self._stats_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, limits=limits, refused=self._count_refused)
+
+    def _count_refused(self, reason: str) -> None:
+        self.count(f"refused_{reason}")
 
     def count(self, key: str) -> None:
         with self._stats_lock:
@@ -140,7 +179,10 @@ def _always_ok() -> tuple[bool, dict[str, Any]]:
 
 
 class QueryAPI:
-    """`QueryAPI(connect, host, port).start()` serves until `stop()`; port 0 picks a free one."""
+    """`QueryAPI(connect, host, port).start()` serves until `stop()`; port 0 picks a free one.
+
+    `allowed_hosts`: names besides loopback literals and localhost that requests may carry in
+    their Host header (for a name in /etc/hosts that points here, say)."""
 
     def __init__(
         self,
@@ -150,6 +192,8 @@ class QueryAPI:
         *,
         health: Health = _always_ok,
         source: str = FLOWS_TABLE,
+        allowed_hosts: Iterable[str] = (),
+        limits: ConnectionLimits | None = None,
     ) -> None:
         if not is_loopback(host):
             raise InputError(f"query API: {host!r} is not a loopback address (localhost only)")
@@ -157,13 +201,20 @@ class QueryAPI:
             raise InputError(f"query API port {port}: must be 0..65535")
         self.host, self.port = host, port
         self._connect, self._health, self._source = connect, health, source
+        self._allowed = frozenset({"localhost", *(host_name(h) for h in allowed_hosts)})
+        self._limits = limits
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> int:
         try:
             self._server = _Server(
-                (self.host, self.port), self._connect, self._health, self._source
+                (self.host, self.port),
+                self._connect,
+                self._health,
+                self._source,
+                self._allowed,
+                self._limits,
             )
         except OSError as exc:
             raise InputError(f"query API {self.host}:{self.port}: cannot listen: {exc}") from exc

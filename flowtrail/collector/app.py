@@ -21,6 +21,7 @@ from flowtrail.collector.sink import ParquetSink, Sink
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.errors import InputError
+from flowtrail.httpguard import ConnectionLimits
 from flowtrail.opshttp import is_loopback
 from flowtrail.outputs import problem
 
@@ -38,7 +39,7 @@ class CollectorOptions:
     db: Path | None = None  # default: data_dir/flows.duckdb
     store_retention_ns: int | None = 7 * 86_400 * 10**9
     max_body_bytes: int = 256 << 20
-    max_connections: int = 64
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     config: CollectorConfig = field(default_factory=CollectorConfig)
     data_flag: str = "--data-dir"  # names data_dir in messages
 
@@ -109,7 +110,7 @@ class CollectorApp:
                 self.collector,
                 tls=self._tls,
                 max_body_bytes=self.options.max_body_bytes,
-                max_connections=self.options.max_connections,
+                limits=self.options.connections,
             )
         except OSError as exc:
             self.collector.stop()

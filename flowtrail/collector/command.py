@@ -13,6 +13,7 @@ from flowtrail.collector.door import Limits
 from flowtrail.collector.service import CollectorConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.errors import InputError
+from flowtrail.httpguard import ConnectionLimits
 from flowtrail.stop_signals import stop_on_signals
 from flowtrail.units import DURATION, SIZE
 
@@ -84,6 +85,34 @@ def _listen(text: str) -> tuple[str, int]:
     default="256M",
     show_default=True,
     help="Largest request body accepted (413 beyond).",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(1),
+    default=ConnectionLimits.max_connections,
+    show_default=True,
+    help="Open connections at most; when full, one still waiting for its request makes room.",
+)
+@click.option(
+    "--max-connections-per-peer",
+    type=click.IntRange(1),
+    default=ConnectionLimits.max_per_peer,
+    show_default=True,
+    help="Open connections from one IP address at most (more are closed at once).",
+)
+@click.option(
+    "--header-timeout",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="A new connection's TLS handshake and first request headers must arrive within this.",
+)
+@click.option(
+    "--idle-timeout",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="A kept-alive connection's next request must arrive within this.",
 )
 @click.option(
     "--max-rows",
@@ -184,7 +213,8 @@ def _listen(text: str) -> tuple[str, int]:
 def collector(
     listen: str, tls_cert: Path | None, tls_key: Path | None, plaintext: bool,
     tokens_file: Path, data_dir: Path, sink: str, db: Path | None, store_retention: int,
-    max_body: int, max_rows: int, rate: float, burst: float | None, max_future: int,
+    max_body: int, max_connections: int, max_connections_per_peer: int, header_timeout: int,
+    idle_timeout: int, max_rows: int, rate: float, burst: float | None, max_future: int,
     max_age: int, max_wait: int, max_skew: int, event_lag: int, retention: int,
     no_events: bool, tick: int, keep_log: int, quarantine_max: int, no_fsync: bool,
     port_file: Path | None,
@@ -204,6 +234,8 @@ def collector(
     host, port = _listen(listen)
     if max_rows <= 0 or rate <= 0 or (burst is not None and burst <= 0):
         raise InputError("--max-rows, --rate and --burst must be positive")
+    if header_timeout <= 0 or idle_timeout <= 0:
+        raise InputError("--header-timeout and --idle-timeout must be more than zero")
     config = CollectorConfig(
         limits=Limits(max_rows=max_rows, max_future_ns=max_future, max_age_ns=max_age),
         settings=Settings(
@@ -224,6 +256,10 @@ def collector(
         data_dir=data_dir, tokens_file=tokens_file, host=host, port=port, cert=tls_cert,
         key=tls_key, plaintext=plaintext, sink=sink, db=db, store_retention_ns=store_retention,
         max_body_bytes=max_body, config=config,
+        connections=ConnectionLimits(
+            max_connections=max_connections, max_per_peer=max_connections_per_peer,
+            header_timeout_s=header_timeout / 1e9, idle_timeout_s=idle_timeout / 1e9,
+        ),
     )  # fmt: skip
     app = CollectorApp(options)
     stopping = threading.Event()

@@ -1,20 +1,18 @@
 """HTTPS in front of the collector: POST /v1/flows and /v1/events, GET /metrics and /healthz.
 
 stdlib only (http.server + ssl): the body is one Arrow IPC stream, so HTTP needs no framing
-of its own. The TLS handshake runs in each connection's thread, not in the accept loop, so a
-slow or hostile client cannot stall others; connections beyond `max_connections` are closed
-at once, and idle ones time out.
+of its own. Connections are admitted, timed and closed by `flowtrail.httpguard` (TLS in each
+connection's own thread, header and body deadlines, per-peer and total connection limits, a
+lingering close), so a slow or hostile client cannot hold others out.
 """
 
 from __future__ import annotations
 
-import socket
 import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from flowtrail.collector.service import Answer, Collector
+from flowtrail.httpguard import ConnectionLimits, GuardedHandler, GuardedServer
 
 PATHS = {"/v1/flows": "flows", "/v1/events": "events"}
 BATCH_HEADER = "X-Flowtrail-Batch"
@@ -28,8 +26,7 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     return ctx
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: one TLS handshake per exporter, not per batch
+class _Handler(GuardedHandler):
     server: CollectorHTTPServer
     server_version = "flowtrail-collector"
 
@@ -48,21 +45,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _discard(self, length: int) -> None:
-        """Read and drop a refused body, so the sender can read the answer; bounded.
-
-        Closing with the body unread would reset the connection under the sender before it
-        reads why. Bodies beyond `discard_limit` are not read: the connection just closes.
-        """
-        self.close_connection = True
-        if length > self.server.discard_limit:
-            return
-        left = length
-        while left > 0:
-            chunk = self.rfile.read(min(left, 1 << 20))
-            if not chunk:
-                return
-            left -= len(chunk)
+    def _refuse(self, answer: Answer, length: int | None) -> None:
+        """Answer without taking the body; it is read and dropped first (bounded), since
+        closing with it unread would reset the connection before the sender reads why."""
+        if length is None:
+            self.close_connection = True
+        else:
+            self.read_and_drop(length, self.server.discard_limit)
+        self._send(answer)
 
     def do_GET(self) -> None:
         c = self.server.collector
@@ -80,45 +70,40 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         c = self.server.collector
+        length_text = self.headers.get("Content-Length")
+        length = int(length_text) if length_text is not None and length_text.isdigit() else None
         kind = PATHS.get(self.path)
         if kind is None:
-            self.close_connection = True
-            self._send(c.refuse_unread("bad_path", 404, f"no such path {self.path!r}"))
+            self._refuse(c.refuse_unread("bad_path", 404, f"no such path {self.path!r}"), length)
             return
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            self.close_connection = True
-            self._send(c.refuse_unread("no_length", 411, "a Content-Length header is required"))
+        if length is None:
+            self._refuse(
+                c.refuse_unread("no_length", 411, "a Content-Length header is required"), None
+            )
             return
-        length = int(length_text)
         token = _bearer(self.headers.get("Authorization"))
         who = c.authenticate(kind, token)
         if isinstance(who, Answer):  # refused before the body is looked at
-            self._discard(length)
-            self._send(who)
+            self._refuse(who, length)
             return
         limit = self.server.max_body_bytes
         if length > limit:
-            self._discard(length)
-            self._send(
-                c.refuse_unread(
-                    "body_too_large",
-                    413,
-                    f"body of {length} bytes exceeds the limit of {limit}; send smaller batches",
-                )
-            )
+            message = f"body of {length} bytes exceeds the limit of {limit}; send smaller batches"
+            self._refuse(c.refuse_unread("body_too_large", 413, message), length)
             return
         batch_id = self.headers.get(BATCH_HEADER)
         if batch_id is not None and (len(batch_id) > MAX_BATCH_ID or not batch_id.isprintable()):
-            self.close_connection = True
-            self._send(c.refuse_unread("bad_batch_id", 400, f"{BATCH_HEADER}: too long or odd"))
+            message = f"{BATCH_HEADER}: too long or odd"
+            self._refuse(c.refuse_unread("bad_batch_id", 400, message), length)
             return
+        self.reading_body(length)
         body = self.rfile.read(length)
+        self.done_reading()
         if len(body) != length:
             self.close_connection = True
             return  # the client went away mid-body: nothing was accepted
         try:
-            answer = c.ingest(kind, token, body, batch_id)
+            answer = c.ingest(kind, token, body, batch_id, max_inflated=limit)
         except Exception as exc:  # a defect: say so, count it, keep serving others
             c.metrics.refused.labels("internal_error").inc()
             answer = Answer(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
@@ -132,11 +117,7 @@ def _bearer(header: str | None) -> str | None:
     return value.strip() if scheme.lower() == "bearer" else None
 
 
-class CollectorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
+class CollectorHTTPServer(GuardedServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -144,55 +125,13 @@ class CollectorHTTPServer(ThreadingHTTPServer):
         *,
         tls: ssl.SSLContext | None,
         max_body_bytes: int = 256 << 20,
-        max_connections: int = 64,
-        idle_timeout_s: float = 30.0,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6  # an IPv6 address such as ::1
-        super().__init__(address, _Handler)
         self.collector = collector
-        self.tls = tls
         self.max_body_bytes = max_body_bytes
         self.discard_limit = min(4 * max_body_bytes, 1 << 30)
-        self.idle_timeout_s = idle_timeout_s
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self.refused_connections = 0
-        self.failed_handshakes = 0
+        refused = collector.metrics.refused
 
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused_connections += 1
-            self.collector.metrics.refused.labels("too_many_connections").inc()
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        conn: socket.socket = request
-        try:
-            conn.settimeout(self.idle_timeout_s)
-            if self.tls is not None:
-                try:
-                    conn = self.tls.wrap_socket(conn, server_side=True)
-                except (ssl.SSLError, OSError):
-                    self.failed_handshakes += 1
-                    self.collector.metrics.refused.labels("tls_handshake").inc()
-                    request.close()
-                    return
-            self.finish_request(conn, client_address)
-        except (OSError, ssl.SSLError):
-            pass  # the peer vanished or timed out: nothing was acknowledged
-        finally:
-            try:
-                conn.close()
-            finally:
-                request.close()
-                self._slots.release()
+        super().__init__(
+            address, _Handler, tls=tls, limits=limits, refused=lambda r: refused.labels(r).inc()
+        )

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.collector.door import ROW_ID, Limits, Refusal, check, read_ipc
+from flowtrail.collector.ipcsize import inflated_bytes
 from flowtrail.collector.metrics import Metrics
 from flowtrail.collector.quarantine import Quarantine
 from flowtrail.collector.ratelimit import RowRateLimit
@@ -211,7 +212,17 @@ class Collector:
         self.metrics.refused.labels(reason).inc()
         return Answer(status, {"error": message, "reason": reason})
 
-    def ingest(self, kind: str, token: str | None, body: bytes, batch_id: str | None) -> Answer:
+    def ingest(
+        self,
+        kind: str,
+        token: str | None,
+        body: bytes,
+        batch_id: str | None,
+        *,
+        max_inflated: int | None = None,
+    ) -> Answer:
+        """`max_inflated`: refuse (413) a body whose batches declare more bytes than this once
+        decompressed, before any of it is decompressed."""
         began = time.perf_counter()
         who = self.authenticate(kind, token)
         if isinstance(who, Answer):
@@ -221,6 +232,8 @@ class Collector:
         where = f"batch {batch_id or '(no id)'} from {exporter}"
         rows = 0
         try:
+            if max_inflated is not None:
+                _check_inflated(body, max_inflated, where)
             raw = read_ipc(body, where)
             rows = raw.num_rows
             if rows > self.config.limits.max_rows or rows > self.config.burst_rows:
@@ -502,6 +515,19 @@ def _runs(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
     starts = np.concatenate([[0], breaks])
     ends = np.concatenate([breaks, [len(ids)]])
     return np.stack([ids[starts], ends - starts], axis=1).astype(np.int64)
+
+
+def _check_inflated(body: bytes, limit: int, where: str) -> None:
+    try:
+        size = inflated_bytes(body)
+    except ValueError as exc:
+        raise Refusal(400, "unreadable", f"{where}: {exc}", quarantine=True) from exc
+    if size > limit:
+        raise Refusal(
+            413, "inflated_too_large",
+            f"{where}: decompresses to {size} bytes, the limit is {limit}; send smaller batches",
+            quarantine=False,
+        )  # fmt: skip
 
 
 def _expand_runs(runs: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
