@@ -188,6 +188,10 @@ class GuardedHandler(BaseHTTPRequestHandler):
             self.server.guard.busy(_current.conn)
         return ok
 
+    def handle_expect_100(self) -> bool:
+        self.server.guard.busy(_current.conn)  # before the client hears it is being served
+        return super().handle_expect_100()
+
     def reading_body(self, length: int) -> None:
         """Call before reading a body of `length` bytes; `done_reading()` after."""
         self.server.guard.body(_current.conn, length)

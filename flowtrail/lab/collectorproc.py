@@ -27,8 +27,9 @@ def token(exporter: str) -> str:
 
 def flows_of(exporter: str, n: int, tag: str, seed: int = 3) -> pa.Table:
     """`n` simulator flow rows as sent by `exporter`, times moved to just now, ids unique."""
-    f = simulate("churny", seed, flows=max(n, 200)).flows.drop_columns(["received_ns"])
+    f = simulate("churny", seed, flows=n + n // 4 + 200).flows.drop_columns(["received_ns"])
     f = f.slice(0, n)
+    assert f.num_rows == n, f"the simulator gave {f.num_rows} rows, not {n}"
     shift = time.time_ns() - 5 * S - pc.max(f["end_ns"]).as_py()
     for col in ("start_ns", "end_ns"):
         f = f.set_column(f.column_names.index(col), col, pc.add(f[col], shift))
@@ -40,7 +41,10 @@ def flows_of(exporter: str, n: int, tag: str, seed: int = 3) -> pa.Table:
 class CollectorProc:
     """One collector process on 127.0.0.1 with TLS; `port` once it listens."""
 
-    def __init__(self, tmp: Path, exporters: list[str], *extra: str) -> None:
+    def __init__(
+        self, tmp: Path, exporters: list[str], *extra: str, wrap: tuple[str, ...] = ()
+    ) -> None:
+        """`wrap`: a command prefix that ends by exec'ing its arguments (e.g. unshare)."""
         self.tmp = tmp
         tls = tmp / "tls"
         if not (tls / "cert.pem").exists():
@@ -60,7 +64,7 @@ class CollectorProc:
             "--tls-key", str(tls / "key.pem"), "--no-events", "--max-wait", "2s",
             "--sink", "parquet", *extra,
         ]  # fmt: skip
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.p = subprocess.Popen([*wrap, *args], stdout=self.log, stderr=subprocess.STDOUT)
         started(self.p, port_file.exists, self.log_path, 60, "collector")
         self.port = int(port_file.read_text())
         self.url = f"https://127.0.0.1:{self.port}"
@@ -81,13 +85,14 @@ class CollectorProc:
         finally:
             conn.close()
 
-    def refused(self, reason: str) -> float:
-        m = re.search(
-            rf'^flowtrail_collector_refused_batches_total\{{reason="{reason}"\}} (\S+)$',
-            self.metrics(),
-            re.M,
-        )
+    def metric(self, name: str, labels: str = "") -> float:
+        """One sample of /metrics, e.g. metric("..._refused_batches_total", 'reason="x"')."""
+        sample = re.escape(f"{name}{{{labels}}}" if labels else name)
+        m = re.search(rf"^{sample} (\S+)$", self.metrics(), re.M)
         return float(m.group(1)) if m else 0.0
+
+    def refused(self, reason: str) -> float:
+        return self.metric("flowtrail_collector_refused_batches_total", f'reason="{reason}"')
 
     def rss_peak_kib(self) -> int:
         status = Path(f"/proc/{self.p.pid}/status").read_text()
