@@ -113,7 +113,7 @@ def test_slow_clients_are_cut_and_readers_served(up: UpNoAgent) -> None:
         lifetimes = slow.closed_lifetimes()
     assert not failed, failed[:5]
     base_p50, attack_p50 = statistics.median(before), statistics.median(during)
-    assert attack_p50 <= 3 * base_p50 + 0.1, (base_p50, attack_p50)
+    assert attack_p50 <= 3 * base_p50 + 0.25, (base_p50, attack_p50)
     grace = 3.0
     assert lifetimes and max(lifetimes) <= HEADER_TIMEOUT_S + grace, max(lifetimes or [0])
     assert oldest <= HEADER_TIMEOUT_S + grace, oldest
