@@ -21,6 +21,7 @@ A reaper thread enforces the deadlines by shutting the socket down under the blo
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import ssl
 import threading
@@ -31,6 +32,33 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 WAITING, BODY, BUSY = "waiting", "body", "busy"
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without port or brackets, lower-case, no trailing dot."""
+    name = header.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    return name.rstrip(".")
+
+
+def local_host_allowed(header: str | None, names: frozenset[str] = frozenset()) -> bool:
+    """For a server on loopback: may a request carrying this Host header be answered?
+
+    Loopback address literals, `localhost` and `names` may; any other name means a browser
+    was sent here under a foreign name (DNS rebinding), so it may not. Without a Host header
+    (HTTP/1.0) it is not a browser, which always sends one."""
+    if header is None:
+        return True
+    name = host_name(header)
+    if name == "localhost" or name in names:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)

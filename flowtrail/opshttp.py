@@ -3,7 +3,8 @@
 Used by the agent (/metrics on loopback) and by cluster nodes (/metrics, /healthz, /readyz
 for an orchestrator's probes). Handlers are read at request time and run in the server's
 threads, so they must only read state that is safe to read from another thread. Connections
-are admitted and timed by `flowtrail.httpguard` (deadlines, connection limits).
+are admitted and timed by `flowtrail.httpguard` (deadlines, connection limits); a
+loopback-only server answers only requests whose Host header names this machine.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from flowtrail.errors import InputError
-from flowtrail.httpguard import GuardedHandler, GuardedServer
+from flowtrail.httpguard import GuardedHandler, GuardedServer, local_host_allowed
 
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,6 +58,7 @@ class OpsServer:
             raise InputError(
                 f"{flag} {host!r}: loopback only: this endpoint is not meant for other hosts"
             )
+        self.loopback_only = loopback_only
         table = dict(routes)
         known = ", ".join(sorted(table))
 
@@ -65,6 +67,10 @@ class OpsServer:
                 pass
 
             def do_GET(self) -> None:
+                if loopback_only and not local_host_allowed(self.headers.get("Host")):
+                    # A loopback endpoint read under a foreign name: DNS rebinding.
+                    self.send_error(403, "Host is not a name of this machine")
+                    return
                 route = table.get(self.path.split("?")[0])
                 if route is None:
                     self.send_error(404, f"paths here: {known}")

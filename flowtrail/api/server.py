@@ -12,7 +12,6 @@ so readers see every committed write without opening the file a second time).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
@@ -25,7 +24,13 @@ import pyarrow as pa
 
 from flowtrail.api.params import ENDPOINTS, ApiRequest, ParamError, parse_request
 from flowtrail.errors import InputError
-from flowtrail.httpguard import ConnectionLimits, GuardedHandler, GuardedServer
+from flowtrail.httpguard import (
+    ConnectionLimits,
+    GuardedHandler,
+    GuardedServer,
+    host_name,
+    local_host_allowed,
+)
 from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query
 from flowtrail.query.output import render
@@ -34,23 +39,6 @@ from flowtrail.store.duck import FLOWS_TABLE
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
-
-
-def host_name(header: str) -> str:
-    """The name in a Host header, without port or brackets, lower-case, no trailing dot."""
-    name = header.strip().lower()
-    if name.startswith("["):
-        name = name[1 : name.find("]")] if "]" in name else name[1:]
-    elif name.count(":") == 1:
-        name = name.partition(":")[0]
-    return name.rstrip(".")
-
-
-def _loopback_literal(name: str) -> bool:
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 class _Handler(GuardedHandler):
@@ -78,15 +66,8 @@ class _Handler(GuardedHandler):
             body["parameter"] = parameter
         self._json(status, body)
 
-    def _host_allowed(self) -> bool:
-        header = self.headers.get("Host")
-        if header is None:
-            return True  # HTTP/1.0 without Host: not a browser, which always sends one
-        name = host_name(header)
-        return _loopback_literal(name) or name in self.server.allowed_hosts
-
     def do_GET(self) -> None:
-        if not self._host_allowed():
+        if not local_host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             self.close_connection = True
             self._error(
                 403,
@@ -201,7 +182,7 @@ class QueryAPI:
             raise InputError(f"query API port {port}: must be 0..65535")
         self.host, self.port = host, port
         self._connect, self._health, self._source = connect, health, source
-        self._allowed = frozenset({"localhost", *(host_name(h) for h in allowed_hosts)})
+        self._allowed = frozenset(host_name(h) for h in allowed_hosts)
         self._limits = limits
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
