@@ -101,7 +101,6 @@ class Guard:
         self._per_peer: dict[str, int] = {}
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="http-deadlines", daemon=True)
-        self.evicted = self.timed_out = 0
 
     def start(self) -> None:
         self._reaper.start()
@@ -125,11 +124,11 @@ class Guard:
             if reason is None:
                 if victim is not None:  # it leaves now; its thread finishes on its own
                     self._forget(victim)
-                    self.evicted += 1
                 conn = _Conn(sock, peer, time.monotonic() + lim.header_timeout_s)
                 self._conns[id(conn)] = conn
                 self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         if victim is not None:
+            self._refused("evicted_waiting")
             _cut(victim.sock)
         if reason is not None:
             self._refused(reason)
@@ -186,14 +185,13 @@ class Guard:
                 late = [c for c in self._conns.values() if c.deadline <= now]
                 for c in late:
                     self._forget(c)
-                self.timed_out += len(late)
             for c in late:
-                self._refused("timeout_" + c.phase)
+                if c.phase == BODY:
+                    self._refused("timeout_body")
+                elif c.requests <= 1:  # never sent a whole request
+                    self._refused("timeout_waiting")
+                # else: a kept-alive connection left idle, closed as usual, not a refusal
                 _cut(c.sock)
-
-    def open_connections(self) -> int:
-        with self._lock:
-            return len(self._conns)
 
 
 _current = threading.local()  # the _Conn served by this thread
@@ -267,7 +265,6 @@ class GuardedServer(ThreadingHTTPServer):
         self.tls = tls
         self.guard = Guard(limits or ConnectionLimits(), refused)
         self.guard.start()
-        self.failed_handshakes = 0
         self._refused = refused
 
     @property
@@ -301,7 +298,6 @@ class GuardedServer(ThreadingHTTPServer):
                 try:
                     sock.do_handshake()  # type: ignore[attr-defined]
                 except (ssl.SSLError, OSError):
-                    self.failed_handshakes += 1
                     self._refused("tls_handshake")
                     return
             _current.conn = conn

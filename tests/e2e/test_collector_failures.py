@@ -226,6 +226,7 @@ def test_connection_limits(tmp_path: Path, collectors: list[CollectorProc]) -> N
 
     count = until(read_count, lambda n: n is not None, 10)
     assert count == turned_away[0]
+    assert proc.refused("evicted_waiting") >= 1  # the idle one (and perhaps an answered one)
     for s in [*held, idle]:
         s.close()
 
