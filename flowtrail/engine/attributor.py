@@ -75,6 +75,7 @@ FLOW_DTYPE = np.dtype(
         ("local_port", np.int32),
         ("remote_port", np.int32),
         ("local_owner", np.int32),  # -1 when the agent could not tell
+        ("exporter", np.int32),  # who sent the row (an interned name): claims are per host
         ("conflict", np.bool_),  # engine-internal: a conflicting claim was seen
     ]
 )
@@ -95,9 +96,11 @@ class FlowArrays:
     @staticmethod
     def build(
         *, row: I64, local_key: U64, local_port: I32, remote_key: U64, remote_port: I32,
-        start: I64, end: I64, local_owner: I32, received: I64,
+        start: I64, end: I64, local_owner: I32, received: I64, exporter: I32 | None = None,
     ) -> FlowArrays:  # fmt: skip
         rec = np.zeros(len(row), FLOW_DTYPE)
+        if exporter is not None:
+            rec["exporter"] = exporter
         rec["row"], rec["local_key"], rec["local_port"] = row, local_key, local_port
         rec["remote_key"], rec["remote_port"] = remote_key, remote_port
         rec["start"], rec["end"], rec["local_owner"] = start, end, local_owner
@@ -126,6 +129,7 @@ class FlowArrays:
     start = property(lambda self: self.rec["start"])
     end = property(lambda self: self.rec["end"])
     local_owner = property(lambda self: self.rec["local_owner"])
+    exporter = property(lambda self: self.rec["exporter"])
     received = property(lambda self: self.rec["received"])
     deadline = property(lambda self: self.rec["deadline"])
     conflict = property(lambda self: self.rec["conflict"])
@@ -228,14 +232,16 @@ class Attributor:
         ev = flows.take(known)
         self.counters.evidence_rows += len(ev)
         if ranges is None:
-            self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end)
+            self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end, ev.exporter)
         else:
             r = ranges[known]
-            self.ranges.add(ev.local_key[r], ev.local_owner[r], ev.start[r], ev.end[r])
+            self.ranges.add(
+                ev.local_key[r], ev.local_owner[r], ev.start[r], ev.end[r], ev.exporter[r]
+            )
         if self.settings.use_peers:
             self.peers.add(
                 ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
-                ev.local_owner, now, ev.row,
+                ev.local_owner, now, ev.row, ev.exporter,
             )  # fmt: skip
         return ev
 

@@ -141,8 +141,8 @@ def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: 
 @njit(cache=True, nogil=True)
 def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
                remote_port, start, tolerance):  # fmt: skip
-    """Per query: the owner of the other end's matching rows (-1 none, -2 they disagree),
-    plus the row handles of every matching row."""
+    """Per query: the owner of the other end's matching rows (-1 none, -2 they disagree on
+    the owner or the exporter), plus the row handles of every matching row."""
     mask = len(table_hash) - 1
     out = np.full(len(q_hash), -1, np.int32)
     partners = np.empty(max(16, len(q_hash)), np.int64)
@@ -150,6 +150,7 @@ def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remo
     for i in range(len(q_hash)):
         h = q_hash[i] | np.uint64(1)
         s = np.int64(h & np.uint64(mask))
+        host = np.int32(0)
         while table_hash[s] != 0:
             if table_hash[s] == h:
                 r = store[table_row[s]]
@@ -162,7 +163,8 @@ def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remo
                 ):
                     if out[i] == -1:
                         out[i] = r["owner"]
-                    elif out[i] != r["owner"]:
+                        host = r["exporter"]
+                    elif out[i] != r["owner"] or host != r["exporter"]:
                         out[i] = -2
                     partners = _push(partners, n, r["row"])
                     n += 1

@@ -1,11 +1,15 @@
 """IP ownership time ranges built from heartbeats (who owned this IP during this window?).
 
 Every flow row with a local_workload says: this workload owned local_ip during
-[start_ns, end_ns]. Per address we keep ascending, non-overlapping segments
-(start, end, owner). Evidence from the same owner merges; a different owner gets its own
-segment; where two owners claim the same instant the stretch becomes AMBIGUOUS, so it can
-never answer a lookup. Late evidence simply lands in its place: the segments of each touched
-address are recomputed from scratch, vectorised over all touched addresses at once.
+[start_ns, end_ns], and the row's exporter (host) says it was there. Per address we keep
+ascending, non-overlapping segments (start, end, owner, exporter). Evidence from the same
+owner on the same exporter merges; anything else gets its own segment; where two claimants
+claim the same instant the stretch becomes AMBIGUOUS, so it can never answer a lookup. A
+claimant is an (owner, exporter) pair: one address held by two hosts at once is a conflict
+even when both name the same workload (one of them is lying, or misconfigured, and nothing
+says which), so a host that spoofs an address can never win it, only spoil it. Late evidence
+simply lands in its place: the segments of each touched address are recomputed from
+scratch, vectorised over all touched addresses at once.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 
-AMBIGUOUS = -1  # owner value of a stretch claimed by more than one workload
+AMBIGUOUS = -1  # owner value of a stretch claimed by more than one workload or exporter
 NOT_COVERED = -1  # lookup answer: no single owner covers the window
 CONFLICT = -2  # lookup answer: the window touches an ambiguous stretch or another owner
 
@@ -35,80 +39,100 @@ class Segments:
     start: I64
     end: I64
     owner: I32
+    exporter: I32  # who claimed it (meaningless where owner is AMBIGUOUS)
 
     @staticmethod
     def empty() -> Segments:
         return Segments(
             np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.int64),
-            np.empty(0, np.int32),
+            np.empty(0, np.int32), np.empty(0, np.int32),
         )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self.key)
 
     def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_]) -> Segments:
-        return Segments(self.key[idx], self.start[idx], self.end[idx], self.owner[idx])
+        return Segments(
+            self.key[idx], self.start[idx], self.end[idx], self.owner[idx], self.exporter[idx]
+        )
 
 
-def segment(key: U64, owner: I32, start: I64, end: I64) -> Segments:
+def segment(key: U64, owner: I32, start: I64, end: I64, exporter: I32 | None = None) -> Segments:
     """Turn raw claims (possibly overlapping, any order) into canonical segments.
 
     Claims with owner AMBIGUOUS stay ambiguous. A zero-length claim is widened to 1 ns so
-    that a conflicting instant is never silently lost.
+    that a conflicting instant is never silently lost. `exporter` (None: all one) tells
+    claimants apart: two exporters' claims of one instant are ambiguous, whatever owner.
     """
     if len(key) == 0:
         return Segments.empty()
     end = np.maximum(end, start + 1)
-    key_u, owner_u, start_u, end_u = _union_per_owner(key, owner, start, end)
-    return _split_by_owner(key_u, owner_u, start_u, end_u)
+    if exporter is None:
+        exporter = np.zeros(len(key), np.int32)
+    return _split_by_claimant(*_union_per_claimant(key, owner, exporter, start, end))
 
 
-def _union_per_owner(key: U64, owner: I32, start: I64, end: I64) -> tuple[U64, I32, I64, I64]:
-    """Merge each owner's overlapping or touching claims per key (sweep of +1/-1 events)."""
+def _union_per_claimant(
+    key: U64, owner: I32, exporter: I32, start: I64, end: I64
+) -> tuple[U64, I32, I32, I64, I64]:
+    """Merge each claimant's overlapping or touching claims per key (sweep of +1/-1 events)."""
     n = len(key)
     ev_key = np.concatenate([key, key])
     ev_owner = np.concatenate([owner, owner])
+    ev_exporter = np.concatenate([exporter, exporter])
     ev_time = np.concatenate([start, end])
     ev_kind = np.concatenate([np.zeros(n, np.int8), np.ones(n, np.int8)])  # starts first
-    order = np.lexsort((ev_kind, ev_time, ev_owner, ev_key))
+    order = np.lexsort((ev_kind, ev_time, ev_exporter, ev_owner, ev_key))
     delta = np.where(ev_kind[order] == 0, 1, -1).astype(np.int64)
     depth = np.cumsum(delta)
     opens = (delta == 1) & (depth == 1)
     closes = (delta == -1) & (depth == 0)
     o_idx, c_idx = order[opens], order[closes]
-    return ev_key[o_idx], ev_owner[o_idx], ev_time[o_idx], ev_time[c_idx]
+    return ev_key[o_idx], ev_owner[o_idx], ev_exporter[o_idx], ev_time[o_idx], ev_time[c_idx]
 
 
-def _split_by_owner(key: U64, owner: I32, start: I64, end: I64) -> Segments:
-    """Cut per-owner runs into stretches with exactly one owner, or AMBIGUOUS."""
+def _split_by_claimant(key: U64, owner: I32, exporter: I32, start: I64, end: I64) -> Segments:
+    """Cut per-claimant runs into stretches with exactly one claimant, or AMBIGUOUS."""
     n = len(key)
     ev_key = np.concatenate([key, key])
     ev_time = np.concatenate([start, end])
     ambiguous = owner == AMBIGUOUS
     weight = np.where(ambiguous, 2, 1).astype(np.int64)  # an ambiguous run alone is ambiguous
     who = np.where(ambiguous, 0, owner).astype(np.int64)
+    host = np.where(ambiguous, 0, exporter).astype(np.int64)
     ev_count = np.concatenate([weight, -weight])
     ev_who = np.concatenate([who, -who])
+    ev_host = np.concatenate([host, -host])
     ev_kind = np.concatenate([np.ones(n, np.int8), np.zeros(n, np.int8)])  # ends first
     order = np.lexsort((ev_kind, ev_time, ev_key))
     k, t = ev_key[order], ev_time[order]
     count = np.cumsum(ev_count[order])
+    # Where exactly one run covers a stretch, these running sums are its owner and exporter.
     who_sum = np.cumsum(ev_who[order])
+    host_sum = np.cumsum(ev_host[order])
     # Elementary stretch i: [t[i], t[i+1]) on the same key, covered `count[i]` deep.
     same_key = k[:-1] == k[1:]
     keep = same_key & (t[1:] > t[:-1]) & (count[:-1] > 0)
     s_key, s_start, s_end = k[:-1][keep], t[:-1][keep], t[1:][keep]
-    s_owner = np.where(count[:-1][keep] == 1, who_sum[:-1][keep], AMBIGUOUS).astype(np.int32)
+    alone = count[:-1][keep] == 1
+    s_owner = np.where(alone, who_sum[:-1][keep], AMBIGUOUS).astype(np.int32)
+    s_exporter = np.where(alone, host_sum[:-1][keep], 0).astype(np.int32)
     if len(s_key) == 0:
         return Segments.empty()
-    # Merge touching stretches of the same owner (they come from elementary cuts).
+    # Merge touching stretches of the same claimant (they come from elementary cuts).
     new_run = np.ones(len(s_key), dtype=bool)
     new_run[1:] = (
-        (s_key[1:] != s_key[:-1]) | (s_owner[1:] != s_owner[:-1]) | (s_start[1:] != s_end[:-1])
+        (s_key[1:] != s_key[:-1])
+        | (s_owner[1:] != s_owner[:-1])
+        | (s_exporter[1:] != s_exporter[:-1])
+        | (s_start[1:] != s_end[:-1])
     )
     run_start = np.flatnonzero(new_run)
     run_last = np.append(run_start[1:] - 1, len(s_key) - 1)
-    return Segments(s_key[run_start], s_start[run_start], s_end[run_last], s_owner[run_start])
+    return Segments(
+        s_key[run_start], s_start[run_start], s_end[run_last], s_owner[run_start],
+        s_exporter[run_start],
+    )  # fmt: skip
 
 
 class OwnershipRanges:
@@ -126,7 +150,7 @@ class OwnershipRanges:
 
     def __init__(self) -> None:
         self._segments = Segments.empty()
-        self._pending: list[tuple[U64, I32, I64, I64]] = []
+        self._pending: list[tuple[U64, I32, I64, I64, I32]] = []
         self._pending_claims = 0
 
     @property
@@ -138,12 +162,7 @@ class OwnershipRanges:
             if len(parts) == 1:
                 self._merge(*parts[0])
             else:
-                self._merge(
-                    np.concatenate([p[0] for p in parts]),
-                    np.concatenate([p[1] for p in parts]),
-                    np.concatenate([p[2] for p in parts]),
-                    np.concatenate([p[3] for p in parts]),
-                )
+                self._merge(*(np.concatenate([p[i] for p in parts]) for i in range(5)))
         return self._segments
 
     def __len__(self) -> int:
@@ -168,10 +187,11 @@ class OwnershipRanges:
     def nbytes(self) -> int:
         s = self._segments
         waiting = sum(sum(a.nbytes for a in p) for p in self._pending)
-        return s.key.nbytes + s.start.nbytes + s.end.nbytes + s.owner.nbytes + waiting
+        held = s.key.nbytes + s.start.nbytes + s.end.nbytes + s.owner.nbytes + s.exporter.nbytes
+        return held + waiting
 
-    def add(self, key: U64, owner: I32, start: I64, end: I64) -> None:
-        """Add claims (merged when the ranges are next read)."""
+    def add(self, key: U64, owner: I32, start: I64, end: I64, exporter: I32 | None = None) -> None:
+        """Add claims (merged when the ranges are next read); `exporter` None: all one."""
         if len(key) == 0:
             return
         self._pending.append(
@@ -180,13 +200,14 @@ class OwnershipRanges:
                 np.array(owner, np.int32),
                 np.array(start, np.int64),
                 np.array(end, np.int64),
+                np.zeros(len(key), np.int32) if exporter is None else np.array(exporter, np.int32),
             )
         )
         self._pending_claims += len(key)
         if self._pending_claims >= self.MAX_PENDING:
             _ = self.segments
 
-    def _merge(self, key: U64, owner: I32, start: I64, end: I64) -> None:
+    def _merge(self, key: U64, owner: I32, start: I64, end: I64, exporter: I32) -> None:
         # Old segments that end before the earliest new claim of their address cannot merge
         # or conflict with it: they stay as they are, and only the rest is re-segmented.
         order = np.argsort(key, kind="stable")
@@ -203,6 +224,7 @@ class OwnershipRanges:
             np.concatenate([seg.owner[old_pos], owner]),
             np.concatenate([seg.start[old_pos], start]),
             np.concatenate([seg.end[old_pos], end]),
+            np.concatenate([seg.exporter[old_pos], exporter]),
         )
         keep = np.ones(len(seg), dtype=bool)
         keep[old_pos] = False
@@ -214,6 +236,7 @@ class OwnershipRanges:
             np.insert(rest.start, at, merged.start),
             np.insert(rest.end, at, merged.end),
             np.insert(rest.owner, at, merged.owner),
+            np.insert(rest.exporter, at, merged.exporter),
         )
 
     def evict(self, before_ns: int) -> int:

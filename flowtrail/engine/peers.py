@@ -45,6 +45,7 @@ PEER_DTYPE = np.dtype(
         ("local_port", np.int32),
         ("remote_port", np.int32),
         ("owner", np.int32),
+        ("exporter", np.int32),  # who sent it: two hosts' rows of one end never agree
     ]
 )
 
@@ -80,8 +81,9 @@ class PeerIndex:
         owner: I32,
         now: int,
         rows: I64,
+        exporter: I32 | None = None,
     ) -> None:
-        """Index attributed rows (`rows`: the caller's handles for them)."""
+        """Index attributed rows (`rows`: the caller's handles; `exporter` None: all one)."""
         n = len(local_key)
         if n == 0:
             return
@@ -95,6 +97,7 @@ class PeerIndex:
         rec["local_port"], rec["remote_port"], rec["owner"] = local_port, remote_port, owner
         rec["seen"] = now
         rec["row"] = rows
+        rec["exporter"] = 0 if exporter is None else exporter
         self._size += n
         self._table.insert(
             np.ascontiguousarray(rec["hash"]), np.arange(self._size - n, self._size, dtype=np.int64)
@@ -129,8 +132,10 @@ class PeerIndex:
     ) -> tuple[I32, I64]:
         """The owner named by the other end's row of each connection, and those rows' handles.
 
-        Returns the owner where every matching row agrees, CONFLICT where they disagree,
-        NO_MATCH where no row matches; and the handles of all matching rows.
+        Returns the owner where every matching row agrees, CONFLICT where they disagree or
+        come from more than one exporter (the other end is one host: two claiming it is a
+        lie or a misconfiguration, and neither is believed), NO_MATCH where no row matches; and
+        the handles of all matching rows.
         """
         n = len(local_key)
         if n == 0 or self._size == 0:

@@ -113,6 +113,7 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
         end=_int64(flows.column("end_ns")),
         local_owner=names.ids(workload) if workload is not None else np.full(n, -1, np.int32),
         received=received_times(flows),
+        exporter=names.ids(exporter),  # interned with the workloads: only equality matters
     )
 
 
