@@ -26,6 +26,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.collector.claims import check_claims
 from flowtrail.collector.door import ROW_ID, Limits, Refusal, check, read_ipc
 from flowtrail.collector.ipcsize import inflated_bytes
 from flowtrail.collector.metrics import Metrics
@@ -257,6 +258,9 @@ class Collector:
                     retry_after_s=wait,
                 )
             data = check(kind, raw, exporter, now, self.config.limits, where)
+            claimable = self.tokens.ranges_of(exporter) if kind == "flows" else None
+            if claimable is not None:
+                check_claims(data, claimable, exporter, where)
         except Refusal as r:
             return self._refused(r, body, exporter, batch_id, rows)
         if batch_id and not self._claim(exporter, batch_id):

@@ -2,11 +2,13 @@
 
 File format, one exporter per line (blank lines and `#` comments ignored):
 
-    <exporter> <token> [kinds]
+    <exporter> <token> [kinds] [ranges=<prefix>,<prefix>...]
 
 `kinds` is a comma list of what the token may send: `flows` (the default) and/or `events`
-(the control plane's feed). Tokens are compared through their SHA-256 digest, so a lookup's
-timing says nothing useful about a real token's text.
+(the control plane's feed). `ranges=` lists the addresses the exporter's host may claim as a
+row's `local_ip` (flowtrail/addressranges.py); without it, any address. Tokens are compared
+through their SHA-256 digest, so a lookup's timing says nothing useful about a real token's
+text.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowtrail.addressranges import AddressRanges
 from flowtrail.errors import InputError
 
 KINDS = ("flows", "events")
 MIN_TOKEN_LENGTH = 16
+RANGES = "ranges="
 
 
 @dataclass(frozen=True)
 class Identity:
     exporter: str
     kinds: frozenset[str]
+    ranges: AddressRanges | None = None  # the local_ip values it may claim; None: any
 
 
 def _digest(token: str) -> bytes:
@@ -37,6 +42,7 @@ class Tokens:
 
     def __init__(self, entries: dict[str, Identity]) -> None:
         self._by_digest = {_digest(t): ident for t, ident in entries.items()}
+        self._ranges = {i.exporter: i.ranges for i in entries.values() if i.ranges is not None}
 
     def __len__(self) -> int:
         return len(self._by_digest)
@@ -45,6 +51,10 @@ class Tokens:
         if not token:
             return None
         return self._by_digest.get(_digest(token))
+
+    def ranges_of(self, exporter: str) -> AddressRanges | None:
+        """The addresses `exporter` may claim as local_ip; None: any."""
+        return self._ranges.get(exporter)
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Tokens:
@@ -61,10 +71,15 @@ class Tokens:
                 continue
             parts = line.split()
             where = f"--tokens {p} line {lineno}"
-            if len(parts) not in (2, 3):
-                raise InputError(f"{where}: expected '<exporter> <token> [kinds]'")
+            ranges_text = [p for p in parts[2:] if p.startswith(RANGES)]
+            rest = [p for p in parts[2:] if not p.startswith(RANGES)]
+            if len(parts) < 2 or len(rest) > 1 or len(ranges_text) > 1:
+                raise InputError(f"{where}: expected '<exporter> <token> [kinds] [{RANGES}...]'")
             exporter, token = parts[0], parts[1]
-            kinds = frozenset(parts[2].split(",")) if len(parts) == 3 else frozenset({"flows"})
+            kinds = frozenset(rest[0].split(",")) if rest else frozenset({"flows"})
+            ranges = (
+                AddressRanges.parse(ranges_text[0][len(RANGES) :], where) if ranges_text else None
+            )
             unknown = kinds - set(KINDS)
             if unknown:
                 raise InputError(f"{where}: unknown kind(s) {sorted(unknown)}; use {KINDS}")
@@ -74,7 +89,7 @@ class Tokens:
                 raise InputError(f"{where}: token repeated (each exporter needs its own)")
             if exporter in names:
                 raise InputError(f"{where}: exporter {exporter!r} listed twice")
-            entries[token] = Identity(exporter, kinds)
+            entries[token] = Identity(exporter, kinds, ranges)
             names.add(exporter)
         if not entries:
             raise InputError(f"--tokens {p}: no tokens in the file")

@@ -53,14 +53,23 @@ def token(exporter: str) -> str:
 class Proc:
     """One collector process; `url` once it listens."""
 
-    def __init__(self, tmp: Path, exporters: list[str], *extra: str, events: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        exporters: list[str],
+        *extra: str,
+        events: bool = False,
+        more: dict[str, str] | None = None,
+    ) -> None:
+        """`more`: what follows an exporter's token on its line (`ranges=...`)."""
         self.tmp = tmp
         self.tls = tmp / "tls"
         if not (self.tls / "cert.pem").exists():
             self_signed(self.tls)
         tokens = tmp / "tokens"
         kinds = " flows,events" if events else ""
-        tokens.write_text("".join(f"{e} {token(e)}{kinds}\n" for e in exporters))
+        more = more or {}
+        tokens.write_text("".join(f"{e} {token(e)}{kinds} {more.get(e, '')}\n" for e in exporters))
         self.port_file = tmp / "port"
         self.port_file.unlink(missing_ok=True)
         self.log = open(tmp / "collector.log", "ab")  # noqa: SIM115
