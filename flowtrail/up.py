@@ -81,7 +81,10 @@ def ensure_token(path: Path, exporter: str) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as f:
         if not lines:
-            f.write("# flowtrail up: '<exporter> <token> [kinds]' per line (collector/tokens.py)\n")
+            f.write(
+                "# flowtrail up: '<exporter> <token> [kinds] [ranges=<prefix>,...]' per line"
+                " (collector/tokens.py)\n"
+            )
         f.write(f"{exporter} {token}\n")
     os.chmod(path, 0o600)
     return token

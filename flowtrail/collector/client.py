@@ -8,8 +8,9 @@ retries it like any other destination. Answers map to actions:
     413           too big: split in halves and send each (batch ids get a suffix)
     400           refused for good (the collector quarantined it): counted here, not retried,
                   so one bad batch cannot block the spool behind it
-    401, 403      bad credentials, or rows of another exporter name than the token's: a
-                  configuration problem, so ExportError (the spool keeps the rows until fixed)
+    401, 403      bad credentials, rows of another exporter name than the token's, or a
+                  local_ip outside the token's ranges: a configuration problem, so
+                  ExportError (the spool keeps the rows until fixed)
     409, 429, 5xx ExportError: the spool retries with backoff
 """
 
