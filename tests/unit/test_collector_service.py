@@ -234,3 +234,24 @@ def test_tokens_file_errors_name_the_line(tmp_path: Path) -> None:
     p.write_text("host-a secret-a-0123456789abc flows,routes\n")
     with pytest.raises(InputError, match="unknown kind"):
         Tokens.load(p)
+
+
+def test_narrowed_ranges_do_not_drop_acknowledged_rows_on_replay(tmp_path: Path) -> None:
+    """A token's ranges are checked at the door, not again when the log is replayed: rows
+    acknowledged under the old ranges are stored after a restart with narrower ones."""
+    clock = Clock()
+    flows = sim_flows(1000)
+    (e1, p1), *_ = by_exporter(flows).items()
+    c = make(tmp_path, flows, clock)
+    assert c.ingest("flows", token(e1), ipc_bytes(p1), "1").status == 200
+    del c  # "crash" before anything is decided
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{e1} {token(e1)} ranges=192.0.2.0/24\n")  # none of its addresses
+    clock.t += S
+    c2 = make(tmp_path, flows, clock)
+    now_refused = c2.ingest("flows", token(e1), ipc_bytes(p1), "2")
+    assert now_refused.status == 403 and now_refused.body["reason"] == "address_not_allowed"
+    for _ in range(2 + 5 * S // STEP):
+        clock.t += STEP
+        c2.tick(clock())
+    assert read_parquet_sink(tmp_path / "out").num_rows == p1.num_rows
