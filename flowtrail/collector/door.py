@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.errors import ContractError
+from flowtrail.incoming import ExtraColumnError, validate_incoming
 from flowtrail.schema import EVENTS, FLOWS, Table
-from flowtrail.tables import validate
 
 RESERVED_PREFIX = "__flowtrail"
 ROW_ID = "__flowtrail_row"  # the collector's own row handle, never stored
@@ -73,7 +73,9 @@ def check(
             quarantine=True,
         )
     try:
-        data = validate(data, table, path=where)
+        data = validate_incoming(data, table, path=where)
+    except ExtraColumnError as exc:
+        raise Refusal(400, "extra_column", str(exc), quarantine=True) from exc
     except ContractError as exc:
         raise Refusal(400, "contract", str(exc), quarantine=True) from exc
     if kind == "flows":

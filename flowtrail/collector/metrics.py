@@ -144,6 +144,23 @@ class Metrics:
         self.sink_failures = Counter(
             "flowtrail_collector_sink_failures", "sink writes that failed (retried)", registry=r
         )
+        self.log_refused = Counter(
+            "flowtrail_collector_log_refused_batches",
+            "logged batches refused on replay by today's checks (kept in quarantine), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.log_refused_rows = Counter(
+            "flowtrail_collector_log_refused_rows", "rows in those batches", ["reason"], registry=r
+        )
+        self.sink_refused = Counter(
+            "flowtrail_collector_sink_refused_batches",
+            "decided batches the sink refused (not retried: kept in quarantine)",
+            registry=r,
+        )
+        self.sink_refused_rows = Counter(
+            "flowtrail_collector_sink_refused_rows", "rows in those batches", registry=r
+        )
         self.quarantined = Counter(
             "flowtrail_collector_quarantined_batches", "refused batches kept", registry=r
         )

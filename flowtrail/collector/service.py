@@ -27,14 +27,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.collector.claims import check_claims
+from flowtrail.collector.client import ipc_bytes
 from flowtrail.collector.door import ROW_ID, Limits, Refusal, check, read_ipc
 from flowtrail.collector.ipcsize import inflated_bytes
 from flowtrail.collector.metrics import Metrics
 from flowtrail.collector.quarantine import Quarantine
 from flowtrail.collector.ratelimit import RowRateLimit
-from flowtrail.collector.sink import NamedSink, Sink
+from flowtrail.collector.sink import NamedSink, Sink, refuses_rows
 from flowtrail.collector.tokens import Tokens
-from flowtrail.collector.wal import WriteAheadLog
+from flowtrail.collector.wal import Record, WriteAheadLog
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.schema import FLOWS
@@ -158,12 +159,20 @@ class Collector:
                     stored_runs.append(runs)
                 continue
             received = int(h["recv"])
+            raw: pa.Table | None = None
             try:
                 where = f"log segment {rec.segment}"
-                data = check(kind, read_ipc(rec.body, where), h["exporter"], received,
-                             REPLAY_LIMITS, where)  # fmt: skip
-            except Refusal:
-                self.unreadable_log_records += 1  # it passed at the door: the disk changed it
+                raw = read_ipc(rec.body, where)
+                data = check(kind, raw, h["exporter"], received, REPLAY_LIMITS, where)
+            except Refusal as r:
+                if raw is None:
+                    self.unreadable_log_records += 1  # it passed at the door: the disk changed
+                    continue
+                # Acknowledged under an older, looser door (an extra column no sink can
+                # hold): put aside, never fed to the engine, so it cannot stop storage.
+                self._refused_in_log(rec, r, raw.num_rows)
+                if kind == "flows" and "row" in h:  # its row ids stay used
+                    next_row = ends[rec.segment] = max(next_row, int(h["row"]) + raw.num_rows)
                 continue
             seg.newest_ns = max(seg.newest_ns, received)
             self._remember(h["exporter"], h.get("batch"))
@@ -193,6 +202,18 @@ class Collector:
         self.wal.open(now, next_row)
         self._segments.setdefault(self.wal.current_segment, _Segment(first_row=next_row))
         self._forget_old_segments(now)
+
+    def _refused_in_log(self, rec: Record, r: Refusal, rows: int) -> None:
+        h = rec.header
+        self.metrics.log_refused.labels(r.reason).inc()
+        self.metrics.log_refused_rows.labels(r.reason).inc(rows)
+        note = {"reason": r.reason, "error": r.message, "exporter": h.get("exporter"),
+                "batch": h.get("batch"), "rows": rows, "received_ns": h.get("recv"),
+                "from_log_segment": rec.segment}  # fmt: skip
+        # Named by the record, so the replays before its segment is deleted keep it once.
+        name = f"{int(h['recv']):020d}-log-{rec.segment}-{h.get('row', h.get('batch'))}"
+        if self.quarantine.keep(rec.body, note, name=name) is not None:
+            self.metrics.quarantined.inc()
 
     # -- ingest ------------------------------------------------------------------------
     def authenticate(self, kind: str, token: str | None) -> Answer | str:
@@ -413,37 +434,78 @@ class Collector:
         if not self._backlog:
             return 0
         tables = self._backlog
-        try:
-            out = pa.concat_tables(tables, promote_options="permissive")
-            groups = [out]
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            groups = list(tables)  # extra columns of clashing types: one write each
-        written = 0
-        for i, table in enumerate(groups):
-            ids = np.asarray(table.column(ROW_ID).to_numpy())
-            rows = table.drop_columns([ROW_ID])
+        if len(tables) > 1:
             try:
-                if isinstance(self.sink, NamedSink):
-                    # Intent first: the file's existence later decides whether these rows
-                    # were stored.
-                    name = self.sink.next_name()
-                    self._log_stored(ids, now, name)
-                    self.sink.write_named(rows, name)
-                else:
-                    self.sink.write(rows)  # idempotent: a crash before the mark re-writes
-                    self._log_stored(ids, now, None)
-            except Exception as exc:  # any sink failure: keep the rows, retry next tick
-                self.metrics.sink_failures.inc()
-                self.last_sink_error = f"{type(exc).__name__}: {exc}"
-                self._backlog = groups[i:]
+                together = pa.concat_tables(tables, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                together = None  # extra columns of clashing types: one write each
+            if together is not None and self._write(together, now) is None:
+                self._backlog = []
+                return int(together.num_rows)
+        # One at a time: a batch the sink refuses goes aside alone, the others are stored.
+        written = 0
+        for i, table in enumerate(tables):
+            error = self._write(table, now)
+            if error is None:
+                written += table.num_rows
+            elif refuses_rows(error) and self._put_aside(table, error, now):
+                continue
+            else:  # the sink's own trouble: keep the rows, retry next tick
+                self._backlog = tables[i:]
                 return written
-            self.last_sink_error = None
-            with self._engine_lock:
-                self._count_stored(ids)
-            written += table.num_rows
-            self.metrics.rows_out.inc(table.num_rows)
         self._backlog = []
         return written
+
+    def _write(self, table: pa.Table, now: int) -> Exception | None:
+        """Write decided rows and mark them stored; the sink's exception if it failed."""
+        ids = np.asarray(table.column(ROW_ID).to_numpy())
+        rows = table.drop_columns([ROW_ID])
+        try:
+            if isinstance(self.sink, NamedSink):
+                # Intent first: the file's existence later decides whether these rows
+                # were stored.
+                name = self.sink.next_name()
+                self._log_stored(ids, now, name)
+                self.sink.write_named(rows, name)
+            else:
+                self.sink.write(rows)  # idempotent: a crash before the mark re-writes
+                self._log_stored(ids, now, None)
+        except Exception as exc:  # classified by the caller (refuses_rows)
+            self.metrics.sink_failures.inc()
+            self.last_sink_error = f"{type(exc).__name__}: {exc}"
+            return exc
+        self.last_sink_error = None
+        with self._engine_lock:
+            self._count_stored(ids)
+        self.metrics.rows_out.inc(table.num_rows)
+        return None
+
+    def _put_aside(self, table: pa.Table, error: Exception, now: int) -> bool:
+        """Decided rows the sink refuses: kept in quarantine with the reason, marked done in
+        the log (a restart does not try them again), counted."""
+        ids = np.asarray(table.column(ROW_ID).to_numpy())
+        rows = table.drop_columns([ROW_ID])
+        exporters = pc.unique(rows.column("exporter")).to_pylist()
+        note = {"reason": "sink_refused", "error": f"{type(error).__name__}: {error}",
+                "exporters": exporters, "rows": rows.num_rows, "decided_ns": now}  # fmt: skip
+        try:
+            body = ipc_bytes(rows)
+        except (pa.ArrowException, ValueError) as exc:  # unwritable even as Arrow: note only
+            note["error"] += f"; not kept: {exc}"
+            body = b""
+        try:
+            self._log_stored(ids, now, None)
+        except OSError as exc:  # the log cannot take the mark: try again next tick
+            self.last_sink_error = f"marking refused rows: {exc}"
+            return False
+        if self.quarantine.keep(body, note) is not None:
+            self.metrics.quarantined.inc()
+        with self._engine_lock:
+            self._count_stored(ids)
+        self.metrics.sink_refused.inc()
+        self.metrics.sink_refused_rows.inc(rows.num_rows)
+        self.last_sink_error = None  # the sink works; these rows were its only trouble
+        return True
 
     def _log_stored(self, ids: npt.NDArray[np.int64], now: int, name: str | None) -> None:
         runs = _runs(np.sort(ids))

@@ -19,10 +19,31 @@ import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowtrail.collector.wal import fsync_path
+
+# The sink itself failing (a full disk, a lost or invalidated database): other rows would
+# fail too, so the rows wait and are written again later.
+_SINK_TROUBLE: tuple[type[BaseException], ...] = (
+    OSError,  # pyarrow's ArrowIOError too
+    MemoryError,
+    duckdb.OperationalError,  # I/O, out of memory, transaction conflicts, lost connection
+    duckdb.InternalError,
+    duckdb.FatalException,
+    duckdb.InterruptException,
+)
+
+
+def refuses_rows(exc: BaseException) -> bool:
+    """Did a write fail because of the rows themselves (they would fail again, alone)?
+
+    Anything that is not trouble with the sink itself counts as the rows': a batch that a
+    sink cannot take must be put aside, not retried forever ahead of everyone else's.
+    """
+    return isinstance(exc, Exception) and not isinstance(exc, _SINK_TROUBLE)
 
 
 class Sink(Protocol):

@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from flowtrail.errors import InputError
+from flowtrail.incoming import check_extra_columns
 from flowtrail.schema import ATTRIBUTED, CONTRACT_VERSION
 from flowtrail.store.columns import create_table_sql, projection_sql, query_arrow
 from flowtrail.tables import validate
@@ -137,6 +138,7 @@ class Store:
         """
         if self.validate_rows:
             table = validate(table, ATTRIBUTED, path="store write")
+            check_extra_columns(table, ATTRIBUTED, path="store write")
         if table.num_rows == 0:
             return 0
         select = projection_sql(table, "b")

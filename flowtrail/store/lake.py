@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from flowtrail.errors import InputError
+from flowtrail.incoming import check_extra_columns
 from flowtrail.schema import ATTRIBUTED
 from flowtrail.store.columns import projection_sql, query_arrow
 from flowtrail.tables import validate, write_table
@@ -56,6 +57,7 @@ class Lake:
         """Write one batch; returns the files written (one per region and hour it touches)."""
         if self.validate_rows:
             table = validate(table, ATTRIBUTED, path="lake write")
+            check_extra_columns(table, ATTRIBUTED, path="lake write")
         if table.num_rows == 0:
             return []
         if batch_id is None:
