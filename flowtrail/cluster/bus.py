@@ -1,6 +1,6 @@
 """The NATS JetStream wiring of cluster mode: streams, subjects, publishing, consumers.
 
-Per region two streams (file storage, replicated):
+Per region three streams (file storage, replicated):
 
 - work (`<prefix>.work.<region>`): agents' flow batches as Arrow IPC. One durable pull
   consumer, shared by the region's collector nodes, hands each batch to one node; the node
@@ -13,6 +13,10 @@ Per region two streams (file storage, replicated):
   and rebuilt, with no database of the node's own. The control plane's `events` tables
   and clock marks travel here too, so every node applies them at the same place in the
   same order.
+- dead letters (`<prefix>.deadletter.<region>`): work batches a node refused (an extra column
+  no sink can hold, a broken contract, unreadable Arrow) or whose decided rows the sink
+  refused, with the reason in a header. Acked in the work stream once moved here, so no
+  node takes them again; kept as long as work batches, for inspection.
 """
 
 from __future__ import annotations
@@ -56,6 +60,8 @@ OWNER = "Flowtrail-Owner"  # evidence: the node (incarnation) that decides this 
 CLOCK = "Flowtrail-Clock"  # evidence: a clock mark (ns), no rows
 EVENTS = "Flowtrail-Events"  # evidence: a control-plane `events` table, not flows
 FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
+REASON = "Flowtrail-Reason"  # dead letters: why the batch was put aside
+NODE = "Flowtrail-Node"  # dead letters: the node (incarnation) that put it aside
 WORK_DURABLE = "collectors"
 JETSTREAM_NOT_ENABLED = 10039  # a 503 like an election's, but retrying never helps
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -240,6 +246,12 @@ class Bus:
     def evidence_subject(self, region: str) -> str:
         return f"{self.config.prefix}.evidence.{check_region(region)}"
 
+    def dead_letter_subject(self, region: str) -> str:
+        return f"{self.config.prefix}.deadletter.{check_region(region)}"
+
+    def dead_letter_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_deadletter_{check_region(region)}"
+
     def work_stream(self, region: str) -> str:
         return f"{self.config.prefix}_work_{check_region(region)}"
 
@@ -331,7 +343,7 @@ class Bus:
         self._nc = self._js = None
 
     async def ensure_streams(self, regions: list[str], attempts: int = 50) -> None:
-        """Create (or keep) each region's two streams; retries while the cluster elects."""
+        """Create (or keep) each region's streams; retries while the cluster elects."""
         c = self.config
         for region in regions:
             for name, subject, age in (
@@ -340,6 +352,11 @@ class Bus:
                     self.evidence_stream(region),
                     self.evidence_subject(region),
                     c.evidence_retention_ns,
+                ),
+                (
+                    self.dead_letter_stream(region),
+                    self.dead_letter_subject(region),
+                    c.work_retention_ns,
                 ),
             ):
                 cfg = StreamConfig(

@@ -45,7 +45,9 @@ from flowtrail.cluster.bus import (
     EVENTS,
     FORWARDED_FROM,
     MSG_ID,
+    NODE,
     OWNER,
+    REASON,
     SECOND,
     Bus,
     check_region,
@@ -53,14 +55,15 @@ from flowtrail.cluster.bus import (
     encode,
     stream_time_ns,
 )
+from flowtrail.collector.sink import refuses_rows
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.errors import ContractError, ExportError
+from flowtrail.incoming import validate_incoming
 from flowtrail.schema import EVENTS as EVENTS_TABLE
 from flowtrail.schema import FLOWS
-from flowtrail.tables import validate
 
 log = logging.getLogger("flowtrail.cluster")
 
@@ -199,6 +202,11 @@ class ClusterNode:
             "events_bad": 0,
             "evidence_bad": 0,
             "batches_split": 0,
+            # work batches refused (bad, or the sink refused their rows), moved to the
+            # dead-letter stream with the reason and acked
+            "batches_dead_lettered": 0,
+            "rows_dead_lettered": 0,
+            "dead_letter_failures": 0,
         }
 
     @property
@@ -352,12 +360,16 @@ class ClusterNode:
                 await self._settle(msg.ack(), "ack")
             return
         try:
-            table = validate(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
+            table = validate_incoming(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
         except (ContractError, pa.ArrowException) as exc:
-            # A malformed batch harms nothing else: counted, logged, and never redelivered.
+            # The collector's door refuses the same: it harms nothing else. Counted, moved
+            # aside with the reason, and acked: never redelivered, to any node.
             self.stats["batches_bad"] += 1
-            log.warning("dropping %s: %s", batch_id, exc)
-            await self._settle(msg.term(), "term")
+            log.warning("dead-lettering %s: %s", batch_id, exc)
+            if await self._dead_letter(batch_id, [msg.data], str(exc), headers):
+                await self._settle(msg.ack(), "ack")
+            else:
+                await self._settle(msg.nak(), "nak")  # NATS trouble: tried again later
             return
         if len(msg.data) > self.bus.max_payload * 0.9:
             # Its evidence or forwarded parts might not pass (evidence is the learning columns,
@@ -610,7 +622,7 @@ class ClusterNode:
         """Control-plane events: every node applies them where they sit in the stream."""
         what = f"events {(msg.headers or {}).get(MSG_ID, '?')}"
         try:
-            table = validate(decode(msg.data), EVENTS_TABLE, path=what)
+            table = validate_incoming(decode(msg.data), EVENTS_TABLE, path=what)
         except (ContractError, pa.ArrowException) as exc:
             self.stats["events_bad"] += 1  # refused by every node alike: decisions stay equal
             log.warning("dropping %s: %s", what, exc)
@@ -728,19 +740,24 @@ class ClusterNode:
         outs = self.engine.tick(now)
         if not outs:
             return
-        finished: dict[str, int] = {}
+        groups: dict[str, list[pa.Table]] = {}
         for out in outs:
             seq = int(out.column(_SEQ_COLUMN)[0].as_py())
-            finished[self._seq_ids[seq]] = finished.get(self._seq_ids[seq], 0) + out.num_rows
-        table = pa.concat_tables(outs).drop_columns([_SEQ_COLUMN])
-        stored = await asyncio.to_thread(self.sink.write, table)  # durable before any ack
-        self.stats["rows_written"] += table.num_rows
-        self.stats["rows_stored"] += stored
-        for evidence_id, rows in finished.items():
+            groups.setdefault(self._seq_ids[seq], []).append(out.drop_columns([_SEQ_COLUMN]))
+        try:
+            # Batches' extra columns differ: promoted to one schema (absent = null).
+            table = pa.concat_tables(
+                [t for parts in groups.values() for t in parts], promote_options="permissive"
+            )
+            await self._write(table)
+        except Exception:  # one batch may spoil the whole write: each alone
+            for evidence_id, parts in groups.items():
+                await self._write_alone(evidence_id, parts)
+        for evidence_id, parts in groups.items():
             held = self._held.get(evidence_id)
             if held is None:  # handed back meanwhile: its redelivery is decided again
                 continue
-            held.left -= rows
+            held.left -= sum(t.num_rows for t in parts)
             if held.left == 0:
                 del self._held[evidence_id]
                 self._seq_ids.pop(held.seq, None)
@@ -748,3 +765,53 @@ class ClusterNode:
                 if len(self._done) > 100_000:
                     self._done.popitem(last=False)
                 await self._settle(held.msg.ack(), "ack")
+
+    async def _write(self, table: pa.Table) -> None:
+        stored = await asyncio.to_thread(self.sink.write, table)  # durable before any ack
+        self.stats["rows_written"] += table.num_rows
+        self.stats["rows_stored"] += stored
+
+    async def _write_alone(self, evidence_id: str, parts: list[pa.Table]) -> None:
+        """One batch's decided rows; if the sink refuses them (not its own trouble, which
+        takes the node down for a restart and redelivery), they go to the dead letters."""
+        try:
+            table = pa.concat_tables(parts, promote_options="permissive")
+            await self._write(table)
+        except Exception as exc:
+            if not refuses_rows(exc):
+                raise
+            held = self._held.get(evidence_id)
+            batch_id = evidence_id.split("@", 1)[0]
+            log.warning("sink refused the rows of %s: dead-lettering: %r", batch_id, exc)
+            rows = [encode(p) for t in parts for p in _fitting(t, self.bus.max_payload)]
+            reason = f"sink refused: {type(exc).__name__}: {exc}"
+            headers = dict(held.msg.headers or {}) if held is not None else {}
+            if not await self._dead_letter(f"{evidence_id}/decided", rows, reason, headers):
+                raise  # rows neither stored nor kept: a restart decides them again
+            self.stats["rows_dead_lettered"] += sum(t.num_rows for t in parts)
+
+    async def _dead_letter(
+        self, batch_id: str, payloads: list[bytes], reason: str, headers: dict[str, str]
+    ) -> bool:
+        """Publish a refused batch to the region's dead-letter stream; False if NATS would
+        not take it (the caller keeps the batch)."""
+        subject = self.bus.dead_letter_subject(self.config.region)
+        extra = {REASON: " ".join(reason.split())[:2000], NODE: self.incarnation}
+        if FORWARDED_FROM in headers:
+            extra[FORWARDED_FROM] = headers[FORWARDED_FROM]
+        try:
+            for i, payload in enumerate(payloads):
+                part = batch_id if len(payloads) == 1 else f"{batch_id}#{i}"
+                await self.bus.publish(subject, payload, f"dead:{part}", extra)
+        except ExportError as exc:
+            self.stats["dead_letter_failures"] += 1
+            log.warning("dead-lettering %s: %s", batch_id, exc)
+            return False
+        self.stats["batches_dead_lettered"] += 1
+        return True
+
+
+def _fitting(table: pa.Table, max_payload: int) -> list[pa.Table]:
+    """A table in parts of about half the servers' max_payload each (cf. _carry)."""
+    per_part = max(1, table.num_rows * (max_payload // 2) // max(table.nbytes, 1))
+    return [table.slice(i, per_part) for i in range(0, max(table.num_rows, 1), per_part)]

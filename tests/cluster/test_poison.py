@@ -1,0 +1,180 @@
+"""A work batch no node can store is dead-lettered, never the end of the region's nodes.
+
+Real 3-server NATS cluster; two nodes of one region run in this process, each on its own
+connection and with its own store file. Batches with an extra column the store cannot hold
+go to the region's dead-letter stream with the reason and are acked; batches whose extra
+columns differ (one with a contract-valid extra column, one without) are stored together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from flowtrail.cluster.bus import REASON, SECOND, Bus, BusConfig, decode
+from flowtrail.cluster.natslab import NatsLab, NodeGroup
+from flowtrail.cluster.node import ClusterNode, NodeConfig
+from flowtrail.engine.attributor import Settings
+from flowtrail.schema import FLOWS
+from flowtrail.sim.simulation import simulate
+from flowtrail.store import Store
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+REGION = "us-east"
+
+
+def column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    return table.append_column(pa.field(name, values.type), values)
+
+
+def poisons(t: pa.Table) -> dict[str, pa.Table]:
+    n = t.num_rows
+    text = pa.array(["x"] * n)
+    return {
+        "x": column(t, "x", pa.array(np.ones(n, np.float16))),
+        "extra": column(t, "extra", text),
+        "": column(t, "", text),
+        "remote_workload": column(t, "remote_workload", text),
+        "u": column(t, "u", pa.UnionArray.from_sparse(pa.array([0] * n, pa.int8()), [text])),
+        "_flowtrail_batch": column(t, "_flowtrail_batch", pa.array([1] * n)),
+    }
+
+
+async def until(cond: object, timeout: float, what: str, group: NodeGroup) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        for run, stop in zip(group.runs, group.stops, strict=True):
+            if run.done() and not stop.is_set():
+                run.result()
+                raise AssertionError(f"a node stopped while waiting for {what}")
+        if time.monotonic() > deadline:
+            stats = [
+                (n.stats["rows_submitted"], n.stats["rows_written"], n.held, n.waiting)
+                for n in group.nodes
+            ]
+            raise AssertionError(f"timed out waiting for {what}: {stats}")
+        await asyncio.sleep(0.02)
+
+
+async def tick(bus: Bus, from_ns: int) -> None:
+    """A clock mark a second later every half second (the region has no clock of its own)."""
+    for k in range(10_000):
+        await bus.publish_clock(REGION, from_ns + k * SECOND, f"mark-{k}")
+        await asyncio.sleep(0.5)
+
+
+async def dead_letters(bus: Bus) -> list[tuple[str, pa.Table]]:
+    """(reason, rows) of every message in the region's dead-letter stream."""
+    sub = await bus.js.subscribe(
+        bus.dead_letter_subject(REGION),
+        stream=bus.dead_letter_stream(REGION),
+        ordered_consumer=True,
+    )
+    got = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=2)
+            except TimeoutError:
+                return got
+            got.append(((msg.headers or {})[REASON], decode(msg.data)))
+    finally:
+        await sub.unsubscribe()
+
+
+def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    flows = simulate("churny", 6, flows=1_200).flows
+    flows = flows.select([c for c in flows.column_names if c in FLOWS.names])  # no sim_* extras
+    exporters = sorted(set(flows.column("exporter").to_pylist()))
+    by = {e: flows.filter(pc.equal(flows.column("exporter"), e)) for e in exporters}
+    good = [by[e] for e in exporters[:3]]
+    bad = by[exporters[3]]
+    # A contract-valid extra column, in one batch only: stored (in `extra`), not a crash.
+    racked = column(good[1], "rack", pa.array(["r7"] * good[1].num_rows))
+    settings = Settings(use_events=False)
+    config = BusConfig(servers=nats_lab.urls, replicas=3, ack_wait_ns=5 * SECOND)
+
+    def node_config(i: int) -> NodeConfig:
+        return NodeConfig(
+            REGION, f"n{i}", settings=settings, trust_received=True, clock_marks=False
+        )
+
+    async def main() -> tuple[list[ClusterNode], list[tuple[str, pa.Table]], int, int, ClusterNode]:
+        feeder = Bus(config)
+        await feeder.connect()
+        await feeder.ensure_streams([REGION])
+        stores = [Store(tmp_path / f"n{i}.duckdb", retention_ns=None) for i in range(3)]
+        async with NodeGroup(config) as group:
+            for i in range(2):
+                await group.start(node_config(i), stores[i])
+            await feeder.publish_batch(REGION, good[0], "good-0")
+            for name, table in poisons(bad).items():
+                await feeder.publish_batch(REGION, table, f"bad-{name}")
+            await feeder.publish_batch(REGION, racked, "good-1")
+            await feeder.publish_batch(REGION, good[2], "good-2")
+            want = sum(t.num_rows for t in good)
+            nodes = group.nodes
+            await until(
+                lambda: sum(n.stats["rows_submitted"] for n in nodes) >= want, 60, "rows", group
+            )
+            # Clock marks until stored: a batch redelivered under load (ack_wait is short
+            # here) may be submitted again after any one mark.
+            end = int(pc.max(flows.column("received_ns")).as_py()) + 400 * SECOND
+            marks = asyncio.create_task(tick(feeder, end))
+            try:
+                await until(
+                    lambda: (
+                        sum(n.stats["rows_written"] for n in nodes) >= want
+                        and all(n.held == 0 for n in nodes)
+                    ),
+                    60,
+                    "the good rows stored",
+                    group,
+                )
+            finally:
+                marks.cancel()
+            for _ in range(100):  # acks are not confirmed to the node: ask the server
+                info = await feeder.js.consumer_info(feeder.work_stream(REGION), "collectors")
+                if (info.num_pending, info.num_ack_pending) == (0, 0):
+                    break
+                await asyncio.sleep(0.05)
+            letters = await dead_letters(feeder)
+            await group.stop(0, close=True)
+            await group.stop(1, close=True)
+            # A node started afresh: a batch not acked would reach it within ack_wait.
+            again = await group.start(node_config(2), stores[2])
+            later = time.monotonic() + config.ack_wait_ns / SECOND + 2
+            await until(lambda: time.monotonic() > later, 30, "a redelivery window", group)
+        await feeder.close()
+        for store in stores:
+            store.close()
+        return nodes, letters, info.num_pending, info.num_ack_pending, again
+
+    nodes, letters, pending, ack_pending, again = asyncio.run(main())
+    assert sum(n.stats["batches_dead_lettered"] for n in nodes) == len(poisons(bad))
+    assert sum(n.stats["batches_bad"] for n in nodes) == len(poisons(bad))
+    assert (pending, ack_pending) == (0, 0)
+    assert again.stats["batches_taken"] == again.stats["batches_bad"] == 0
+    reasons = sorted(reason for reason, _ in letters)
+    assert len(letters) == len(poisons(bad))
+    for name in poisons(bad):
+        assert any(f"column {name!r}" in r for r in reasons), (name, reasons)
+    assert all(rows.num_rows == bad.num_rows for _, rows in letters)
+    stored = []
+    for i in range(2):
+        with Store(tmp_path / f"n{i}.duckdb", retention_ns=None) as s:
+            stored.append(s.read())
+    out = pa.concat_tables(stored)
+    assert out.num_rows == sum(t.num_rows for t in good)
+    assert set(out.column("exporter").to_pylist()) == set(exporters[:3])
+    racks = out.filter(pc.equal(out.column("exporter"), exporters[1])).column("extra")
+    assert set(racks.to_pylist()) == {'{"rack":"r7"}'}
