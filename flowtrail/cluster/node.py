@@ -77,6 +77,9 @@ EVIDENCE_COLUMNS = (
     "nat_remote_port", "start_ns", "end_ns", "local_workload", "received_ns",
 )  # fmt: skip
 I32 = npt.NDArray[np.int32]
+# What reading bytes that are not an Arrow IPC stream raises (pyarrow reports some damage,
+# e.g. a negative continuation token, as OSError): a message's fault, never the node's.
+UNREADABLE = (pa.ArrowException, OSError, ValueError)
 # On a clean stop, how long a take already started may still finish before it is cancelled.
 STOP_TAKE_S = 5.0
 
@@ -361,7 +364,7 @@ class ClusterNode:
             return
         try:
             table = validate_incoming(decode(msg.data), FLOWS, path=f"work batch {batch_id}")
-        except (ContractError, pa.ArrowException) as exc:
+        except (ContractError, *UNREADABLE) as exc:
             # The collector's door refuses the same: it harms nothing else. Counted, moved
             # aside with the reason, and acked: never redelivered, to any node.
             self.stats["batches_bad"] += 1
@@ -551,7 +554,7 @@ class ClusterNode:
             table = table.drop_columns([OWNED_COLUMN])
             if table.num_rows and "received_ns" not in table.column_names:
                 raise KeyError("received_ns")
-        except (pa.ArrowException, KeyError, ValueError) as exc:
+        except (*UNREADABLE, KeyError) as exc:
             # Every node skips it alike (and a restarted node again): never a crash loop.
             self.stats["evidence_bad"] += 1
             log.warning("skipping evidence %s: %r", headers.get(MSG_ID, "?"), exc)
@@ -623,7 +626,7 @@ class ClusterNode:
         what = f"events {(msg.headers or {}).get(MSG_ID, '?')}"
         try:
             table = validate_incoming(decode(msg.data), EVENTS_TABLE, path=what)
-        except (ContractError, pa.ArrowException) as exc:
+        except (ContractError, *UNREADABLE) as exc:
             self.stats["events_bad"] += 1  # refused by every node alike: decisions stay equal
             log.warning("dropping %s: %s", what, exc)
             return

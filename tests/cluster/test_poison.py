@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import REASON, SECOND, Bus, BusConfig, decode
+from flowtrail.cluster.bus import MSG_ID, REASON, SECOND, Bus, BusConfig, decode
 from flowtrail.cluster.natslab import NatsLab, NodeGroup
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
@@ -70,8 +70,8 @@ async def tick(bus: Bus, from_ns: int) -> None:
         await asyncio.sleep(0.5)
 
 
-async def dead_letters(bus: Bus) -> list[tuple[str, pa.Table]]:
-    """(reason, rows) of every message in the region's dead-letter stream."""
+async def dead_letters(bus: Bus) -> list[tuple[str, str, bytes]]:
+    """(message id, reason, payload) of every message in the region's dead-letter stream."""
     sub = await bus.js.subscribe(
         bus.dead_letter_subject(REGION),
         stream=bus.dead_letter_stream(REGION),
@@ -84,7 +84,8 @@ async def dead_letters(bus: Bus) -> list[tuple[str, pa.Table]]:
                 msg = await sub.next_msg(timeout=2)
             except TimeoutError:
                 return got
-            got.append(((msg.headers or {})[REASON], decode(msg.data)))
+            headers = msg.headers or {}
+            got.append((headers[MSG_ID], headers[REASON], msg.data))
     finally:
         await sub.unsubscribe()
 
@@ -164,11 +165,11 @@ def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
     assert sum(n.stats["batches_bad"] for n in nodes) == len(poisons(bad))
     assert (pending, ack_pending) == (0, 0)
     assert again.stats["batches_taken"] == again.stats["batches_bad"] == 0
-    reasons = sorted(reason for reason, _ in letters)
+    reasons = sorted(reason for _, reason, _ in letters)
     assert len(letters) == len(poisons(bad))
     for name in poisons(bad):
         assert any(f"column {name!r}" in r for r in reasons), (name, reasons)
-    assert all(rows.num_rows == bad.num_rows for _, rows in letters)
+    assert all(decode(data).num_rows == bad.num_rows for _, _, data in letters)
     stored = []
     for i in range(2):
         with Store(tmp_path / f"n{i}.duckdb", retention_ns=None) as s:
