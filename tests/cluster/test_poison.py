@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import MSG_ID, REASON, SECOND, Bus, BusConfig, decode
+from flowtrail.cluster.bus import MSG_ID, OWNER, REASON, SECOND, Bus, BusConfig, decode
 from flowtrail.cluster.natslab import NatsLab, NodeGroup
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
@@ -28,6 +28,7 @@ from flowtrail.store import Store
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 REGION = "us-east"
+NEGATIVE_LENGTH = b"\xff\xff\xff\xff\x00\x00\x00\x80"
 
 
 def column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
@@ -120,6 +121,12 @@ def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
             await feeder.publish_batch(REGION, good[0], "good-0")
             for name, table in poisons(bad).items():
                 await feeder.publish_batch(REGION, table, f"bad-{name}")
+            # Bytes pyarrow reports as OSError (a negative metadata length), as work and as
+            # evidence: refused and skipped, not the end of the node.
+            await feeder.publish(feeder.work_subject(REGION), NEGATIVE_LENGTH, "bad-bytes")
+            await feeder.publish(
+                feeder.evidence_subject(REGION), NEGATIVE_LENGTH, "junk", {OWNER: "x/1"}
+            )
             await feeder.publish_batch(REGION, racked, "good-1")
             await feeder.publish_batch(REGION, good[2], "good-2")
             want = sum(t.num_rows for t in good)
@@ -161,15 +168,20 @@ def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
         return nodes, letters, info.num_pending, info.num_ack_pending, again
 
     nodes, letters, pending, ack_pending, again = asyncio.run(main())
-    assert sum(n.stats["batches_dead_lettered"] for n in nodes) == len(poisons(bad))
-    assert sum(n.stats["batches_bad"] for n in nodes) == len(poisons(bad))
+    refused = len(poisons(bad)) + 1  # and the bytes
+    assert sum(n.stats["batches_dead_lettered"] for n in nodes) == refused
+    assert sum(n.stats["batches_bad"] for n in nodes) == refused
+    # Every node skipped the junk evidence, the one started afterwards too (nodes has it).
+    assert len(nodes) == 3 and all(n.stats["evidence_bad"] == 1 for n in nodes)
     assert (pending, ack_pending) == (0, 0)
     assert again.stats["batches_taken"] == again.stats["batches_bad"] == 0
-    reasons = sorted(reason for _, reason, _ in letters)
-    assert len(letters) == len(poisons(bad))
+    assert len(letters) == refused
+    by_id = {msg_id: (reason, data) for msg_id, reason, data in letters}
+    assert by_id.pop("dead:bad-bytes")[1] == NEGATIVE_LENGTH
     for name in poisons(bad):
-        assert any(f"column {name!r}" in r for r in reasons), (name, reasons)
-    assert all(decode(data).num_rows == bad.num_rows for _, _, data in letters)
+        reason, data = by_id[f"dead:bad-{name}"]
+        assert f"column {name!r}" in reason, (name, reason)
+        assert decode(data).num_rows == bad.num_rows
     stored = []
     for i in range(2):
         with Store(tmp_path / f"n{i}.duckdb", retention_ns=None) as s:
