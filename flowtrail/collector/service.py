@@ -437,7 +437,7 @@ class Collector:
         if len(tables) > 1:
             try:
                 together = pa.concat_tables(tables, promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
+            except pa.ArrowException:
                 together = None  # extra columns of clashing types: one write each
             if together is not None and self._write(together, now) is None:
                 self._backlog = []
