@@ -12,7 +12,8 @@ An extra column of a flows batch must:
 - not be named, in any letter case, like a stored column (the attributed table's columns,
   `extra`, `row_key`) or like another column of the batch (SQL names ignore case);
 - be of a plain type: null, boolean, integer, float32/float64, decimal128, text, binary,
-  date, time, timestamp, duration, or a dictionary of one of these.
+  date, time, timestamp, duration, or a dictionary of one of these (not string_view: the
+  engine's take and filter have no kernel for it).
 
 Extra columns of an `events` batch are not stored anywhere and are not restricted.
 """
@@ -39,7 +40,6 @@ _PLAIN: tuple[Callable[[pa.DataType], bool], ...] = (
     pa.types.is_decimal128,
     pa.types.is_string,
     pa.types.is_large_string,
-    pa.types.is_string_view,
     pa.types.is_binary,
     pa.types.is_large_binary,
     pa.types.is_fixed_size_binary,
