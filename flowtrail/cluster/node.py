@@ -755,7 +755,7 @@ class ClusterNode:
             await self._write(table)
         except Exception:  # one batch may spoil the whole write: each alone
             for evidence_id, parts in groups.items():
-                await self._write_alone(evidence_id, parts)
+                await self._write_alone(evidence_id, parts, now)
         for evidence_id, parts in groups.items():
             held = self._held.get(evidence_id)
             if held is None:  # handed back meanwhile: its redelivery is decided again
@@ -774,7 +774,7 @@ class ClusterNode:
         self.stats["rows_written"] += table.num_rows
         self.stats["rows_stored"] += stored
 
-    async def _write_alone(self, evidence_id: str, parts: list[pa.Table]) -> None:
+    async def _write_alone(self, evidence_id: str, parts: list[pa.Table], now: int) -> None:
         """One batch's decided rows; if the sink refuses them (not its own trouble, which
         takes the node down for a restart and redelivery), they go to the dead letters."""
         try:
@@ -789,7 +789,9 @@ class ClusterNode:
             rows = [encode(p) for t in parts for p in _fitting(t, self.bus.max_payload)]
             reason = f"sink refused: {type(exc).__name__}: {exc}"
             headers = dict(held.msg.headers or {}) if held is not None else {}
-            if not await self._dead_letter(f"{evidence_id}/decided", rows, reason, headers):
+            # A batch's rows may be decided over several ticks: one dead letter per tick.
+            letter = f"{evidence_id}/decided@{now}"
+            if not await self._dead_letter(letter, rows, reason, headers):
                 raise  # rows neither stored nor kept: a restart decides them again
             self.stats["rows_dead_lettered"] += sum(t.num_rows for t in parts)
 

@@ -21,6 +21,7 @@ from flowtrail.cluster.bus import MSG_ID, OWNER, REASON, SECOND, Bus, BusConfig,
 from flowtrail.cluster.natslab import NatsLab, NodeGroup
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
+from flowtrail.errors import ContractError
 from flowtrail.schema import FLOWS
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
@@ -191,3 +192,72 @@ def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
     assert set(out.column("exporter").to_pylist()) == set(exporters[:3])
     racks = out.filter(pc.equal(out.column("exporter"), exporters[1])).column("extra")
     assert set(racks.to_pylist()) == {'{"rack":"r7"}'}
+
+
+class RefusingStore(Store):
+    """The real store, refusing one exporter's rows as a store refuses a batch it cannot
+    hold. A stand-in: no batch that passes the nodes' validation fails the real store (that
+    is what the validation is for), yet a node must survive one that does."""
+
+    refused = ""
+
+    def write(self, table: pa.Table) -> int:
+        if self.refused in table.column("exporter").to_pylist():
+            raise ContractError(f"rows of {self.refused} refused")
+        return super().write(table)
+
+
+def test_rows_the_sink_refuses_are_dead_lettered_and_their_batch_acked(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    flows = simulate("churny", 7, flows=600).flows
+    flows = flows.select([c for c in flows.column_names if c in FLOWS.names])
+    exporters = sorted(set(flows.column("exporter").to_pylist()))
+    by = {e: flows.filter(pc.equal(flows.column("exporter"), e)) for e in exporters[:3]}
+    config = BusConfig(servers=nats_lab.urls, replicas=3)
+    store = RefusingStore(tmp_path / "n.duckdb", retention_ns=None)
+    store.refused = exporters[1]
+
+    async def main() -> tuple[ClusterNode, list[tuple[str, str, bytes]], int]:
+        feeder = Bus(config)
+        await feeder.connect()
+        await feeder.ensure_streams([REGION])
+        async with NodeGroup(config) as group:
+            cfg = NodeConfig(
+                REGION, "n", settings=Settings(use_events=False), trust_received=True,
+                clock_marks=False,
+            )  # fmt: skip
+            node = await group.start(cfg, store)
+            for e, table in by.items():
+                await feeder.publish_batch(REGION, table, f"batch-{e}")
+            want = sum(t.num_rows for t in by.values())
+            await until(lambda: node.stats["rows_submitted"] >= want, 60, "rows", group)
+            end = int(pc.max(flows.column("received_ns")).as_py()) + 400 * SECOND
+            marks = asyncio.create_task(tick(feeder, end))
+            try:
+                await until(lambda: node.held == 0, 60, "every batch settled", group)
+            finally:
+                marks.cancel()
+            for _ in range(100):  # acks are not confirmed to the node: ask the server
+                info = await feeder.js.consumer_info(feeder.work_stream(REGION), "collectors")
+                if info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.05)
+            letters = await dead_letters(feeder)
+        await feeder.close()
+        return node, letters, info.num_pending + info.num_ack_pending
+
+    node, letters, left = asyncio.run(main())
+    assert left == 0
+    refused = by[exporters[1]]
+    assert node.stats["rows_dead_lettered"] == refused.num_rows
+    assert node.stats["batches_dead_lettered"] == len(letters) >= 1
+    assert all("sink refused" in reason and "ContractError" in reason for _, reason, _ in letters)
+    kept = pa.concat_tables([decode(data) for _, _, data in letters])
+    assert sorted(kept.column("flow_id").to_pylist()) == sorted(
+        refused.column("flow_id").to_pylist()
+    )
+    assert "remote_source" in kept.column_names  # the decided rows, as the sink got them
+    stored = store.read()
+    store.close()
+    assert stored.num_rows == by[exporters[0]].num_rows + by[exporters[2]].num_rows
