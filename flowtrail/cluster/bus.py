@@ -62,6 +62,7 @@ EVENTS = "Flowtrail-Events"  # evidence: a control-plane `events` table, not flo
 FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
 REASON = "Flowtrail-Reason"  # dead letters: why the batch was put aside
 NODE = "Flowtrail-Node"  # dead letters: the node (incarnation) that put it aside
+PIECE = "Flowtrail-Piece"  # dead letters: "i/n" when a body too big for one message is split
 WORK_DURABLE = "collectors"
 JETSTREAM_NOT_ENABLED = 10039  # a 503 like an election's, but retrying never helps
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

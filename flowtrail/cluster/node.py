@@ -47,6 +47,7 @@ from flowtrail.cluster.bus import (
     MSG_ID,
     NODE,
     OWNER,
+    PIECE,
     REASON,
     SECOND,
     Bus,
@@ -804,10 +805,20 @@ class ClusterNode:
         extra = {REASON: " ".join(reason.split())[:2000], NODE: self.incarnation}
         if FORWARDED_FROM in headers:
             extra[FORWARDED_FROM] = headers[FORWARDED_FROM]
+        # A work batch near max_payload has no room left for the headers: its bytes go in
+        # pieces (header Flowtrail-Piece: i/n), to be joined in order by whoever reads them.
+        piece = self.bus.max_payload // 2
         try:
             for i, payload in enumerate(payloads):
                 part = batch_id if len(payloads) == 1 else f"{batch_id}#{i}"
-                await self.bus.publish(subject, payload, f"dead:{part}", extra)
+                if len(payload) <= piece:
+                    await self.bus.publish(subject, payload, f"dead:{part}", extra)
+                    continue
+                n = -(-len(payload) // piece)
+                for j in range(n):
+                    body = payload[j * piece : (j + 1) * piece]
+                    marks = {**extra, PIECE: f"{j + 1}/{n}"}
+                    await self.bus.publish(subject, body, f"dead:{part}~{j + 1}", marks)
         except ExportError as exc:
             self.stats["dead_letter_failures"] += 1
             log.warning("dead-lettering %s: %s", batch_id, exc)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flowtrail.cluster.bus import MSG_ID, OWNER, REASON, SECOND, Bus, BusConfig, decode
+from flowtrail.cluster.bus import MSG_ID, OWNER, REASON, SECOND, Bus, BusConfig, decode, encode
 from flowtrail.cluster.natslab import NatsLab, NodeGroup
 from flowtrail.cluster.node import ClusterNode, NodeConfig
 from flowtrail.engine.attributor import Settings
@@ -261,3 +261,44 @@ def test_rows_the_sink_refuses_are_dead_lettered_and_their_batch_acked(
     stored = store.read()
     store.close()
     assert stored.num_rows == by[exporters[0]].num_rows + by[exporters[2]].num_rows
+
+
+def test_a_poison_batch_too_big_for_one_dead_letter_goes_in_pieces(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    flows = simulate("churny", 3, flows=100).flows.slice(0, 4)
+    flows = flows.select([c for c in flows.column_names if c in FLOWS.names])
+    config = BusConfig(servers=nats_lab.urls, replicas=3)
+
+    def padded(size: int) -> pa.Table:
+        pad = pa.array(["p" * size] + [""] * (flows.num_rows - 1))
+        return column(column(flows, "pad", pad), "x", pa.array(np.ones(flows.num_rows, np.float16)))
+
+    async def main() -> tuple[ClusterNode, list[tuple[str, str, bytes]], bytes]:
+        feeder = Bus(config)
+        await feeder.connect()
+        await feeder.ensure_streams([REGION])
+        store = Store(tmp_path / "n.duckdb", retention_ns=None)
+        # As big as the work stream takes: no room left for a dead letter's headers.
+        target = feeder.max_payload - 100
+        size = target - len(encode(padded(0)))
+        while len(encode(padded(size))) > target:
+            size -= 8
+        big = padded(size)
+        body = encode(big)
+        async with NodeGroup(config) as group:
+            cfg = NodeConfig(REGION, "n", settings=Settings(use_events=False), clock_marks=False)
+            node = await group.start(cfg, store)
+            await feeder.publish(feeder.work_subject(REGION), body, "big")
+            await until(lambda: node.stats["batches_dead_lettered"] == 1, 60, "the letter", group)
+            letters = await dead_letters(feeder)
+        await feeder.close()
+        store.close()
+        return node, letters, body
+
+    node, letters, body = asyncio.run(main())
+    assert node.stats["batches_bad"] == 1 and node.stats["dead_letter_failures"] == 0
+    assert [msg_id for msg_id, _, _ in letters] == ["dead:big~1", "dead:big~2"]
+    assert all("column 'x'" in reason for _, reason, _ in letters)
+    joined = b"".join(data for _, _, data in letters)
+    assert joined == body
