@@ -1,4 +1,4 @@
-"""The interchange contract's tables, defined once (see shared CONTRACT.md, version 1).
+"""The interchange contract's tables, defined once (docs/contract.md, version 2).
 
 Every other module derives its Arrow schemas, validation and documentation from these
 definitions, so a column is named, typed and explained in exactly one place.
@@ -11,7 +11,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2
 
 
 class Kind(Enum):
@@ -72,6 +72,10 @@ DIRECTIONS = ("outbound", "inbound")
 STATES = ("closed", "active")
 ACTIONS = ("assign", "unassign")
 SOURCES = ("heartbeat", "event", "unattributed")
+# How a connection ended (docs/contract.md). The agent's BPF program numbers them in this order.
+OUTCOMES = ("established", "refused", "timeout", "failed", "reset", "abandoned")
+CONNECTED = ("established", "reset")  # the handshake completed: a connection, not an attempt
+ATTEMPTS = ("refused", "timeout", "failed", "abandoned")  # it never did
 
 FLOWS = Table(
     "flows",
@@ -99,6 +103,14 @@ FLOWS = Table(
         Column(
             "received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME
         ),
+        Column(
+            "established_ns",
+            I64,
+            False,
+            "when this end reached ESTABLISHED; null: never/unknown",
+            Kind.TIME,
+        ),
+        Column("outcome", S, False, "how it ended; null = established", Kind.ENUM, OUTCOMES),
     ),
     ordered=(("start_ns", "end_ns"),),
 )

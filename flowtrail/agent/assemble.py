@@ -3,10 +3,11 @@
 flow_id is `<exporter>:<sock_id>`: unique per socket per boot on this exporter, and shared by a
 live connection's `active` snapshots and its final `closed` row.
 
-Connection attempts that never established (outcome `refused`, `timeout`, `failed`) are kept:
-they are rows with state `closed` (the attempt is over; the contract has no other terminal
-state) and the extra column `outcome` says how it ended. Their byte counts are 0. Consumers
-that want only real connections filter on `outcome == "established"`.
+Connection attempts that never established (outcome `refused`, `timeout`, `abandoned`,
+`failed`) are kept: they are rows with state `closed` (the attempt is over; the contract has no
+other terminal state), the contract's `outcome` column says how it ended and `established_ns`
+is null. Their byte counts are 0. Consumers that want only real connections keep the outcomes
+in schema.CONNECTED (`established`, `reset`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from flowtrail.agent.records import OUTCOMES, RAW_SCHEMA
 from flowtrail.errors import InputError
 from flowtrail.schema import DIRECTIONS, FLOWS, STATES
 
-OUTCOME_FIELD = pa.field("outcome", pa.string())
-AGENT_SCHEMA = pa.schema([*FLOWS.schema, OUTCOME_FIELD])
-"""What the agent exports: the FLOWS columns in contract order, then `outcome`."""
+AGENT_SCHEMA = FLOWS.schema
+"""What the agent exports: the FLOWS columns in contract order."""
 
 _COPIED = (
     "local_ip",
@@ -31,6 +31,7 @@ _COPIED = (
     "direction",
     "start_ns",
     "end_ns",
+    "established_ns",
     "bytes_sent",
     "bytes_received",
     "segs_sent",

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from flowtrail.agent import libbpf
 from flowtrail.agent.clock import MonotonicClock
-from flowtrail.agent.records import RAW_SCHEMA
+from flowtrail.agent.records import OUTCOMES, RAW_SCHEMA
 from flowtrail.errors import CapabilityError, InputError
 
 BPF_DIR = Path(__file__).parent / "bpf"
@@ -71,13 +71,14 @@ FLOW_FIELDS: tuple[tuple[str, Any, int], ...] = (
     ("established", "u1", 116),
     ("seq_flags", "u1", 117),
     ("comm", "S16", 120),
+    ("established_ns", "<u8", 136),
 )
 FLOW_DTYPE = np.dtype(
     {
         "names": [f[0] for f in FLOW_FIELDS],
         "formats": [f[1] for f in FLOW_FIELDS],
         "offsets": [f[2] for f in FLOW_FIELDS],
-        "itemsize": 136,
+        "itemsize": 144,
     }
 )
 RECORD_SIZE = FLOW_DTYPE.itemsize
@@ -90,7 +91,7 @@ DROP_REASONS = ("ringbuf_full", "map_full", "untracked_close", "read_failed", "s
 
 # enum flow_direction / enum flow_outcome (bpf/flow.h) to RAW_SCHEMA text, by code.
 _DIRECTIONS = pa.array([None, "outbound", "inbound"], pa.string())
-_OUTCOMES = pa.array(["established", "refused", "timeout", "failed"], pa.string())
+_OUTCOMES = pa.array(OUTCOMES, pa.string())
 
 # CAP_* bit numbers (linux/capability.h)
 _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
@@ -611,6 +612,7 @@ def decode(records: npt.NDArray[Any], clock: MonotonicClock) -> pa.RecordBatch:
         "outcome": _OUTCOMES.take(pa.array(records["outcome"].astype(np.int64))),
         "start_ns": pa.array(clock.to_epoch(records["start_ns"]), pa.int64()),
         "end_ns": pa.array(clock.to_epoch(records["end_ns"]), pa.int64()),
+        "established_ns": _established(records["established_ns"], clock),
         "bytes_sent": pa.array(sent, pa.int64()),
         "bytes_received": pa.array(received, pa.int64()),
         "segs_sent": pa.array(records["segs_out"].astype(np.int64), pa.int64()),
@@ -625,6 +627,11 @@ def decode(records: npt.NDArray[Any], clock: MonotonicClock) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [columns[name] for name in RAW_SCHEMA.names], schema=RAW_SCHEMA
     )
+
+
+def _established(mono: npt.NDArray[np.uint64], clock: MonotonicClock) -> pa.Array:
+    """Epoch ns of the change to ESTABLISHED; null where the program saw none (0)."""
+    return pa.array(clock.to_epoch(mono), pa.int64(), mask=mono == 0)
 
 
 def _empty_batch() -> pa.RecordBatch:

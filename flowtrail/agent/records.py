@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-OUTCOMES = ("established", "refused", "timeout", "failed")
+from flowtrail.schema import OUTCOMES as OUTCOMES  # enum flow_outcome (bpf/flow.h), in code order
 
 RAW_SCHEMA = pa.schema(
     [
@@ -23,6 +23,7 @@ RAW_SCHEMA = pa.schema(
         pa.field("outcome", pa.string()),  # one of OUTCOMES
         pa.field("start_ns", pa.int64()),  # epoch ns
         pa.field("end_ns", pa.int64()),  # epoch ns
+        pa.field("established_ns", pa.int64()),  # epoch ns of ESTABLISHED; null if never
         pa.field("bytes_sent", pa.int64()),  # tcp bytes_acked
         pa.field("bytes_received", pa.int64()),
         pa.field("segs_sent", pa.int64()),

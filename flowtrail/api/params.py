@@ -16,8 +16,8 @@ import pyarrow as pa
 from flowtrail.errors import InputError
 from flowtrail.query.api import PARAMS, parse_time
 from flowtrail.query.output import FORMATS
-from flowtrail.query.queries import MAX_NS, TALKER_KEYS
-from flowtrail.schema import SOURCES
+from flowtrail.query.queries import MAX_NS, OUTCOME_GROUPS, TALKER_KEYS
+from flowtrail.schema import OUTCOMES, SOURCES
 from flowtrail.tables import invalid_ips
 
 # The API answers JSON or CSV; the aligned text table is for terminals (`flowtrail query`).
@@ -113,5 +113,10 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
     source = got.get("source")
     if source is not None and source not in SOURCES:
         raise ParamError("source", f"{source!r}: choose {', '.join(SOURCES)}")
+    outcome = got.get("outcome")
+    if outcome is not None and outcome not in (*OUTCOMES, *OUTCOME_GROUPS):
+        raise ParamError(
+            "outcome", f"{outcome!r}: choose {', '.join((*OUTCOMES, *OUTCOME_GROUPS))}"
+        )
     params = {k: v for k, v in got.items() if k != "format"}
     return ApiRequest(endpoint=endpoint, params=params, fmt=fmt, now_ns=now_ns)

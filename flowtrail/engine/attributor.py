@@ -5,7 +5,8 @@ received_ns) and a live collector (wall clock). Callers hand over flows as plain
 with a row handle, tell the engine what time it is, and get decisions back as arrays.
 
 Order of evidence for a flow's remote address at its start (see docs/attribution.md):
-1. the other end's own row of the same connection (reversed 4-tuple, start within tolerance);
+1. the other end's own row of the same connection (flowtrail/pairing.py: reversed 4-tuple,
+   handshake completion within tolerance);
 2. ownership ranges covering [start - guard, start + guard] with one owner, where guard is
    twice the worst per-host clock skew, so skew can never carry a lookup across a handover;
 3. after waiting max_wait without either: the event feed's time ranges, where safe;
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from flowtrail import pairing
 from flowtrail.engine import ownership as own
 from flowtrail.engine import peers as peer_mod
 from flowtrail.engine.events import UNKNOWN, EventFeed
@@ -47,7 +49,8 @@ class Settings:
     method: str = "heartbeat"  # or "event" (the baseline)
     max_wait_ns: int = 180 * SECOND
     max_skew_ns: int = 100_000_000  # worst clock error of one host; two hosts differ by 2x
-    peer_tolerance_ns: int = 2 * SECOND  # start times of a connection's two rows differ by less
+    # a connection's two rows' pair times (flowtrail/pairing.py) differ by less
+    peer_tolerance_ns: int = pairing.DEFAULT_TOLERANCE_NS
     event_lag_ns: int = 1200 * SECOND  # the feed holds every change older than now - lag
     retention_ns: int = 3600 * SECOND  # ownership older than this (collector clock) is evicted
     use_events: bool = True  # is there an event feed at all (else nothing waits for it)
@@ -69,6 +72,7 @@ FLOW_DTYPE = np.dtype(
         ("local_key", np.uint64),
         ("remote_key", np.uint64),
         ("start", np.int64),
+        ("pair", np.int64),  # pair time: when the handshake completed (flowtrail/pairing.py)
         ("end", np.int64),
         ("received", np.int64),
         ("deadline", np.int64),  # engine-internal: when the wait ends
@@ -97,13 +101,16 @@ class FlowArrays:
     def build(
         *, row: I64, local_key: U64, local_port: I32, remote_key: U64, remote_port: I32,
         start: I64, end: I64, local_owner: I32, received: I64, exporter: I32 | None = None,
+        pair: I64 | None = None,
     ) -> FlowArrays:  # fmt: skip
+        """`pair`: pair times (flowtrail/pairing.py); None: the start times."""
         rec = np.zeros(len(row), FLOW_DTYPE)
         if exporter is not None:
             rec["exporter"] = exporter
         rec["row"], rec["local_key"], rec["local_port"] = row, local_key, local_port
         rec["remote_key"], rec["remote_port"] = remote_key, remote_port
         rec["start"], rec["end"], rec["local_owner"] = start, end, local_owner
+        rec["pair"] = start if pair is None else pair
         rec["received"] = received
         return FlowArrays(rec)
 
@@ -127,6 +134,7 @@ class FlowArrays:
     remote_key = property(lambda self: self.rec["remote_key"])
     remote_port = property(lambda self: self.rec["remote_port"])
     start = property(lambda self: self.rec["start"])
+    pair = property(lambda self: self.rec["pair"])
     end = property(lambda self: self.rec["end"])
     local_owner = property(lambda self: self.rec["local_owner"])
     exporter = property(lambda self: self.rec["exporter"])
@@ -217,7 +225,7 @@ class Attributor:
         ev = self._learn(flows, now)
         if ev is not None and self.settings.use_peers:
             _, partners = self.peers.match(
-                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.pair,
                 self.settings.peer_tolerance_ns,
             )  # fmt: skip
             self._wake.append(partners)
@@ -240,7 +248,7 @@ class Attributor:
             )
         if self.settings.use_peers:
             self.peers.add(
-                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.start,
+                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.pair,
                 ev.local_owner, now, ev.row, ev.exporter,
             )  # fmt: skip
         return ev
@@ -302,7 +310,7 @@ class Attributor:
         g = s.guard_ns
         n = len(c)
         via_peer, partners = self.peers.match(
-            c.local_key, c.local_port, c.remote_key, c.remote_port, c.start, s.peer_tolerance_ns
+            c.local_key, c.local_port, c.remote_key, c.remote_port, c.pair, s.peer_tolerance_ns
         )
         via_ranges = self.ranges.owner_over(c.remote_key, c.start - g, c.start + g)
         conflict = (

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from flowtrail.pairing import within
+
 # Everything below takes and returns plain numpy arrays; types are inferred by numba.
 
 
@@ -140,9 +142,9 @@ def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: 
 
 @njit(cache=True, nogil=True)
 def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
-               remote_port, start, tolerance):  # fmt: skip
-    """Per query: the owner of the other end's matching rows (-1 none, -2 they disagree on
-    the owner or the exporter), plus the row handles of every matching row."""
+               remote_port, pair, tolerance):  # fmt: skip
+    """Per query: the owner of the other end's rows the pairing rule admits (-1 none, -2 they
+    disagree on the owner or the exporter), plus the row handles of every such row."""
     mask = len(table_hash) - 1
     out = np.full(len(q_hash), -1, np.int32)
     partners = np.empty(max(16, len(q_hash)), np.int64)
@@ -159,7 +161,7 @@ def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remo
                     and r["local_port"] == remote_port[i]
                     and r["remote_key"] == local_key[i]
                     and r["remote_port"] == local_port[i]
-                    and abs(r["start"] - start[i]) <= tolerance
+                    and within(r["pair"], pair[i], tolerance)
                 ):
                     if out[i] == -1:
                         out[i] = r["owner"]

@@ -1,9 +1,11 @@
 """The other end's own record of the same connection: the most exact heartbeat there is.
 
 When both ends run an agent, the server's inbound row for a connection names the server's
-workload, and its 4-tuple is the client's row reversed. Matching the reversed 4-tuple within a
-start-time tolerance names the remote side of the very same connection, even for connections
-too short for ownership ranges to cover safely under clock skew.
+workload, and its 4-tuple is the client's row reversed. Finding it by the pairing rule
+(flowtrail/pairing.py: reversed 4-tuple, pair times within the tolerance) names the remote side
+of the very same connection, even for connections too short for ownership ranges to cover
+safely under clock skew. Rows come in any order here, so the rule's one-to-one part becomes:
+every row the rule admits must name the same owner, else the answer is CONFLICT.
 
 Matching is by hash of the 4-tuple, then checked exactly, so a hash collision never matches.
 """
@@ -37,7 +39,7 @@ def tuple_hash(a_key: U64, a_port: I32, b_key: U64, b_port: I32) -> U64:
 PEER_DTYPE = np.dtype(
     [
         ("hash", np.uint64),
-        ("start", np.int64),
+        ("pair", np.int64),  # pair time (flowtrail/pairing.py)
         ("local_key", np.uint64),
         ("remote_key", np.uint64),
         ("seen", np.int64),
@@ -51,7 +53,7 @@ PEER_DTYPE = np.dtype(
 
 
 class PeerIndex:
-    """Recent attributed rows, findable by their 4-tuple and start time.
+    """Recent attributed rows, findable by their 4-tuple and pair time.
 
     Rows are appended to a growing store; a vectorised hash multimap finds them by 4-tuple
     hash in O(1) expected probes. Rows past the retention are forgotten in bulk.
@@ -77,7 +79,7 @@ class PeerIndex:
         local_port: I32,
         remote_key: U64,
         remote_port: I32,
-        start: I64,
+        pair: I64,
         owner: I32,
         now: int,
         rows: I64,
@@ -93,7 +95,7 @@ class PeerIndex:
             self._store = grown
         rec = self._store[self._size : self._size + n]
         rec["hash"] = tuple_hash(local_key, local_port, remote_key, remote_port)
-        rec["start"], rec["local_key"], rec["remote_key"] = start, local_key, remote_key
+        rec["pair"], rec["local_key"], rec["remote_key"] = pair, local_key, remote_key
         rec["local_port"], rec["remote_port"], rec["owner"] = local_port, remote_port, owner
         rec["seen"] = now
         rec["row"] = rows
@@ -127,7 +129,7 @@ class PeerIndex:
         local_port: I32,
         remote_key: U64,
         remote_port: I32,
-        start: I64,
+        pair: I64,
         tolerance_ns: int,
     ) -> tuple[I32, I64]:
         """The owner named by the other end's row of each connection, and those rows' handles.
@@ -144,6 +146,6 @@ class PeerIndex:
         out, partners = kernels.peer_match(
             table_hash, table_row, self._store,
             tuple_hash(remote_key, remote_port, local_key, local_port),
-            local_key, local_port, remote_key, remote_port, start, tolerance_ns,
+            local_key, local_port, remote_key, remote_port, pair, tolerance_ns,
         )  # fmt: skip
         return out, partners

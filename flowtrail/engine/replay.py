@@ -19,6 +19,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail import pairing
 from flowtrail.engine.attributor import (
     EVENT,
     HEARTBEAT,
@@ -114,6 +115,7 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
         local_owner=names.ids(workload) if workload is not None else np.full(n, -1, np.int32),
         received=received_times(flows),
         exporter=names.ids(exporter),  # interned with the workloads: only equality matters
+        pair=pairing.pair_times(flows),
     )
 
 

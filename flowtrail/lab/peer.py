@@ -7,18 +7,21 @@ into a command line and `main()` is what that command runs.
 
 What a peer prints, one word a line, lets a test sequence roles without sleeping blindly:
 a server prints "ready" once it listens; a client prints "refused" when the connection is
-refused or "timeout" when its handshake timed out (and exits 0 either way), or "done" after
-its last connection. A role with `report=True` also prints, per connection once it is closed,
-what it saw: `conn local_port=<n> remote_port=<n> got=<n>` (got: every byte it received on
-that connection); `read_report` reads such a line back.
+refused, "timeout" when the kernel gave up its handshake, "abandoned" when the client's own
+connect timeout ran out first, "reset" when the server reset the connection (and exits 0 in
+each case), or "done" after its last connection. A role with `report=True` also prints, per
+connection once it is closed, what it saw: `conn local_port=<n> remote_port=<n> got=<n>`
+(got: every byte it received on that connection); `read_report` reads such a line back.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -43,6 +46,7 @@ class Server:
     send: int
     accepts: int = 1
     report: bool = False
+    reset: bool = False  # after reading, close with SO_LINGER 0: a RST, not a FIN, ends it
 
 
 @dataclass(frozen=True)
@@ -50,9 +54,12 @@ class Client:
     """Connect to ip:port `connections` times; send, then read `recv` bytes, then close.
 
     `send` is a byte count, or several writes made `gap_s` apart (a long-lived connection).
-    `bind`/`bind_port` fix the local address (`bind_port` only makes sense with one
-    connection). `wait_s` keeps the process alive in its cgroup before it connects.
-    `syn_retries` sets TCP_SYNCNT, so a handshake nobody answers times out in seconds.
+    `bind`/`bind_port` fix the local address (several connections from one `bind_port` need
+    `server_closes_first`). `wait_s` keeps the process alive in its cgroup before it connects.
+    `syn_retries` sets TCP_SYNCNT, so a handshake nobody answers times out in seconds;
+    `connect_timeout_s` is the client's own limit on connect(), after which it closes the socket.
+    `server_closes_first`: read until the server's FIN before closing, so the server holds the
+    TIME_WAIT and a fixed `bind_port` can connect again at once (through that TIME_WAIT).
     """
 
     ip: str
@@ -65,6 +72,8 @@ class Client:
     connections: int = 1
     wait_s: float = 0.0
     syn_retries: int | None = None
+    connect_timeout_s: float | None = None
+    server_closes_first: bool = False
     report: bool = False
 
     def writes(self) -> list[int]:
@@ -110,6 +119,10 @@ def serve(s: Server) -> None:
         conn, remote = listener.accept()
         local = conn.getsockname()
         recv_exact(conn, s.recv)
+        if s.reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            continue
         conn.sendall(b"s" * s.send)
         got = s.recv + drain_and_close(conn)
         if s.report:
@@ -120,27 +133,65 @@ def serve(s: Server) -> None:
 def connect(c: Client) -> None:
     time.sleep(c.wait_s)
     for _ in range(c.connections):
-        sock = socket.socket(family(c.ip), socket.SOCK_STREAM)
-        if c.bind is not None:
-            sock.bind((c.bind, c.bind_port))
-        if c.syn_retries is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, c.syn_retries)
         try:
-            sock.connect((c.ip, c.port))
+            sock = open_connection(c)
         except (ConnectionRefusedError, TimeoutError) as e:
-            sock.close()
-            say("refused" if isinstance(e, ConnectionRefusedError) else "timeout")
+            if isinstance(e, ConnectionRefusedError):
+                say("refused")
+            else:  # the kernel's ETIMEDOUT carries its errno; settimeout's own has none
+                say("timeout" if e.errno == errno.ETIMEDOUT else "abandoned")
             return
+        sock.settimeout(None)
         local, remote = sock.getsockname(), sock.getpeername()
-        for i, n in enumerate(c.writes()):
-            if i:
-                time.sleep(c.gap_s)
-            sock.sendall(b"c" * n)
-        recv_exact(sock, c.recv)
-        got = c.recv + drain_and_close(sock)
+        try:
+            for i, n in enumerate(c.writes()):
+                if i:
+                    time.sleep(c.gap_s)
+                sock.sendall(b"c" * n)
+            recv_exact(sock, c.recv)
+        except ConnectionResetError:
+            sock.close()
+            say("reset")
+            return
+        if c.server_closes_first:
+            got = c.recv + drain(sock)
+            sock.close()
+        else:
+            got = c.recv + drain_and_close(sock)
         if c.report:
             tell(local, remote, got)
     say("done")
+
+
+def open_connection(c: Client) -> socket.socket:
+    """A connected socket as `c` describes. A fixed local port whose last connection's socket
+    is still finishing its close (LAST_ACK) is tried again for a few seconds."""
+    deadline = time.monotonic() + 5
+    while True:
+        sock = socket.socket(family(c.ip), socket.SOCK_STREAM)
+        if c.syn_retries is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, c.syn_retries)
+        sock.settimeout(c.connect_timeout_s)
+        try:
+            if c.bind is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((c.bind, c.bind_port))
+            sock.connect((c.ip, c.port))
+            return sock
+        except OSError as e:
+            sock.close()
+            busy = e.errno in (errno.EADDRNOTAVAIL, errno.EADDRINUSE)
+            if not busy or c.bind_port == 0 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def drain(sock: socket.socket) -> int:
+    """Read until the peer's FIN; returns how many bytes came meanwhile."""
+    extra = 0
+    while chunk := sock.recv(65536):
+        extra += len(chunk)
+    return extra
 
 
 def family(ip: str) -> socket.AddressFamily:

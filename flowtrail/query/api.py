@@ -31,7 +31,16 @@ WINDOW_PARAMS = ("since", "until")
 PARAMS: dict[str, tuple[str, ...]] = {
     "dependencies": (*WINDOW_PARAMS, "workload", "known_only"),
     "top-talkers": (*WINDOW_PARAMS, "by", "limit"),
-    "flows": (*WINDOW_PARAMS, "workload", "ip", "port", "source", "exporter", "limit"),
+    "flows": (
+        *WINDOW_PARAMS,
+        "workload",
+        "ip",
+        "port",
+        "source",
+        "exporter",
+        "outcome",
+        "limit",
+    ),
     "health": WINDOW_PARAMS,
 }
 
@@ -116,6 +125,7 @@ def run_query(
                 port=_int(params, "port"),
                 remote_source=params.get("source"),
                 exporter=params.get("exporter"),
+                outcome=params.get("outcome"),
             )
             return flows(con, window, source=source, where=where, limit=limit or 100)
         return attribution_health(con, window, source=source)

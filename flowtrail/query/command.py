@@ -17,6 +17,7 @@ from flowtrail.errors import FlowtrailError, InputError
 from flowtrail.query.api import window_of
 from flowtrail.query.output import FORMATS, render
 from flowtrail.query.queries import (
+    OUTCOME_GROUPS,
     TALKER_KEYS,
     FlowFilter,
     Window,
@@ -25,7 +26,7 @@ from flowtrail.query.queries import (
     flows,
     top_talkers,
 )
-from flowtrail.schema import SOURCES
+from flowtrail.schema import OUTCOMES, SOURCES
 from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
 from flowtrail.store.lake import lake_glob
 
@@ -172,6 +173,12 @@ def top_talkers_command(source: Source, by: str, limit: int) -> None:
     "--source", "remote_source", type=click.Choice(SOURCES), help="How the remote was named."
 )
 @click.option("--exporter", help="Captured by this exporter.")
+@click.option(
+    "--outcome",
+    type=click.Choice((*OUTCOMES, *OUTCOME_GROUPS)),
+    help="How the connection ended (a row without one counts as established); 'connected' is "
+    "established or reset, 'attempts' the handshakes that never completed.",
+)
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
 def flows_command(
     source: Source,
@@ -180,10 +187,11 @@ def flows_command(
     port: int | None,
     remote_source: str | None,
     exporter: str | None,
+    outcome: str | None,
     limit: int,
 ) -> None:
     """Attributed flow rows matching every filter given, newest first."""
-    where = FlowFilter(workload, ip, port, remote_source, exporter)
+    where = FlowFilter(workload, ip, port, remote_source, exporter, outcome)
     source.run(lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit))
 
 

@@ -8,11 +8,14 @@ Connections, not rows. Dependencies and top talkers first reduce rows to connect
 - interim `active` snapshots of one connection share a flow_id and carry cumulative counters,
   so each (exporter, flow_id) counts once, with its latest row in the window;
 - a connection captured at both ends has a client (`outbound`) row and a server (`inbound`)
-  row. They are paired on the 4-tuple (client ip:port, server ip:port, the client's side
-  NAT-resolved) with starts within `pair_tolerance_ns`, and counted once. The pair's names are
-  merged with coalesce, which is safe because a name that is present is right (a null is
-  "unknown", never a guess). Unpaired rows (one end not captured, or source NAT in between)
-  count on their own.
+  row. They are paired by flowtrail/pairing.py's rule (the one the engine uses for peer rows:
+  reversed 4-tuple, handshake completion within `pair_tolerance_ns`, one-to-one in time order
+  within a 4-tuple) and counted once. The pair's names are merged with coalesce, which is safe
+  because a name that is present is right (a null is "unknown", never a guess). Unpaired rows
+  (one end not captured, or source NAT in between) count on their own;
+- attempts that never established (outcome in schema.ATTEMPTS) are not connections: they are
+  counted per edge in their own column, named as far as their target address had an owner.
+  A row without an outcome is a connection.
 
 Direction (docs/evaluation.md): an outbound row gives local_workload → remote_workload, an
 inbound row remote_workload → local_workload; the caller is the side that connected.
@@ -20,21 +23,27 @@ inbound row remote_workload → local_workload; the caller is the side that conn
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
+from flowtrail import pairing
 from flowtrail.errors import InputError
-from flowtrail.schema import ATTRIBUTED, SOURCES
+from flowtrail.schema import ATTEMPTS, ATTRIBUTED, CONNECTED, OUTCOMES, SOURCES
 from flowtrail.store.columns import query_arrow
 from flowtrail.tables import invalid_ips
 
 SECOND_NS = 1_000_000_000
-# Hosts' clocks disagree by milliseconds under NTP; a closed 4-tuple is not reused for ~60 s
-# (TIME_WAIT; about 1 s with tcp_tw_reuse), so 1 s pairs ends without joining two connections.
-DEFAULT_PAIR_TOLERANCE_NS = 1 * SECOND_NS
+DEFAULT_PAIR_TOLERANCE_NS = pairing.DEFAULT_TOLERANCE_NS
+OUTCOME_SQL = "coalesce(outcome, 'established')"  # a row without one is a connection
+# --outcome takes one outcome or one of these groups
+OUTCOME_GROUPS = {"connected": CONNECTED, "attempts": ATTEMPTS}
 MAX_NS = 2**63 - 1
 TALKER_KEYS = ("workload", "ip")
 UNRECORDED_REASON = "(not recorded)"
@@ -61,10 +70,14 @@ class Window:
         return f"end_ns >= {int(self.since_ns)} AND end_ns < {int(self.until_ns)}"
 
 
-def _connections_sql(source: str, window: Window, tolerance_ns: int) -> str:
-    """CTEs ending in `c`: one row per connection (see the module doc)."""
-    if tolerance_ns < 0:
-        raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
+def _sql_list(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{v}'" for v in values) + ")"
+
+
+def _ends_sql(source: str, window: Window) -> str:
+    """CTEs `w` (one row per exporter's connection), `o`/`i` (client/server rows of
+    connections) and `a` (attempts), each row keyed by (exporter, flow_id)."""
+    connected = f"{OUTCOME_SQL} IN {_sql_list(CONNECTED)}"
     return f"""
     w AS (
         SELECT * FROM {source} WHERE {window.sql()}
@@ -73,20 +86,93 @@ def _connections_sql(source: str, window: Window, tolerance_ns: int) -> str:
         ) = 1
     ),
     o AS (
-        SELECT local_ip AS caller_ip, local_port AS caller_port,
+        SELECT exporter, flow_id, {pairing.PAIR_TIME_SQL} AS pair_ns,
+               local_ip AS caller_ip, local_port AS caller_port,
                coalesce(nat_remote_ip, remote_ip) AS callee_ip,
                CASE WHEN nat_remote_ip IS NOT NULL THEN coalesce(nat_remote_port, remote_port)
                     ELSE remote_port END AS callee_port,
-               start_ns, local_workload AS caller, remote_workload AS callee,
+               local_workload AS caller, remote_workload AS callee,
                bytes_sent AS to_callee, bytes_received AS to_caller, retransmits, srtt_us
-        FROM w WHERE direction = 'outbound'
+        FROM w WHERE direction = 'outbound' AND {connected}
     ),
     i AS (
-        SELECT remote_ip AS caller_ip, remote_port AS caller_port,
+        SELECT exporter, flow_id, {pairing.PAIR_TIME_SQL} AS pair_ns,
+               remote_ip AS caller_ip, remote_port AS caller_port,
                local_ip AS callee_ip, local_port AS callee_port,
-               start_ns, remote_workload AS caller, local_workload AS callee,
+               remote_workload AS caller, local_workload AS callee,
                bytes_received AS to_callee, bytes_sent AS to_caller, retransmits, srtt_us
-        FROM w WHERE direction = 'inbound'
+        FROM w WHERE direction = 'inbound' AND {connected}
+    ),
+    a AS (
+        SELECT CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END
+                   AS caller,
+               CASE WHEN direction = 'outbound' THEN remote_workload ELSE local_workload END
+                   AS callee,
+               CASE WHEN direction = 'outbound' THEN local_ip ELSE remote_ip END AS caller_ip,
+               CASE WHEN direction = 'outbound' THEN coalesce(nat_remote_ip, remote_ip)
+                    ELSE local_ip END AS callee_ip
+        FROM w WHERE NOT ({connected})
+    )"""
+
+
+def _pairs(
+    con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
+) -> pa.Table:
+    """(o_exporter, o_flow_id, i_exporter, i_flow_id): the client and server rows that are one
+    connection, by flowtrail/pairing.py's rule."""
+    rows = query_arrow(
+        con,
+        f"""
+        WITH {_ends_sql(source, window)},
+        k AS (
+            SELECT 0 AS side, exporter, flow_id, pair_ns, caller_ip, caller_port, callee_ip,
+                   callee_port FROM o
+            UNION ALL
+            SELECT 1, exporter, flow_id, pair_ns, caller_ip, caller_port, callee_ip,
+                   callee_port FROM i
+        )
+        SELECT side, exporter, flow_id, pair_ns,
+               dense_rank() OVER (ORDER BY caller_ip, caller_port, callee_ip, callee_port)
+                   AS tuple_id
+        FROM k
+        """,
+    )
+    side = np.asarray(rows.column("side").to_numpy(), np.int64)
+    group = np.asarray(rows.column("tuple_id").to_numpy(), np.int64)
+    at = np.asarray(rows.column("pair_ns").to_numpy(), np.int64)
+    o_rows, i_rows = np.flatnonzero(side == 0), np.flatnonzero(side == 1)
+    po, pi = pairing.pair_in_order(
+        group[o_rows], at[o_rows], group[i_rows], at[i_rows], tolerance_ns
+    )
+    o_take, i_take = pa.array(o_rows[po]), pa.array(i_rows[pi])
+    return pa.table(
+        {
+            "o_exporter": rows.column("exporter").take(o_take),
+            "o_flow_id": rows.column("flow_id").take(o_take),
+            "i_exporter": rows.column("exporter").take(i_take),
+            "i_flow_id": rows.column("flow_id").take(i_take),
+        }
+    )
+
+
+@contextmanager
+def _connections(
+    con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
+) -> Iterator[str]:
+    """CTEs ending in `c` (one row per connection) and `a` (attempts); see the module doc.
+
+    The pairs are computed first and registered on `con` under a name of their own for as
+    long as the block runs.
+    """
+    if tolerance_ns < 0:
+        raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
+    name = f"_flowtrail_pairs_{uuid.uuid4().hex}"
+    con.register(name, _pairs(con, source, window, tolerance_ns))
+    try:
+        yield f"""{_ends_sql(source, window)},
+    op AS (
+        SELECT o.*, p.i_exporter, p.i_flow_id FROM o LEFT JOIN {name} p
+          ON o.exporter = p.o_exporter AND o.flow_id = p.o_flow_id
     ),
     c AS (
         SELECT coalesce(o.caller, i.caller) AS caller,
@@ -98,11 +184,11 @@ def _connections_sql(source: str, window: Window, tolerance_ns: int) -> str:
                coalesce(o.retransmits, 0) + coalesce(i.retransmits, 0) AS retransmits,
                coalesce(o.srtt_us, i.srtt_us) AS srtt_us,
                (o.caller_ip IS NOT NULL AND i.caller_ip IS NOT NULL) AS both_ends
-        FROM o FULL OUTER JOIN i
-          ON o.caller_ip = i.caller_ip AND o.caller_port = i.caller_port
-         AND o.callee_ip = i.callee_ip AND o.callee_port = i.callee_port
-         AND abs(o.start_ns - i.start_ns) <= {int(tolerance_ns)}
+        FROM op AS o FULL OUTER JOIN i
+          ON o.i_exporter = i.exporter AND o.i_flow_id = i.flow_id
     )"""
+    finally:
+        con.unregister(name)
 
 
 def dependencies(
@@ -114,7 +200,8 @@ def dependencies(
     known_only: bool = False,
     pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
 ) -> pa.Table:
-    """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs).
+    """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs), and
+    the attempts that never established (`failed_attempts`).
 
     A null caller or callee is a side nobody could name; `known_only` drops such edges,
     `workload` keeps the edges touching that workload.
@@ -125,22 +212,30 @@ def dependencies(
     if workload is not None:
         where.append("(caller = ? OR callee = ?)")
         params += [workload, workload]
-    sql = f"""
-    WITH {_connections_sql(source, window, pair_tolerance_ns)}
-    SELECT caller, callee,
-           count(*)::BIGINT AS flows,
-           sum(both_ends::INTEGER)::BIGINT AS seen_both_ends,
-           sum(to_callee)::BIGINT AS bytes_to_callee,
-           sum(to_caller)::BIGINT AS bytes_to_caller,
-           sum(retransmits)::BIGINT AS retransmits,
-           quantile_cont(srtt_us, 0.5) AS rtt_p50_us,
-           quantile_cont(srtt_us, 0.99) AS rtt_p99_us
-    FROM c WHERE {" AND ".join(where)}
-    GROUP BY caller, callee
-    ORDER BY bytes_to_callee + bytes_to_caller DESC, flows DESC, caller NULLS LAST,
-             callee NULLS LAST
-    """
-    return query_arrow(con, sql, params)
+    with _connections(con, source, window, pair_tolerance_ns) as ctes:
+        sql = f"""
+        WITH {ctes},
+        e AS (
+            SELECT caller, callee, FALSE AS attempt, both_ends, to_callee, to_caller,
+                   retransmits, srtt_us FROM c
+            UNION ALL
+            SELECT caller, callee, TRUE, FALSE, 0, 0, 0, NULL FROM a
+        )
+        SELECT caller, callee,
+               count(*) FILTER (WHERE NOT attempt)::BIGINT AS flows,
+               sum(both_ends::INTEGER)::BIGINT AS seen_both_ends,
+               sum(to_callee)::BIGINT AS bytes_to_callee,
+               sum(to_caller)::BIGINT AS bytes_to_caller,
+               sum(retransmits)::BIGINT AS retransmits,
+               quantile_cont(srtt_us, 0.5) AS rtt_p50_us,
+               quantile_cont(srtt_us, 0.99) AS rtt_p99_us,
+               count(*) FILTER (WHERE attempt)::BIGINT AS failed_attempts
+        FROM e WHERE {" AND ".join(where)}
+        GROUP BY caller, callee
+        ORDER BY bytes_to_callee + bytes_to_caller DESC, flows DESC, failed_attempts DESC,
+                 caller NULLS LAST, callee NULLS LAST
+        """
+        return query_arrow(con, sql, params)
 
 
 def top_talkers(
@@ -152,28 +247,32 @@ def top_talkers(
     limit: int = 10,
     pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
 ) -> pa.Table:
-    """Who moves the most bytes (sent + received over its connections), by workload or IP."""
+    """Who moves the most bytes (sent + received over its connections), by workload or IP.
+
+    Attempts that never established move no bytes and are not counted here.
+    """
     if by not in TALKER_KEYS:
         raise InputError(f"--by {by!r}: choose {' or '.join(TALKER_KEYS)}")
     _check_limit(limit)
     key_caller, key_callee = (
         ("caller", "callee") if by == "workload" else ("caller_ip", "callee_ip")
     )
-    sql = f"""
-    WITH {_connections_sql(source, window, pair_tolerance_ns)},
-    e AS (
-        SELECT {key_caller} AS talker, to_callee AS sent, to_caller AS received FROM c
-        UNION ALL
-        SELECT {key_callee} AS talker, to_caller AS sent, to_callee AS received FROM c
-    )
-    SELECT talker AS {by}, count(*)::BIGINT AS flows,
-           sum(sent)::BIGINT AS bytes_sent, sum(received)::BIGINT AS bytes_received,
-           (sum(sent) + sum(received))::BIGINT AS bytes_total
-    FROM e GROUP BY talker
-    ORDER BY bytes_total DESC, flows DESC, talker NULLS LAST
-    LIMIT {int(limit)}
-    """
-    return query_arrow(con, sql)
+    with _connections(con, source, window, pair_tolerance_ns) as ctes:
+        sql = f"""
+        WITH {ctes},
+        e AS (
+            SELECT {key_caller} AS talker, to_callee AS sent, to_caller AS received FROM c
+            UNION ALL
+            SELECT {key_callee} AS talker, to_caller AS sent, to_callee AS received FROM c
+        )
+        SELECT talker AS {by}, count(*)::BIGINT AS flows,
+               sum(sent)::BIGINT AS bytes_sent, sum(received)::BIGINT AS bytes_received,
+               (sum(sent) + sum(received))::BIGINT AS bytes_total
+        FROM e GROUP BY talker
+        ORDER BY bytes_total DESC, flows DESC, talker NULLS LAST
+        LIMIT {int(limit)}
+        """
+        return query_arrow(con, sql)
 
 
 @dataclass(frozen=True)
@@ -185,6 +284,7 @@ class FlowFilter:
     port: int | None = None  # local, remote or NAT-resolved remote port
     remote_source: str | None = None
     exporter: str | None = None
+    outcome: str | None = None  # one of schema.OUTCOMES, or a group of OUTCOME_GROUPS
 
     def __post_init__(self) -> None:
         if self.ip is not None and invalid_ips(pa.array([self.ip])):
@@ -193,6 +293,9 @@ class FlowFilter:
             raise InputError(f"--port {self.port}: must be 0..65535")
         if self.remote_source is not None and self.remote_source not in SOURCES:
             raise InputError(f"--source {self.remote_source!r}: choose {', '.join(SOURCES)}")
+        if self.outcome is not None and self.outcome not in (*OUTCOMES, *OUTCOME_GROUPS):
+            choices = ", ".join((*OUTCOMES, *OUTCOME_GROUPS))
+            raise InputError(f"--outcome {self.outcome!r}: choose {choices}")
 
     def sql(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -212,6 +315,10 @@ class FlowFilter:
         if self.exporter is not None:
             where.append("exporter = ?")
             params.append(self.exporter)
+        if self.outcome is not None:
+            values = OUTCOME_GROUPS.get(self.outcome, (self.outcome,))
+            where.append(f"{OUTCOME_SQL} IN ({', '.join('?' for _ in values)})")
+            params += list(values)
         return (" AND ".join(where) or "TRUE"), params
 
 

@@ -219,6 +219,9 @@ def _to_table(world: World, cols: dict[str, np.ndarray]) -> pa.Table:
         "srtt_us": pa.array(cols["srtt_us"], pa.int64()),
         "local_workload": names(world.service_names, cols["service"]),
         "received_ns": pa.array(cols["received"], pa.int64()),
+        # the simulator models completed connections only, without handshake timing
+        "established_ns": pa.nulls(len(cols["start"]), pa.int64()),
+        "outcome": pa.nulls(len(cols["start"]), pa.string()),
     }
     fields = list(FLOWS.schema)
     data = [arrays[f.name] for f in fields]

@@ -24,7 +24,14 @@ import pyarrow as pa
 from flowtrail.errors import InputError
 from flowtrail.incoming import check_extra_columns
 from flowtrail.schema import ATTRIBUTED, CONTRACT_VERSION
-from flowtrail.store.columns import create_table_sql, projection_sql, query_arrow
+from flowtrail.store.columns import (
+    EXTRA,
+    create_table_sql,
+    projection_sql,
+    query_arrow,
+    quote,
+    sql_type,
+)
 from flowtrail.tables import validate
 
 FLOWS_TABLE = "flows"
@@ -78,6 +85,30 @@ def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db")
         )
 
 
+def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a store written under an older contract up to this one: its optional columns
+    added later (all nullable) are added as null columns, and the contract version noted.
+
+    Writes go in BY NAME, so the added columns' place at the end of the table is no matter.
+    """
+    have = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [FLOWS_TABLE]
+        ).fetchall()
+    }
+    missing = [c for c in ATTRIBUTED.columns if c.name not in have]
+    if not missing:
+        return
+    con.execute("BEGIN")
+    for col in missing:
+        con.execute(f"ALTER TABLE {FLOWS_TABLE} ADD COLUMN {quote(col.name)} {sql_type(col)}")
+    con.execute(
+        f"UPDATE {META_TABLE} SET value = ? WHERE key = 'contract_version'", [str(CONTRACT_VERSION)]
+    )
+    con.execute("COMMIT")
+
+
 class Store:
     """Attributed flows in a DuckDB file: `write` (idempotent), `apply_retention`, queries.
 
@@ -127,6 +158,7 @@ class Store:
         except InputError:
             con.close()
             raise
+        add_missing_columns(con)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -148,7 +180,8 @@ class Store:
             try:
                 # DuckDB reports the rows actually inserted (skipped duplicates excluded).
                 rows = self._con.execute(
-                    f"INSERT OR IGNORE INTO {FLOWS_TABLE} SELECT {select} FROM _flowtrail_batch b"
+                    f"INSERT OR IGNORE INTO {FLOWS_TABLE} BY NAME "
+                    f"SELECT {select} FROM _flowtrail_batch b"
                 ).fetchall()
             finally:
                 self._con.unregister("_flowtrail_batch")
@@ -191,9 +224,8 @@ class Store:
         """Stored rows as Arrow (contract columns + extra), for tests and exports."""
         cur = self.cursor()
         try:
-            return query_arrow(
-                cur, f"SELECT * EXCLUDE (row_key) FROM {FLOWS_TABLE} WHERE {where}", params
-            )
+            names = ", ".join(quote(n) for n in (*ATTRIBUTED.names, EXTRA))
+            return query_arrow(cur, f"SELECT {names} FROM {FLOWS_TABLE} WHERE {where}", params)
         finally:
             cur.close()
 

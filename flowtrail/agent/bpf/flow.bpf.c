@@ -19,7 +19,9 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define ECONNREFUSED 111
+#define ECONNRESET 104
 #define ETIMEDOUT 110
+#define EPIPE 32
 #define EEXIST 17
 
 /* TCP states as the tracepoint reports them (include/net/tcp_states.h) */
@@ -29,6 +31,7 @@
 #define TCP_FIN_WAIT1 4
 #define TCP_FIN_WAIT2 5
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
 #define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
 #define TCP_CLOSING 11
@@ -190,7 +193,32 @@ static __always_inline int on_established(const struct trace_event_raw_inet_sock
 	if (r->direction == FLOW_DIR_OUTBOUND)
 		fill_tuple(r, ctx);
 	r->established = 1;
+	if (!r->established_ns)
+		r->established_ns = bpf_ktime_get_ns();
 	return 0;
+}
+
+/*
+ * How the socket ended (enum flow_outcome). An established socket that goes to CLOSE straight
+ * from ESTABLISHED or CLOSE_WAIT skipped the FIN exchange: a RST (sent or received) or the
+ * kernel's abort; tcp_reset() also leaves ECONNRESET/EPIPE in sk_err from the FIN states.
+ */
+static __always_inline __u8 outcome(const struct flow_record *r, int err, int oldstate)
+{
+	if (r->established) {
+		if (err == ECONNRESET || err == EPIPE || oldstate == TCP_ESTABLISHED ||
+		    oldstate == TCP_CLOSE_WAIT)
+			return FLOW_OUTCOME_RESET;
+		return FLOW_OUTCOME_ESTABLISHED;
+	}
+	if (err == ECONNREFUSED)
+		return FLOW_OUTCOME_REFUSED;
+	if (err == ETIMEDOUT)
+		return FLOW_OUTCOME_TIMEOUT;
+	/* no error at all: close() during connect, as an application's own timeout does */
+	if (err == 0 && r->direction == FLOW_DIR_OUTBOUND && oldstate == TCP_SYN_SENT)
+		return FLOW_OUTCOME_ABANDONED;
+	return FLOW_OUTCOME_FAILED;
 }
 
 /*
@@ -242,14 +270,7 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 	r->seq_flags = seq_flags(r, sk, ctx->oldstate);
 	err = BPF_CORE_READ(sk, sk_err);
 	r->sk_err = err;
-	if (r->established)
-		r->outcome = FLOW_OUTCOME_ESTABLISHED;
-	else if (err == ECONNREFUSED)
-		r->outcome = FLOW_OUTCOME_REFUSED;
-	else if (err == ETIMEDOUT)
-		r->outcome = FLOW_OUTCOME_TIMEOUT;
-	else
-		r->outcome = FLOW_OUTCOME_FAILED;
+	r->outcome = outcome(r, err, ctx->oldstate);
 	bpf_ringbuf_submit(r, wakeup_flags());
 	bpf_map_delete_elem(&flow_starts, &key);
 	return 0;

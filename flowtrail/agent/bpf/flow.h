@@ -21,10 +21,16 @@ enum flow_direction {
 
 /* outcome: how the connection ended */
 enum flow_outcome {
-	FLOW_OUTCOME_ESTABLISHED = 0, /* reached ESTABLISHED, then closed */
+	FLOW_OUTCOME_ESTABLISHED = 0, /* reached ESTABLISHED, then closed with FINs */
 	FLOW_OUTCOME_REFUSED = 1,     /* never established: RST in SYN_SENT (ECONNREFUSED) */
-	FLOW_OUTCOME_TIMEOUT = 2,     /* never established: handshake timed out (ETIMEDOUT) */
-	FLOW_OUTCOME_FAILED = 3,      /* never established: any other reason (aborted, unreachable) */
+	FLOW_OUTCOME_TIMEOUT = 2,     /* never established: the kernel's SYN retries ran out
+				       * (ETIMEDOUT) */
+	FLOW_OUTCOME_FAILED = 3,      /* never established: an error other than the above
+				       * (unreachable, ...) */
+	FLOW_OUTCOME_RESET = 4,       /* reached ESTABLISHED, then ended abortively: a RST sent or
+				       * received, or the kernel gave up on it */
+	FLOW_OUTCOME_ABANDONED = 5,   /* never established: the connecting application closed the
+				       * socket mid-handshake with no error (its own timeout) */
 };
 
 /* drop reasons: indexes into the per-CPU `flow_drops` array */
@@ -74,6 +80,9 @@ struct flow_record {
 	__u8 seq_flags;       /* enum flow_seq_flags: control flags inside the byte counters */
 	__u8 _pad[2];
 	char comm[16];        /* comm of the task that called connect(); empty for accepted */
+	__u64 established_ns; /* CLOCK_MONOTONIC ns of the change to ESTABLISHED; 0 if never seen.
+			       * Both ends reach it within one trip of the handshake's last
+			       * segment, however many SYNs were lost before: what pairs them */
 };
 
 /* Settings user space writes into the one-entry `flow_config` array after load. */
