@@ -18,6 +18,7 @@ from flowtrail.query.queries import attribution_health, dependencies
 from flowtrail.schema import ATTRIBUTED
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
+from flowtrail.store.columns import projection_sql, quote, sql_type
 from flowtrail.store.duck import open_database
 
 KEY = ["exporter", "flow_id", "state", "end_ns"]
@@ -120,6 +121,41 @@ def test_reopen_keeps_rows_and_idempotence(tmp_path: Path, attributed: pa.Table)
     with Store(path) as again:
         assert again.count() == attributed.num_rows
         assert again.write(attributed) == 0
+
+
+def test_a_store_of_contract_version_1_gains_the_later_columns(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    """A store written before flows had established_ns and outcome still opens and takes rows."""
+    path = tmp_path / "old.duckdb"
+    later = ("established_ns", "outcome")
+    con = duckdb.connect(str(path))  # version 1's layout, with rows, as an older flowtrail left it
+    old_columns = ", ".join(
+        f"{quote(c.name)} {sql_type(c)}" for c in ATTRIBUTED.columns if c.name not in later
+    )
+    con.execute(f"CREATE TABLE flows ({old_columns}, extra VARCHAR, row_key UHUGEINT PRIMARY KEY)")
+    con.execute("CREATE TABLE flowtrail_meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    con.execute(
+        "INSERT INTO flowtrail_meta VALUES ('store_format', '1'), ('contract_version', '1')"
+    )
+    old = attributed.slice(0, 10).drop_columns(list(later))
+    con.register("b", old)
+    con.execute(
+        f"INSERT INTO flows BY NAME SELECT * EXCLUDE ({', '.join(later)}) "
+        f"FROM (SELECT {projection_sql(old)} FROM b)"
+    )
+    con.close()
+    with Store(path) as store:
+        assert store.write(attributed.slice(10, 5)) == 5
+        back = store.read()
+        version = (
+            store.cursor()
+            .execute("SELECT value FROM flowtrail_meta WHERE key = 'contract_version'")
+            .fetchall()
+        )
+    assert back.column_names == [*ATTRIBUTED.names, "extra"]
+    assert back.num_rows == 15 and back.column("outcome").null_count == 15
+    assert version == [("2",)]
 
 
 def test_missing_optional_columns_are_stored_as_null(tmp_path: Path, attributed: pa.Table) -> None:
