@@ -26,7 +26,8 @@ from flowtrail.query.queries import (
     flows,
     top_talkers,
 )
-from flowtrail.schema import OUTCOMES, SOURCES
+from flowtrail.schema import ATTRIBUTED, OUTCOMES, SOURCES
+from flowtrail.store.columns import quote, sql_type
 from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
 from flowtrail.store.lake import lake_glob
 
@@ -49,7 +50,7 @@ def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, 
     if db is not None:
         con = open_database(db, read_only=True)
         check_layout(con, db)
-        return con, FLOWS_TABLE
+        return con, _current_columns(con, FLOWS_TABLE)
     assert lake is not None
     root = Path(lake)
     if not root.is_dir():
@@ -63,7 +64,19 @@ def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, 
         "true, union_by_name = true, hive_types = {'region': VARCHAR, 'date': DATE, "
         "'hour': INTEGER})"
     )
-    return con, "lake_flows"
+    return con, _current_columns(con, "lake_flows")
+
+
+def _current_columns(con: duckdb.DuckDBPyConnection, relation: str) -> str:
+    """`relation`, or a view of it with the contract's columns it lacks as nulls: a store or
+    lake written under an older contract version answers the queries too (read-only here)."""
+    have = {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
+    missing = [c for c in ATTRIBUTED.columns if c.name not in have]
+    if not missing:
+        return relation
+    nulls = ", ".join(f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in missing)
+    con.execute(f"CREATE TEMP VIEW current_flows AS SELECT *, {nulls} FROM {relation}")
+    return "current_flows"
 
 
 Query = Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table]

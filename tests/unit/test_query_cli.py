@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
@@ -94,6 +95,29 @@ def test_the_lake_answers_like_the_store(sources: tuple[Path, Path]) -> None:
         assert json.loads(from_lake.output) == json.loads(from_db.output), sub
     rows = _run("flows", "--lake", str(lake), "--format", "json", "--limit", "7")
     assert len(json.loads(rows.output)) == 7
+
+
+def test_a_lake_of_contract_version_1_answers_too(tmp_path: Path) -> None:
+    """Files without established_ns and outcome (written before version 2) still answer, their
+    rows read as connections."""
+    sim = simulate("calm", 4, flows=400)
+    table = replay(sim.flows, sim.events, sim.regions).table.drop_columns(
+        ["established_ns", "outcome"]
+    )
+    part = tmp_path / "lake" / "region=r" / "date=2026-01-01" / "hour=0"
+    part.mkdir(parents=True)
+    pq.write_table(table.drop_columns(["region"]), part / "old.parquet")
+    deps = _run("dependencies", "--lake", str(tmp_path / "lake"), "--format", "json")
+    assert deps.exit_code == 0, deps.output
+    assert sum(e["flows"] for e in json.loads(deps.output)) > 0
+    assert all(e["failed_attempts"] == 0 for e in json.loads(deps.output))
+    for outcome, want in (("connected", 5), ("established", 5), ("attempts", 0)):
+        rows = _run("flows", "--lake", str(tmp_path / "lake"), "--format", "json",
+                    "--outcome", outcome, "--limit", "5")  # fmt: skip
+        assert rows.exit_code == 0, rows.output
+        assert len(json.loads(rows.output)) == want, outcome
+    bad = _run("flows", "--lake", str(tmp_path / "lake"), "--outcome", "fine")
+    assert bad.exit_code == 2 and "--outcome" in bad.output
 
 
 def test_windows_as_durations_ago_and_as_ns(tmp_path: Path, sources: tuple[Path, Path]) -> None:
