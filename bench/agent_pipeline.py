@@ -119,6 +119,7 @@ def synthetic(n: int, seed: int = 1) -> pa.RecordBatch:
             "outcome": pa.array(["established"] * n),
             "start_ns": pa.array(np.full(n, 1_700_000_000_000_000_000, np.int64)),
             "end_ns": pa.array(np.full(n, 1_700_000_000_100_000_000, np.int64)),
+            "established_ns": pa.array(np.full(n, 1_700_000_000_000_100_000, np.int64)),
             **ints,
             "retransmits": pa.array(np.zeros(n, np.int64)),
             "srtt_us": pa.array(np.full(n, 50, np.int64)),

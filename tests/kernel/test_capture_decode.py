@@ -65,16 +65,24 @@ def test_payload_bytes_subtract_exactly_the_flagged_syn_and_fins() -> None:
 
 
 def test_outcome_direction_and_times() -> None:
-    r = records(4)
-    r["outcome"] = [0, 1, 2, 3]
-    r["direction"] = [1, 2, 1, 1]
+    r = records(6)
+    r["outcome"] = [0, 1, 2, 3, 4, 5]
+    r["direction"] = [1, 2, 1, 1, 2, 1]
     r["start_ns"], r["end_ns"] = 1_000, 2_000
+    r["established_ns"] = [1_500, 0, 0, 0, 1_200, 0]  # 0: never reached ESTABLISHED
     clock = MonotonicClock()
     batch = decode(r, clock)
-    assert batch.column("outcome").to_pylist() == ["established", "refused", "timeout", "failed"]
-    assert batch.column("direction").to_pylist() == ["outbound", "inbound", "outbound", "outbound"]
+    assert batch.column("outcome").to_pylist() == [
+        "established", "refused", "timeout", "failed", "reset", "abandoned"
+    ]  # fmt: skip
+    assert batch.column("direction").to_pylist() == [
+        "outbound", "inbound", "outbound", "outbound", "inbound", "outbound"
+    ]  # fmt: skip
     assert set(batch.column("start_ns").to_pylist()) == {1_000 + clock.offset_ns}
     assert set(batch.column("end_ns").to_pylist()) == {2_000 + clock.offset_ns}
+    assert batch.column("established_ns").to_pylist() == [
+        1_500 + clock.offset_ns, None, None, None, 1_200 + clock.offset_ns, None
+    ]  # fmt: skip
 
 
 def test_empty_decode_is_an_empty_raw_batch() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from flowtrail.agent import libbpf
 from flowtrail.agent.capture import DROP_REASONS, FLOW_DTYPE, FLOW_FIELDS, OBJECT_PATH
+from flowtrail.schema import OUTCOMES
 
 pytestmark = pytest.mark.kernel
 
@@ -46,6 +47,14 @@ def test_enums_in_header_match_python_names() -> None:
     names = re.findall(r"FLOW_DROP_(\w+) = (\d+)", body.group(1))
     reasons = [(n.lower(), int(v)) for n, v in names if not n.startswith("_")]
     assert reasons == [(r, i) for i, r in enumerate(DROP_REASONS)]
+
+
+def test_outcome_codes_in_header_match_the_contract_order() -> None:
+    """The program writes outcome codes; capture names them by schema.OUTCOMES' order."""
+    body = re.search(r"enum flow_outcome \{(.*?)\};", HEADER.read_text(), re.S)
+    assert body is not None
+    names = re.findall(r"FLOW_OUTCOME_(\w+) = (\d+)", body.group(1))
+    assert [(n.lower(), int(v)) for n, v in names] == [(o, i) for i, o in enumerate(OUTCOMES)]
 
 
 def test_shipped_object_is_built_from_current_sources() -> None:
