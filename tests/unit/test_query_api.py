@@ -34,9 +34,12 @@ def test_text_parameters_reach_the_same_queries(con: duckdb.DuckDBPyConnection) 
     assert got.equals(dependencies(con, window, known_only=True))
     got = run_query(con, "top-talkers", {"by": "ip", "limit": "3"})
     assert got.equals(top_talkers(con, by="ip", limit=3))
-    params = {"port": str(row["remote_port"]), "exporter": row["exporter"], "limit": "50"}
+    params = {
+        "port": str(row["remote_port"]), "exporter": row["exporter"], "outcome": "connected",
+        "limit": "50",
+    }  # fmt: skip
     got = run_query(con, "flows", params)
-    where = FlowFilter(port=row["remote_port"], exporter=row["exporter"])
+    where = FlowFilter(port=row["remote_port"], exporter=row["exporter"], outcome="connected")
     assert got.equals(flows(con, where=where, limit=50))
     assert got.num_rows > 0
     assert run_query(con, "health", {}).column("group")[0].as_py() == "all"
@@ -50,6 +53,7 @@ def test_text_parameters_reach_the_same_queries(con: duckdb.DuckDBPyConnection) 
         ("flows", {"port": "http"}, "--port 'http': not an integer"),
         ("flows", {"limit": "-1"}, "--limit -1"),
         ("flows", {"source": "magic"}, "--source 'magic'"),
+        ("flows", {"outcome": "fine"}, "--outcome 'fine'"),
         ("dependencies", {"known_only": "maybe"}, "--known-only 'maybe'"),
         ("top-talkers", {"by": "port"}, "--by 'port'"),
         ("health", {"since": "soon"}, "--since 'soon'"),
