@@ -47,6 +47,8 @@ class Server:
     accepts: int = 1
     report: bool = False
     reset: bool = False  # after reading, close with SO_LINGER 0: a RST, not a FIN, ends it
+    # a path: answer only once it exists, so a test holds the connection open as long as it needs
+    answer_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,8 @@ def serve(s: Server) -> None:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
             continue
+        while s.answer_after is not None and not Path(s.answer_after).exists():
+            time.sleep(0.05)
         conn.sendall(b"s" * s.send)
         got = s.recv + drain_and_close(conn)
         if s.report:

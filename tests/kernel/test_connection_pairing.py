@@ -181,19 +181,24 @@ def test_one_four_tuple_reused_five_times_pairs_one_to_one(lab: PairLab, lost: i
     check_paired(lab, rows, n, up=40)
 
 
-def test_failed_attempts_and_resets_are_told_apart(lab: PairLab) -> None:
+def test_failed_attempts_and_resets_are_told_apart(lab: PairLab, tmp_path: Path) -> None:
     ip = lab.net.server.ip
     long_port, dead, silent, slow, reset = (lab.net.port() for _ in range(5))
     lab.drop_syns(silent, 1, of=1)  # every SYN dropped: the handshake times out
     lab.drop_syns(slow, 1, of=1)
-    # a long-lived connection keeps api's address owned (its snapshots are heartbeats)
-    long_srv = lab.net.serve(lab.api, Server(ip, long_port, recv=24_000, send=5))
-    long_cli = lab.net.spawn(lab.web, Client(ip, long_port, send=[1_000] * 24, gap_s=0.5, recv=5))
-    until(
+    # a connection held open until the attempts are over keeps api's address owned (its
+    # snapshots are heartbeats), so the attempts' target has an owner to be named by
+    go = tmp_path / "answer"
+    long_srv = lab.net.serve(
+        lab.api, Server(ip, long_port, recv=1_000, send=5, answer_after=str(go))
+    )
+    long_cli = lab.net.spawn(lab.web, Client(ip, long_port, send=1_000, recv=5))
+    snapshots = until(
         lambda: lab.rows(long_port),
         lambda t: t.num_rows > 0 and "active" in t.column("state").to_pylist(),
-        timeout_s=30,
+        timeout_s=60,
     )
+    assert snapshots.num_rows and "active" in snapshots.column("state").to_pylist()
     said = [
         finish(lab.net.spawn(lab.web, Client(ip, dead, send=1, recv=1)), 10),
         finish(lab.net.spawn(lab.web, Client(ip, silent, send=1, recv=1, syn_retries=1)), 20),
@@ -205,6 +210,7 @@ def test_failed_attempts_and_resets_are_told_apart(lab: PairLab) -> None:
         "reset"
     ]
     finish(reset_srv, 10)
+    go.touch()
     finish(long_cli, 40)
     finish(long_srv, 10)
     ports = (long_port, dead, silent, slow, reset)
