@@ -3,11 +3,11 @@
 A connection captured at both ends has a client (`outbound`) row and a server (`inbound`) row
 whose 4-tuples are each other's reverse (the client's remote side NAT-resolved). Start times
 cannot pair them: the client's row starts at its first SYN, the server's when the handshake
-completes, and every SYN lost on the way puts seconds between them (1 s for one, 3 s for two,
-63 s for five). What both ends agree on is the moment the handshake completed: each end's
-`established_ns`, apart by one trip of the handshake's last segment plus the hosts' clock
-difference. A row without it (a source that does not record it) pairs by its start_ns, which
-for a server row is that same moment.
+completes, and every SYN lost on the way puts seconds between them (with the classic backoff
+1 s for one, 3 s for two, 31 s for five). What both ends agree on is the moment the handshake
+completed: each end's `established_ns`, apart by one trip of the handshake's last segment plus
+the hosts' clock difference. A row without it (a source that does not record it) pairs by its
+start_ns, which for a server row is that same moment.
 
 The rule. Two rows are the same connection when
 - their 4-tuples are each other's reverse, and
