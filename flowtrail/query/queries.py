@@ -31,7 +31,9 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowtrail import pairing
 from flowtrail.errors import InputError
@@ -75,105 +77,95 @@ def _sql_list(values: tuple[str, ...]) -> str:
 
 
 def _ends_sql(source: str, window: Window) -> str:
-    """CTEs `w` (one row per exporter's connection), `o`/`i` (client/server rows of
-    connections) and `a` (attempts), each row keyed by (exporter, flow_id)."""
+    """One row per exporter's connection or attempt in the window, as its caller and callee see
+    it (the client's view NAT-resolved): `side` 0 a client row, 1 a server row, 2 an attempt;
+    `tuple_hash` of (caller ip:port, callee ip:port)."""
     connected = f"{OUTCOME_SQL} IN {_sql_list(CONNECTED)}"
     return f"""
-    w AS (
+    WITH w AS (
         SELECT * FROM {source} WHERE {window.sql()}
         QUALIFY row_number() OVER (
             PARTITION BY exporter, flow_id ORDER BY end_ns DESC, (state = 'closed') DESC
         ) = 1
     ),
-    o AS (
-        SELECT exporter, flow_id, {pairing.PAIR_TIME_SQL} AS pair_ns,
-               local_ip AS caller_ip, local_port AS caller_port,
-               coalesce(nat_remote_ip, remote_ip) AS callee_ip,
-               CASE WHEN nat_remote_ip IS NOT NULL THEN coalesce(nat_remote_port, remote_port)
-                    ELSE remote_port END AS callee_port,
-               local_workload AS caller, remote_workload AS callee,
-               bytes_sent AS to_callee, bytes_received AS to_caller, retransmits, srtt_us
-        FROM w WHERE direction = 'outbound' AND {connected}
-    ),
-    i AS (
-        SELECT exporter, flow_id, {pairing.PAIR_TIME_SQL} AS pair_ns,
-               remote_ip AS caller_ip, remote_port AS caller_port,
-               local_ip AS callee_ip, local_port AS callee_port,
-               remote_workload AS caller, local_workload AS callee,
-               bytes_received AS to_callee, bytes_sent AS to_caller, retransmits, srtt_us
-        FROM w WHERE direction = 'inbound' AND {connected}
-    ),
-    a AS (
-        SELECT CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END
+    e AS (
+        SELECT CASE WHEN NOT ({connected}) THEN 2 WHEN direction = 'outbound' THEN 0 ELSE 1 END
+                   AS side,
+               {pairing.PAIR_TIME_SQL} AS pair_ns,
+               CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END
                    AS caller,
                CASE WHEN direction = 'outbound' THEN remote_workload ELSE local_workload END
                    AS callee,
                CASE WHEN direction = 'outbound' THEN local_ip ELSE remote_ip END AS caller_ip,
+               CASE WHEN direction = 'outbound' THEN local_port ELSE remote_port END
+                   AS caller_port,
                CASE WHEN direction = 'outbound' THEN coalesce(nat_remote_ip, remote_ip)
-                    ELSE local_ip END AS callee_ip
-        FROM w WHERE NOT ({connected})
-    )"""
+                    ELSE local_ip END AS callee_ip,
+               CASE WHEN direction = 'inbound' THEN local_port
+                    WHEN nat_remote_ip IS NOT NULL THEN coalesce(nat_remote_port, remote_port)
+                    ELSE remote_port END AS callee_port,
+               CASE WHEN direction = 'outbound' THEN bytes_sent ELSE bytes_received END
+                   AS to_callee,
+               CASE WHEN direction = 'outbound' THEN bytes_received ELSE bytes_sent END
+                   AS to_caller,
+               retransmits, srtt_us
+        FROM w
+    )
+    SELECT *, hash(caller_ip, caller_port, callee_ip, callee_port) AS tuple_hash FROM e"""
 
 
-def _pairs(
+def _ends(
     con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
 ) -> pa.Table:
-    """(o_exporter, o_flow_id, i_exporter, i_flow_id): the client and server rows that are one
-    connection, by flowtrail/pairing.py's rule."""
-    rows = query_arrow(
-        con,
-        f"""
-        WITH {_ends_sql(source, window)},
-        k AS (
-            SELECT 0 AS side, exporter, flow_id, pair_ns, caller_ip, caller_port, callee_ip,
-                   callee_port FROM o
-            UNION ALL
-            SELECT 1, exporter, flow_id, pair_ns, caller_ip, caller_port, callee_ip,
-                   callee_port FROM i
-        )
-        SELECT side, exporter, flow_id, pair_ns,
-               dense_rank() OVER (ORDER BY caller_ip, caller_port, callee_ip, callee_port)
-                   AS tuple_id
-        FROM k
-        """,
-    )
-    side = np.asarray(rows.column("side").to_numpy(), np.int64)
-    group = np.asarray(rows.column("tuple_id").to_numpy(), np.int64)
-    at = np.asarray(rows.column("pair_ns").to_numpy(), np.int64)
+    """The window's ends (see _ends_sql) with `rid` (row number) and `partner` (the rid of the
+    server row a client row is paired with by flowtrail/pairing.py's rule, else -1)."""
+    ends = query_arrow(con, _ends_sql(source, window))
+    side = np.asarray(ends.column("side").to_numpy(), np.int64)
+    group = np.asarray(ends.column("tuple_hash").to_numpy(), np.uint64).view(np.int64)
+    at = np.asarray(ends.column("pair_ns").fill_null(0).to_numpy(), np.int64)
     o_rows, i_rows = np.flatnonzero(side == 0), np.flatnonzero(side == 1)
     po, pi = pairing.pair_in_order(
         group[o_rows], at[o_rows], group[i_rows], at[i_rows], tolerance_ns
     )
-    o_take, i_take = pa.array(o_rows[po]), pa.array(i_rows[pi])
-    return pa.table(
-        {
-            "o_exporter": rows.column("exporter").take(o_take),
-            "o_flow_id": rows.column("flow_id").take(o_take),
-            "i_exporter": rows.column("exporter").take(i_take),
-            "i_flow_id": rows.column("flow_id").take(i_take),
-        }
-    )
+    o_pair, i_pair = o_rows[po], i_rows[pi]
+    same = _same_tuple(ends, o_pair, i_pair)  # two 4-tuples that share a hash never pair
+    partner = np.full(ends.num_rows, -1, np.int64)
+    partner[o_pair[same]] = i_pair[same]
+    ends = ends.drop_columns(["pair_ns", "tuple_hash"])
+    ends = ends.append_column("rid", pa.array(np.arange(ends.num_rows, dtype=np.int64)))
+    return ends.append_column("partner", pa.array(partner))
+
+
+def _same_tuple(
+    ends: pa.Table, a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Per pair (rows a[k], b[k]): are their 4-tuples equal, field by field?"""
+    same = np.ones(len(a), bool)
+    for name in ("caller_ip", "caller_port", "callee_ip", "callee_port"):
+        column = ends.column(name)
+        equal = pc.equal(column.take(pa.array(a)), column.take(pa.array(b)))
+        same &= np.asarray(pc.fill_null(equal, False).to_numpy(zero_copy_only=False), bool)
+    return same
 
 
 @contextmanager
 def _connections(
     con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
 ) -> Iterator[str]:
-    """CTEs ending in `c` (one row per connection) and `a` (attempts); see the module doc.
+    """CTEs `c` (one row per connection) and `a` (attempts); see the module doc.
 
-    The pairs are computed first and registered on `con` under a name of their own for as
-    long as the block runs.
+    The window's ends are read and paired first, and registered on `con` under a name of their
+    own for as long as the block runs.
     """
     if tolerance_ns < 0:
         raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
-    name = f"_flowtrail_pairs_{uuid.uuid4().hex}"
-    con.register(name, _pairs(con, source, window, tolerance_ns))
+    name = f"_flowtrail_ends_{uuid.uuid4().hex}"
+    con.register(name, _ends(con, source, window, tolerance_ns))
     try:
-        yield f"""{_ends_sql(source, window)},
-    op AS (
-        SELECT o.*, p.i_exporter, p.i_flow_id FROM o LEFT JOIN {name} p
-          ON o.exporter = p.o_exporter AND o.flow_id = p.o_flow_id
-    ),
+        yield f"""
+    o AS (SELECT * FROM {name} WHERE side = 0),
+    i AS (SELECT * FROM {name} WHERE side = 1),
+    a AS (SELECT caller, callee FROM {name} WHERE side = 2),
     c AS (
         SELECT coalesce(o.caller, i.caller) AS caller,
                coalesce(o.callee, i.callee) AS callee,
@@ -183,9 +175,8 @@ def _connections(
                coalesce(o.to_caller, i.to_caller) AS to_caller,
                coalesce(o.retransmits, 0) + coalesce(i.retransmits, 0) AS retransmits,
                coalesce(o.srtt_us, i.srtt_us) AS srtt_us,
-               (o.caller_ip IS NOT NULL AND i.caller_ip IS NOT NULL) AS both_ends
-        FROM op AS o FULL OUTER JOIN i
-          ON o.i_exporter = i.exporter AND o.i_flow_id = i.flow_id
+               (o.rid IS NOT NULL AND i.rid IS NOT NULL) AS both_ends
+        FROM o FULL OUTER JOIN i ON o.partner = i.rid
     )"""
     finally:
         con.unregister(name)
