@@ -112,7 +112,7 @@ FLOWS = Table(
         ),
         Column("outcome", S, False, "how it ended; null = established", Kind.ENUM, OUTCOMES),
     ),
-    ordered=(("start_ns", "end_ns"),),
+    ordered=(("start_ns", "end_ns"), ("start_ns", "established_ns")),
 )
 
 EVENTS = Table(

@@ -38,7 +38,7 @@ def flow_rows(n: int = 3) -> list[dict[str, object]]:
 def write_csv(path: Path, rows: list[dict[str, object]]) -> None:
     cols = list(rows[0])
     lines = [",".join(cols)] + [
-        ",".join("" if r[c] is None else str(r[c]) for c in cols) for r in rows
+        ",".join("" if r.get(c) is None else str(r[c]) for c in cols) for r in rows
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -69,6 +69,8 @@ def test_reads_all_three_formats_and_keeps_extra_columns(tmp_path: Path) -> None
         ({"start_ns": "soon"}, 2, "start_ns", "integer"),
         ({"bytes_sent": -5}, 2, "bytes_sent", "negative"),
         ({"exporter": None}, 2, "exporter", "missing"),
+        ({"established_ns": 999}, 1, "established_ns", "999 is before start_ns 1000"),
+        ({"outcome": "fine"}, 1, "outcome", "'reset'"),
     ],
 )
 def test_bad_values_name_file_row_and_column(
