@@ -349,22 +349,27 @@ def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_late
     nats_lab: NatsLab, tmp_path: Path
 ) -> None:
     """Fault injection (the one fake here: NATS cannot be made to refuse exactly one publish
-    for a minute on cue): the first evidence publish fails as after a long election. The
-    node survives, hands the batch back, takes it again under a new evidence id and stores
-    every row once."""
+    for a minute on cue): the batch's first evidence publish fails as after a long election.
+    The node survives, hands the batch back, takes it again under a new evidence id and
+    stores every row once, even when the first try's evidence reaches the stream late."""
     sim = simulate("churny", 4, flows=1_000)
     good = sim.flows.slice(0, 50)
     region = "us-east"
 
-    failed: list[str] = []
+    failed: list[tuple[str, bytes, dict[str, str]]] = []
 
     def inject(bus: Bus) -> None:
         real_publish = bus.publish
 
         async def flaky(subject: str, payload: bytes, msg_id: str, headers=None):  # type: ignore[no-untyped-def]
-            if ".evidence." in subject and not failed:
-                await real_publish(subject, payload, msg_id, headers)  # stored, ack "lost"
-                failed.append(msg_id)
+            # Only this batch's own evidence (id "good@<incarnation>"), never a clock mark,
+            # and only its first try; the flag is set before anything is awaited.
+            if (
+                subject == bus.evidence_subject(region)
+                and msg_id.startswith("good@")
+                and not failed
+            ):
+                failed.append((msg_id, payload, dict(headers or {})))
                 raise ExportError(f"publish {msg_id}: injected failure")
             return await real_publish(subject, payload, msg_id, headers)
 
@@ -373,11 +378,22 @@ def test_a_batch_whose_evidence_cannot_be_published_is_handed_back_and_done_late
     async def main() -> ClusterNode:
         async with _solo_node(nats_lab, tmp_path, region, inject) as (bus, node, run):
             await bus.publish_batch(region, good, "good")
+            await _wait_for(
+                lambda: node.stats["batches_redelivered"] >= 1, 60, "the redelivery", [run]
+            )
+            # The failed try's evidence was stored after all, its ack lost: it arrives now,
+            # after the batch went back, and must not get its rows decided a second time.
+            msg_id, payload, headers = failed[0]
+            await bus.publish(bus.evidence_subject(region), payload, msg_id, headers)
             await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
             return node
 
     node = asyncio.run(main())
+    assert [f[0] for f in failed] == [f"good@{node.incarnation}"]  # the batch's own evidence
     assert node.stats["publish_failures"] == 1
+    assert node.stats["batches_taken"] == 2  # handed back once, taken again
+    assert node.stats["batches_redelivered"] == 1
+    assert node.stats["rows_submitted"] == good.num_rows  # from the second try only
     assert node.stats["rows_written"] == good.num_rows  # decided once, from the second try
     assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
 
