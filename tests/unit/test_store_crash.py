@@ -81,14 +81,14 @@ def _run_and_kill(path: Path, acks_before_kill: int, delay_s: float) -> list[int
     return acked
 
 
-@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.3])
 def test_kill_9_mid_write_keeps_whole_acknowledged_batches_only(
     tmp_path: Path, delay_s: float
 ) -> None:
     path = tmp_path / "crash.duckdb"
     acked = _run_and_kill(path, 3, delay_s)
-    # Acknowledged commits still sit in the write-ahead log: reopening must replay it.
-    assert path.with_name(path.name + ".wal").stat().st_size > 0
+    # Acknowledged commits sit in DuckDB's write-ahead log or, once its autocheckpoint ran,
+    # in the main file (the log removed): either way reopening must find every one of them.
     with Store(path) as store:
         cur = store.cursor()
         per_batch = dict(
