@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 
+from flowtrail.agent import exporter as exporter_module
 from flowtrail.agent.exporter import Delivery, Spool, make_exporter
 from flowtrail.cli import main as cli_main
 from flowtrail.cluster.agent_sink import CAFILE_ENV, NatsExporter, register
@@ -205,6 +206,8 @@ def test_close_is_prompt_and_final() -> None:
 
 
 def test_factory_needs_region_servers_and_readable_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The exporter registry is process-wide: whatever this test registers goes with it.
+    monkeypatch.setattr(exporter_module, "EXPORTERS", dict(exporter_module.EXPORTERS))
     register(None)
     with pytest.raises(InputError, match="--region"):
         make_exporter("nats", "nats://127.0.0.1:4222")
