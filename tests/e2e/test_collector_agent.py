@@ -23,11 +23,11 @@ pytestmark = pytest.mark.kernel
 
 
 def test_agent_sends_over_tls_and_both_ends_are_attributed(tmp_path: Path) -> None:
+    from flowtrail import store  # plainly: a broken store must fail, never skip
     from flowtrail.agent.exporter import Delivery
     from flowtrail.collector.client import CollectorExporter
     from flowtrail.lab.agent import running_agent
 
-    store = pytest.importorskip("flowtrail.store")
     pod_uid = str(uuid.uuid4())
     # The two ends' rows may leave the agent an interval (plus any stall) apart: the first
     # must still be waiting for its heartbeat when the second arrives.
