@@ -19,6 +19,7 @@ from flowtrail.agent.netlink import NETLINK_SOCK_DIAG, NetnsIndex, netlink_socke
 from flowtrail.agent.records import RAW_SCHEMA
 from flowtrail.agent.snapshots import Snapshotter, dump_tcp_info
 from flowtrail.lab.loopback import exchange, tcp_pair
+from flowtrail.lab.wait import until
 
 pytestmark = pytest.mark.kernel
 
@@ -32,9 +33,29 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     a.close()
 
 
+def unacked(s: socket.socket) -> int:
+    """tcpi_unacked: segments sent and not yet acknowledged."""
+    return int(
+        struct.unpack_from("=I", s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232), 24)[0]
+    )
+
+
 def settle(c: socket.socket, a: socket.socket, up: int, down: int) -> None:
+    """Exchange, then wait until each side's last segment is acknowledged (the counters
+    compared below are final only then)."""
     exchange(c, a, up, down)
-    time.sleep(0.05)  # let the last ACKs land
+    outstanding = until(
+        lambda: (unacked(c), unacked(a)), lambda u: u == (0, 0), timeout_s=30, every_s=0.005
+    )
+    assert outstanding == (0, 0), outstanding
+
+
+def established_keys() -> list[str]:
+    sock = netlink_socket(NETLINK_SOCK_DIAG)
+    try:
+        return dump_tcp_info(sock).keys
+    finally:
+        sock.close()
 
 
 def test_tcp_info_offsets_match_getsockopt(pair: tuple[socket.socket, socket.socket]) -> None:
@@ -98,8 +119,10 @@ def test_snapshot_rows_carry_payload_counters(pair: tuple[socket.socket, socket.
     assert (rows[1]["bytes_sent"], rows[1]["bytes_received"]) == (5_000, 700)  # SYN taken off
     assert (rows[2]["bytes_sent"], rows[2]["bytes_received"]) == (700, 5_000)
     assert rows[1]["end_ns"] == now and rows[1]["segs_sent"] > 0
+    key = "{}|{}|{}|{}".format(*c.getsockname(), *c.getpeername())
     c.close()  # gone before the next snapshot: missed, counted, no row
-    time.sleep(0.05)
+    keys = until(established_keys, lambda k: key not in k, timeout_s=30, every_s=0.005)
+    assert key not in keys
     again = snap.snapshot(live.slice(0, 1), time.time_ns(), 1_000_000_000)
     assert again.num_rows == 0 and snap.stats["snapshot_missed"] == 1
     assert snap.stats["snapshots"] == 2
