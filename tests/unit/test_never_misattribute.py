@@ -4,7 +4,7 @@ Each example builds addresses that change hands (sometimes at the very same inst
 whose clocks are off by up to max_skew, connections at any moment of an owner's tenure
 (right up to the handover), the server's own row of a connection present or lost, rows and
 events arriving late and out of order. Then it replays and checks every attribution against
-the truth at the connection's true start.
+the truth at the connection's true start, and that a connection seen from both ends is named.
 """
 
 from __future__ import annotations
@@ -111,15 +111,43 @@ def test_heartbeat_method_never_misattributes(
             max_skew_ns=max_skew_ms * MS, event_lag_ns=lag_s * S, retention_ns=retention_s * S
         ),
     ).table  # fmt: skip
-    got = result.column("remote_workload").to_pylist()
-    ips = result.column("remote_ip").to_pylist()
-    true_start = [s - 0 for s in result.column("start_ns").to_pylist()]
-    rows = flows.num_rows
-    assert len(got) == rows
+    # Rows by flow_id, not by position: the judgement must not lean on the replay's order.
+    by_id = dict(
+        zip(
+            result.column("flow_id").to_pylist(),
+            result.column("remote_workload").to_pylist(),
+            strict=True,
+        )
+    )
+    ids = flows.column("flow_id").to_pylist()
+    assert len(by_id) == result.num_rows == flows.num_rows
+    got = [by_id[i] for i in ids]
+    ips = flows.column("remote_ip").to_pylist()
     _, _, _, expect = timeline(seed, max_skew_ms, peer_share, event_delay_s=lag_s)
-    for i in range(rows):
-        if got[i] is None:
-            continue
-        t_true, owner = expect[i]
-        assert owner_at(truth, ips[i], t_true) == owner  # the generator's own consistency
-        assert got[i] == owner, (i, ips[i], true_start[i], got[i], owner)
+    for i, (true_start, generated_owner) in enumerate(expect):
+        # Judged at the connection's true start (the rows carry the skewed one).
+        owner = owner_at(truth, ips[i], true_start)
+        assert owner == generated_owner  # the generator's own consistency
+        if got[i] is not None:
+            assert got[i] == owner, (ids[i], ips[i], true_start, got[i], owner)
+    # Coverage too (an all-null answer is never wrong): a connection whose both ends were
+    # captured names both ends, whatever the skew, lateness or forgetting.
+    paired = peer_rows(flows)
+    unnamed = [ids[i] for i in paired if got[i] is None]
+    assert not unnamed, f"{len(unnamed)} of {len(paired)} rows with both ends seen left unnamed"
+    if peer_share == 1.0:
+        assert len(paired) == flows.num_rows  # every row has its peer: all must be named
+
+
+def peer_rows(flows: pa.Table) -> list[int]:
+    """Positions of rows whose connection's other end is a row too (the generator appends a
+    server's row right after its client's)."""
+    direction = flows.column("direction").to_pylist()
+    local_port = flows.column("local_port").to_pylist()
+    remote_port = flows.column("remote_port").to_pylist()
+    out: list[int] = []
+    for i in range(flows.num_rows - 1):
+        pair = (direction[i], direction[i + 1]) == ("outbound", "inbound")
+        if pair and remote_port[i + 1] == local_port[i]:
+            out += [i, i + 1]
+    return out
