@@ -223,13 +223,20 @@ def test_config_file_endpoints_and_cluster_events_cli(nats_lab: NatsLab, tmp_pat
         sent = {region: v["rows"] for region, v in first.items()}
         assert {region: v["rows"] for region, v in second.items()} == sent
         assert sum(sent.values()) >= events.num_rows and REGION in sent
-        want = f"flowtrail_node_event_rows_total {float(sent[REGION])}"
+        # Other events published after the duplicates: once the node has read them, it has
+        # read whatever the second publish might have added before them (one stream, in
+        # order). Its count must then be the first publish's plus these, nothing more.
+        write_table(sim.events.slice(30, 30), tmp_path / "later.parquet")
+        later_cmd = [sys.executable, *publish[:3], str(tmp_path / "later.parquet"), *publish[4:]]
+        later = subprocess.run(later_cmd, capture_output=True, text=True, timeout=60)
+        assert later.returncode == 0, later.stderr
+        more = json.loads(later.stdout)[REGION]["rows"]
+        assert more > 0
+        want = f"flowtrail_node_event_rows_total {float(sent[REGION] + more)}"
         deadline = time.monotonic() + 30
-        while want not in _get(port, "/metrics")[1]:  # the second publish was deduplicated
-            assert time.monotonic() < deadline, _get(port, "/metrics")[1][-3000:]
+        while want not in (got := _get(port, "/metrics")[1]):
+            assert time.monotonic() < deadline, got[-3000:]
             time.sleep(0.2)
-        time.sleep(1.0)
-        assert want in _get(port, "/metrics")[1]
     finally:
         proc.terminate()
         proc.wait(30)
