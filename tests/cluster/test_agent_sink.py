@@ -334,6 +334,8 @@ def test_real_agent_publishes_into_a_real_cluster_node(nats_lab: NatsLab, tmp_pa
                     found[key] = r
         for (_port, direction), row in found.items():
             assert row["local_workload"] == host and row["exporter"] == exporter
+            # Loopback is named from this host's own rows: the other end is this host too.
+            assert (row["remote_workload"], row["remote_source"]) == (host, "heartbeat"), row
             assert row["region"] == REGION and row["outcome"] == "established"
             assert str(row["flow_id"]).startswith(f"{exporter}:")
             assert row["received_ns"] is not None  # stamped by the node
