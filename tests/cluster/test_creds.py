@@ -204,11 +204,13 @@ def test_refused_creds_name_the_server_and_bad_files_name_the_option(
 
     async def main() -> dict[str, Exception | None]:
         configs = [replace(c, connect_timeout_s=3.0) for c in cases.values()]
-        return dict(zip(cases, await asyncio.gather(*map(attempt, configs)), strict=True))
+        # Each attempt ends within its 3 s connect timeout, by the server's answer (the
+        # messages below name it, not a timeout); 60 s only guards against a hang, so a
+        # loaded machine cannot fail this.
+        attempts = asyncio.gather(*map(attempt, configs))
+        return dict(zip(cases, await asyncio.wait_for(attempts, 60), strict=True))
 
-    t0 = time.monotonic()
     errors = asyncio.run(main())
-    assert time.monotonic() - t0 < 10
     for case in ("stranger", "no creds"):
         exc = errors[case]
         assert isinstance(exc, ExportError), (case, exc)
