@@ -134,7 +134,8 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     target = tmp_path / "out.parquet"
     write_table(pa.table({"a": [1]}), target)
 
-    def explode(*_a: object, **_k: object) -> None:
+    def explode(_data: object, where: object, *_a: object, **_k: object) -> None:
+        Path(str(where)).write_bytes(b"PAR1 half a file")  # the disk fills mid-write
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", explode)
