@@ -29,7 +29,11 @@ from flowtrail.errors import ExportError
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
+# A budget, not a check: the replay comparisons pace ~500 (heartbeats) and ~1,100 (with
+# events) seconds of received time through R3 streams, one round trip each, and took over
+# 180 s with 2 cores at a load of 13-24; the stalls they could hide fail sooner, named (60 s
+# per paced second, 60 s for the last decisions).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
 KEY = ("exporter", "flow_id", "state", "end_ns")
 
