@@ -67,6 +67,12 @@ class _Handler(GuardedHandler):
         self._json(status, body)
 
     def do_GET(self) -> None:
+        try:
+            self._get()
+        except Exception as exc:  # a defect, yet the client still gets an answer, not a reset
+            self._error(500, f"internal error: {type(exc).__name__}")
+
+    def _get(self) -> None:
         if not local_host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             self.close_connection = True
             self._error(

@@ -25,7 +25,7 @@ from flowtrail.query.queries import (
     flows,
     top_talkers,
 )
-from flowtrail.units import parse_duration_ns
+from flowtrail.units import parse_time_ns
 
 WINDOW_PARAMS = ("since", "until")
 PARAMS: dict[str, tuple[str, ...]] = {
@@ -46,22 +46,12 @@ PARAMS: dict[str, tuple[str, ...]] = {
 
 
 def parse_time(text: str, flag: str, now_ns: int) -> int:
-    """A bare integer is ns since the epoch; a duration (1h, 90s, 15m) means that long ago."""
-    text = text.strip()
-    if text == "now":
-        return now_ns
-    if text.lstrip("-").isdigit():
-        value = int(text)
-        if value < 0:
-            raise InputError(f"{flag} {text}: a time in ns since the epoch must not be negative")
-        return value
+    """`now`, ns since the epoch, an ISO 8601 time (no zone = UTC), or a duration ago (1h30m,
+    1d): flowtrail.units.parse_time_ns, with its errors as InputError naming the flag."""
     try:
-        ago = parse_duration_ns(text)
+        return parse_time_ns(text, now_ns)
     except ValueError as exc:
-        raise InputError(
-            f"{flag} {text!r}: give a duration ago (1h, 15m, 90s) or ns since the epoch"
-        ) from exc
-    return now_ns - ago
+        raise InputError(f"{flag} {exc}") from None
 
 
 def window_of(since: str | None, until: str | None, now_ns: int | None = None) -> Window:

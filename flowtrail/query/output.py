@@ -1,4 +1,8 @@
-"""Printing query results: an aligned text table, JSON (an array of objects) or CSV."""
+"""Printing query results: an aligned text table, JSON (an array of objects) or CSV.
+
+JSON and CSV keep times as the contract has them (ns since the epoch) for programs; the table
+is for people and shows them as UTC (2026-12-07T19:08:01.123Z), its header without `_ns`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,12 @@ from typing import Any
 
 import pyarrow as pa
 
+from flowtrail.schema import TABLES, Kind
+from flowtrail.units import format_time_ns
+
 FORMATS = ("table", "json", "csv")
+# Points in time (not durations such as a wait): the contract's time columns.
+TIME_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.TIME)
 
 
 def render(table: pa.Table, fmt: str) -> str:
@@ -35,10 +44,26 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _is_time(field: pa.Field) -> bool:
+    return field.name in TIME_COLUMNS and pa.types.is_integer(field.type)
+
+
 def _text_table(table: pa.Table) -> str:
-    names = table.column_names
-    rows = [[_cell(v) for v in row.values()] for row in table.to_pylist()]
-    numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) for t in table.schema.types]
+    times = [_is_time(f) for f in table.schema]
+    names = [
+        n.removesuffix("_ns") if t else n for n, t in zip(table.column_names, times, strict=True)
+    ]
+    rows = [
+        [
+            format_time_ns(v) if t and v is not None else _cell(v)
+            for v, t in zip(row.values(), times, strict=True)
+        ]
+        for row in table.to_pylist()
+    ]
+    numeric = [
+        (pa.types.is_integer(f.type) or pa.types.is_floating(f.type)) and not t
+        for f, t in zip(table.schema, times, strict=True)
+    ]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
 
     def line(cells: list[str]) -> str:

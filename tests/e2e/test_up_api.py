@@ -11,9 +11,11 @@ import csv
 import http.client
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pyarrow as pa
 import pytest
@@ -24,6 +26,7 @@ from flowtrail.errors import InputError
 from flowtrail.query.output import render
 from flowtrail.query.queries import (
     FlowFilter,
+    Window,
     attribution_health,
     dependencies,
     flows,
@@ -137,6 +140,10 @@ def test_flow_filters_apply(served: tuple[Store, QueryAPI]) -> None:
         ("/api/dependencies?known_only=maybe", "known_only", "true or false"),
         ("/api/top-talkers?by=port", "by", "choose"),
         ("/api/health?workload=x", "workload", "not a parameter"),
+        (f"/api/flows?since={'9' * 400}", "since", "characters) is not a time"),
+        (f"/api/flows?since={'9' * 30}", "since", "at most"),
+        (f"/api/flows?until={'9' * 30}s", "until", "too long a duration"),
+        ("/api/flows?since=2026-13-01T00:00:00Z", "since", "not a valid time"),
     ],
 )
 def test_bad_parameters_get_400_naming_them(
@@ -149,6 +156,24 @@ def test_bad_parameters_get_400_naming_them(
     answer = json.loads(body)
     assert answer["parameter"] == parameter
     assert answer["error"].startswith(parameter) and words in answer["error"]
+
+
+def test_times_in_iso_8601_and_compound_durations(served: tuple[Store, QueryAPI]) -> None:
+    """`since`/`until` as ISO 8601 (no zone = UTC, offsets honoured) or as 1d / 1h30m ago."""
+    store, api = served
+    first, last = store.cursor().execute("SELECT min(end_ns), max(end_ns) FROM flows").fetchone()
+    middle = (first + last) // 2 // 1_000_000_000 * 1_000_000_000  # whole seconds
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle // 1_000_000_000))
+    want = direct(store, lambda c: flows(c, Window(middle), limit=10_000), "csv")
+    for since in (f"{iso}Z", iso, f"{iso}.000000000+00:00", str(middle)):
+        status, _, body = get(api, f"/api/flows?limit=10000&format=csv&since={quote(since)}")
+        assert (status, body) == (200, want), since
+    two_hours_east = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(middle // 10**9 + 7200))
+    status, _, body = get(api, f"/api/flows?limit=10000&format=csv&since={two_hours_east}%2B02:00")
+    assert (status, body) == (200, want)
+    for ago in ("1d", "1h30m", "2h45m30s"):
+        status, _, body = get(api, f"/api/flows?since={ago}")
+        assert status == 200, (ago, body)
 
 
 def test_other_paths_and_methods(served: tuple[Store, QueryAPI]) -> None:
