@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from numba import njit
+
+from flowtrail.jit import compiled
 
 U32 = npt.NDArray[np.uint32]
 B = npt.NDArray[np.bool_]
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _parse(offsets, data, value, ok):  # type: ignore[no-untyped-def]
     for i in range(len(value)):
         start, stop = offsets[i], offsets[i + 1]

@@ -3,20 +3,22 @@
 Hash probing and per-query binary searches touch a handful of elements per query at random;
 numpy can only express them as many full passes over the query arrays. These kernels do the
 same work in one pass, on plain arrays: no Python objects, no per-flow interpreter work.
-Compiled code is cached beside this file after the first call.
+Compiled code is cached beside this file after the first call (elsewhere where it cannot be:
+flowtrail/jit.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+
+from flowtrail.jit import compiled
 
 from flowtrail.pairing import within
 
 # Everything below takes and returns plain numpy arrays; types are inferred by numba.
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _push(buf, n, value):  # type: ignore[no-untyped-def]
     """buf[n] = value, doubling buf when full; returns the (possibly new) buffer."""
     if n == len(buf):
@@ -27,7 +29,7 @@ def _push(buf, n, value):  # type: ignore[no-untyped-def]
     return buf
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def hash_place(table_hash, table_row, hashes, rows):  # type: ignore[no-untyped-def]
     """Linear-probing insert; the table must have a free slot for every hash."""
     mask = len(table_hash) - 1
@@ -40,7 +42,7 @@ def hash_place(table_hash, table_row, hashes, rows):  # type: ignore[no-untyped-
         table_row[s] = rows[i]
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def hash_lookup(table_hash, table_row, hashes):  # type: ignore[no-untyped-def]
     """Every (query index, stored row) pair with an equal hash."""
     mask = len(table_hash) - 1
@@ -60,7 +62,7 @@ def hash_lookup(table_hash, table_row, hashes):  # type: ignore[no-untyped-def]
     return out_q[:n], out_r[:n]
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def search_in_blocks(values, lo, hi, targets, right):  # type: ignore[no-untyped-def]
     """searchsorted(values[lo[i]:hi[i]], targets[i], side) + lo[i] for every i."""
     out = np.empty(len(targets), np.int64)
@@ -76,7 +78,7 @@ def search_in_blocks(values, lo, hi, targets, right):  # type: ignore[no-untyped
     return out
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _block(keys, key):  # type: ignore[no-untyped-def]
     """[lo, hi) of `key` in sorted `keys`."""
     a, b = 0, len(keys)
@@ -97,7 +99,7 @@ def _block(keys, key):  # type: ignore[no-untyped-def]
     return lo, a
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: ignore[no-untyped-def]
     """Per query: the owner whose one segment covers [lo, hi]; -2 conflict; -1 not covered.
 
@@ -140,7 +142,7 @@ def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: 
     return out
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
                remote_port, pair, tolerance):  # fmt: skip
     """Per query: the owner of the other end's rows the pairing rule admits (-1 none, -2 they
