@@ -154,6 +154,19 @@ ATTRIBUTION_COLUMNS = (
 # they come in (attribute, the collector, a cluster node).
 ATTRIBUTED = Table("attributed", FLOWS.columns + ATTRIBUTION_COLUMNS)
 
+# Contract version 2: why a row is unattributed, written beside the attribution columns.
+# Optional for readers (files of version 1 lack it), so it is not one of ATTRIBUTED's
+# columns: a store keeps it with the other columns beyond ATTRIBUTED (in `extra`).
+UNATTRIBUTED_REASONS = ("no_evidence", "conflicting_claims", "event_feed_disagrees_with_heartbeats")
+UNATTRIBUTED_REASON = Column(
+    "unattributed_reason",
+    S,
+    False,
+    "why remote_workload is null; null when attributed",
+    Kind.ENUM,
+    UNATTRIBUTED_REASONS,
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED)}
 
 DEFAULT_RECEIVE_DELAY_NS = 60 * 1_000_000_000

@@ -114,9 +114,9 @@ def attribute(
 ) -> None:
     """Name the remote workload of every flow, replaying rows in received_ns order.
 
-    Writes every input row once, unchanged, plus remote_workload, remote_source and
-    attributed_ns (CONTRACT.md), then prints a summary. A wrong remote_workload is a
-    defect; null is an honest "don't know".
+    Writes every input row once, unchanged, plus remote_workload, remote_source,
+    attributed_ns and unattributed_reason (docs/contract.md), then prints a summary. A
+    wrong remote_workload is a defect; null is an honest "don't know".
     """
     if tick <= 0:
         raise click.BadParameter("must be positive", param_hint="--tick")

@@ -3,7 +3,7 @@
 Rows and events are replayed in received order, in ticks of `tick_ns`; every tick the engine
 takes that tick's flows and events and decides what it can. When the input ends, the clock
 runs on until every waiting flow is decided. The output is the input, row for row, plus the
-contract's remote_workload, remote_source and attributed_ns.
+contract's remote_workload, remote_source, attributed_ns and unattributed_reason.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from flowtrail import pairing
 from flowtrail.engine.attributor import (
     EVENT,
     HEARTBEAT,
+    REASONS,
     UNATTRIBUTED,
     Attributor,
     Decisions,
@@ -32,7 +33,13 @@ from flowtrail.engine.attributor import (
 from flowtrail.engine.ipkeys import IpKeys, Names
 from flowtrail.engine.regions import RegionMap
 from flowtrail.errors import ContractError
-from flowtrail.schema import ATTRIBUTION_COLUMNS, DEFAULT_RECEIVE_DELAY_NS, SOURCES
+from flowtrail.schema import (
+    ATTRIBUTION_COLUMNS,
+    DEFAULT_RECEIVE_DELAY_NS,
+    SOURCES,
+    UNATTRIBUTED_REASON,
+    UNATTRIBUTED_REASONS,
+)
 
 I64 = npt.NDArray[np.int64]
 Progress = Callable[[str], None]
@@ -48,6 +55,31 @@ class ReplayResult:
 # (~0.25 ms per call where it is not installed), and these are used per batch.
 _RECEIVE_DELAY = pa.scalar(DEFAULT_RECEIVE_DELAY_NS, pa.int64())
 SOURCE_NAMES = pa.array(SOURCES, pa.string())
+# The engine's reason codes as the contract's names; code 0 (attributed) is null.
+REASON_NAMES = pa.array([r or None for r in REASONS], pa.string())
+assert REASON_NAMES.drop_null().to_pylist() == list(UNATTRIBUTED_REASONS)
+
+
+def with_attribution(
+    table: pa.Table,
+    owner: pa.Array,
+    source: npt.NDArray[np.int8],
+    decided: I64,
+    reason: npt.NDArray[np.int8],
+) -> pa.Table:
+    """`table` with the attribution columns (and unattributed_reason) appended, replacing any
+    input columns of those names."""
+    values = (
+        owner,
+        pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32))),
+        pa.array(decided, pa.int64()),
+        pc.take(REASON_NAMES, pa.array(reason.astype(np.int32))),
+    )
+    for col, column in zip((*ATTRIBUTION_COLUMNS, UNATTRIBUTED_REASON), values, strict=True):
+        if col.name in table.column_names:
+            table = table.drop_columns([col.name])
+        table = table.append_column(col.field, column)
+    return table
 
 
 def _col(t: pa.Table, name: str) -> pa.ChunkedArray | None:
@@ -207,15 +239,7 @@ def replay(
         owner[d.row], source[d.row], decided[d.row] = d.owner, d.source, d.decided
         waited[d.row], reason[d.row] = d.waited, d.reason
 
-    out = flows
-    owner_col = names.to_arrow(owner)
-    source_col = pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32)))
-    for col, values in zip(
-        ATTRIBUTION_COLUMNS, (owner_col, source_col, pa.array(decided)), strict=True
-    ):
-        if col.name in out.column_names:
-            out = out.drop_columns([col.name])
-        out = out.append_column(col.field, values)
+    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
 
     elapsed = time.perf_counter() - began
     summary = _summary(engine, n, source, waited, elapsed)

@@ -3,7 +3,8 @@
 The same Attributor as the offline replay (one implementation of attribution), driven by a
 clock the caller supplies (wall time in a collector). Rows wait inside until decided; the
 caller gets back each submitted batch's rows as they are decided, with the contract's
-remote_workload, remote_source and attributed_ns appended and every input column unchanged.
+remote_workload, remote_source, attributed_ns and unattributed_reason appended and every input
+column unchanged.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import pyarrow.compute as pc
 
 from flowtrail.engine.attributor import Attributor, Decisions, Settings
 from flowtrail.engine.ipkeys import IpKeys, Names
-from flowtrail.engine.replay import SOURCE_NAMES, _int64, flow_arrays
-from flowtrail.schema import ATTRIBUTION_COLUMNS, FLOWS
+from flowtrail.engine.replay import _int64, flow_arrays, with_attribution
+from flowtrail.schema import FLOWS
 
 
 @dataclass
@@ -98,15 +99,15 @@ class StreamingAttribution:
         if len(d) == 0:
             return []
         order = np.argsort(d.row, kind="stable")
-        rows, owner, source, decided = (
+        rows, owner, source, decided, reason = (
             d.row[order],
             d.owner[order],
             d.source[order],
             d.decided[order],
+            d.reason[order],
         )
-        # One take of names and sources for the whole tick, sliced per batch below.
+        # One take of names for the whole tick, sliced per batch below.
         owner_names = self.names.to_arrow(owner)
-        sources = pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32)))
         which = np.searchsorted(self._firsts, rows, side="right") - 1
         out: list[pa.Table] = []
         cuts = np.flatnonzero(np.diff(which)) + 1
@@ -116,12 +117,11 @@ class StreamingAttribution:
             batch = self._batches[first]
             taken = batch.table.take(pa.array(rows[part] - first))
             lo, n = int(part[0]), len(part)
-            cols = (owner_names.slice(lo, n), sources.slice(lo, n), pa.array(decided[part]))
-            for col, values in zip(ATTRIBUTION_COLUMNS, cols, strict=True):
-                if col.name in taken.column_names:
-                    taken = taken.drop_columns([col.name])
-                taken = taken.append_column(col.field, values)
-            out.append(taken)
+            out.append(
+                with_attribution(
+                    taken, owner_names.slice(lo, n), source[part], decided[part], reason[part]
+                )
+            )
             batch.left -= len(part)
             if batch.left == 0:
                 finished.append(first)

@@ -297,7 +297,14 @@ def test_health_matches_a_recomputation(con: Any, data: tuple[pa.Table, Path]) -
         check(f"source={source}", df.filter(pl.col("remote_source") == source))
     unattributed = df.filter(pl.col("remote_workload").is_null())
     assert unattributed.height > 0
-    check("unattributed reason=(not recorded)", unattributed)
+    # The attributor records each unattributed row's reason; nothing is left "(not recorded)".
+    assert unattributed["unattributed_reason"].null_count() == 0
+    for reason in unattributed["unattributed_reason"].unique():
+        check(
+            f"unattributed reason={reason}",
+            unattributed.filter(pl.col("unattributed_reason") == reason),
+        )
+    assert "unattributed reason=(not recorded)" not in got
     assert 0 < got["attributed"]["pct"] < 100
 
 
@@ -309,7 +316,8 @@ def test_health_groups_unattributed_rows_by_a_recorded_reason(
     is_null = np.asarray(table.column("remote_workload").is_null())
     column = pa.array(np.where(is_null, reasons, None).tolist(), pa.string())
     with Store(tmp_path / "r.duckdb") as store:
-        store.write(table.append_column("unattributed_reason", column))
+        at = table.schema.get_field_index("unattributed_reason")
+        store.write(table.set_column(at, "unattributed_reason", column))
         got = {r["group"]: r["rows"] for r in attribution_health(store.cursor()).to_pylist()}
     assert got["unattributed reason=no_heartbeat"] == int(
         (is_null & (reasons == "no_heartbeat")).sum()
