@@ -15,10 +15,12 @@ next start), then the API stops.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -122,6 +124,58 @@ def agent_problem() -> str | None:
     if os.geteuid() != 0:
         return "not root: the agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
     return None
+
+
+def check_ports(host: str, ports: dict[str, int]) -> None:
+    """Each nonzero port free on `host` (InputError naming its flag), checked before anything
+    is made; the servers bind them again moments later (a race lost then is still refused
+    cleanly, only after the data directory exists)."""
+    given = [(flag, port) for flag, port in ports.items() if port]
+    if len({port for _flag, port in given}) < len(given):
+        raise InputError(f"{' and '.join(f for f, _p in given)}: give two different ports")
+    for flag, port in given:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                why = "in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+                raise InputError(f"{flag} {port}: cannot listen on {host}:{port}: {why}") from None
+
+
+def _pid_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: it runs
+    return True
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """DATA/up.json while the `up` that wrote it runs; None when there is none or it is stale
+    (its pid no longer runs: the `up` was killed before it could remove the file)."""
+    try:
+        state = json.loads((data_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    pid = state.get("pid") if isinstance(state, dict) else None
+    return state if isinstance(pid, int) and pid > 0 and _pid_runs(pid) else None
+
+
+def clear_stale_state(layout: Layout) -> int | None:
+    """With the lock held no other `up` runs here, so an up.json left behind is stale: remove
+    it (a script waiting for up.json must not read the dead one's ports); returns its pid."""
+    try:
+        old = json.loads(layout.state.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        old = {}
+    layout.state.unlink(missing_ok=True)
+    pid = old.get("pid") if isinstance(old, dict) else None
+    return pid if isinstance(pid, int) else -1
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
@@ -337,30 +391,56 @@ def up(
             raise CapabilityError(f"the agent cannot run: {problem}; run as root or add --no-agent")
     layout = Layout(data_dir.resolve())
     exporter = exporter_name or socket.gethostname()
+    # Everything that can be checked is checked before anything is made: a start that fails
+    # leaves no data directory, store or certificate behind.
+    if identity_file is not None and not no_agent:
+        from flowtrail.agent.identity import load_identity_file
+
+        load_identity_file(identity_file)  # InputError naming the file and the entry
+    check_ports(host, {"--port-collector": port_collector, "--port-api": port_api})
+    created = not layout.root.exists()
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(layout)
-        token = ensure_token(layout.tokens, exporter)
     except OSError as exc:
         raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
-    _Up(layout, host, exporter, token).run(
-        port_collector=port_collector,
-        port_api=port_api,
-        api_allow_hosts=api_allow_hosts,
-        interval_s=interval / SECOND,
-        no_agent=no_agent,
-        identity_file=identity_file,
-        host_workload=host_workload,
-        max_wait_ns=max_wait,
-        status_every_s=status_every / SECOND,
-    )
-    os.close(lock)
+    runner: _Up | None = None
+    try:
+        try:
+            token = ensure_token(layout.tokens, exporter)
+        except OSError as exc:
+            raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
+        stale = clear_stale_state(layout)
+        if stale is not None:
+            click.echo(
+                f"flowtrail up: {layout.state} was left by pid {stale}, which no longer runs "
+                "(killed?); replaced once this start is ready"
+            )
+        runner = _Up(layout, host, exporter, token)
+        runner.run(
+            port_collector=port_collector,
+            port_api=port_api,
+            api_allow_hosts=api_allow_hosts,
+            interval_s=interval / SECOND,
+            no_agent=no_agent,
+            identity_file=identity_file,
+            host_workload=host_workload,
+            max_wait_ns=max_wait,
+            status_every_s=status_every / SECOND,
+        )
+    except BaseException:
+        if created and (runner is None or not runner.announced):
+            shutil.rmtree(layout.root, ignore_errors=True)  # made by this start, holds nothing
+        raise
+    finally:
+        os.close(lock)
 
 
 class _Up:
     def __init__(self, layout: Layout, host: str, exporter: str, token: str) -> None:
         self.layout, self.host, self.exporter, self.token = layout, host, exporter, token
         self.stopping = threading.Event()
+        self.announced = False  # everything listened and up.json was written
 
     @staticmethod
     def _on_repeat(count: int) -> None:
@@ -470,6 +550,7 @@ class _Up:
             "agent": with_agent,
         }
         _write_state(lay.state, state)
+        self.announced = True
         lines = [
             f"flowtrail up: data in {lay.root}",
             f"  collector  {collector_url}  (TLS, cert {lay.tls / 'cert.pem'}, "
