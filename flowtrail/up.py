@@ -198,11 +198,20 @@ class AgentPart:
         interval_s: float,
         identity_file: str | None,
         host_workload: str | None,
+        own: dict[str, tuple[str, int]] | None = None,
+        keep_own_traffic: bool = False,
     ) -> None:
+        """`own`: flowtrail's servers by name ("collector", "api") → (ip, port). Connections
+        to them are left out, or with `keep_own_traffic` kept and named flowtrail:<name>."""
         from flowtrail.agent.capture import Capture
         from flowtrail.agent.conntrack import NatResolver
         from flowtrail.agent.exporter import Delivery, Spool
-        from flowtrail.agent.identity import IdentityChain, Registry
+        from flowtrail.agent.identity import (
+            DEFAULT_RESOLVERS,
+            IdentityChain,
+            Registry,
+            default_host_workload,
+        )
         from flowtrail.agent.netlink import NetnsIndex
         from flowtrail.agent.runner import Agent, AgentConfig
         from flowtrail.agent.snapshots import Snapshotter
@@ -210,10 +219,14 @@ class AgentPart:
 
         registry = Registry(identity_file)
         self.identity = IdentityChain.build(
-            registry.resolvers or ("explicit", "kubernetes", "container", "systemd", "host"),
+            registry.resolvers or DEFAULT_RESOLVERS,
             registry=registry,
-            host_workload=host_workload,
+            host_workload=host_workload or registry.host or default_host_workload(),
         )
+        own = own or {}
+        if keep_own_traffic:
+            for name, (ip, port) in own.items():  # the server ends; their clients by heartbeat
+                registry.register(f"flowtrail:{name}", ip=ip, port=port)
         netns = NetnsIndex()
         self.capture = Capture()
         self.capture.start()  # CapabilityError names what is missing
@@ -222,7 +235,12 @@ class AgentPart:
         self.delivery = Delivery(self.exporter, Spool(spool, 256 << 20), backoff_max_s=10.0)
         self.runner = Agent(
             self.capture,
-            AgentConfig(exporter=exporter, interval_s=interval_s),
+            AgentConfig(
+                exporter=exporter,
+                interval_s=interval_s,
+                own_endpoints=frozenset(own.values()),
+                keep_own_traffic=keep_own_traffic,
+            ),
             self.identity,
             self.delivery,
             nat=NatResolver(netns),
@@ -351,6 +369,12 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
     help="How long a flow waits for a heartbeat naming its remote side.",
 )
 @click.option(
+    "--keep-own-traffic",
+    is_flag=True,
+    help="Keep flowtrail's own connections (agent to collector, queries to the API), named "
+    "flowtrail:collector / flowtrail:api; by default they are left out (and counted).",
+)
+@click.option(
     "--status-every",
     type=DURATION,
     default="10s",
@@ -369,6 +393,7 @@ def up(
     host_workload: str | None,
     exporter_name: str | None,
     max_wait: int,
+    keep_own_traffic: bool,
     status_every: int,
 ) -> None:
     """Run agent + collector + store + query API on this machine, until Ctrl-C.
@@ -427,6 +452,7 @@ def up(
             host_workload=host_workload,
             max_wait_ns=max_wait,
             status_every_s=status_every / SECOND,
+            keep_own_traffic=keep_own_traffic,
         )
     except BaseException:
         if created and (runner is None or not runner.announced):
@@ -459,6 +485,7 @@ class _Up:
         host_workload: str | None,
         max_wait_ns: int,
         status_every_s: float,
+        keep_own_traffic: bool = False,
     ) -> None:
         from flowtrail.agent.prometheus import AgentCounters
         from flowtrail.collector.app import CollectorApp, CollectorOptions
@@ -488,7 +515,7 @@ class _Up:
         )
         app = CollectorApp(options)
         try:
-            app.start()
+            collector_port = app.start()
         except InputError as exc:  # its message names `flowtrail collector`'s --listen
             raise InputError(f"--port-collector {port_collector}: {exc}") from exc
         store = app.collector.sink
@@ -519,13 +546,18 @@ class _Up:
                         interval_s=interval_s,
                         identity_file=identity_file,
                         host_workload=host_workload,
+                        own={
+                            "collector": (self.host, collector_port),
+                            "api": (self.host, api.port),
+                        },
+                        keep_own_traffic=keep_own_traffic,
                     )
                 except CapabilityError as exc:
                     raise CapabilityError(f"{exc}; or run with --no-agent") from exc
                 agent.start()
                 # The agent's counters join the collector's /metrics: one scrape for both.
                 app.collector.metrics.registry.register(AgentCounters(agent.metrics))
-            self._announce(app.url(), api.url(), agent is not None)
+            self._announce(app.url(), api.url(), agent)
             self._wait(agent, app, status_every_s)
             if agent is not None and agent.error is not None:
                 failure = agent.error
@@ -536,8 +568,9 @@ class _Up:
             raise FlowtrailError(f"the agent stopped: {type(failure).__name__}: {failure}")
         click.echo("flowtrail up: stopped")
 
-    def _announce(self, collector_url: str, api_url: str, with_agent: bool) -> None:
+    def _announce(self, collector_url: str, api_url: str, agent: AgentPart | None) -> None:
         lay = self.layout
+        with_agent = agent is not None
         state = {
             "pid": os.getpid(),
             "data": str(lay.root),
@@ -558,6 +591,11 @@ class _Up:
             f"  query API  {api_url}/api  (dependencies, top-talkers, flows, health; "
             "?since=15m&format=csv)",
             f"  agent      {'exporter ' + self.exporter if with_agent else 'off (--no-agent)'}",
+        ]
+        if agent is not None:
+            lines.append(f"  identity   {agent.identity.describe()}")
+            lines += [f"  warning    {w}" for w in agent.identity.missing_targets()]
+        lines += [
             f"  metrics    {collector_url}/metrics  (collector and agent, Prometheus)",
             f"  try        curl -s '{api_url}/api/dependencies?since=15m'",
             f"  after stop flowtrail query dependencies --db {lay.db}",

@@ -127,14 +127,14 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     metavar="LIST",
     default=None,
     help="Identity resolver order, first answer wins "
-    "[default: explicit,kubernetes,container,systemd,host].",
+    "[default: explicit,kubernetes,container,systemd,host,cgroup].",
 )
 @click.option(
     "--host-workload",
     metavar="NAME",
     default=None,
     help="The host's own identity, for sockets in the host network namespace "
-    "(overrides `host` in the identity file).",
+    "(overrides `host` in the identity file) [default: host:<host name>].",
 )
 @click.option(
     "--sink",
@@ -226,7 +226,13 @@ def agent(
     from flowtrail.agent.capture import Capture
     from flowtrail.agent.conntrack import NatResolver
     from flowtrail.agent.exporter import Delivery, Spool, make_exporter
-    from flowtrail.agent.identity import IdentityChain, Registry, parse_resolvers
+    from flowtrail.agent.identity import (
+        DEFAULT_RESOLVERS,
+        IdentityChain,
+        Registry,
+        default_host_workload,
+        parse_resolvers,
+    )
     from flowtrail.agent.netlink import NetnsIndex
     from flowtrail.agent.runner import Agent, AgentConfig
     from flowtrail.agent.snapshots import Snapshotter
@@ -255,10 +261,13 @@ def agent(
     registry = Registry(identity_file)
     order = parse_resolvers(resolvers) if resolvers else (registry.resolvers or None)
     identity = IdentityChain.build(
-        order or ("explicit", "kubernetes", "container", "systemd", "host"),
+        order or DEFAULT_RESOLVERS,
         registry=registry,
-        host_workload=host_workload,
+        host_workload=host_workload or registry.host or default_host_workload(),
     )
+    click.echo(f"flowtrail agent: identity: {identity.describe()}", err=True)
+    for warning in identity.missing_targets():
+        click.echo(f"flowtrail agent: warning: {warning}", err=True)
     netns = NetnsIndex()
     api = None
     if api_socket:

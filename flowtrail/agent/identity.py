@@ -6,7 +6,9 @@ A chain of resolvers is asked in order; the first non-null answer for a row wins
     kubernetes   pod cgroup paths (kubepods…pod<uid>…), named from /var/log/pods when present
     container    container-runtime scopes: docker, containerd, cri-o, podman, nerdctl
     systemd      the innermost `*.service` unit in the cgroup path
-    host         the host's configured identity, only for sockets in the host's network namespace
+    host         the host's identity (its host name unless configured), only for sockets in the
+                 host's network namespace
+    cgroup       any other cgroup but the root, by its path: true of every socket in it
 
 Resolution is vectorised: IP-keyed registrations are Arrow lookups over the whole batch, and the
 path-keyed resolvers run once per distinct cgroup id (a handful per batch), cached by id. Cgroup
@@ -22,6 +24,7 @@ import ipaddress
 import json
 import os
 import re
+import socket
 import struct
 import threading
 import tomllib
@@ -39,7 +42,7 @@ from flowtrail.errors import InputError
 CGROUP2_ROOT = (
     "/sys/fs/cgroup/unified" if os.path.isdir("/sys/fs/cgroup/unified") else "/sys/fs/cgroup"
 )
-RESOLVERS = ("explicit", "kubernetes", "container", "systemd", "host")
+RESOLVERS = ("explicit", "kubernetes", "container", "systemd", "host", "cgroup")
 DEFAULT_RESOLVERS = RESOLVERS
 MAX_CACHED = 1 << 16  # cgroup ids / netns remembered; oldest forgotten first past this
 
@@ -361,6 +364,26 @@ class SystemdResolver(_PathResolver):
         return None
 
 
+# --------------------------------------------------------------------------- any cgroup
+
+
+class CgroupResolver(_PathResolver):
+    """Any cgroup but the root: `cgroup:<path>`. Last in the default chain, it names what the
+    others do not (a process in its own cgroup and netns, a login session's scope): the
+    socket's own cgroup, read in the kernel, so the name is true of its owner. The root
+    cgroup holds unrelated processes of many namespaces: no name."""
+
+    name = "cgroup"
+
+    def name_path(self, path: str) -> str | None:
+        return f"cgroup:{path}" if path != "/" else None
+
+
+def default_host_workload(hostname: str | None = None) -> str:
+    """The host's identity when none is configured: `host:<host name>`."""
+    return f"host:{hostname or socket.gethostname()}"
+
+
 # --------------------------------------------------------------------------- host
 
 
@@ -578,8 +601,13 @@ class Registry:
             return before - len(self._api)
 
     def entries(self) -> list[Registration]:
+        """The file's entries in file order, then those registered at run time."""
         with self._lock:
             return [*self._file, *self._api]
+
+    def file_entries(self) -> int:
+        with self._lock:
+            return len(self._file)
 
 
 def _cgroup_prefix_match(path: str, prefixes: dict[str, str]) -> str | None:
@@ -702,7 +730,43 @@ class IdentityChain:
                 built.append(SystemdResolver(cgroups))
             elif name == "host":
                 built.append(HostResolver(host_workload or registry.host, host_netns))
+            elif name == "cgroup":
+                built.append(CgroupResolver(cgroups))
         return cls(built, cgroups, registry)
+
+    def describe(self) -> str:
+        """What is in force, for the start-up line: resolvers in order, host identity, file."""
+        parts = [f"resolvers {','.join(r.name for r in self.resolvers)}"]
+        host = next((r for r in self.resolvers if isinstance(r, HostResolver)), None)
+        if host is not None:
+            parts.append(f"host sockets named {host.workload!r}" if host.workload else
+                         "host sockets unnamed (no host identity)")  # fmt: skip
+        path = self.registry.path if self.registry is not None else None
+        entries = self.registry.file_entries() if self.registry is not None else 0
+        parts.append(f"identity file {path} ({entries} registrations)" if path else
+                     "no identity file")  # fmt: skip
+        return "; ".join(parts)
+
+    def missing_targets(self) -> list[str]:
+        """A warning for each registration whose cgroup or named netns does not exist now: its
+        sockets stay unnamed until it does (a typo looks exactly like this)."""
+        if self.registry is None:
+            return []
+        where = f"identity file {self.registry.path}" if self.registry.path else "registration"
+        out = []
+        file_entries = self.registry.file_entries()
+        for n, reg in enumerate(self.registry.entries(), start=1):
+            if n > file_entries:
+                where = "registration"
+            if reg.cgroup is not None:
+                full = os.path.join(self.cgroups.root, reg.cgroup.lstrip("/"))
+                if not os.path.isdir(full):
+                    out.append(f"{where}: entry {n} ({reg.workload!r}): cgroup {reg.cgroup} "
+                               f"does not exist (under {self.cgroups.root})")  # fmt: skip
+            elif reg.netns is not None and netns_inode(reg.netns) is None:
+                out.append(f"{where}: entry {n} ({reg.workload!r}): netns {reg.netns!r} "
+                           "does not exist")  # fmt: skip
+        return out
 
     def observe(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Learn the paths of cgroups seen in `batch` now, before they can disappear."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_rows
 from flowtrail.agent.conntrack import NatResolver
@@ -49,6 +50,11 @@ class AgentConfig:
     resolve_rows: int = 65536
     backlog_rows: int = 2_000_000  # read from the ring but not yet resolved: memory bound
     snapshots: bool = True
+    # flowtrail's own servers as (ip, port): a connection with either end on one is
+    # flowtrail's own traffic (its agent exporting, someone querying it), not the host's
+    # workloads talking. Left out and counted (own_traffic_rows) unless keep_own_traffic.
+    own_endpoints: frozenset[tuple[str, int]] = frozenset()
+    keep_own_traffic: bool = False
 
 
 OnClosed = Callable[[pa.Table, pa.Table], None]
@@ -96,7 +102,29 @@ class Agent:
             "active_rows": 0,
             "intervals": 0,
             "backlog_dropped_rows": 0,
+            "own_traffic_rows": 0,
         }
+        self._own = pa.array(sorted(f"{ip}|{port}" for ip, port in config.own_endpoints))
+
+    def _without_own(self, raw: pa.Table) -> pa.Table:
+        """`raw` less flowtrail's own connections (counted), unless they are to be kept."""
+        if len(self._own) == 0 or self.config.keep_own_traffic or raw.num_rows == 0:
+            return raw
+
+        def end(ip: str, port: str) -> pa.Array:
+            joined = pc.binary_join_element_wise(
+                raw.column(ip), pc.cast(raw.column(port), pa.string()), "|"
+            )
+            return pc.is_in(joined, value_set=self._own)
+
+        own = pc.fill_null(
+            pc.or_(end("local_ip", "local_port"), end("remote_ip", "remote_port")), False
+        )
+        dropped = int(pc.sum(own).as_py() or 0)
+        if dropped == 0:
+            return raw
+        self.counters["own_traffic_rows"] += dropped
+        return raw.filter(pc.invert(own))
 
     # -- one step at a time (tests drive these directly) -------------------------------------
 
@@ -117,7 +145,7 @@ class Agent:
         check_raw(batch)
         raw = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
         ok = valid_rows(raw)
-        good = raw.filter(ok)
+        good = self._without_own(raw.filter(ok))
         self.identity.observe(good)
         flows = self._resolve(good, "closed")
         # Counted together, after the work, so a reader sees them agree (all but a moment).
@@ -145,7 +173,7 @@ class Agent:
         active = self.snapshotter.snapshot(live, now_ns, self._interval_ns)
         if active.num_rows == 0:
             return AGENT_SCHEMA.empty_table()
-        active = active.filter(valid_rows(active))
+        active = self._without_own(active.filter(valid_rows(active)))
         flows = self._resolve(active, "active")
         self.counters["active_rows"] += flows.num_rows
         return flows

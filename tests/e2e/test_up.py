@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -272,3 +274,126 @@ def test_up_without_root_says_what_is_missing(open_dir: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait(5)
+
+
+def _agent_metric(up: Up, name: str) -> float:
+    """One of the agent's counters from `up`'s /metrics (HTTPS, trusting up's own CA)."""
+    tls = ssl.create_default_context(cafile=up.state["cafile"])
+    with urlopen(up.state["collector"] + "/metrics", timeout=10, context=tls) as r:
+        text = r.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"flowtrail_agent_{name}_total ") or line.startswith(
+            f"flowtrail_agent_{name} "
+        ):
+            return float(line.split()[1])
+    raise AssertionError(f"no flowtrail_agent_{name} in /metrics")
+
+
+def _own_cgroup_name() -> str:
+    """What a first run names this test process's own sockets (host netns): its systemd unit
+    when it runs in one, else the host's name."""
+    path = Path("/proc/self/cgroup").read_text().splitlines()[-1].split("::", 1)[-1]
+    units = [p for p in path.split("/") if p.endswith(".service")]
+    return f"systemd:{units[-1]}" if units else f"host:{socket.gethostname()}"
+
+
+def test_a_first_run_names_flows_without_configuration(tmp_path: Path) -> None:
+    """No identity file, no --host-workload: a process in a plain cgroup of its own netns is
+    named by its cgroup, a systemd-shaped one by its unit, the host's own sockets by the host
+    name; flowtrail's own traffic (agent → collector, queries to the API) is left out."""
+    with Lab("first") as net:
+        web = net.cgroup("web")
+        api_unit = net.service_cgroup(f"api-{net.tag}")
+        up = Up(tmp_path / "data", "--interval", "1s", "--max-wait", "10s",
+                "--exporter", f"first-{net.tag}")  # fmt: skip
+        try:
+            out = up.output()
+            assert "resolvers explicit,kubernetes,container,systemd,host,cgroup" in out, out
+            assert f"host sockets named 'host:{socket.gethostname()}'" in out
+            assert "no identity file" in out
+            port = net.port()
+            server = net.serve(net.server.at(api_unit), Server(net.server.ip, port, recv=100,
+                               send=50, accepts=2))  # fmt: skip
+            client = net.spawn(net.client.at(web), Client(net.server.ip, port, send=100,
+                               recv=50, connections=2))  # fmt: skip
+            assert client.stdout is not None and client.stdout.readline().strip() == "done"
+            assert client.wait(10) == 0 and server.wait(10) == 0
+            with socket.create_server(("127.0.0.1", 0)) as listener:  # the host's own sockets
+                host_port = listener.getsockname()[1]
+                with socket.create_connection(("127.0.0.1", host_port)) as c:
+                    peer, _ = listener.accept()
+                    c.sendall(b"x")
+                    assert peer.recv(1) == b"x"
+                    peer.close()
+
+            def closed(p: int) -> list[dict[str, Any]]:
+                rows = up.get("flows", port=p, since="5m", limit=100)
+                return [r for r in rows if r["state"] == "closed"]
+
+            lab_rows = until(lambda: closed(port), lambda r: len(r) >= 4, 40, 0.5)
+            host_rows = until(lambda: closed(host_port), lambda r: len(r) >= 2, 40, 0.5)
+            web_name = f"cgroup:/{net.root.name}/web"
+            api_name = f"systemd:{api_unit.name}"
+            for r in lab_rows:
+                want = (
+                    (web_name, api_name) if r["direction"] == "outbound" else (api_name, web_name)
+                )
+                assert (r["local_workload"], r["remote_workload"]) == want, r  # fmt: skip
+            me = _own_cgroup_name()
+            assert {(r["local_workload"], r["remote_workload"]) for r in host_rows} == {(me, me)}
+
+            # flowtrail's own traffic: the agent's exports and these very queries
+            collector_port = int(up.state["collector"].rsplit(":", 1)[1])
+            api_port = int(up.state["api"].rsplit(":", 1)[1])
+            for _ in range(3):
+                up.get("health")
+            # left out, and counted: the three queries at least, and the agent's exports
+            assert until(lambda: _agent_metric(up, "own_traffic_rows"), lambda v: v >= 3, 40, 0.5)
+            assert up.get("flows", port=collector_port, since="5m", limit=10) == []
+            assert up.get("flows", port=api_port, since="5m", limit=10) == []
+        finally:
+            up.p.send_signal(signal.SIGINT)
+            up.p.wait(30)
+            up.close()
+
+
+def test_own_traffic_kept_on_request_and_missing_identity_targets_warned(
+    tmp_path: Path,
+) -> None:
+    """--keep-own-traffic: queries to the API are kept, their server end named flowtrail:api
+    (and the client's view of it by heartbeat). An identity entry whose cgroup or netns does
+    not exist is named in a warning at start."""
+    tag = os.urandom(4).hex()
+    identity = tmp_path / "identity.toml"
+    identity.write_text(
+        f'[[register]]\nworkload = "ghost"\ncgroup = "/no-such-cgroup-{tag}"\n'
+        f'[[register]]\nworkload = "phantom"\nnetns = "no-such-netns-{tag}"\n'
+    )
+    up = Up(tmp_path / "data", "--interval", "1s", "--max-wait", "10s", "--keep-own-traffic",
+            "--identity", str(identity), "--exporter", f"own-{tag}")  # fmt: skip
+    try:
+        out = up.output()
+        assert f"entry 1 ('ghost'): cgroup /no-such-cgroup-{tag} does not exist" in out, out
+        assert f"entry 2 ('phantom'): netns 'no-such-netns-{tag}' does not exist" in out, out
+        assert f"identity file {identity} (2 registrations)" in out
+        api_port = int(up.state["api"].rsplit(":", 1)[1])
+        for _ in range(3):
+            up.get("health")
+
+        def closed() -> list[dict[str, Any]]:
+            rows = up.get("flows", port=api_port, since="5m", limit=100)
+            return [
+                r for r in rows if r["state"] == "closed" and r["remote_source"] != "unattributed"
+            ]
+
+        rows = until(closed, lambda r: len(r) >= 4, 40, 0.5)
+        inbound = [r for r in rows if r["direction"] == "inbound"]
+        outbound = [r for r in rows if r["direction"] == "outbound"]
+        assert inbound and outbound
+        assert {r["local_workload"] for r in inbound} == {"flowtrail:api"}
+        assert {r["remote_workload"] for r in outbound} == {"flowtrail:api"}
+        assert _agent_metric(up, "own_traffic_rows") == 0
+    finally:
+        up.p.send_signal(signal.SIGINT)
+        up.p.wait(30)
+        up.close()
