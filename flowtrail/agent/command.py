@@ -56,7 +56,7 @@ def human_lines(raw: pa.Table, flows: pa.Table) -> list[str]:
     f = flows.to_pydict()
     lines = []
     for i in range(flows.num_rows):
-        when = time.strftime("%H:%M:%S", time.localtime(f["end_ns"][i] / 1e9))
+        when = time.strftime("%H:%M:%S", time.gmtime(f["end_ns"][i] // 1_000_000_000))  # UTC
         when += f".{(f['end_ns'][i] // 1_000_000) % 1000:03d}"
         ms = (f["end_ns"][i] - f["start_ns"][i]) / 1e6
         nat = _endpoint(f["nat_remote_ip"][i], f["nat_remote_port"][i])
