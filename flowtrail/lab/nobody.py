@@ -1,9 +1,9 @@
 """Run flowtrail as user nobody (uid 65534), as an unprivileged user would, for tests.
 
-`setpriv` drops to nobody. The test's own interpreter may sit where nobody cannot reach it
-(a pyenv under root's 0700 home); then the system's python3 of the same minor version runs
-instead, with this interpreter's site-packages and the source tree on PYTHONPATH (same
-version, so the same compiled extensions load).
+`setpriv` drops to nobody. The test's own interpreter may be one nobody cannot run (a pyenv
+under root's 0700 home, reached through a helper such as env); then the system's python3 of
+the same minor version runs instead, with this interpreter's site-packages and the source
+tree on PYTHONPATH (same version, so the same compiled extensions load).
 """
 
 from __future__ import annotations
