@@ -230,3 +230,21 @@ def test_store_closed_is_503_not_a_crash(tmp_path: Path) -> None:
 def test_only_loopback(host: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="loopback"):
         QueryAPI(lambda: None, host, 0)  # type: ignore[arg-type,return-value]
+
+
+def test_an_unexpected_failure_is_answered_500_not_a_closed_connection(tmp_path: Path) -> None:
+    """A defect inside a query (here a cursor that cannot be made, standing in for any
+    unforeseen exception) still gets an answer, and the server goes on."""
+
+    def broken() -> Any:
+        raise RuntimeError("no cursor")
+
+    api = QueryAPI(broken, "127.0.0.1", 0)
+    api.start()
+    try:
+        status, ctype, body = get(api, "/api/flows")
+        assert (status, ctype) == (500, "application/json")
+        assert json.loads(body) == {"error": "internal error: RuntimeError"}
+        assert get(api, "/healthz")[0] == 200
+    finally:
+        api.stop()
