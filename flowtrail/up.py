@@ -437,9 +437,10 @@ def up(
             raise InputError(f"--data {layout.root}: cannot use: {exc.strerror or exc}") from exc
         stale = clear_stale_state(layout)
         if stale is not None:
+            who = f"pid {stale}, which no longer runs" if stale > 0 else "an earlier run"
             click.echo(
-                f"flowtrail up: {layout.state} was left by pid {stale}, which no longer runs "
-                "(killed?); replaced once this start is ready"
+                f"flowtrail up: {layout.state} was left by {who} (killed?); "
+                "replaced once this start is ready"
             )
         runner = _Up(layout, host, exporter, token)
         runner.run(
