@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from flowtrail.jit import compiled
-
 from flowtrail.pairing import within
 
 # Everything below takes and returns plain numpy arrays; types are inferred by numba.
