@@ -32,7 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-from numba import njit
+
+from flowtrail.jit import compiled
 
 I64 = npt.NDArray[np.int64]
 
@@ -51,13 +52,13 @@ def pair_times(flows: pa.Table) -> I64:
     return np.asarray(start.to_numpy(), dtype=np.int64)
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def within(a, b, tolerance):  # type: ignore[no-untyped-def]
     """The rule's time test: two pair times of the two ends of one connection."""
     return abs(a - b) <= tolerance
 
 
-@njit(cache=True, nogil=True)
+@compiled
 def _pair_sorted(a_group, a_time, b_group, b_time, tolerance):  # type: ignore[no-untyped-def]
     n = min(len(a_group), len(b_group))
     out_a = np.empty(n, np.int64)
