@@ -144,6 +144,11 @@ class Metrics:
         self.sink_failures = Counter(
             "flowtrail_collector_sink_failures", "sink writes that failed (retried)", registry=r
         )
+        self.tick_failures = Counter(
+            "flowtrail_collector_tick_failures",
+            "ticks that raised (logged, retried next tick; /healthz 503 until one succeeds)",
+            registry=r,
+        )
         self.log_refused = Counter(
             "flowtrail_collector_log_refused_batches",
             "logged batches refused on replay by today's checks (kept in quarantine), by reason",

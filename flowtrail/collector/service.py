@@ -14,6 +14,7 @@ above the highest id that any record left in the log names, `stored` records inc
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +40,8 @@ from flowtrail.collector.wal import Record, WriteAheadLog
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.schema import FLOWS
+
+log = logging.getLogger(__name__)
 
 SECOND = 1_000_000_000
 KINDS = ("flows", "events")
@@ -109,6 +112,7 @@ class Collector:
         self.started_ns = 0
         self.last_tick_ns = 0
         self.last_sink_error: str | None = None
+        self.last_tick_error: str | None = None
         self.unreadable_log_records = 0
         self._next_maintenance = 0
         self.metrics.add_live(self._live)
@@ -132,7 +136,24 @@ class Collector:
     def _loop(self) -> None:
         tick_s = self.config.tick_ns / SECOND
         while not self._stop.wait(tick_s):
+            self._guarded_tick()
+
+    def _guarded_tick(self) -> None:
+        """One tick whose failure is counted, logged and retried, never the thread's end.
+
+        Everything acknowledged is in the log, so a tick that raises loses nothing: the next one
+        tries again. A dead tick thread would only show as stale health, with no cause.
+        """
+        try:
             self.tick(self.clock())
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            if error != self.last_tick_error:  # once per distinct error, not once a tick
+                log.exception("collector tick failed (retried next tick)")
+            self.last_tick_error = error
+            self.metrics.tick_failures.inc()
+        else:
+            self.last_tick_error = None
 
     # -- replay ------------------------------------------------------------------------
     def recover(self) -> None:
@@ -561,13 +582,14 @@ class Collector:
     def health(self) -> Answer:
         now = self.clock()
         stale = self._thread is not None and now - self.last_tick_ns > 10 * self.config.tick_ns
-        ok = not stale and self.last_sink_error is None
+        ok = not stale and self.last_sink_error is None and self.last_tick_error is None
         with self._engine_lock:
             waiting = self.engine.waiting
         body = {
             "ok": ok,
             "waiting_flows": waiting,
             "sink_error": self.last_sink_error,
+            "tick_error": self.last_tick_error,
             "last_tick_age_s": (now - self.last_tick_ns) / SECOND if self.last_tick_ns else None,
         }
         return Answer(200 if ok else 503, body)

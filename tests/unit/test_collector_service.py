@@ -255,3 +255,37 @@ def test_narrowed_ranges_do_not_drop_acknowledged_rows_on_replay(tmp_path: Path)
         clock.t += STEP
         c2.tick(clock())
     assert read_parquet_sink(tmp_path / "out").num_rows == p1.num_rows
+
+
+def test_a_tick_that_raises_is_counted_and_retried_not_the_end_of_ticking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No real input makes a tick raise once the door refuses poison, so the engine's tick is
+    made to fail here (an injected fault): the loop must survive it, say so in /healthz and
+    /metrics, and decide the same rows on the next tick."""
+    clock = Clock()
+    flows = sim_flows(300)
+    c = make(tmp_path, flows, clock)
+    for e, part in by_exporter(flows).items():
+        assert c.ingest("flows", token(e), ipc_bytes(part), f"b-{e}").status == 200
+    real_tick = c.engine.tick
+    fail = [True]
+
+    def flaky_tick(now: int) -> object:
+        if fail[0]:
+            raise RuntimeError("injected engine fault")
+        return real_tick(now)
+
+    monkeypatch.setattr(c.engine, "tick", flaky_tick)
+    clock.t += 10 * S
+    c._guarded_tick()
+    c._guarded_tick()
+    health = c.health()
+    assert health.status == 503
+    assert health.body["tick_error"] == "RuntimeError: injected engine fault"
+    assert c.metrics.tick_failures._value.get() == 2
+    fail[0] = False
+    c._guarded_tick()
+    assert c.health().status == 200 and c.health().body["tick_error"] is None
+    c.stop()
+    assert read_parquet_sink(tmp_path / "out").num_rows == flows.num_rows
