@@ -66,7 +66,7 @@ class Table:
         return tuple(c.name for c in self.columns)
 
 
-S, I32, I64 = pa.string(), pa.int32(), pa.int64()
+S, I32, I64, B = pa.string(), pa.int32(), pa.int64(), pa.bool_()
 
 DIRECTIONS = ("outbound", "inbound")
 STATES = ("closed", "active")
@@ -89,6 +89,13 @@ FLOWS = Table(
         Column("remote_port", I32, True, "the other end's port", Kind.PORT),
         Column("nat_remote_ip", S, False, "real other end after DNAT, or null", Kind.IP),
         Column("nat_remote_port", I32, False, "real other end's port after DNAT", Kind.PORT),
+        Column(
+            "local_translating",
+            B,
+            False,
+            "true: this host source-translates others' connections to local_ip (SNAT or "
+            "masquerade), so the row names local_ip's owner for this connection only",
+        ),
         Column("direction", S, True, "outbound or inbound", Kind.ENUM, DIRECTIONS),
         Column("start_ns", I64, True, "connection start", Kind.TIME),
         Column("end_ns", I64, True, "close, or snapshot time for active rows", Kind.TIME),
@@ -152,7 +159,13 @@ ATTRIBUTION_COLUMNS = (
 
 # No order rule here: attributed rows are judged or stored as given; flows are checked where
 # they come in (attribute, the collector, a cluster node).
-ATTRIBUTED = Table("attributed", FLOWS.columns + ATTRIBUTION_COLUMNS)
+# Evidence for the engine only: a store keeps it among a row's extra columns, so the stored
+# layout (and every store written before it) stays as it was.
+ENGINE_ONLY = ("local_translating",)
+ATTRIBUTED = Table(
+    "attributed",
+    tuple(c for c in FLOWS.columns if c.name not in ENGINE_ONLY) + ATTRIBUTION_COLUMNS,
+)
 
 # Contract version 2: why a row is unattributed, written beside the attribution columns.
 # Optional for readers (files of version 1 lack it), so it is not one of ATTRIBUTED's

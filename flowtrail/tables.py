@@ -107,6 +107,15 @@ def _check_order(data: pa.Table, earlier: str, later: str, path: str | None) -> 
     )  # fmt: skip
 
 
+def _coerce_bool(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedArray:
+    """true/false, or the integers 1/0 (CSV readers may give either)."""
+    if pa.types.is_integer(arr.type):
+        bad = pc.invert(pc.fill_null(pc.is_in(arr, value_set=pa.array([0, 1], arr.type)), True))
+        _raise_first(bad, "expected true or false (or 1/0)", path, col, arr)
+        return arr.cast(pa.bool_())
+    raise ContractError(f"expected true or false, got {arr.type}", path=path, column=col.name)
+
+
 def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedArray:
     have, want = arr.type, col.type
     if have == want:
@@ -123,6 +132,8 @@ def _coerce(arr: pa.ChunkedArray, col: Column, path: str | None) -> pa.ChunkedAr
         return _coerce(arr, col, path)
     if pa.types.is_string(want):
         raise ContractError(f"expected text, got {have}", path=path, column=col.name)
+    if pa.types.is_boolean(want):
+        return _coerce_bool(arr, col, path)
     # Integer columns.
     if pa.types.is_string(have):
         text = pc.utf8_trim_whitespace(arr)

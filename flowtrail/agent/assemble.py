@@ -71,6 +71,7 @@ def assemble(
     state: str,
     local_workload: pa.Array | None = None,
     nat: tuple[pa.Array, pa.Array] | None = None,
+    translating: pa.Array | None = None,
 ) -> pa.Table:
     """One FLOWS row per raw row (AGENT_SCHEMA). Rows must already be valid (see valid_rows)."""
     if state not in STATES:
@@ -89,6 +90,7 @@ def assemble(
         "state": pa.array([state] * n, pa.string()),
         "nat_remote_ip": nat[0] if nat is not None else pa.nulls(n, pa.string()),
         "nat_remote_port": nat[1] if nat is not None else pa.nulls(n, pa.int32()),
+        "local_translating": translating if translating is not None else pa.nulls(n, pa.bool_()),
         "local_workload": local_workload
         if local_workload is not None
         else pa.nulls(n, pa.string()),

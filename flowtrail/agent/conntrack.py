@@ -1,4 +1,4 @@
-"""DNAT resolution: the real destination of outbound connections this host translates.
+"""NAT as this host does it: the real destination of DNATed connections, and source NAT.
 
 A connection to a Kubernetes ClusterIP or a local load balancer's VIP leaves the socket
 believing it talks to the VIP; conntrack knows the backend. For each network namespace with
@@ -10,6 +10,11 @@ never one request per flow.
 Why netlink and not the `conntrack` CLI: no process per batch, the kernel-side status filter,
 and entering another namespace's table needs only a socket created there.
 
+The other way round, a NAT gateway (a router's masquerade, a Docker host's uplink) gives
+other hosts' connections its own address as their source. Rows of the gateway's own sockets
+on such an address are marked `local_translating` (see `translating`), so the collector never
+takes the gateway's heartbeat as naming the connections it translates.
+
 Entries for closed connections linger (TIME_WAIT 120 s, CLOSE 10 s), which is why the agent
 resolves each polled batch as soon as it arrives rather than at export time.
 """
@@ -17,8 +22,12 @@ resolves each polled batch as soon as it arrives rather than at export time.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import struct
+import subprocess
+import time
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -39,8 +48,11 @@ CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_STATUS_MASK = 1, 2, 3, 26
 CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
-IPS_DST_NAT = 1 << 5
+IPS_SRC_NAT, IPS_DST_NAT = 1 << 4, 1 << 5
 IPPROTO_TCP = 6
+RULES_TTL_S = 10.0
+# A source-translating statement in `nft list ruleset` (iptables-nft rules show up there too).
+_SOURCE_NAT_RULE = re.compile(r"\b(masquerade|snat)\b")
 
 
 def _ip(addr: memoryview) -> str:
@@ -69,29 +81,46 @@ def _tuple(nested: memoryview) -> tuple[str, int, str, int] | None:
     return _ip(src), sport, _ip(dst), dport
 
 
-def dump_dnat(sock: socket.socket) -> dict[str, tuple[str, int]]:
-    """`"src|sport|dst|dport"` (original direction) → the real (ip, port) it was sent to."""
+def _entries(
+    sock: socket.socket, status_bit: int
+) -> Iterator[tuple[tuple[str, int, str, int], tuple[str, int, str, int]]]:
+    """(original, reply) tuples of the TCP entries with `status_bit` set."""
     head = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
-    status = struct.pack(">I", IPS_DST_NAT)
+    status = struct.pack(">I", status_bit)
     request = head + attr(CTA_STATUS, status) + attr(CTA_STATUS_MASK, status)
     try:
         replies = list(dump(sock, IPCTNL_MSG_CT_GET, request))
     except NetlinkError:
         replies = list(dump(sock, IPCTNL_MSG_CT_GET, head, seq=2))  # kernel without the filter
-    out: dict[str, tuple[str, int]] = {}
     for body in replies:
         top = attrs(body, 4)  # after struct nfgenmsg
         st = top.get(CTA_STATUS)
-        if st is None or not struct.unpack(">I", st)[0] & IPS_DST_NAT:
+        if st is None or not struct.unpack(">I", st)[0] & status_bit:
             continue
         if CTA_TUPLE_ORIG not in top or CTA_TUPLE_REPLY not in top:
             continue
         orig, reply = _tuple(top[CTA_TUPLE_ORIG]), _tuple(top[CTA_TUPLE_REPLY])
-        if orig is None or reply is None:
-            continue
+        if orig is not None and reply is not None:
+            yield orig, reply
+
+
+def dump_dnat(sock: socket.socket) -> dict[str, tuple[str, int]]:
+    """`"src|sport|dst|dport"` (original direction) → the real (ip, port) it was sent to."""
+    out: dict[str, tuple[str, int]] = {}
+    for orig, reply in _entries(sock, IPS_DST_NAT):
         # The reply comes from the real backend: its source is where the packets really went.
         if (reply[0], reply[1]) != (orig[2], orig[3]):
             out[f"{orig[0]}|{orig[1]}|{orig[2]}|{orig[3]}"] = (reply[0], reply[1])
+    return out
+
+
+def dump_snat_sources(sock: socket.socket) -> set[str]:
+    """The addresses this namespace gives other hosts' connections as their source."""
+    out: set[str] = set()
+    for orig, reply in _entries(sock, IPS_SRC_NAT):
+        # Replies go back to the translated source: that is the address the far end saw.
+        if reply[2] != orig[0]:
+            out.add(reply[2])
     return out
 
 
@@ -105,7 +134,10 @@ class NatResolver:
             "nat_resolved": 0,
             "nat_netns_unreachable": 0,
             "nat_errors": 0,
+            "nat_translating_rows": 0,
+            "nat_rules_unreadable": 0,
         }
+        self._rules: dict[int, tuple[float, bool]] = {}  # netns → (read at, translates)
 
     def _table(self, ino: int, pid_hint: int) -> dict[str, tuple[str, int]]:
         try:
@@ -117,6 +149,68 @@ class NatResolver:
         except OSError:
             self.stats["nat_errors"] += 1
             return {}
+
+    def _snat_sources(self, ino: int, pid_hint: int) -> set[str]:
+        try:
+            with socket_in(self.netns, ino, NETLINK_NETFILTER, pid_hint) as sock:
+                return set() if sock is None else dump_snat_sources(sock)
+        except OSError:
+            self.stats["nat_errors"] += 1
+            return set()
+
+    def _rules_translate(self, ino: int, pid_hint: int) -> bool:
+        """Has namespace `ino` an nftables masquerade or snat rule (read at most every 10 s)?"""
+        now = time.monotonic()
+        cached = self._rules.get(ino)
+        if cached is not None and now - cached[0] < RULES_TTL_S:
+            return cached[1]
+        path = self.netns.path(ino, pid_hint)
+        if path is None:
+            return False
+        argv = ["nft", "list", "ruleset"]
+        if path:
+            argv = ["nsenter", f"--net={path}", *argv]
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+            text = r.stdout.lower() if r.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired):
+            text = None
+        if text is None:
+            self.stats["nat_rules_unreadable"] += 1
+        found = text is not None and _SOURCE_NAT_RULE.search(text) is not None
+        self._rules[ino] = (now, found)
+        return found
+
+    def translating(self, raw: pa.RecordBatch | pa.Table) -> pa.Array:
+        """Per row: does this host source-translate other hosts' connections to its local_ip?
+
+        Yes where the socket's namespace has a masquerade/snat rule (before any translated
+        connection exists, so no row of the gateway's own is ever exported without it), or
+        where its conntrack holds a source-translated connection to that address (rules this
+        cannot read, such as iptables-legacy ones, once they have been used). Loopback never.
+        """
+        n = raw.num_rows
+        out = np.zeros(n, dtype=bool)
+        if n == 0:
+            return pa.array(out)
+        netns = _arr(raw, "netns_ino").fill_null(0).to_numpy(zero_copy_only=False)
+        pids = _arr(raw, "pid").fill_null(0).to_numpy(zero_copy_only=False)
+        local = _arr(raw, "local_ip")
+        loopback = pc.fill_null(
+            pc.or_(pc.starts_with(local, "127."), pc.equal(local, "::1")), True
+        ).to_numpy(zero_copy_only=False)
+        for ino in np.unique(netns):
+            rows = np.flatnonzero(netns == ino)
+            if self._rules_translate(int(ino), int(pids[rows[0]])):
+                out[rows] = True
+                continue
+            sources = self._snat_sources(int(ino), int(pids[rows[0]]))
+            if sources:
+                hit = pc.is_in(local.take(pa.array(rows)), value_set=pa.array(list(sources)))
+                out[rows] = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+        out &= ~loopback
+        self.stats["nat_translating_rows"] += int(np.count_nonzero(out))
+        return pa.array(out)
 
     def resolve(self, raw: pa.RecordBatch | pa.Table) -> tuple[pa.Array, pa.Array]:
         """(nat_remote_ip string, nat_remote_port int32) per row; null where no DNAT."""

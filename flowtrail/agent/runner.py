@@ -131,8 +131,10 @@ class Agent:
     def _resolve(self, raw: pa.Table, state: str) -> pa.Table:
         workload = self.identity.resolve(raw)
         nat = self.nat.resolve(raw) if self.nat is not None else None
+        translating = self.nat.translating(raw) if self.nat is not None else None
         return assemble(
             raw,
+            translating=translating,
             exporter=self.config.exporter,
             region=self.config.region,
             state=state,

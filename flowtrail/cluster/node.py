@@ -76,6 +76,7 @@ _SEQ_COLUMN = "_flowtrail_batch"  # engine-internal: which held batch a decided 
 EVIDENCE_COLUMNS = (
     "exporter", "local_ip", "local_port", "remote_ip", "remote_port", "nat_remote_ip",
     "nat_remote_port", "start_ns", "end_ns", "local_workload", "received_ns", "established_ns",
+    "local_translating",
 )  # fmt: skip
 I32 = npt.NDArray[np.int32]
 # What reading bytes that are not an Arrow IPC stream raises (pyarrow reports some damage,

@@ -34,6 +34,7 @@ GAUGES = (
         "bytes of control-plane events held (past the retention: the last per address)",
     ),
     ("waiting_bytes", "bytes of the waiting pool"),
+    ("translating_bytes", "bytes of the addresses known to source-translate (NAT gateways)"),
 )
 FLAGS = (
     ("attached", "1 when the work and evidence consumers are attached"),

@@ -11,6 +11,8 @@ Order of evidence for a flow's remote address at its start (see docs/attribution
    twice the worst per-host clock skew, so skew can never carry a lookup across a handover;
 3. after waiting max_wait without either: the event feed's time ranges, where safe;
 4. otherwise unattributed: an honest "don't know".
+An address some host source-translates others' connections to (a NAT gateway's) is named
+only by 1.: see translating.py.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from flowtrail.engine.events import UNKNOWN, EventFeed
 from flowtrail.engine.ownership import OwnershipRanges
 from flowtrail.engine.peers import PeerIndex
 from flowtrail.engine.pending import PendingPool
+from flowtrail.engine.translating import TranslatingAddresses
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -81,6 +84,7 @@ FLOW_DTYPE = np.dtype(
         ("local_owner", np.int32),  # -1 when the agent could not tell
         ("exporter", np.int32),  # who sent the row (an interned name): claims are per host
         ("conflict", np.bool_),  # engine-internal: a conflicting claim was seen
+        ("translating", np.bool_),  # this host source-translates others' connections to local
     ]
 )
 
@@ -102,11 +106,14 @@ class FlowArrays:
         *, row: I64, local_key: U64, local_port: I32, remote_key: U64, remote_port: I32,
         start: I64, end: I64, local_owner: I32, received: I64, exporter: I32 | None = None,
         pair: I64 | None = None,
+        translating: npt.NDArray[np.bool_] | None = None,
     ) -> FlowArrays:  # fmt: skip
         """`pair`: pair times (flowtrail/pairing.py); None: the start times."""
         rec = np.zeros(len(row), FLOW_DTYPE)
         if exporter is not None:
             rec["exporter"] = exporter
+        if translating is not None:
+            rec["translating"] = translating
         rec["row"], rec["local_key"], rec["local_port"] = row, local_key, local_port
         rec["remote_key"], rec["remote_port"] = remote_key, remote_port
         rec["start"], rec["end"], rec["local_owner"] = start, end, local_owner
@@ -141,6 +148,7 @@ class FlowArrays:
     received = property(lambda self: self.rec["received"])
     deadline = property(lambda self: self.rec["deadline"])
     conflict = property(lambda self: self.rec["conflict"])
+    translating = property(lambda self: self.rec["translating"])
 
 
 @dataclass
@@ -188,6 +196,7 @@ class Attributor:
         self.ranges = OwnershipRanges()
         self.peers = PeerIndex(retention_ns=self.settings.max_wait_ns + self.settings.peer_slack_ns)
         self.events = EventFeed()
+        self.translating = TranslatingAddresses()
         self.counters = Counters()
         self._pending = PendingPool(FLOW_DTYPE)
         self._new: list[FlowArrays] = []
@@ -234,6 +243,8 @@ class Attributor:
         self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
     ) -> FlowArrays | None:
         """Take the rows with a local workload as evidence; returns them."""
+        if flows.translating.any():
+            self.translating.add(flows.local_key[flows.translating], now)
         known = flows.local_owner >= 0
         if not known.any():
             return None
@@ -265,6 +276,7 @@ class Attributor:
             "ownership_bytes": self.ranges.nbytes,
             "peer_bytes": self.peers.nbytes,
             "event_bytes": self.events.nbytes,
+            "translating_bytes": self.translating.nbytes,
             "waiting_bytes": self._pending.nbytes,
         }
 
@@ -313,6 +325,9 @@ class Attributor:
             c.local_key, c.local_port, c.remote_key, c.remote_port, c.pair, s.peer_tolerance_ns
         )
         via_ranges = self.ranges.owner_over(c.remote_key, c.start - g, c.start + g)
+        # A gateway's heartbeat is not evidence for the connections it translates.
+        nat_source = self.translating.contains(c.remote_key)
+        via_ranges[nat_source] = own.NOT_COVERED
         conflict = (
             c.conflict
             | (via_peer == peer_mod.CONFLICT)
@@ -343,6 +358,7 @@ class Attributor:
                 ev_owner, r_start, r_end = self.events.safe_owner(
                     c.remote_key[idx], c.start[idx], guard_ns=g, now=now, lag_ns=s.event_lag_ns
                 )
+                ev_owner[nat_source[idx]] = UNKNOWN  # nor is the control plane's owner
                 has = ev_owner >= 0
                 if has.any():
                     # Agents' heartbeats inside the event's range must not name anyone else.
@@ -449,4 +465,5 @@ class Attributor:
             if self.settings.method == "heartbeat":  # the baseline reads every event it got
                 self.counters.evicted_events += self.events.forget_before(horizon)
             self.peers.evict(now)
+            self.translating.evict(horizon)
             self._next_evict = now + period

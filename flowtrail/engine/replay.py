@@ -136,6 +136,7 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
     workload = _col(flows, "local_workload")
     exporter = flows.column("exporter")
     n = flows.num_rows
+    translating = _col(flows, "local_translating")
     return FlowArrays.build(
         row=np.arange(n, dtype=np.int64),
         local_key=ipkeys.keys(flows.column("local_ip"), exporter),
@@ -148,6 +149,9 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
         received=received_times(flows),
         exporter=names.ids(exporter),  # interned with the workloads: only equality matters
         pair=pairing.pair_times(flows),
+        translating=None
+        if translating is None
+        else np.asarray(pc.fill_null(translating.cast(pa.bool_()), False).to_numpy(), bool),
     )
 
 

@@ -1,0 +1,121 @@
+"""A NAT gateway is never named as the caller of the connections it translates.
+
+Real kernel traffic: a LAN namespace behind a router namespace that masquerades whatever
+leaves its uplink (flowtrail/lab/natgw.py), and a server namespace. The router has a
+long-lived connection of its own to the server, so its address has a heartbeat (the router's
+workload owns it over that connection's lifetime). Then a LAN host connects to the server
+three times; the server sees the router's address (and, masquerade keeping it when free, the
+LAN host's port). One real agent captures all three namespaces; its rows go through
+`replay()`, the engine the collector runs.
+
+Without the gateway's translation evidence the server's rows of the three translated
+connections named the router's workload (3 of 3 wrong).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from flowtrail.agent.exporter import Delivery, ParquetDir
+from flowtrail.engine.replay import replay
+from flowtrail.lab import Client, Lab, Server
+from flowtrail.lab.agent import running_agent
+from flowtrail.lab.natgw import nat_gateway
+from flowtrail.lab.wait import until
+from flowtrail.schema import FLOWS
+from flowtrail.tables import validate
+
+pytestmark = pytest.mark.kernel
+
+CONNECTIONS = 3
+
+
+def rows_in(out: Path) -> list[dict[str, Any]]:
+    files = sorted(out.glob("flows-*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
+
+
+def established(netns: str, port: int) -> bool:
+    """Does a connection to `port` stand established in `netns` (the router's own)?"""
+    r = subprocess.run(
+        ["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"dport = :{port}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return bool(r.stdout.strip())
+
+
+def finish(p: subprocess.Popen[str], timeout: float = 60) -> None:
+    out, _ = p.communicate(timeout=timeout)
+    assert p.returncode == 0, out
+
+
+def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with (
+        Lab("nat") as lab,
+        nat_gateway(lab) as lan,
+        running_agent(Delivery(ParquetDir(out)), interval_s=1.0),
+    ):
+        router = lab.client.at(lab.service_cgroup(f"router-{lab.tag}"))
+        api = lab.server.at(lab.service_cgroup(f"api-{lab.tag}"))
+        pod_uid = str(uuid.uuid4())
+        laptop = lan.at(lab.pod_cgroup(pod_uid))
+        own_port, api_port = lab.port(), lab.port()
+        writes = [1] * 400  # the router's own connection: open until its process is stopped
+        own_srv = lab.serve(api, Server(lab.server.ip, own_port, recv=len(writes), send=1))
+        api_srv = lab.serve(api, Server(lab.server.ip, api_port, recv=100, send=200,
+                                        accepts=CONNECTIONS))  # fmt: skip
+        own = lab.spawn(router, Client(lab.server.ip, own_port, send=writes, recv=1, gap_s=0.5))
+        until(lambda: established(lab.client.netns, own_port), bool, 30)
+        finish(lab.spawn(laptop, Client(lab.server.ip, api_port, send=100, recv=200,
+                                        connections=CONNECTIONS)))  # fmt: skip
+        finish(api_srv)
+        own.kill()  # the router's connection closes (reset) after the LAN host's
+        own.wait(10)
+        own_srv.kill()
+
+        def ours() -> list[dict[str, Any]]:
+            return [
+                r for r in rows_in(out)
+                if api_port in (r["local_port"], r["remote_port"])
+                or (own_port in (r["local_port"], r["remote_port"]) and r["state"] == "closed")
+            ]  # fmt: skip
+
+        want = 2 * CONNECTIONS + 2  # client + server row per translated one; the router's own
+        rows = until(ours, lambda rs: len(rs) >= want, 60)
+        assert len(rows) >= want, rows
+
+    table = validate(pa.Table.from_pylist(rows_in(out)), FLOWS)
+    router_wl = f"systemd:router-{lab.tag}.service"
+    server_wl = f"systemd:api-{lab.tag}.service"
+    laptop_wl = f"k8s:pod/{pod_uid}"
+    got = replay(table).table.to_pylist()
+
+    def mine(r: dict[str, Any]) -> bool:
+        return api_port in (r["local_port"], r["remote_port"])
+
+    server_side = [r for r in got if mine(r) and r["direction"] == "inbound"]
+    client_side = [r for r in got if mine(r) and r["direction"] == "outbound"]
+    own_rows = [r for r in got if own_port in (r["local_port"], r["remote_port"])]
+    assert len(server_side) == len(client_side) == CONNECTIONS
+    # The premise: the router's address has a heartbeat over the translated connections.
+    router_own = [r for r in own_rows if r["direction"] == "outbound"]
+    assert router_own and all(r["local_workload"] == router_wl for r in router_own)
+    assert all(r["local_ip"] == lab.client.ip for r in router_own)
+    first = min(r["start_ns"] for r in router_own)
+    last = max(r["end_ns"] for r in router_own)
+    assert all(first < r["start_ns"] < last for r in server_side)
+    # The server saw the router's address, not the LAN host's.
+    assert all(r["remote_ip"] == lab.client.ip for r in server_side)
+    assert all(r["local_workload"] == server_wl for r in server_side)
+    # Never the gateway: unknown, or (from the gateway's translation evidence) the LAN host.
+    assert [r["remote_workload"] for r in server_side if r["remote_workload"] == router_wl] == []
+    assert {r["remote_workload"] for r in server_side} <= {None, laptop_wl}
+    assert {r["remote_workload"] for r in client_side} == {server_wl}
