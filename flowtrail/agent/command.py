@@ -167,7 +167,11 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     help="BPF ring buffer size (a power of two, at least a page).",
 )
 @click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
-@click.option("--no-nat", is_flag=True, help="Do not resolve DNAT through conntrack.")
+@click.option(
+    "--no-nat",
+    is_flag=True,
+    help="Do not resolve DNAT nor mark source-NAT addresses (not on a NAT gateway).",
+)
 @click.option(
     "--api",
     "api_socket",

@@ -223,7 +223,8 @@ def _to_table(world: World, cols: dict[str, np.ndarray]) -> pa.Table:
         "established_ns": pa.nulls(len(cols["start"]), pa.int64()),
         "outcome": pa.nulls(len(cols["start"]), pa.string()),
     }
-    fields = list(FLOWS.schema)
+    # Optional columns the simulated fleet has nothing for (no host source-translates) are left out.
+    fields = [f for f in FLOWS.schema if f.name in arrays]
     data = [arrays[f.name] for f in fields]
     fields += [pa.field(TRUE_START_COLUMN, pa.int64()), pa.field(CONN_ID_COLUMN, pa.int64())]
     data += [pa.array(cols["true_start"], pa.int64()), pa.array(cols["conn"], pa.int64())]

@@ -9,11 +9,14 @@ LAN host's port). One real agent captures all three namespaces; its rows go thro
 `replay()`, the engine the collector runs.
 
 Without the gateway's translation evidence the server's rows of the three translated
-connections named the router's workload (3 of 3 wrong).
+connections named the router's workload (3 of 3 wrong). The second test checks the agent's two
+ways of seeing that it translates: the masquerade rule, and conntrack's SNAT entries once the
+rule cannot be read.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -23,11 +26,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery, ParquetDir
+from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
 from flowtrail.lab import Client, Lab, Server
 from flowtrail.lab.agent import running_agent
 from flowtrail.lab.natgw import nat_gateway
+from flowtrail.lab.netns import sh
 from flowtrail.lab.wait import until
 from flowtrail.schema import FLOWS
 from flowtrail.tables import validate
@@ -35,6 +41,10 @@ from flowtrail.tables import validate
 pytestmark = pytest.mark.kernel
 
 CONNECTIONS = 3
+GAP_S = 0.25
+# The router's heartbeat must cover each translated connection's start by more than the
+# engine's guard (2 x max skew = 0.2 s) on both sides: 4 writes apart is at least 0.75 s.
+MARGIN_WRITES = 4
 
 
 def rows_in(out: Path) -> list[dict[str, Any]]:
@@ -42,13 +52,18 @@ def rows_in(out: Path) -> list[dict[str, Any]]:
     return pa.concat_tables([pq.read_table(f) for f in files]).to_pylist() if files else []
 
 
-def established(netns: str, port: int) -> bool:
-    """Does a connection to `port` stand established in `netns` (the router's own)?"""
+def acked(netns: str, port: int) -> int:
+    """Bytes the server has acked on the router's own connection to `port` (0 until it stands).
+
+    The router writes a byte every GAP_S: waiting for more acked bytes is waiting for the
+    connection to have lived that much longer, observed rather than slept.
+    """
     r = subprocess.run(
-        ["ip", "netns", "exec", netns, "ss", "-Htn", "state", "established", f"dport = :{port}"],
+        ["ip", "netns", "exec", netns, "ss", "-Htni", "state", "established", f"dport = :{port}"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return bool(r.stdout.strip())
+    found = re.search(r"bytes_acked:(\d+)", r.stdout)
+    return int(found.group(1)) if found else 0
 
 
 def finish(p: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -72,11 +87,13 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
         own_srv = lab.serve(api, Server(lab.server.ip, own_port, recv=len(writes), send=1))
         api_srv = lab.serve(api, Server(lab.server.ip, api_port, recv=100, send=200,
                                         accepts=CONNECTIONS))  # fmt: skip
-        own = lab.spawn(router, Client(lab.server.ip, own_port, send=writes, recv=1, gap_s=0.5))
-        until(lambda: established(lab.client.netns, own_port), bool, 30)
+        own = lab.spawn(router, Client(lab.server.ip, own_port, send=writes, recv=1, gap_s=GAP_S))
+        until(lambda: acked(lab.client.netns, own_port), lambda n: n >= MARGIN_WRITES, 30)
         finish(lab.spawn(laptop, Client(lab.server.ip, api_port, send=100, recv=200,
                                         connections=CONNECTIONS)))  # fmt: skip
         finish(api_srv)
+        after = acked(lab.client.netns, own_port)
+        until(lambda: acked(lab.client.netns, own_port), lambda n: n >= after + MARGIN_WRITES, 30)
         own.kill()  # the router's connection closes (reset) after the LAN host's
         own.wait(10)
         own_srv.kill()
@@ -96,7 +113,8 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
     router_wl = f"systemd:router-{lab.tag}.service"
     server_wl = f"systemd:api-{lab.tag}.service"
     laptop_wl = f"k8s:pod/{pod_uid}"
-    got = replay(table).table.to_pylist()
+    result = replay(table)
+    got = result.table.to_pylist()
 
     def mine(r: dict[str, Any]) -> bool:
         return api_port in (r["local_port"], r["remote_port"])
@@ -111,11 +129,51 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
     assert all(r["local_ip"] == lab.client.ip for r in router_own)
     first = min(r["start_ns"] for r in router_own)
     last = max(r["end_ns"] for r in router_own)
-    assert all(first < r["start_ns"] < last for r in server_side)
+    guard = 2 * Settings().max_skew_ns
+    assert all(first + guard < r["start_ns"] < last - guard for r in server_side)
     # The server saw the router's address, not the LAN host's.
     assert all(r["remote_ip"] == lab.client.ip for r in server_side)
     assert all(r["local_workload"] == server_wl for r in server_side)
     # Never the gateway: unknown, or (from the gateway's translation evidence) the LAN host.
     assert [r["remote_workload"] for r in server_side if r["remote_workload"] == router_wl] == []
     assert {r["remote_workload"] for r in server_side} <= {None, laptop_wl}
-    assert {r["remote_workload"] for r in client_side} == {server_wl}
+    shown = [(r["flow_id"], r["state"], r["local_ip"], r["local_port"], r["remote_port"],
+              r["start_ns"], r["end_ns"], r["local_workload"], r.get("remote_workload"))
+             for r in got if lab.server.ip in (r["local_ip"], r["remote_ip"])]  # fmt: skip
+    assert {r["remote_workload"] for r in client_side} == {server_wl}, (result.summary, shown)
+
+
+def raw_rows(*rows: tuple[int, str]) -> pa.Table:
+    """Capture-shaped rows, only the columns marking reads: (netns inode, local_ip)."""
+    return pa.table(
+        {
+            "netns_ino": pa.array([r[0] for r in rows], pa.uint32()),
+            "pid": pa.array([0] * len(rows), pa.uint32()),
+            "local_ip": pa.array([r[1] for r in rows], pa.string()),
+        }
+    )
+
+
+def test_the_gateway_marks_its_address_from_rules_then_from_conntrack() -> None:
+    with Lab("nat") as lab, nat_gateway(lab) as lan:
+        router_ino, server_ino = lab.client.netns_inode(), lab.server.netns_inode()
+        rows = raw_rows(
+            (router_ino, lab.client.ip), (router_ino, "127.0.0.1"), (server_ino, lab.server.ip)
+        )
+        # The rule alone marks the router's addresses, before anything was translated.
+        assert NatResolver().translating(rows).to_pylist() == [True, False, False]
+
+        port = lab.port()
+        api = lab.server.at(lab.service_cgroup(f"api-{lab.tag}"))
+        srv = lab.serve(api, Server(lab.server.ip, port, recv=10, send=10))
+        laptop = lan.at(lab.cgroup("laptop"))
+        finish(lab.spawn(laptop, Client(lab.server.ip, port, send=10, recv=10)))
+        finish(srv)
+        # Rules it cannot read (iptables-legacy, say): conntrack's SNAT entry still shows it.
+        sh("ip", "netns", "exec", lab.client.netns, "nft", "delete", "table", "ip",
+           f"ftmasq{lab.tag}")  # fmt: skip
+        nat = NatResolver()
+        assert nat.translating(rows).to_pylist() == [True, False, False]
+        lan_side = raw_rows((router_ino, lan.ip.rsplit(".", 1)[0] + ".254"))
+        assert nat.translating(lan_side).to_pylist() == [False]  # not a translated source
+        assert nat.stats["nat_translating_rows"] == 1
