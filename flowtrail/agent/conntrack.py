@@ -50,7 +50,10 @@ CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 IPS_SRC_NAT, IPS_DST_NAT = 1 << 4, 1 << 5
 IPPROTO_TCP = 6
+# How stale a namespace's answer may be: a rule is read by running `nft` (a process), the
+# SNAT entries by walking the kernel's conntrack table (milliseconds per namespace).
 RULES_TTL_S = 10.0
+SNAT_TTL_S = 2.0
 # A source-translating statement in `nft list ruleset` (iptables-nft rules show up there too).
 _SOURCE_NAT_RULE = re.compile(r"\b(masquerade|snat)\b")
 
@@ -138,6 +141,7 @@ class NatResolver:
             "nat_rules_unreadable": 0,
         }
         self._rules: dict[int, tuple[float, bool]] = {}  # netns → (read at, translates)
+        self._snat: dict[int, tuple[float, set[str]]] = {}  # netns → (dumped at, sources)
 
     def _table(self, ino: int, pid_hint: int) -> dict[str, tuple[str, int]]:
         try:
@@ -151,12 +155,19 @@ class NatResolver:
             return {}
 
     def _snat_sources(self, ino: int, pid_hint: int) -> set[str]:
+        """Translated source addresses in namespace `ino` (dumped at most every SNAT_TTL_S)."""
+        now = time.monotonic()
+        cached = self._snat.get(ino)
+        if cached is not None and now - cached[0] < SNAT_TTL_S:
+            return cached[1]
+        found: set[str] = set()
         try:
             with socket_in(self.netns, ino, NETLINK_NETFILTER, pid_hint) as sock:
-                return set() if sock is None else dump_snat_sources(sock)
+                found = set() if sock is None else dump_snat_sources(sock)
         except OSError:
             self.stats["nat_errors"] += 1
-            return set()
+        self._snat[ino] = (now, found)
+        return found
 
     def _rules_translate(self, ino: int, pid_hint: int) -> bool:
         """Has namespace `ino` an nftables masquerade or snat rule (read at most every 10 s)?"""
@@ -181,6 +192,13 @@ class NatResolver:
         self._rules[ino] = (now, found)
         return found
 
+    def _forget_gone_namespaces(self) -> None:
+        """Answers not asked for in a minute go (namespaces come and go with containers)."""
+        old = time.monotonic() - 60.0
+        for cache in (self._rules, self._snat):
+            for ino in [k for k, (at, _) in cache.items() if at < old]:
+                del cache[ino]
+
     def translating(self, raw: pa.RecordBatch | pa.Table) -> pa.Array:
         """Per row: does this host source-translate other hosts' connections to its local_ip?
 
@@ -199,6 +217,7 @@ class NatResolver:
         loopback = pc.fill_null(
             pc.or_(pc.starts_with(local, "127."), pc.equal(local, "::1")), True
         ).to_numpy(zero_copy_only=False)
+        self._forget_gone_namespaces()
         for ino in np.unique(netns):
             rows = np.flatnonzero(netns == ino)
             if self._rules_translate(int(ino), int(pids[rows[0]])):
