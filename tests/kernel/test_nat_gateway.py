@@ -112,7 +112,6 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
     table = validate(pa.Table.from_pylist(rows_in(out)), FLOWS)
     router_wl = f"systemd:router-{lab.tag}.service"
     server_wl = f"systemd:api-{lab.tag}.service"
-    laptop_wl = f"k8s:pod/{pod_uid}"
     result = replay(table)
     got = result.table.to_pylist()
 
@@ -134,9 +133,16 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
     # The server saw the router's address, not the LAN host's.
     assert all(r["remote_ip"] == lab.client.ip for r in server_side)
     assert all(r["local_workload"] == server_wl for r in server_side)
-    # Never the gateway: unknown, or (from the gateway's translation evidence) the LAN host.
+    # Never the gateway. The translation itself is not exported, so: unknown.
     assert [r["remote_workload"] for r in server_side if r["remote_workload"] == router_wl] == []
-    assert {r["remote_workload"] for r in server_side} <= {None, laptop_wl}
+    assert {(r["remote_workload"], r["remote_source"]) for r in server_side} == {
+        (None, "unattributed")
+    }
+    # The gateway's own connection is still named, both ways, from its two rows.
+    assert {(r["direction"], r["remote_workload"]) for r in own_rows} == {
+        ("outbound", server_wl),
+        ("inbound", router_wl),
+    }
     shown = [(r["flow_id"], r["state"], r["local_ip"], r["local_port"], r["remote_port"],
               r["start_ns"], r["end_ns"], r["local_workload"], r.get("remote_workload"))
              for r in got if lab.server.ip in (r["local_ip"], r["remote_ip"])]  # fmt: skip
