@@ -14,7 +14,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
+from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.errors import ContractError
 from flowtrail.schema import FLOWS
 from flowtrail.tables import validate
@@ -70,3 +72,15 @@ def test_the_mark_is_checked_as_a_boolean() -> None:
     bad = flows(translating=None).append_column("local_translating", pa.array([2, 0, 0]))
     with pytest.raises(ContractError, match="local_translating"):
         validate(bad, FLOWS)
+
+
+def test_a_live_collector_takes_the_mark_as_the_replay_does() -> None:
+    """The mark in one batch, the translated connection's row in a later one."""
+    eng = StreamingAttribution(Settings(use_events=False))  # as replay without events
+    t = flows(translating=True)
+    now = T0 + 200 * S
+    eng.submit_flows(t.slice(0, 2), now)  # the gateway's connection, both rows
+    eng.submit_flows(t.slice(2, 1), now + S)
+    out = [*eng.tick(now + S), *eng.tick(now + 1000 * S)]
+    got = names(pa.concat_tables(out))
+    assert got == {"gw:1": "api", "api:1": "gw", "api:2": None}
