@@ -220,6 +220,9 @@ class NatResolver:
         self._forget_gone_namespaces()
         for ino in np.unique(netns):
             rows = np.flatnonzero(netns == ino)
+            if self.netns.path(int(ino), int(pids[rows[0]])) is None:
+                self.stats["nat_netns_unreachable"] += 1  # its rows stay unmarked
+                continue
             if self._rules_translate(int(ino), int(pids[rows[0]])):
                 out[rows] = True
                 continue

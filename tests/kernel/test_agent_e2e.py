@@ -426,4 +426,10 @@ def test_netns_gone_before_lookup_is_counted_not_fatal() -> None:
     ip, port = nat.resolve(raw)
     assert ip.to_pylist() == [None] and port.to_pylist() == [None]
     # Counted as unreachable, nothing else: the host's own table was still read, no error.
-    assert nat.stats == {"nat_resolved": 0, "nat_netns_unreachable": 1, "nat_errors": 0}
+    assert nat.stats == {
+        "nat_resolved": 0, "nat_netns_unreachable": 1, "nat_errors": 0,
+        "nat_translating_rows": 0, "nat_rules_unreadable": 0,
+    }  # fmt: skip
+    # Source-NAT marking skips it the same way: unmarked, counted, no error.
+    assert nat.translating(raw).to_pylist() == [False]
+    assert nat.stats["nat_netns_unreachable"] == 2 and nat.stats["nat_errors"] == 0
