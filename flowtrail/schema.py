@@ -157,11 +157,11 @@ ATTRIBUTION_COLUMNS = (
     Column("attributed_ns", I64, True, "the collector's clock when it decided", Kind.TIME),
 )
 
-# No order rule here: attributed rows are judged or stored as given; flows are checked where
-# they come in (attribute, the collector, a cluster node).
 # Evidence for the engine only: a store keeps it among a row's extra columns, so the stored
 # layout (and every store written before it) stays as it was.
 ENGINE_ONLY = ("local_translating",)
+# No order rule here: attributed rows are judged or stored as given; flows are checked where
+# they come in (attribute, the collector, a cluster node).
 ATTRIBUTED = Table(
     "attributed",
     tuple(c for c in FLOWS.columns if c.name not in ENGINE_ONLY) + ATTRIBUTION_COLUMNS,
