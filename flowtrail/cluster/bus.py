@@ -51,6 +51,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
+from flowtrail.collector.ipcsize import inflated_bytes
 from flowtrail.errors import CapabilityError, ExportError, InputError
 
 log = logging.getLogger("flowtrail.cluster")
@@ -217,7 +218,17 @@ def encode(table: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
-def decode(payload: bytes) -> pa.Table:
+# What one message may become once read. Work batches are at most NATS's max_payload (1 MiB by
+# default) on the wire; with buffer compression a few KiB can declare gigabytes.
+MAX_INFLATED_BYTES = 64 << 20
+
+
+def decode(payload: bytes, max_inflated: int = MAX_INFLATED_BYTES) -> pa.Table:
+    """The message's table; ValueError, before anything is decompressed, when its buffers
+    declare more than `max_inflated` bytes (a compression bomb) or it cannot be walked."""
+    size = inflated_bytes(payload)
+    if size > max_inflated:
+        raise ValueError(f"decompresses to {size} bytes, the limit is {max_inflated}")
     with pa.ipc.open_stream(pa.py_buffer(payload)) as reader:
         return reader.read_all()
 
@@ -560,6 +571,13 @@ async def _connect_within(options: dict[str, Any], timeout_s: float) -> Client:
             with contextlib.suppress(BaseException):  # its outcome no longer matters
                 task.result()
             break
-    with contextlib.suppress(Exception):
-        await nc.close()
+    # Closing may wait on that same left-behind task: bound it too, without waiting for a
+    # cancellation it might swallow (asyncio.wait, not wait_for).
+    closing = asyncio.ensure_future(nc.close())
+    await asyncio.wait({closing}, timeout=5)
+    if closing.done():
+        with contextlib.suppress(BaseException):
+            closing.result()
+    else:
+        closing.cancel()
     raise TimeoutError
