@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow as pa
 
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
@@ -35,12 +36,19 @@ METHODS: dict[str, Settings] = {
 
 def compare(sim: SimOutput) -> dict[str, Any]:
     """Attribute one simulated fleet every way; returns the reports and replay summaries."""
+    return compare_tables(sim.flows, sim.events, sim.regions, sim.truth)
+
+
+def compare_tables(
+    flows: pa.Table, events: pa.Table, regions: pa.Table, truth: pa.Table
+) -> dict[str, Any]:
+    """Attribute the same flows every way and judge each against the truth."""
     reports: dict[str, EvalReport] = {}
     summaries: dict[str, dict[str, Any]] = {}
     tables = {}
     for name, settings in METHODS.items():
-        result = replay(sim.flows, sim.events, sim.regions, settings=settings)
-        reports[name] = evaluate(result.table, sim.truth)
+        result = replay(flows, events, regions, settings=settings)
+        reports[name] = evaluate(result.table, truth)
         summaries[name] = result.summary
         tables[name] = result.table
     return {"reports": reports, "summaries": summaries, "tables": tables}
@@ -68,8 +76,53 @@ def compare(sim: SimOutput) -> dict[str, Any]:
     help="Keep each scenario's inputs and both attributed outputs here (default: discard).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
+@click.option(
+    "--kernel",
+    is_flag=True,
+    help="Instead of the simulator, run a small fleet on this kernel (root): network "
+    "namespaces, a bridge, cgroups, nftables, one real agent per host; see docs/evaluation.md.",
+)
+@click.option(
+    "--duration",
+    default="2m",
+    show_default=True,
+    help="--kernel: how long the fleet runs (30s, 5m).",
+)
+@click.option(
+    "--hosts", type=click.IntRange(2, 16), default=3, show_default=True, help="--kernel: hosts."
+)
+@click.option(
+    "--workloads",
+    type=click.IntRange(3, 100),
+    default=12,
+    show_default=True,
+    help="--kernel: workloads (addresses) alive at once.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0.5, max=500),
+    default=20.0,
+    show_default=True,
+    help="--kernel: connection attempts a second, the whole fleet.",
+)
+@click.option(
+    "--churn",
+    default="4s",
+    show_default=True,
+    help="--kernel: an address is handed to a new workload this often.",
+)
 def demo(
-    scenarios: tuple[str, ...], seed: int, flows: int | None, out_dir: str | None, as_json: bool
+    scenarios: tuple[str, ...],
+    seed: int,
+    flows: int | None,
+    out_dir: str | None,
+    as_json: bool,
+    kernel: bool,
+    duration: str,
+    hosts: int,
+    workloads: int,
+    rate: float,
+    churn: str,
 ) -> None:
     """Simulate a fleet, attribute it three ways, and print how each did against the truth.
 
@@ -79,7 +132,26 @@ def demo(
     rows, no skew guard) and by the event-based baseline (whoever the feed says owns the
     address when the flow arrives); the evaluator counts misattributed flows and false
     dependency edges.
+
+    With --kernel (root) the flows are real: a fleet of network namespaces on a bridge,
+    workloads in cgroups handing addresses to each other within seconds (also across hosts),
+    an agent-less load balancer named only by a (partly late) event feed, lossy handshakes
+    and refused attempts; one `flowtrail agent --netns` per host captures it.
     """
+    if kernel:
+        from flowtrail.agent.command import parse_duration
+        from flowtrail.lab.kernel_demo import KernelRun
+
+        run = KernelRun(
+            duration_s=parse_duration(duration, "--duration"),
+            hosts=hosts,
+            slots=workloads,
+            rate=rate,
+            churn_s=max(parse_duration(churn, "--churn"), 1.5),
+            seed=seed,
+        )
+        _kernel_demo(run, out_dir, as_json)
+        return
     chosen = scenarios or tuple(sorted(SCENARIOS, key=_harshness))
     if out_dir:
         make_dir("--out", out_dir)
@@ -121,6 +193,59 @@ def demo(
     if out_dir is None:
         return
     click.echo(f"\ninputs and outputs kept under {out_dir}")
+
+
+def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
+    from flowtrail.lab.kernel_demo import counted_once, run_lab, say
+
+    if out_dir:
+        make_dir("--out", out_dir)
+    got = run_lab(run, out_dir)
+    say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHODS)} ways")
+    result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
+    once = counted_once(got["attempts"], got["flows"])
+    if out_dir:
+        where = Path(out_dir)
+        with writing("--out", out_dir):
+            for name in ("flows", "events", "regions", "truth"):
+                write_table(got[name], where / f"{name}.parquet")
+            for method, table in result["tables"].items():
+                write_table(table, where / f"attributed-{method.replace(' ', '-')}.parquet")
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "lab": {
+                        **once,
+                        "handovers": got["handovers"],
+                        "across_hosts": got["across_hosts"],
+                    },
+                    **{
+                        m: {
+                            "eval": result["reports"][m].to_dict(),
+                            "replay": result["summaries"][m],
+                        }
+                        for m in METHODS
+                    },
+                },
+                indent=2,
+            )
+        )
+        return
+    click.echo(
+        f"\n== kernel lab ({got['flows'].num_rows:,} captured rows; {once['attempts']:,} attempts:"
+        f" {once['established']:,} established, {once['refused']:,} refused, {once['timeout']:,}"
+        f" timed out; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
+    )
+    click.echo(format_side_by_side(result["reports"]))
+    click.echo(
+        f"\ncaptured once: client ends missing {once['client_ends_missing']}, extra "
+        f"{once['client_ends_extra']} of {once['attempts']:,}; server ends missing "
+        f"{once['server_ends_missing']}, extra {once['server_ends_extra']} of "
+        f"{once['server_ends_expected']:,}"
+    )
+    if out_dir:
+        click.echo(f"\ninputs and outputs kept under {out_dir}")
 
 
 def _harshness(name: str) -> int:

@@ -38,6 +38,19 @@ def parse_size(text: str, flag: str) -> int:
         raise InputError(f"{flag} {exc}") from exc
 
 
+def parse_netns(specs: tuple[str, ...]) -> frozenset[int]:
+    """--netns values → namespace inodes; InputError naming one that does not exist."""
+    from flowtrail.agent.identity import netns_inode
+
+    inodes = set()
+    for spec in specs:
+        ino = netns_inode(spec)
+        if ino is None:
+            raise InputError(f"--netns {spec!r}: no such network namespace")
+        inodes.add(ino)
+    return frozenset(inodes)
+
+
 HEADER = (
     f"{'TIME':<12} {'PID':>7} {'COMM':<15} {'DIR':<3} {'LADDR':<22} {'RADDR':<22} "
     f"{'TX_KB':>7} {'RX_KB':>7} {'MS':>9} {'OUTCOME':<11} {'LOCAL_WORKLOAD':<28} NAT_RADDR"
@@ -166,6 +179,15 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     show_default=True,
     help="BPF ring buffer size (a power of two, at least a page).",
 )
+@click.option(
+    "--netns",
+    "netns_specs",
+    metavar="NS",
+    multiple=True,
+    help="Export only sockets in this network namespace: a name under /run/netns, a path "
+    "(/proc/PID/ns/net) or an inode number; repeat for several. For one host among several on "
+    "one kernel (a lab, nested setups) [default: every namespace].",
+)
 @click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
 @click.option(
     "--no-nat",
@@ -207,6 +229,7 @@ def agent(
     spool_dir: str | None,
     spool_max: str,
     ringbuf: str,
+    netns_specs: tuple[str, ...],
     no_snapshots: bool,
     no_nat: bool,
     api_socket: str | None,
@@ -242,6 +265,7 @@ def agent(
     from flowtrail.agent.snapshots import Snapshotter
 
     interval_s = parse_duration(interval, "--interval")
+    only_netns = parse_netns(netns_specs) if netns_specs else None
     if not out_dir and not to_stdout:
         raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
     from flowtrail.collector.client import register as register_collector_sink
@@ -291,6 +315,7 @@ def agent(
             region=region,
             interval_s=interval_s,
             snapshots=not no_snapshots,
+            netns=only_netns,
         ),
         identity,
         Delivery(exporter, spool),

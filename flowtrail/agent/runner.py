@@ -55,6 +55,9 @@ class AgentConfig:
     # workloads talking. Left out and counted (own_traffic_rows) unless keep_own_traffic.
     own_endpoints: frozenset[tuple[str, int]] = frozenset()
     keep_own_traffic: bool = False
+    # Only sockets in these network namespaces (inode numbers) are this agent's; None = all.
+    # One host among several on one kernel (a lab, nested setups) exports only its own.
+    netns: frozenset[int] | None = None
 
 
 OnClosed = Callable[[pa.Table, pa.Table], None]
@@ -103,7 +106,9 @@ class Agent:
             "intervals": 0,
             "backlog_dropped_rows": 0,
             "own_traffic_rows": 0,
+            "other_netns_rows": 0,
         }
+        self._netns = None if config.netns is None else pa.array(sorted(config.netns), pa.uint32())
         self._own = pa.array(sorted(f"{ip}|{port}" for ip, port in config.own_endpoints))
 
     def _without_own(self, raw: pa.Table) -> pa.Table:
@@ -159,9 +164,16 @@ class Agent:
             self.on_closed(good, flows)
         return flows
 
+    def _in_my_netns(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
+        """The rows of `batch` in this agent's network namespaces (all without --netns)."""
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        if self._netns is None:
+            return table
+        return table.filter(pc.is_in(table.column("netns_ino"), value_set=self._netns))
+
     def learn(self) -> None:
         """Learn cgroups of sockets open now and rescan the tree (names outlive cgroups)."""
-        live = self.capture.live()
+        live = self._in_my_netns(self.capture.live())
         self.identity.observe(live)
         self.identity.refresh()
 
@@ -171,6 +183,7 @@ class Agent:
         live = self.capture.live()
         if live.num_rows:
             check_raw(live)
+        live = self._in_my_netns(live)
         self.identity.observe(live)
         active = self.snapshotter.snapshot(live, now_ns, self._interval_ns)
         if active.num_rows == 0:
@@ -204,8 +217,12 @@ class Agent:
     def _accept(self, batch: pa.RecordBatch | None) -> None:
         if batch is not None and batch.num_rows:
             check_raw(batch)
-            self._polled.append(batch)
-            self._polled_rows += batch.num_rows
+            own = self._in_my_netns(batch)
+            # Another host's sockets on this kernel: not ours to export, but counted.
+            self.counters["other_netns_rows"] += batch.num_rows - own.num_rows
+            for part in own.to_batches():
+                self._polled.append(part)
+                self._polled_rows += part.num_rows
 
     def _do_due(self) -> None:
         now = self.clock_ns()

@@ -1,0 +1,276 @@
+"""A small fleet on one kernel: hosts, moving workloads, an agent-less load balancer, the truth.
+
+    fleet = Fleet(run_dir, hosts=3, slots=12, rate=20.0)
+    with fleet:                      # builds it; leaving tears everything down
+        fleet.start_workloads()
+        fleet.hand_over(rng)          # an address moves to a new workload, maybe on another host
+        truth, events = fleet.truth(), fleet.events()
+
+Topology: a bridge in its own namespace `ft<tag>-br`; each host is a namespace `ft<tag>-h<i>`
+whose `eth0` is a veth port of that bridge; the load balancer is a namespace `ft<tag>-lb` on
+the bridge too. Every address lives in 10.216.<n>.0/24 (n random per fleet), only inside these
+namespaces. A workload is a process in its own cgroup (`system.slice/<name>.service` under the
+fleet's cgroup root, so the agent's systemd resolver names it `systemd:<name>.service`) in its
+host's namespace, serving on and connecting from its own address, an extra address of eth0.
+
+Handing an address over: the lab takes it out of the targets file, waits `settle_s` (clients
+read the file just before each attempt), kills the owner, then at one instant ends the old
+owner's truth interval and starts the new one's; it moves the address (maybe to another host),
+drops every namespace's neighbour entry for it (the new owner has another MAC) and starts the
+new workload. The control-plane feed says the same (unassign, assign), some of it late.
+
+Host 0 drops every other SYN to its services (a lossy handshake); the load balancer DNATs its
+VIP's port 80 to the first backends round robin (and masquerades, so replies come back through
+it); its VIP is named only by the event feed (that event arrives late too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import pyarrow as pa
+
+from flowtrail.lab import workload as wl
+from flowtrail.lab.netns import CGROUP2, LabError, remove_cgroup_tree, sh, stop
+from flowtrail.schema import EVENTS, TRUTH
+
+LB_PORT = 80
+LB_WORKLOAD = "lb:frontend"
+KINDS = ("web", "api", "db", "cache")
+LOSSY = "tcp dport 8080 tcp flags & (syn|ack) == syn numgen inc mod 2 == 0 drop"
+
+
+@dataclass
+class Owner:
+    """One workload's tenure of one address."""
+
+    name: str
+    ip: str
+    host: int
+    proc: subprocess.Popen[str] | None
+    from_ns: int
+    to_ns: int | None = None
+
+
+@dataclass
+class Fleet:
+    run_dir: Path
+    hosts: int = 3
+    slots: int = 12
+    rate: float = 20.0  # connections a second, the whole fleet
+    backends: int = 2
+    late_share: float = 0.3  # share of events that reach the collector late
+    late_s: tuple[float, float] = (1.0, 6.0)
+    settle_s: float = 1.0
+    seed: int = 0
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    owners: list[Owner] = field(default_factory=list)  # every tenure, in order
+    live: dict[str, Owner] = field(default_factory=dict)  # ip → current owner
+    event_rows: list[tuple[str, str, str, int, int]] = field(default_factory=list)
+    handovers: int = 0
+    across_hosts: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        n = random.randrange(256)
+        self.net = f"10.216.{n}"
+        self.vip = f"{self.net}.250"
+        self.bridge = f"ft{self.tag}-br"
+        self.lb = f"ft{self.tag}-lb"
+        self.root = CGROUP2 / f"flowtrail-fleet-{self.tag}"
+        self.targets_path = self.run_dir / "targets.json"
+        self.logs = self.run_dir / "connections"
+        self._counter = 0
+
+    def host_ns(self, i: int) -> str:
+        return f"ft{self.tag}-h{i}"
+
+    def slot_ip(self, slot: int) -> str:
+        return f"{self.net}.{100 + slot}"
+
+    # -- build and tear down ---------------------------------------------------------------
+
+    def __enter__(self) -> Fleet:
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def build(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir()
+        sh("ip", "netns", "add", self.bridge)
+        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for i in range(self.hosts):
+            self._attach(self.host_ns(i), f"h{i}", f"{self.net}.{10 + i}")
+        self._attach(self.lb, "lb", self.vip)
+        self._load_balancer()
+        sh("ip", "netns", "exec", self.host_ns(0), "nft", "-f", "-", stdin=_table("inet", "ftloss",
+           "type filter hook input priority 0; policy accept", LOSSY))  # fmt: skip
+
+    def _attach(self, netns: str, port: str, ip: str) -> None:
+        sh("ip", "netns", "add", netns)
+        sh("ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", port,
+           "netns", self.bridge)  # fmt: skip
+        sh("ip", "-n", self.bridge, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", netns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+
+    def _load_balancer(self) -> None:
+        sh("ip", "netns", "exec", self.lb, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        backends = [self.slot_ip(s) for s in range(self.backends)]
+        pick = ", ".join(f"{i} : {ip}" for i, ip in enumerate(backends))
+        rules = (
+            "table ip ftlb {\n"
+            " chain pre {\n  type nat hook prerouting priority -100;\n"
+            f"  ip daddr {self.vip} tcp dport {LB_PORT} dnat to numgen inc mod "
+            f"{len(backends)} map {{ {pick} }} : {wl.SERVICE_PORT}\n }}\n"
+            " chain post {\n  type nat hook postrouting priority 100;\n"
+            f"  ip daddr {self.net}.0/24 tcp dport {wl.SERVICE_PORT} masquerade\n }}\n}}\n"
+        )
+        sh("ip", "netns", "exec", self.lb, "nft", "-f", "-", stdin=rules)
+        now = time.time_ns()
+        self._event(self.vip, LB_WORKLOAD, "assign", now, late=True)
+        self.owners.append(Owner(LB_WORKLOAD, self.vip, -1, None, now))
+
+    def close(self) -> None:
+        for owner in self.owners:
+            if owner.proc is not None:
+                stop(owner.proc)
+        for ns in [*(self.host_ns(i) for i in range(self.hosts)), self.lb, self.bridge]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        remove_cgroup_tree(self.root)
+
+    # -- workloads ---------------------------------------------------------------------------
+
+    def start_workloads(self) -> None:
+        for slot in range(self.slots):
+            self._start(self.slot_ip(slot), self.rng.randrange(self.hosts), time.time_ns())
+        self._write_targets()
+
+    def _start(self, ip: str, host: int, from_ns: int) -> Owner:
+        self._counter += 1
+        name = f"{KINDS[self._counter % len(KINDS)]}-{self._counter}"
+        sh("ip", "-n", self.host_ns(host), "addr", "add", f"{ip}/24", "dev", "eth0")
+        cgroup = self.root / "system.slice" / f"{name}.service"
+        cgroup.mkdir(parents=True)
+        spec = wl.Workload(
+            name=name,
+            ip=ip,
+            targets=str(self.targets_path),
+            log=str(self.logs / f"{name}.jsonl"),
+            rate=self.rate / self.slots,
+            seed=self.seed,
+        )
+        proc = subprocess.Popen(
+            wl.argv(self.host_ns(host), cgroup, spec),
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        owner = Owner(workload_name(name), ip, host, proc, from_ns)
+        self.owners.append(owner)
+        self.live[ip] = owner
+        self._event(ip, owner.name, "assign", from_ns)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        if line != "ready":
+            raise LabError(f"workload {name} at {ip} on host {host} did not start: {line!r}")
+        return owner
+
+    def hand_over(self) -> Owner:
+        """Move one address to a new workload (on a random host); returns the new owner."""
+        ip = self.rng.choice(sorted(self.live))
+        old = self.live.pop(ip)
+        self._write_targets()
+        time.sleep(self.settle_s)  # clients that read the file before it changed have connected
+        assert old.proc is not None
+        stop(old.proc)
+        now = time.time_ns()
+        old.to_ns = now
+        self._event(ip, old.name, "unassign", now)
+        sh("ip", "-n", self.host_ns(old.host), "addr", "del", f"{ip}/24", "dev", "eth0")
+        host = self.rng.randrange(self.hosts)
+        for ns in [*(self.host_ns(i) for i in range(self.hosts)), self.lb]:
+            subprocess.run(["ip", "-n", ns, "neigh", "del", ip, "dev", "eth0"], capture_output=True)
+        new = self._start(ip, host, now)
+        self._write_targets()
+        self.handovers += 1
+        self.across_hosts += host != old.host
+        return new
+
+    def _write_targets(self) -> None:
+        targets = [[ip, wl.SERVICE_PORT] for ip in sorted(self.live)] + [[self.vip, LB_PORT]]
+        tmp = self.targets_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(targets))
+        os.replace(tmp, self.targets_path)
+
+    def _event(self, ip: str, workload: str, action: str, t: int, late: bool = False) -> None:
+        delay = 0.0
+        if late or self.rng.random() < self.late_share:
+            delay = self.rng.uniform(*self.late_s)
+        self.event_rows.append((ip, workload, action, t, t + int(delay * 1e9)))
+
+    def stop_all(self) -> int:
+        """Stop every workload (their tenures end now); returns the time."""
+        now = time.time_ns()
+        for owner in self.live.values():
+            if owner.proc is not None:
+                stop(owner.proc)
+        for owner in self.owners:
+            if owner.to_ns is None:
+                owner.to_ns = now
+        self.live.clear()
+        return now
+
+    # -- what the lab did --------------------------------------------------------------------
+
+    def truth(self) -> pa.Table:
+        return pa.table(
+            {
+                "ip": [o.ip for o in self.owners],
+                "workload": [o.name for o in self.owners],
+                "from_ns": [o.from_ns for o in self.owners],
+                "to_ns": [o.to_ns for o in self.owners],
+            },
+            schema=TRUTH.schema,
+        )
+
+    def events(self) -> pa.Table:
+        cols = list(zip(*self.event_rows, strict=True))
+        names = ["ip", "workload", "action", "time_ns", "received_ns"]
+        return pa.table(
+            {n: list(c) for n, c in zip(names, cols, strict=True)}, schema=EVENTS.schema
+        )
+
+    def regions(self) -> pa.Table:
+        return pa.table({"cidr": [f"{self.net}.0/24"], "region": ["lab"]})
+
+    def host_namespaces(self) -> list[str]:
+        return [self.host_ns(i) for i in range(self.hosts)]
+
+
+def workload_name(unit: str) -> str:
+    """The systemd resolver's name for the workload in cgroup system.slice/<unit>.service."""
+    return f"systemd:{unit}.service"
+
+
+def _table(family: str, name: str, hook: str, rule: str) -> str:
+    return f"table {family} {name} {{\n chain in {{\n  {hook};\n  {rule}\n }}\n}}\n"

@@ -1,0 +1,224 @@
+"""`flowtrail demo --kernel`: the demo's accuracy table on flows the eBPF program really captured.
+
+A `Fleet` (flowtrail/lab/fleet.py) runs on this kernel; one real `flowtrail agent` per host
+(`--netns` its namespace, so each exports only its own sockets under its own name) writes
+Parquet. When the run ends the captured rows (received_ns: when the agent wrote them) and the
+lab's event feed are attributed the demo's three ways and judged against the lab's truth, and
+every attempt the workloads logged is looked up among the captured rows: each end once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flowtrail.lab import workload as wl
+from flowtrail.lab.fleet import Fleet
+from flowtrail.lab.wait import stop_all
+
+AGENT_INTERVAL = "2s"
+
+
+@dataclass(frozen=True)
+class KernelRun:
+    duration_s: float = 120.0
+    hosts: int = 3
+    slots: int = 12
+    rate: float = 20.0
+    churn_s: float = 4.0
+    seed: int = 0
+
+
+def say(text: str) -> None:
+    print(f"demo --kernel: {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def agents(fleet: Fleet, out: Path) -> Iterator[list[Path]]:
+    """One `flowtrail agent` per host; stopped with SIGTERM (each flushes its last batch)."""
+    procs: list[subprocess.Popen[bytes]] = []
+    dirs: list[Path] = []
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for i, ns in enumerate(fleet.host_namespaces()):
+            where = out / f"host-{i}"
+            argv = [sys.executable, "-m", "flowtrail", "agent", "--out", str(where)]
+            argv += ["--interval", AGENT_INTERVAL, "--exporter", f"host-{i}", "--region", "lab"]
+            argv += ["--netns", ns, "--resolvers", "systemd"]
+            argv += ["--metrics", str(out / f"host-{i}.json")]
+            with (out / f"host-{i}.log").open("wb") as log:  # the child keeps its own copy
+                # Its own session: Ctrl-C is the lab's to handle, and it stops them.
+                proc = subprocess.Popen(
+                    argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            procs.append(proc)
+            dirs.append(where)
+        for i, proc in enumerate(procs):
+            # The metrics file comes one interval after capture is attached.
+            deadline = time.monotonic() + 60
+            while not (out / f"host-{i}.json").exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    text = (out / f"host-{i}.log").read_text(errors="replace")
+                    raise RuntimeError(f"agent for host-{i} did not start:\n{text[-2000:]}")
+                time.sleep(0.1)
+        yield dirs
+    finally:
+        stop_all(procs, grace_s=60)
+    for i, proc in enumerate(procs):
+        if proc.returncode != 0:
+            text = (out / f"host-{i}.log").read_text(errors="replace")
+            raise RuntimeError(f"agent for host-{i} exited {proc.returncode}:\n{text[-2000:]}")
+
+
+def exported(dirs: list[Path]) -> pa.Table:
+    """Every row the agents wrote; received_ns is when its file was written."""
+    parts = []
+    for d in dirs:
+        for f in sorted(d.glob("*.parquet")):
+            t = pq.read_table(f)
+            got = pa.array([f.stat().st_mtime_ns] * t.num_rows, pa.int64())
+            parts.append(t.set_column(t.schema.get_field_index("received_ns"), "received_ns", got))
+    return pa.concat_tables(parts)
+
+
+def attempts(fleet: Fleet) -> pl.DataFrame:
+    rows: list[list[Any]] = []
+    for f in sorted(fleet.logs.glob("*.jsonl")):
+        rows.extend(json.loads(line) for line in f.read_text().splitlines() if line)
+    return pl.DataFrame(
+        rows,
+        schema=["local_ip", "local_port", "remote_ip", "remote_port", "outcome", "t_ns"],
+        orient="row",
+    )
+
+
+def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
+    """Each attempt the workloads logged, looked up among the closed rows, per 4-tuple.
+
+    An attempt's client end must be one `outbound` row with its outcome; an established
+    connection to a service (not via the load balancer, whose end has no agent) must also be
+    one `inbound` row at the server. A 4-tuple used n times must be found n times.
+    """
+    df = pl.from_arrow(
+        flows.select(
+            ["local_ip", "local_port", "remote_ip", "remote_port", "direction", "state", "outcome"]
+        )
+    )
+    assert isinstance(df, pl.DataFrame)
+    closed = df.filter(pl.col("state") == "closed")
+    key = ["local_ip", "local_port", "remote_ip", "remote_port"]
+    made_n = made.group_by([*key, "outcome"]).len("made")
+    out_n = (
+        closed.filter(pl.col("direction") == "outbound").group_by([*key, "outcome"]).len("outbound")
+    )
+    client = made_n.join(out_n, on=[*key, "outcome"], how="left").with_columns(
+        pl.col("outbound").fill_null(0)
+    )
+    served = made_n.filter(
+        (pl.col("outcome") == "established") & (pl.col("remote_port") == wl.SERVICE_PORT)
+    )
+    in_n = (
+        closed.filter((pl.col("direction") == "inbound") & (pl.col("outcome") == "established"))
+        .rename(
+            {
+                "local_ip": "remote_ip",
+                "local_port": "remote_port",
+                "remote_ip": "local_ip",
+                "remote_port": "local_port",
+            }
+        )
+        .group_by(key)
+        .len("inbound")
+    )
+    server = served.join(in_n, on=key, how="left").with_columns(pl.col("inbound").fill_null(0))
+    by = dict(made.group_by("outcome").len().iter_rows())
+    return {
+        "attempts": made.height,
+        "established": int(by.get("established", 0)),
+        "refused": int(by.get("refused", 0)),
+        "timeout": int(by.get("timeout", 0)),
+        "client_ends_missing": int(
+            client.select((pl.col("made") - pl.col("outbound")).clip(lower_bound=0).sum()).item()
+        ),
+        "client_ends_extra": int(
+            client.select((pl.col("outbound") - pl.col("made")).clip(lower_bound=0).sum()).item()
+        ),
+        "server_ends_expected": int(served.get_column("made").sum()),
+        "server_ends_missing": int(
+            server.select((pl.col("made") - pl.col("inbound")).clip(lower_bound=0).sum()).item()
+        ),
+        "server_ends_extra": int(
+            server.select((pl.col("inbound") - pl.col("made")).clip(lower_bound=0).sum()).item()
+        ),
+    }
+
+
+def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
+    """Build the fleet, run it for `cfg.duration_s`, tear it down; the captured inputs."""
+    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="flowtrail-kernel-"))
+    out.mkdir(parents=True, exist_ok=True)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        fleet = Fleet(out / "lab", hosts=cfg.hosts, slots=cfg.slots, rate=cfg.rate, seed=cfg.seed)
+        with fleet:
+            say(
+                f"{cfg.hosts} hosts, {cfg.slots} workloads, a load balancer at {fleet.vip}; "
+                f"{cfg.duration_s:.0f} s, ~{cfg.rate:g} connections/s"
+            )
+            with agents(fleet, out / "agents") as dirs:
+                fleet.start_workloads()
+                _churn(fleet, cfg)
+                fleet.stop_all()
+                say("workloads stopped; agents flushing")
+            flows = exported(dirs)
+            made = attempts(fleet)
+            result = {
+                "flows": flows,
+                "events": fleet.events(),
+                "regions": fleet.regions(),
+                "truth": fleet.truth(),
+                "attempts": made,
+                "handovers": fleet.handovers,
+                "across_hosts": fleet.across_hosts,
+            }
+        say("namespaces, cgroups and processes removed")
+        return result
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if out_dir is None:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _churn(fleet: Fleet, cfg: KernelRun) -> None:
+    start = time.monotonic()
+    next_report = start + 10
+    while (now := time.monotonic()) - start < cfg.duration_s:
+        time.sleep(max(0.0, min(cfg.churn_s - fleet.settle_s, cfg.duration_s - (now - start))))
+        if time.monotonic() - start >= cfg.duration_s:
+            break
+        fleet.hand_over()
+        if time.monotonic() >= next_report:
+            next_report += 10
+            made = sum(len(f.read_text().splitlines()) for f in fleet.logs.glob("*.jsonl"))
+            say(
+                f"{time.monotonic() - start:.0f}/{cfg.duration_s:.0f} s: {made:,} attempts, "
+                f"{fleet.handovers} handovers ({fleet.across_hosts} across hosts)"
+            )
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C

@@ -1,0 +1,153 @@
+"""One workload of the kernel lab's fleet: a server and a client in one process.
+
+It joins its cgroup and network namespace (as every lab peer does), listens on its own address,
+and connects to the fleet's live services at a steady random rate from a few threads, so a
+lost SYN (a handshake taking seconds) does not stall the rest. Where to connect is read from the
+lab's targets file before every attempt: the lab takes an address out of it a while before it
+hands the address to another workload. Some connections are long-lived (writes seconds apart),
+some go to a port nobody listens on (refused).
+
+Every attempt is logged, one JSON line flushed at once, as soon as its outcome is known:
+`[local_ip, local_port, remote_ip, remote_port, outcome, time_ns]` (outcome: established,
+refused, timeout, failed). The lab compares that log with what the agents captured. The lab
+stops a workload with SIGKILL; whatever it logged is already on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TextIO
+
+from flowtrail.lab.peer import join
+
+ENTRY = "from flowtrail.lab.workload import main; main()"
+SERVICE_PORT = 8080
+CLOSED_PORT = 8081  # nobody listens: an attempt there is refused
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Serve on ip:SERVICE_PORT; make `rate` connections a second to the targets file's entries."""
+
+    name: str
+    ip: str
+    targets: str  # JSON file: [[ip, port], ...], rewritten atomically by the lab
+    log: str  # JSON lines, one per attempt
+    rate: float
+    long_share: float = 0.05  # share of connections held open for seconds
+    refused_share: float = 0.03  # share of attempts to CLOSED_PORT
+    threads: int = 3
+    seed: int = 0
+
+
+def argv(netns: str, cgroup: Path, w: Workload) -> list[str]:
+    spec = {"netns": netns, "cgroup": str(cgroup), "workload": asdict(w)}
+    return [sys.executable, "-c", ENTRY, json.dumps(spec)]
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab stops us, not the terminal's Ctrl-C
+    spec = json.loads(sys.argv[1])
+    join(spec["netns"], Path(spec["cgroup"]))
+    run(Workload(**spec["workload"]))
+
+
+def run(w: Workload) -> None:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((w.ip, SERVICE_PORT))
+    listener.listen(128)
+    log = open(w.log, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    lock = threading.Lock()
+    for i in range(w.threads):
+        rng = random.Random(f"{w.seed}-{w.name}-{i}")
+        threading.Thread(target=_client_loop, args=(w, rng, log, lock), daemon=True).start()
+    print("ready", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_answer, args=(conn,), daemon=True).start()
+
+
+def _answer(conn: socket.socket) -> None:
+    """Read until the client half-closes, answer, close."""
+    try:
+        conn.settimeout(60)
+        while conn.recv(65536):
+            pass
+        conn.sendall(b"ok")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _targets(path: str) -> list[list[object]]:
+    try:
+        got: list[list[object]] = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    return got
+
+
+def _client_loop(w: Workload, rng: random.Random, log: TextIO, lock: threading.Lock) -> None:
+    per_thread = w.rate / w.threads
+    while True:
+        time.sleep(rng.expovariate(per_thread))
+        targets = [t for t in _targets(w.targets) if t[0] != w.ip]
+        if not targets:
+            continue
+        ip, port = rng.choice(targets)
+        if rng.random() < w.refused_share:
+            port = CLOSED_PORT
+        hold_s = rng.uniform(3.0, 8.0) if rng.random() < w.long_share else 0.0
+        line, sock = _connect(w.ip, str(ip), int(str(port)))
+        with lock:  # logged before the exchange: a workload killed meanwhile still logged it
+            log.write(json.dumps(line) + "\n")
+        if sock is not None:
+            _exchange(sock, hold_s)
+
+
+def _connect(local_ip: str, ip: str, port: int) -> tuple[list[object], socket.socket | None]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 3)  # gives up after ~15 s
+    sock.bind((local_ip, 0))
+    lport = sock.getsockname()[1]
+    t = time.time_ns()
+    try:
+        sock.connect((ip, port))
+    except ConnectionRefusedError:
+        outcome = "refused"
+    except TimeoutError:
+        outcome = "timeout"
+    except OSError:
+        outcome = "failed"
+    else:
+        return [local_ip, lport, ip, port, "established", t], sock
+    sock.close()
+    return [local_ip, lport, ip, port, outcome, t], None
+
+
+def _exchange(sock: socket.socket, hold_s: float) -> None:
+    """Send a request (in pieces a second apart when held open), half-close, read the answer."""
+    try:
+        sock.settimeout(30)
+        deadline = time.monotonic() + hold_s
+        sock.sendall(b"q" * 200)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            sock.sendall(b"q" * 50)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):
+            pass
+    except OSError:
+        pass  # the server was stopped meanwhile: the connection still happened
+    finally:
+        sock.close()
