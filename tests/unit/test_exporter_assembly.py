@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw
-from flowtrail.agent.command import human_lines, parse_duration, parse_size
+from flowtrail.agent.command import human_lines, parse_duration, parse_netns, parse_size
 from flowtrail.agent.exporter import Delivery, ParquetDir
 from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.records import RAW_SCHEMA
@@ -205,3 +205,32 @@ def test_collector_sink_from_the_cli_needs_a_url_and_a_token(
     res = CliRunner().invoke(main, ["agent", "--sink", "collector", "--out", "https://127.0.0.1:1"])
     assert res.exit_code == 2
     assert "FLOWTRAIL_COLLECTOR_TOKEN" in res.output
+
+
+def test_agent_with_netns_exports_only_its_namespaces_rows_and_counts_the_rest(
+    tmp_path: Path,
+) -> None:
+    mine, other = 4026532001, 4026532002
+    batches = [
+        raw([{"sock_id": 1, "netns_ino": mine}, {"sock_id": 2, "netns_ino": other}]),
+        raw([{"sock_id": 3, "netns_ino": other}, {"sock_id": 4, "netns_ino": mine}]),
+    ]
+    agent = Agent(
+        ListCapture(batches),
+        AgentConfig(exporter="h1", interval_s=3600, netns=frozenset({mine})),
+        IdentityChain.build(("host",), host_workload="box", host_netns=HOST_NS),
+        Delivery(ParquetDir(tmp_path)),
+    )
+    agent.drain()
+    assert agent.flush(snapshots=False) == 2
+    m = agent.metrics()
+    assert m["captured_rows"] == 2 and m["other_netns_rows"] == 2
+    (f,) = tmp_path.glob("flows-*.parquet")
+    assert read_table(f, FLOWS).column("flow_id").to_pylist() == ["h1:1", "h1:4"]
+
+
+def test_netns_option_takes_names_paths_and_inodes_and_refuses_a_missing_name() -> None:
+    own = Path("/proc/self/ns/net").stat().st_ino
+    assert parse_netns(("/proc/self/ns/net", "12345")) == frozenset({own, 12345})
+    with pytest.raises(InputError, match="--netns 'no-such-ns-here': no such network namespace"):
+        parse_netns(("no-such-ns-here",))
