@@ -196,11 +196,16 @@ def demo(
 
 
 def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
+    from flowtrail.errors import CapabilityError
     from flowtrail.lab.kernel_demo import counted_once, run_lab, say
+    from flowtrail.lab.netns import LabError
 
     if out_dir:
         make_dir("--out", out_dir)
-    got = run_lab(run, out_dir)
+    try:
+        got = run_lab(run, out_dir)
+    except LabError as exc:  # a command or an agent that could not run here: say which
+        raise CapabilityError(f"demo --kernel: {exc}") from exc
     say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHODS)} ways")
     result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     once = counted_once(got["attempts"], got["flows"])

@@ -10,6 +10,7 @@ every attempt the workloads logged is looked up among the captured rows: each en
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -26,8 +27,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowtrail.errors import CapabilityError
 from flowtrail.lab import workload as wl
 from flowtrail.lab.fleet import Fleet
+from flowtrail.lab.netns import LabError
 from flowtrail.lab.wait import stop_all
 
 AGENT_INTERVAL = "2s"
@@ -73,7 +76,7 @@ def agents(fleet: Fleet, out: Path) -> Iterator[list[Path]]:
             while not (out / f"host-{i}.json").exists():
                 if proc.poll() is not None or time.monotonic() > deadline:
                     text = (out / f"host-{i}.log").read_text(errors="replace")
-                    raise RuntimeError(f"agent for host-{i} did not start:\n{text[-2000:]}")
+                    raise LabError(f"agent for host-{i} did not start:\n{text[-2000:]}")
                 time.sleep(0.1)
         yield dirs
     finally:
@@ -81,7 +84,7 @@ def agents(fleet: Fleet, out: Path) -> Iterator[list[Path]]:
     for i, proc in enumerate(procs):
         if proc.returncode != 0:
             text = (out / f"host-{i}.log").read_text(errors="replace")
-            raise RuntimeError(f"agent for host-{i} exited {proc.returncode}:\n{text[-2000:]}")
+            raise LabError(f"agent for host-{i} exited {proc.returncode}:\n{text[-2000:]}")
 
 
 def exported(dirs: list[Path]) -> pa.Table:
@@ -169,6 +172,8 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
 
 def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
     """Build the fleet, run it for `cfg.duration_s`, tear it down; the captured inputs."""
+    if os.geteuid() != 0:
+        raise CapabilityError("demo --kernel needs root (network namespaces, cgroups, eBPF)")
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="flowtrail-kernel-"))
     out.mkdir(parents=True, exist_ok=True)
     previous = signal.signal(signal.SIGTERM, _interrupt)
