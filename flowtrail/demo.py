@@ -197,7 +197,7 @@ def demo(
 
 def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     from flowtrail.errors import CapabilityError
-    from flowtrail.lab.kernel_demo import counted_once, run_lab, say
+    from flowtrail.lab.kernel_demo import by_kind, counted_once, run_lab, say
     from flowtrail.lab.netns import LabError
 
     if out_dir:
@@ -209,6 +209,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHODS)} ways")
     result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     once = counted_once(got["attempts"], got["flows"])
+    kinds = {m: by_kind(t, got["truth"]) for m, t in result["tables"].items()}
     if out_dir:
         where = Path(out_dir)
         with writing("--out", out_dir):
@@ -243,6 +244,15 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         f" timed out; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
     )
     click.echo(format_side_by_side(result["reports"]))
+    for kind in ("connections", "failed attempts"):
+        parts = []
+        for m in METHODS:
+            f = kinds[m][kind].flows
+            parts.append(
+                f"{m} {f.misattributed:,} wrong, {f.unattributed:,} unattributed"
+                f" ({_pct(f.unattributed, f.owned)})"
+            )
+        click.echo(f"{kind} ({kinds['heartbeat'][kind].flows.rows:,} rows): " + "; ".join(parts))
     click.echo(
         f"\ncaptured once: client ends missing {once['client_ends_missing']}, extra "
         f"{once['client_ends_extra']} of {once['attempts']:,}; server ends missing "
@@ -251,6 +261,10 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     )
     if out_dir:
         click.echo(f"\ninputs and outputs kept under {out_dir}")
+
+
+def _pct(part: int, whole: int) -> str:
+    return "-" if whole == 0 else f"{100 * part / whole:.3g}% of owned"
 
 
 def _harshness(name: str) -> int:

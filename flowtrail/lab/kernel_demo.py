@@ -25,9 +25,11 @@ from typing import Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowtrail.errors import CapabilityError
+from flowtrail.evaluate import EvalReport, evaluate
 from flowtrail.lab import workload as wl
 from flowtrail.lab.fleet import Fleet
 from flowtrail.lab.netns import LabError
@@ -122,11 +124,18 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
         )
     )
     assert isinstance(df, pl.DataFrame)
-    closed = df.filter(pl.col("state") == "closed")
+    # A connection that was reset (its workload stopped, say) still established: the log
+    # says "established" as soon as connect() returned.
+    connected = pl.col("outcome").is_null() | pl.col("outcome").is_in(["established", "reset"])
+    closed = df.filter(pl.col("state") == "closed").with_columns(
+        pl.when(connected).then(pl.lit("established")).otherwise(pl.col("outcome")).alias("outcome")
+    )
     key = ["local_ip", "local_port", "remote_ip", "remote_port"]
-    made_n = made.group_by([*key, "outcome"]).len("made")
+    made_n = made.group_by([*key, "outcome"]).agg(pl.len().cast(pl.Int64).alias("made"))
     out_n = (
-        closed.filter(pl.col("direction") == "outbound").group_by([*key, "outcome"]).len("outbound")
+        closed.filter(pl.col("direction") == "outbound")
+        .group_by([*key, "outcome"])
+        .agg(pl.len().cast(pl.Int64).alias("outbound"))
     )
     client = made_n.join(out_n, on=[*key, "outcome"], how="left").with_columns(
         pl.col("outbound").fill_null(0)
@@ -145,7 +154,7 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
             }
         )
         .group_by(key)
-        .len("inbound")
+        .agg(pl.len().cast(pl.Int64).alias("inbound"))
     )
     server = served.join(in_n, on=key, how="left").with_columns(pl.col("inbound").fill_null(0))
     by = dict(made.group_by("outcome").len().iter_rows())
@@ -167,6 +176,22 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
         "server_ends_extra": int(
             server.select((pl.col("inbound") - pl.col("made")).clip(lower_bound=0).sum()).item()
         ),
+    }
+
+
+def is_connection(table: pa.Table) -> pa.Array:
+    """Rows of connections (the handshake completed), as opposed to failed attempts."""
+    outcome = table.column("outcome")
+    done = pc.is_in(outcome, value_set=pa.array(["established", "reset"]))
+    return pc.or_(pc.is_null(outcome), done)
+
+
+def by_kind(attributed: pa.Table, truth: pa.Table) -> dict[str, EvalReport]:
+    """The same evaluation on connections alone and on failed attempts alone."""
+    connected = is_connection(attributed)
+    return {
+        "connections": evaluate(attributed.filter(connected), truth),
+        "failed attempts": evaluate(attributed.filter(pc.invert(connected)), truth),
     }
 
 
