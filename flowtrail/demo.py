@@ -213,8 +213,6 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     if out_dir:
         where = Path(out_dir)
         with writing("--out", out_dir):
-            for name in ("flows", "events", "regions", "truth"):
-                write_table(got[name], where / f"{name}.parquet")
             for method, table in result["tables"].items():
                 write_table(table, where / f"attributed-{method.replace(' ', '-')}.parquet")
     if as_json:
@@ -240,8 +238,8 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         return
     click.echo(
         f"\n== kernel lab ({got['flows'].num_rows:,} captured rows; {once['attempts']:,} attempts:"
-        f" {once['established']:,} established, {once['refused']:,} refused, {once['timeout']:,}"
-        f" timed out; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
+        f" {once['established']:,} established, {once['refused']:,} refused, {once['failed']:,}"
+        f" failed; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
     )
     click.echo(format_side_by_side(result["reports"]))
     for kind in ("connections", "failed attempts"):

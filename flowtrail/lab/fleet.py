@@ -14,7 +14,8 @@ fleet's cgroup root, so the agent's systemd resolver names it `systemd:<name>.se
 host's namespace, serving on and connecting from its own address, an extra address of eth0.
 
 Handing an address over: the lab takes it out of the targets file, waits `settle_s` (clients
-read the file just before each attempt), kills the owner, then at one instant ends the old
+read the file just before each attempt and give a handshake 2 s, so none to the leaving
+address is still going on), kills the owner, then at one instant ends the old
 owner's truth interval and starts the new one's; it moves the address (maybe to another host),
 drops every namespace's neighbour entry for it (the new owner has another MAC) and starts the
 new workload. The control-plane feed says the same (unassign, assign), some of it late.
@@ -69,7 +70,7 @@ class Fleet:
     backends: int = 2
     late_share: float = 0.3  # share of events that reach the collector late
     late_s: tuple[float, float] = (1.0, 6.0)
-    settle_s: float = 1.0
+    settle_s: float = wl.CONNECT_TIMEOUT_S + 0.5  # every handshake to a leaving address is over
     seed: int = 0
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     owners: list[Owner] = field(default_factory=list)  # every tenure, in order
@@ -200,7 +201,7 @@ class Fleet:
         ip = self.rng.choice(sorted(self.live))
         old = self.live.pop(ip)
         self._write_targets()
-        time.sleep(self.settle_s)  # clients that read the file before it changed have connected
+        time.sleep(self.settle_s)  # attempts begun before the file changed are over
         assert old.proc is not None
         stop(old.proc)
         now = time.time_ns()

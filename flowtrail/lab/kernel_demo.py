@@ -34,6 +34,7 @@ from flowtrail.lab import workload as wl
 from flowtrail.lab.fleet import Fleet
 from flowtrail.lab.netns import LabError
 from flowtrail.lab.wait import stop_all
+from flowtrail.tables import write_table
 
 AGENT_INTERVAL = "2s"
 
@@ -111,6 +112,22 @@ def attempts(fleet: Fleet) -> pl.DataFrame:
     )
 
 
+def _kind(column: str) -> pl.Expr:
+    """Outcomes in the classes both the log and every agent version tell apart: a connection
+    (also one reset later, when its workload was stopped), a refused attempt, any other failed
+    one (the client's connect timeout is `abandoned` or `failed`, by agent version)."""
+    c = pl.col(column)
+    connected = c.is_null() | c.is_in(["established", "reset"])
+    return (
+        pl.when(connected)
+        .then(pl.lit("established"))
+        .when(c == "refused")
+        .then(pl.lit("refused"))
+        .otherwise(pl.lit("failed"))
+        .alias(column)
+    )
+
+
 def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
     """Each attempt the workloads logged, looked up among the closed rows, per 4-tuple.
 
@@ -124,12 +141,8 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
         )
     )
     assert isinstance(df, pl.DataFrame)
-    # A connection that was reset (its workload stopped, say) still established: the log
-    # says "established" as soon as connect() returned.
-    connected = pl.col("outcome").is_null() | pl.col("outcome").is_in(["established", "reset"])
-    closed = df.filter(pl.col("state") == "closed").with_columns(
-        pl.when(connected).then(pl.lit("established")).otherwise(pl.col("outcome")).alias("outcome")
-    )
+    closed = df.filter(pl.col("state") == "closed").with_columns(_kind("outcome"))
+    made = made.with_columns(_kind("outcome"))
     key = ["local_ip", "local_port", "remote_ip", "remote_port"]
     made_n = made.group_by([*key, "outcome"]).agg(pl.len().cast(pl.Int64).alias("made"))
     out_n = (
@@ -157,12 +170,12 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
         .agg(pl.len().cast(pl.Int64).alias("inbound"))
     )
     server = served.join(in_n, on=key, how="left").with_columns(pl.col("inbound").fill_null(0))
-    by = dict(made.group_by("outcome").len().iter_rows())
+    by = dict(made.group_by("outcome").len().iter_rows())  # after _kind
     return {
         "attempts": made.height,
         "established": int(by.get("established", 0)),
         "refused": int(by.get("refused", 0)),
-        "timeout": int(by.get("timeout", 0)),
+        "failed": int(by.get("failed", 0)),
         "client_ends_missing": int(
             client.select((pl.col("made") - pl.col("outbound")).clip(lower_bound=0).sum()).item()
         ),
@@ -226,6 +239,9 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
                 "across_hosts": fleet.across_hosts,
             }
         say("namespaces, cgroups and processes removed")
+        if out_dir is not None:  # the inputs, as `flowtrail attribute` and `eval` read them
+            for name in ("flows", "events", "regions", "truth"):
+                write_table(result[name], out / f"{name}.parquet")
         return result
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -9,8 +9,9 @@ some go to a port nobody listens on (refused).
 
 Every attempt is logged, one JSON line flushed at once, as soon as its outcome is known:
 `[local_ip, local_port, remote_ip, remote_port, outcome, time_ns]` (outcome: established,
-refused, timeout, failed). The lab compares that log with what the agents captured. The lab
-stops a workload with SIGKILL; whatever it logged is already on disk.
+refused, abandoned (the client's own connect timeout), failed). The lab compares that log
+with what the agents captured. The lab stops a workload with SIGKILL; whatever it logged is
+already on disk.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from flowtrail.lab.peer import join
 ENTRY = "from flowtrail.lab.workload import main; main()"
 SERVICE_PORT = 8080
 CLOSED_PORT = 8081  # nobody listens: an attempt there is refused
+# A client gives up a handshake after this long (one lost SYN is retried at 1 s, a second
+# would be at 3 s), as applications' connect timeouts do. The lab waits longer than this
+# between taking an address out of the targets and handing it over, so no handshake spans a
+# handover: a connection's remote owner at its first SYN is the one that answered.
+CONNECT_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ def _client_loop(w: Workload, rng: random.Random, log: TextIO, lock: threading.L
 
 def _connect(local_ip: str, ip: str, port: int) -> tuple[list[object], socket.socket | None]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, 3)  # gives up after ~15 s
+    sock.settimeout(CONNECT_TIMEOUT_S)
     sock.bind((local_ip, 0))
     lport = sock.getsockname()[1]
     t = time.time_ns()
@@ -125,8 +131,8 @@ def _connect(local_ip: str, ip: str, port: int) -> tuple[list[object], socket.so
         sock.connect((ip, port))
     except ConnectionRefusedError:
         outcome = "refused"
-    except TimeoutError:
-        outcome = "timeout"
+    except TimeoutError:  # our own connect timeout: the kernel was still retrying
+        outcome = "abandoned"
     except OSError:
         outcome = "failed"
     else:

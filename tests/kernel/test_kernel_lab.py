@@ -23,9 +23,11 @@ pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(scope="module")
-def lab() -> dict[str, Any]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     run = KernelRun(duration_s=25, hosts=3, slots=9, rate=15.0, churn_s=3.0, seed=7)
-    got = run_lab(run, None)
+    # Kept (pytest keeps the last few runs' directories): the agents' files and the lab's logs
+    # are what to read when an assertion fails.
+    got = run_lab(run, str(tmp_path_factory.mktemp("kernel-lab")))
     got["compared"] = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     got["by_kind"] = by_kind(got["compared"]["tables"]["heartbeat"], got["truth"])
     return got
