@@ -135,6 +135,44 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
     connection to a service (not via the load balancer, whose end has no agent) must also be
     one `inbound` row at the server. A 4-tuple used n times must be found n times.
     """
+    client, server, by = _ends(made, flows)
+    return {
+        "attempts": made.height,
+        "established": int(by.get("established", 0)),
+        "refused": int(by.get("refused", 0)),
+        "failed": int(by.get("failed", 0)),
+        "client_ends_missing": _sum_over(client, "made", "outbound"),
+        "client_ends_extra": _sum_over(client, "outbound", "made"),
+        "server_ends_expected": int(server.get_column("made").sum()),
+        "server_ends_missing": _sum_over(server, "made", "inbound"),
+        "server_ends_extra": _sum_over(server, "inbound", "made"),
+    }
+
+
+def miscounted(made: pl.DataFrame, flows: pa.Table) -> pl.DataFrame:
+    """The 4-tuples `counted_once` found a different number of times than they were used."""
+    client, server, _ = _ends(made, flows)
+    return pl.concat(
+        [
+            client.filter(pl.col("made") != pl.col("outbound")).with_columns(
+                pl.lit("client").alias("end"), pl.col("outbound").alias("found")
+            ),
+            server.filter(pl.col("made") != pl.col("inbound")).with_columns(
+                pl.lit("server").alias("end"), pl.col("inbound").alias("found")
+            ),
+        ],
+        how="diagonal",
+    ).select(
+        ["end", "local_ip", "local_port", "remote_ip", "remote_port", "outcome", "made", "found"]
+    )
+
+
+def _sum_over(df: pl.DataFrame, a: str, b: str) -> int:
+    return int(df.select((pl.col(a) - pl.col(b)).clip(lower_bound=0).sum()).item())
+
+
+def _ends(made: pl.DataFrame, flows: pa.Table) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """(client ends, server ends, attempts per outcome class): per 4-tuple, made vs found."""
     df = pl.from_arrow(
         flows.select(
             ["local_ip", "local_port", "remote_ip", "remote_port", "direction", "state", "outcome"]
@@ -171,25 +209,7 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
     )
     server = served.join(in_n, on=key, how="left").with_columns(pl.col("inbound").fill_null(0))
     by = dict(made.group_by("outcome").len().iter_rows())  # after _kind
-    return {
-        "attempts": made.height,
-        "established": int(by.get("established", 0)),
-        "refused": int(by.get("refused", 0)),
-        "failed": int(by.get("failed", 0)),
-        "client_ends_missing": int(
-            client.select((pl.col("made") - pl.col("outbound")).clip(lower_bound=0).sum()).item()
-        ),
-        "client_ends_extra": int(
-            client.select((pl.col("outbound") - pl.col("made")).clip(lower_bound=0).sum()).item()
-        ),
-        "server_ends_expected": int(served.get_column("made").sum()),
-        "server_ends_missing": int(
-            server.select((pl.col("made") - pl.col("inbound")).clip(lower_bound=0).sum()).item()
-        ),
-        "server_ends_extra": int(
-            server.select((pl.col("inbound") - pl.col("made")).clip(lower_bound=0).sum()).item()
-        ),
-    }
+    return client, server, by
 
 
 def is_connection(table: pa.Table) -> pa.Array:

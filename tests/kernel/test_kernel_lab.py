@@ -17,7 +17,7 @@ import pytest
 
 from flowtrail.demo import compare_tables
 from flowtrail.lab.fleet import LB_WORKLOAD
-from flowtrail.lab.kernel_demo import KernelRun, by_kind, counted_once, run_lab
+from flowtrail.lab.kernel_demo import KernelRun, by_kind, counted_once, miscounted, run_lab
 
 pytestmark = pytest.mark.kernel
 
@@ -43,6 +43,8 @@ def test_the_fleet_really_churned(lab: dict[str, Any]) -> None:
 
 def test_every_attempt_is_captured_once_at_each_agent_end(lab: dict[str, Any]) -> None:
     once = counted_once(lab["attempts"], lab["flows"])
+    off = miscounted(lab["attempts"], lab["flows"])
+    assert off.height == 0, f"{once}\n{off}"
     assert once["client_ends_missing"] == 0, once
     assert once["client_ends_extra"] == 0, once
     assert once["server_ends_missing"] == 0, once
