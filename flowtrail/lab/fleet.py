@@ -217,8 +217,9 @@ class Fleet:
         self.across_hosts += host != old.host
         return new
 
-    def _write_targets(self) -> None:
-        targets = [[ip, wl.SERVICE_PORT] for ip in sorted(self.live)] + [[self.vip, LB_PORT]]
+    def _write_targets(self, lb: bool = True) -> None:
+        targets = [[ip, wl.SERVICE_PORT] for ip in sorted(self.live)]
+        targets += [[self.vip, LB_PORT]] if lb else []
         tmp = self.targets_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(targets))
         os.replace(tmp, self.targets_path)
@@ -230,15 +231,23 @@ class Fleet:
         self.event_rows.append((ip, workload, action, t, t + int(delay * 1e9)))
 
     def stop_all(self) -> int:
-        """Stop every workload (their tenures end now); returns the time."""
-        now = time.time_ns()
-        for owner in self.live.values():
+        """Stop every workload (their tenures end now); returns the time.
+
+        Like a handover: clients get nothing more to connect to, and the workloads are stopped
+        only once every handshake begun before is over (a server stopped halfway through one
+        never has the connection its client has).
+        """
+        stopping = list(self.live.values())
+        self.live.clear()
+        self._write_targets(lb=False)
+        time.sleep(self.settle_s)
+        for owner in stopping:
             if owner.proc is not None:
                 stop(owner.proc)
+        now = time.time_ns()
         for owner in self.owners:
             if owner.to_ns is None:
                 owner.to_ns = now
-        self.live.clear()
         return now
 
     # -- what the lab did --------------------------------------------------------------------
