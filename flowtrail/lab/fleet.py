@@ -14,7 +14,7 @@ fleet's cgroup root, so the agent's systemd resolver names it `systemd:<name>.se
 host's namespace, serving on and connecting from its own address, an extra address of eth0.
 
 Handing an address over: the lab takes it out of the targets file, waits `settle_s` (clients
-read the file just before each attempt and give a handshake 2 s, so none to the leaving
+read the file just before each attempt and give a handshake 3.5 s, so none to the leaving
 address is still going on), kills the owner, then at one instant ends the old
 owner's truth interval and starts the new one's; it moves the address (maybe to another host),
 drops every namespace's neighbour entry for it (the new owner has another MAC) and starts the
