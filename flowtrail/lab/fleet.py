@@ -204,6 +204,7 @@ class Fleet:
         time.sleep(self.settle_s)  # attempts begun before the file changed are over
         assert old.proc is not None
         stop(old.proc)
+        self._destroy_sockets(old)
         now = time.time_ns()
         old.to_ns = now
         self._event(ip, old.name, "unassign", now)
@@ -216,6 +217,14 @@ class Fleet:
         self.handovers += 1
         self.across_hosts += host != old.host
         return new
+
+    def _destroy_sockets(self, owner: Owner) -> None:
+        """Reset what the stopped workload's sockets left behind on its address (orphans
+        waiting for a FIN's answer), as deleting a pod's namespace does: otherwise one may
+        close only after its address has moved, or after the agents have stopped."""
+        ns = self.host_ns(owner.host)
+        subprocess.run(["ip", "netns", "exec", ns, "ss", "-K", "-t", "src", owner.ip],
+                       capture_output=True)  # fmt: skip
 
     def _write_targets(self, lb: bool = True) -> None:
         targets = [[ip, wl.SERVICE_PORT] for ip in sorted(self.live)]
@@ -244,6 +253,7 @@ class Fleet:
         for owner in stopping:
             if owner.proc is not None:
                 stop(owner.proc)
+            self._destroy_sockets(owner)
         now = time.time_ns()
         for owner in self.owners:
             if owner.to_ns is None:

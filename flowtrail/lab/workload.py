@@ -33,9 +33,9 @@ ENTRY = "from flowtrail.lab.workload import main; main()"
 SERVICE_PORT = 8080
 CLOSED_PORT = 8081  # nobody listens: an attempt there is refused
 # A client gives up a handshake after this long (a lost SYN is retried at 1 s, a second at
-# 3 s, a third would be at 7 s), as applications' connect timeouts do. The lab waits longer than this
-# between taking an address out of the targets and handing it over, so no handshake spans a
-# handover: a connection's remote owner at its first SYN is the one that answered.
+# 3 s, a third would be at 7 s), as applications' connect timeouts do. The lab waits longer
+# than this between taking an address out of the targets and handing it over, so no handshake
+# spans a handover: a connection's remote owner at its first SYN is the one that answered.
 CONNECT_TIMEOUT_S = 3.5
 
 
