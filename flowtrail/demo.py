@@ -221,6 +221,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
                 {
                     "lab": {
                         **once,
+                        "capture_drops": got["capture_drops"],
                         "handovers": got["handovers"],
                         "across_hosts": got["across_hosts"],
                     },
@@ -251,11 +252,13 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
                 f" ({_pct(f.unattributed, f.owned)})"
             )
         click.echo(f"{kind} ({kinds['heartbeat'][kind].flows.rows:,} rows): " + "; ".join(parts))
+    drops = got["capture_drops"]
     click.echo(
         f"\ncaptured once: client ends missing {once['client_ends_missing']}, extra "
         f"{once['client_ends_extra']} of {once['attempts']:,}; server ends missing "
         f"{once['server_ends_missing']}, extra {once['server_ends_extra']} of "
-        f"{once['server_ends_expected']:,}"
+        f"{once['server_ends_expected']:,}; losses the agents counted: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(drops.items())) or "none")
     )
     if out_dir:
         click.echo(f"\ninputs and outputs kept under {out_dir}")

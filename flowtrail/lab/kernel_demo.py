@@ -101,6 +101,19 @@ def exported(dirs: list[Path]) -> pa.Table:
     return pa.concat_tables(parts)
 
 
+def capture_drops(out: Path, hosts: int) -> dict[str, int]:
+    """What the agents' kernel programs counted as lost, per reason, summed over the agents
+    (each program sees every namespace's sockets, so a loss may be counted by several)."""
+    total: dict[str, int] = {}
+    for i in range(hosts):
+        metrics = json.loads((out / f"host-{i}.json").read_text())
+        for key, value in metrics.items():
+            if key.startswith("capture_drop_") and value:
+                reason = key.removeprefix("capture_drop_")
+                total[reason] = total.get(reason, 0) + int(value)
+    return total
+
+
 def attempts(fleet: Fleet) -> pl.DataFrame:
     rows: list[list[Any]] = []
     for f in sorted(fleet.logs.glob("*.jsonl")):
@@ -249,12 +262,14 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
                 say("workloads stopped; agents flushing")
             flows = exported(dirs)
             made = attempts(fleet)
+            drops = capture_drops(out / "agents", cfg.hosts)
             result = {
                 "flows": flows,
                 "events": fleet.events(),
                 "regions": fleet.regions(),
                 "truth": fleet.truth(),
                 "attempts": made,
+                "capture_drops": drops,
                 "handovers": fleet.handovers,
                 "across_hosts": fleet.across_hosts,
             }

@@ -44,7 +44,12 @@ def test_the_fleet_really_churned(lab: dict[str, Any]) -> None:
 def test_every_attempt_is_captured_once_at_each_agent_end(lab: dict[str, Any]) -> None:
     once = counted_once(lab["attempts"], lab["flows"])
     off = miscounted(lab["attempts"], lab["flows"])
-    assert off.height == 0, f"{once}\n{off}"
+    # Nothing twice; nothing missing but what the kernel programs counted as lost (a program
+    # cannot run again on a CPU where it is running: `recursion_miss`, and the close of a
+    # socket whose start it missed: `untracked_close`). Loaded hosts see a few.
+    assert off.filter(off["found"] > off["made"]).height == 0, f"{once}\n{off}"
+    missing = once["client_ends_missing"] + once["server_ends_missing"]
+    assert missing <= sum(lab["capture_drops"].values()), f"{once}\n{off}\n{lab['capture_drops']}"
     assert once["client_ends_missing"] == 0, once
     assert once["client_ends_extra"] == 0, once
     assert once["server_ends_missing"] == 0, once
