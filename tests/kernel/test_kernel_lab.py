@@ -5,7 +5,7 @@ process; workloads in their own cgroups hand addresses to each other every few s
 across hosts); an agent-less load balancer named only by a late event; host 0 drops every
 other SYN to its services. The heartbeat method must name no flow wrongly, draw no false edge
 and leave at most 0.5% of owned connections unattributed; every attempt the workloads made must
-be captured once at each end that has an agent.
+be captured once at each end that has an agent, or be among the losses the agents counted.
 """
 
 from __future__ import annotations
