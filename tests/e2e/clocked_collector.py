@@ -36,7 +36,7 @@ def _file_time() -> int:
 def _clock() -> int:
     global _closed
     caller = sys._getframe(1).f_code.co_name
-    if _closed or threading.current_thread().name != "collector-tick" or caller != "_loop":
+    if _closed or threading.current_thread().name != "collector-tick" or caller != "_guarded_tick":
         return _file_time()
     try:
         _acks.write("ready\n")

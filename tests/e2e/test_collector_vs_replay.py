@@ -112,7 +112,7 @@ class ClockedCollector:
 
     def _ready(self) -> None:
         # The loop asks for its next time: its last tick is done. (Nothing within a minute:
-        # the loop no longer reads its clock from `_loop`, see clocked_collector.py.)
+        # the loop no longer reads its clock from `_guarded_tick`, see clocked_collector.py.)
         got, _, _ = select.select([self._acks], [], [], 60)
         line = self._acks.readline() if got else ""
         assert line == "ready\n", f"tick loop gone: {self.log_path.read_text()[-3000:]}"
@@ -180,7 +180,8 @@ def unfold_extra(stored: pa.Table) -> pa.Table:
     extra = [json.loads(x) for x in stored["extra"].to_pylist()]
     out = stored.drop_columns(["extra"])
     for name in sorted({k for row in extra for k in row}):
-        out = out.append_column(name, pa.array([row.get(name) for row in extra], pa.int64()))
+        # sim_* columns are integers, unattributed_reason is text: let Arrow infer which.
+        out = out.append_column(name, pa.array([row.get(name) for row in extra]))
     return out
 
 

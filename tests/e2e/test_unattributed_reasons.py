@@ -81,13 +81,13 @@ def test_each_unattributed_reason_through_the_collector(tmp_path: Path) -> None:
         # 10.9.9.11: heartbeats name hb-owner for a while; the feed assigns it to evt-owner.
         flow("a2", "agent-a", "10.9.9.11", 80, UNCLAIMED_CLIENT, 40003, t0 + 10 * S, "hb-owner"),
         # 10.9.9.12: ranges name range-owner alone around c3's start (t0 + 60 s); c3's own
-        # server row (its peer row, started 1.5 s later as seen by a skewed clock) names
-        # peer-owner.
+        # server row (its peer row, started 0.5 s later as seen by a skewed clock: within the
+        # pairing tolerance of 1 s, docs/contract.md) names peer-owner.
         flow(
             "a3", "agent-a", "10.9.9.12", 443, UNCLAIMED_CLIENT, 40004, t0 + 56 * S, "range-owner"
         ),
         flow(
-            "b3", "agent-b", "10.9.9.12", 443, "10.9.8.1", 5003, t0 + 61_500_000_000, "peer-owner"
+            "b3", "agent-b", "10.9.9.12", 443, "10.9.8.1", 5003, t0 + 60_500_000_000, "peer-owner"
         ),
     ]
     asked = [
