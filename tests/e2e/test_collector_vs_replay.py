@@ -104,11 +104,17 @@ class ClockedCollector:
         os.close(req_r)
         os.close(ack_w)
         self._acks: IO[str] = os.fdopen(ack_r, "r")
-        started(self.p, self.port_file.exists, self.log_path, 60, "collector")
-        self.conn = http.client.HTTPConnection(
-            "127.0.0.1", int(self.port_file.read_text()), timeout=60
-        )
-        self._ready()
+        try:
+            started(self.p, self.port_file.exists, self.log_path, 60, "collector")
+            self.conn = http.client.HTTPConnection(
+                "127.0.0.1", int(self.port_file.read_text()), timeout=60
+            )
+            self._ready()
+        except BaseException:
+            # Not yet in the fixture's list: a start that fails must not leave it running.
+            self.p.kill()
+            self.p.wait()
+            raise
 
     def _ready(self) -> None:
         # The loop asks for its next time: its last tick is done. (Nothing within a minute:
