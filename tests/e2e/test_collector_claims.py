@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from flowtrail.collector.client import ipc_bytes
 from flowtrail.collector.sink import read_parquet_sink
-from tests.e2e.test_collector_e2e import Proc, procs, token  # noqa: F401 (fixture)
+from tests.e2e.test_collector_e2e import Proc, token
 
 S = 1_000_000_000
 LB, API, CLIENT, ROGUE = "10.0.0.9", "10.0.0.20", "10.0.1.1", "10.0.2.5"
@@ -71,7 +71,7 @@ def metric(text: str, name: str) -> float:
 
 def test_a_spoofing_exporter_is_refused_and_flips_nothing(
     tmp_path: Path,
-    procs: list[Proc],  # noqa: F811
+    procs: list[Proc],
 ) -> None:
     more = {
         "api-host": f"ranges={API}/32",

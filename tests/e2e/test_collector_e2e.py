@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -122,16 +121,6 @@ class Proc:
         self.p.send_signal(signal.SIGKILL)
         self.p.wait(timeout=30)
         self.log.close()
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.p.poll() is None:
-            p.p.kill()
-            p.p.wait()
 
 
 def stored_rows(tmp: Path, sink: str) -> pa.Table:

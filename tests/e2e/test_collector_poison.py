@@ -22,9 +22,7 @@ from flowtrail.collector.client import CollectorExporter, ipc_bytes
 from flowtrail.collector.server import BATCH_HEADER
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.lab.wait import until
-from tests.e2e.test_collector_e2e import Proc, parts, procs, sim_flows, stored_rows, token
-
-__all__ = ["procs"]  # the fixture, used by name
+from tests.e2e.test_collector_e2e import Proc, parts, sim_flows, stored_rows, token
 
 
 def post(proc: Proc, exporter: str, table: pa.Table, batch_id: str) -> tuple[int, dict[str, str]]:

@@ -9,7 +9,6 @@ the restart after that treats newly acknowledged rows as stored already.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -57,16 +56,6 @@ def metric(proc: Proc, name: str) -> float:
 
 def segment(tmp: Path, n: int) -> Path:
     return tmp / "data" / "wal" / f"{n:012d}.wal"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.p.poll() is None:
-            p.p.kill()
-            p.p.wait()
 
 
 @pytest.mark.slow
