@@ -138,6 +138,7 @@ class NatResolver:
             "nat_netns_unreachable": 0,
             "nat_errors": 0,
             "nat_translating_rows": 0,
+            "nat_translating_unknown_rows": 0,
             "nat_rules_unreadable": 0,
         }
         self._rules: dict[int, tuple[float, bool]] = {}  # netns → (read at, translates)
@@ -154,8 +155,11 @@ class NatResolver:
             self.stats["nat_errors"] += 1
             return {}
 
-    def _snat_sources(self, ino: int, pid_hint: int) -> set[str]:
-        """Translated source addresses in namespace `ino` (dumped at most every SNAT_TTL_S)."""
+    def _snat_sources(self, ino: int, pid_hint: int) -> set[str] | None:
+        """Translated source addresses in namespace `ino` (dumped at most every SNAT_TTL_S).
+
+        Once the namespace cannot be entered, the last dump's answer; None if there was none.
+        """
         now = time.monotonic()
         cached = self._snat.get(ino)
         if cached is not None and now - cached[0] < SNAT_TTL_S:
@@ -163,21 +167,28 @@ class NatResolver:
         found: set[str] = set()
         try:
             with socket_in(self.netns, ino, NETLINK_NETFILTER, pid_hint) as sock:
-                found = set() if sock is None else dump_snat_sources(sock)
+                if sock is None:
+                    self.stats["nat_netns_unreachable"] += 1
+                    return None if cached is None else cached[1]
+                found = dump_snat_sources(sock)
         except OSError:
             self.stats["nat_errors"] += 1
         self._snat[ino] = (now, found)
         return found
 
-    def _rules_translate(self, ino: int, pid_hint: int) -> bool:
-        """Has namespace `ino` an nftables masquerade or snat rule (read at most every 10 s)?"""
+    def _rules_translate(self, ino: int, pid_hint: int) -> bool | None:
+        """Has namespace `ino` an nftables masquerade or snat rule (read at most every 10 s)?
+
+        Once the namespace cannot be entered, the last answer read; None if there was none.
+        """
         now = time.monotonic()
         cached = self._rules.get(ino)
         if cached is not None and now - cached[0] < RULES_TTL_S:
             return cached[1]
         path = self.netns.path(ino, pid_hint)
         if path is None:
-            return False
+            self.stats["nat_netns_unreachable"] += 1
+            return None if cached is None else cached[1]
         argv = ["nft", "list", "ruleset"]
         if path:
             argv = ["nsenter", f"--net={path}", *argv]
@@ -193,7 +204,7 @@ class NatResolver:
         return found
 
     def _forget_gone_namespaces(self) -> None:
-        """Answers not asked for in a minute go (namespaces come and go with containers)."""
+        """Answers not read again for a minute go (namespaces come and go with containers)."""
         old = time.monotonic() - 60.0
         for cache in (self._rules, self._snat):
             for ino in [k for k, (at, _) in cache.items() if at < old]:
@@ -206,6 +217,12 @@ class NatResolver:
         connection exists, so no row of the gateway's own is ever exported without it), or
         where its conntrack holds a source-translated connection to that address (rules this
         cannot read, such as iptables-legacy ones, once they have been used). Loopback never.
+
+        A namespace gone before its rows are resolved (its last process exited, no bind mount
+        left) keeps the last answer read while it could be entered. One never read at all
+        cannot be told apart from a gateway: its rows are marked too (counted in
+        nat_translating_unknown_rows). The mark only narrows what names the address (to the
+        other end's row of the same connection), so a doubt costs coverage, never a wrong name.
         """
         n = raw.num_rows
         out = np.zeros(n, dtype=bool)
@@ -218,20 +235,23 @@ class NatResolver:
             pc.or_(pc.starts_with(local, "127."), pc.equal(local, "::1")), True
         ).to_numpy(zero_copy_only=False)
         self._forget_gone_namespaces()
+        unknown = np.zeros(n, dtype=bool)
         for ino in np.unique(netns):
             rows = np.flatnonzero(netns == ino)
-            if self.netns.path(int(ino), int(pids[rows[0]])) is None:
-                self.stats["nat_netns_unreachable"] += 1  # its rows stay unmarked
-                continue
-            if self._rules_translate(int(ino), int(pids[rows[0]])):
+            rules = self._rules_translate(int(ino), int(pids[rows[0]]))
+            if rules:
                 out[rows] = True
                 continue
-            sources = self._snat_sources(int(ino), int(pids[rows[0]]))
-            if sources:
+            sources = None if rules is None else self._snat_sources(int(ino), int(pids[rows[0]]))
+            if sources is None:
+                unknown[rows] = True
+            elif sources:
                 hit = pc.is_in(local.take(pa.array(rows)), value_set=pa.array(list(sources)))
                 out[rows] = pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
-        out &= ~loopback
+        unknown &= ~loopback
+        out = (out | unknown) & ~loopback
         self.stats["nat_translating_rows"] += int(np.count_nonzero(out))
+        self.stats["nat_translating_unknown_rows"] += int(np.count_nonzero(unknown))
         return pa.array(out)
 
     def resolve(self, raw: pa.RecordBatch | pa.Table) -> tuple[pa.Array, pa.Array]:

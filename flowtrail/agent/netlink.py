@@ -130,7 +130,10 @@ def own_netns() -> int:
 class NetnsIndex:
     """Network namespace inode → a path that opens it (/run/netns/NAME or /proc/PID/ns/net).
 
-    Paths are checked before use (a PID can exit); a miss rescans, at most once per
+    Bind mounts under /run/netns are preferred: they last as long as the namespace is named,
+    while a /proc/PID path goes stale when its process exits (a short `ip netns exec` child
+    is enough). Paths are checked before use. A path that went stale since the last scan
+    rescans at once; a namespace the last scan did not find rescans at most once per
     `rescan_s`. A namespace with no process and no bind mount left cannot be entered.
     """
 
@@ -138,7 +141,7 @@ class NetnsIndex:
         self.own = own_netns()
         self.rescan_s = rescan_s
         self._paths: dict[int, str] = {}
-        self._last_scan = 0.0
+        self._last_scan = -float("inf")  # the first miss scans
 
     @staticmethod
     def _ino(path: str) -> int | None:
@@ -150,7 +153,7 @@ class NetnsIndex:
     def _scan(self) -> None:
         self._last_scan = time.monotonic()
         found: dict[int, str] = {}
-        for path in glob.glob("/proc/[0-9]*/ns/net") + glob.glob("/run/netns/*"):
+        for path in glob.glob("/run/netns/*") + glob.glob("/proc/[0-9]*/ns/net"):
             ino = self._ino(path)
             if ino is not None:
                 found.setdefault(ino, path)
@@ -168,7 +171,10 @@ class NetnsIndex:
             if self._ino(hint) == ino:
                 self._paths[ino] = hint
                 return hint
-        if time.monotonic() - self._last_scan >= self.rescan_s:
+        # A stale path says the namespace was there a moment ago: look again now. One the
+        # last scan did not find is looked for again only after rescan_s.
+        if known is not None or time.monotonic() - self._last_scan >= self.rescan_s:
+            self._paths.pop(ino, None)
             self._scan()
             return self._paths.get(ino)
         return None

@@ -16,6 +16,7 @@ rule cannot be read.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import uuid
@@ -26,8 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flowtrail.agent import conntrack
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery, ParquetDir
+from flowtrail.agent.netlink import NetnsIndex
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
 from flowtrail.lab import Client, Lab, Server
@@ -71,16 +74,6 @@ def finish(p: subprocess.Popen[str], timeout: float = 60) -> None:
     assert p.returncode == 0, out
 
 
-@pytest.mark.xfail(
-    reason=(
-        "KNOWN DEFECT, open: on the integrated code some runs name the router for the "
-        "translated connections again (3 of 3 rows), others leave them unattributed as "
-        "designed; the cause is not yet found (suspect: which of the router's rows carry "
-        "local_translating, and their order in the replay). Must pass before NAT gateways "
-        "are claimed safe; see docs/attribution.md"
-    ),
-    strict=False,
-)
 def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with (
@@ -119,7 +112,13 @@ def test_translated_connections_never_name_the_gateway(tmp_path: Path) -> None:
         rows = until(ours, lambda rs: len(rs) >= want, 60)
         assert len(rows) >= want, rows
 
-    table = validate(pa.Table.from_pylist(rows_in(out)), FLOWS)
+    # Every row of the router's own, the last one exported after its process was killed,
+    # says that the router translates: an unmarked one is a heartbeat for the translated.
+    exported = rows_in(out)
+    marks = [r["local_translating"] for r in exported
+             if r["local_ip"] == lab.client.ip and r["remote_port"] == own_port]  # fmt: skip
+    assert marks and all(marks), marks
+    table = validate(pa.Table.from_pylist(exported), FLOWS)
     router_wl = f"systemd:router-{lab.tag}.service"
     server_wl = f"systemd:api-{lab.tag}.service"
     result = replay(table)
@@ -193,3 +192,77 @@ def test_the_gateway_marks_its_address_from_rules_then_from_conntrack() -> None:
         lan_side = raw_rows((router_ino, lan.ip.rsplit(".", 1)[0] + ".254"))
         assert nat.translating(lan_side).to_pylist() == [False]  # not a translated source
         assert nat.stats["nat_translating_rows"] == 1
+
+
+def netns_of(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+def test_the_gateway_is_still_marked_once_the_process_its_namespace_was_found_by_exits() -> None:
+    """What named the router again: its last row was resolved after its process had exited.
+
+    The agent had found the router's namespace through a process's /proc path (the router's
+    own client, or a short `ip netns exec` run there); with that process gone the path was
+    stale, the next scan was up to a second away, and the rows went out unmarked, a
+    heartbeat for the router's address over the translated connections.
+    """
+    with Lab("nat") as lab, nat_gateway(lab):
+        ino = lab.client.netns_inode()
+        proc = subprocess.Popen(["ip", "netns", "exec", lab.client.netns, "sleep", "120"])
+        try:
+            assert until(lambda: netns_of(proc.pid), lambda i: i == ino, 10) == ino
+            index = NetnsIndex(rescan_s=3600)  # no timed rescan within the test
+            assert index.path(ino) is not None  # a scan while the process lives
+        finally:
+            proc.kill()
+            proc.wait()
+        nat = NatResolver(index)
+        assert nat.translating(raw_rows((ino, lab.client.ip))).to_pylist() == [True]
+        assert nat.stats["nat_translating_unknown_rows"] == 0
+
+
+def test_a_namespace_gone_keeps_its_last_answer_and_one_never_read_is_marked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows are resolved after their sockets close, when their namespace may be gone.
+
+    One read while it could be entered keeps that answer (a gateway stays a gateway); one
+    never read cannot be told from a gateway, so its rows are marked: that costs names from
+    ranges, where leaving them unmarked could name a gateway as the caller.
+    """
+    monkeypatch.setattr(conntrack, "RULES_TTL_S", 0.0)  # every call reads again
+    monkeypatch.setattr(conntrack, "SNAT_TTL_S", 0.0)
+    rule = (
+        "nft add table ip t"
+        " && nft add chain ip t post '{ type nat hook postrouting priority 100; }'"
+        " && nft add rule ip t post masquerade && exec sleep 120"
+    )
+    gateway = subprocess.Popen(["unshare", "--net", "sh", "-c", rule])
+    plain = subprocess.Popen(["unshare", "--net", "sleep", "120"])
+    nat = NatResolver(NetnsIndex())
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        gw_ino = until(lambda: netns_of(gateway.pid), lambda i: i not in (None, own), 10)
+        plain_ino = until(lambda: netns_of(plain.pid), lambda i: i not in (None, own), 10)
+        assert gw_ino is not None and plain_ino is not None
+        rows = raw_rows((gw_ino, "10.9.9.1"), (plain_ino, "10.9.9.2"))
+        # The rule shows once nft has run (then the shell becomes the sleep).
+        got = until(lambda: nat.translating(rows).to_pylist(), lambda m: m == [True, False], 10)
+        assert got == [True, False]
+        assert nat.stats["nat_translating_unknown_rows"] == 0  # read, not guessed
+    finally:
+        for p in (gateway, plain):
+            p.kill()
+            p.wait()
+    assert NetnsIndex().path(gw_ino) is None and NetnsIndex().path(plain_ino) is None
+    before = nat.stats["nat_netns_unreachable"]
+    assert nat.translating(rows).to_pylist() == [True, False]
+    assert nat.stats["nat_netns_unreachable"] > before  # the answers were the kept ones
+    assert nat.stats["nat_translating_unknown_rows"] == 0
+    # No namespace has inode 1: never read, never readable.
+    never = raw_rows((1, "10.9.9.3"), (1, "127.0.0.1"))
+    assert nat.translating(never).to_pylist() == [True, False]  # loopback never
+    assert nat.stats["nat_translating_unknown_rows"] == 1
