@@ -40,6 +40,8 @@ DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 TRACEPOINT = ("sock", "inet_sock_set_state")
 PROGRAM = "flow_set_state"
+# syscalls:sys_exit_accept4 / sys_exit_accept: who accepted an inbound socket (flow.bpf.c)
+ACCEPT_PROGRAMS = ("flow_accept4", "flow_accept")
 
 DEFAULT_RINGBUF_BYTES = 4 << 20
 DEFAULT_MAX_SOCKETS = 65536
@@ -70,6 +72,7 @@ FLOW_FIELDS: tuple[tuple[str, Any, int], ...] = (
     ("sk_err", "<i4", 112),
     ("established", "u1", 116),
     ("seq_flags", "u1", 117),
+    ("accepted", "u1", 118),
     ("comm", "S16", 120),
     ("established_ns", "<u8", 136),
 )
@@ -331,6 +334,7 @@ class Capture:
         self.clock: MonotonicClock | None = None
         self._obj: libbpf.BpfObject | None = None
         self._link: libbpf.Link | None = None
+        self._accept_links: list[libbpf.Link] = []
         self._ring: _MmapRing | _LibbpfRing | None = None
         self._fds: dict[str, int] = {}
 
@@ -377,6 +381,14 @@ class Capture:
                 if self.reader == "mmap"
                 else _LibbpfRing(events)
             )
+            for name in ACCEPT_PROGRAMS:  # before the flows: no accept goes unseen
+                try:
+                    self._accept_links.append(obj.attach(name))
+                except OSError as exc:
+                    raise CapabilityError(
+                        f"cannot attach {name} to its syscall exit tracepoint: {exc}"
+                        + self._log_tail()
+                    ) from exc
             try:
                 self._link = obj.attach(PROGRAM)
             except OSError as exc:
@@ -392,6 +404,9 @@ class Capture:
         if self._link is not None:
             self._link.destroy()
             self._link = None
+        for link in self._accept_links:
+            link.destroy()
+        self._accept_links = []
         if self._ring is not None:
             self._ring.close()
             self._ring = None

@@ -30,7 +30,7 @@ RAW_SCHEMA = pa.schema(
         pa.field("segs_received", pa.int64()),
         pa.field("retransmits", pa.int64()),
         pa.field("srtt_us", pa.int64()),
-        pa.field("cgroup_id", pa.uint64()),  # the socket's own cgroup v2 id (sk_cgrp_data)
+        pa.field("cgroup_id", pa.uint64()),  # cgroup v2 id: the accepting task's, else the socket's
         pa.field("netns_ino", pa.uint32()),  # the socket's network namespace inode number
         pa.field("pid", pa.uint32()),  # task that opened/accepted it, where known (0 = unknown)
         pa.field("comm", pa.string()),

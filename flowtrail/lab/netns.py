@@ -176,6 +176,10 @@ class Lab:
         self._peers.append(proc)
         return proc
 
+    def adopt(self, proc: subprocess.Popen[str]) -> None:
+        """A process started elsewhere that teardown stops with the lab's peers."""
+        self._peers.append(proc)
+
     def serve(self, where: Place, server: Server) -> subprocess.Popen[str]:
         """Start a server peer and return once it listens, so clients never race it."""
         proc = self.spawn(where, server)

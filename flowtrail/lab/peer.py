@@ -111,12 +111,22 @@ def join(netns: str, cgroup: Path) -> None:
         os.close(fd)
 
 
-def serve(s: Server) -> None:
+def listen(s: Server) -> socket.socket:
     listener = socket.socket(family(s.ip), socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((s.ip, s.port))
     listener.listen(16)
+    return listener
+
+
+def serve(s: Server) -> None:
+    listener = listen(s)
     say("ready")
+    serve_on(listener, s)
+
+
+def serve_on(listener: socket.socket, s: Server) -> None:
+    """Accept and answer `s.accepts` connections on `listener`, then close it."""
     for _ in range(s.accepts):
         conn, remote = listener.accept()
         local = conn.getsockname()

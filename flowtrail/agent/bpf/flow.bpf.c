@@ -8,6 +8,11 @@
  * current task: accepted sockets are made, and closes often run, in softirq on behalf of nobody
  * in particular.
  * Listening sockets never enter the map. Every loss is counted in `flow_drops`.
+ *
+ * An accepted socket's own cgroup is its listener's, and the listener may belong to someone
+ * else than the process serving the connection (systemd socket activation, pre-fork servers that
+ * move their children): the accept/accept4 syscall exit tracepoints find the returned socket in
+ * the caller's file table and give its entry the caller's cgroup, pid and comm.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -274,6 +279,56 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 	bpf_ringbuf_submit(r, wakeup_flags());
 	bpf_map_delete_elem(&flow_starts, &key);
 	return 0;
+}
+
+/*
+ * accept()/accept4() returned `fd` in the current task: if it is a socket flow_starts tracks as
+ * inbound, the task that took it is who serves it. The file, socket and sock must point at one
+ * another: the file table can change under us (another thread's dup2), and then nothing is
+ * touched.
+ */
+static __always_inline int on_accepted(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct file *file = NULL;
+	struct file **fds;
+	struct socket *sock;
+	struct sock *sk;
+	struct flow_record *r;
+	__u64 key;
+
+	if (fd < 0 || fd >= BPF_CORE_READ(task, files, fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(task, files, fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	sock = (struct socket *)BPF_CORE_READ(file, private_data);
+	if (!sock || BPF_CORE_READ(sock, file) != file)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_socket) != sock)
+		return 0;
+	key = (__u64)sk;
+	r = bpf_map_lookup_elem(&flow_starts, &key);
+	if (!r || r->direction != FLOW_DIR_INBOUND)
+		return 0;
+	r->cgroup_id = bpf_get_current_cgroup_id();
+	r->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(r->comm, sizeof(r->comm));
+	r->accepted = 1;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int flow_accept4(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accepted(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int flow_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accepted(ctx->ret);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")

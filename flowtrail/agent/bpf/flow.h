@@ -61,13 +61,15 @@ struct flow_record {
 	__u64 end_ns;         /* CLOCK_MONOTONIC ns of the change to CLOSE; 0 while live */
 	__u64 bytes_acked;    /* tcp_sock.bytes_acked */
 	__u64 bytes_received; /* tcp_sock.bytes_received */
-	__u64 cgroup_id;      /* the socket's own cgroup v2 id (sk_cgrp_data), kernfs node id */
+	__u64 cgroup_id;      /* cgroup v2 id (kernfs node id) of the task that accepted it, else
+			       * the socket's own (sk_cgrp_data: an accepted one's is its
+			       * listener's, whoever serves it) */
 	__u32 segs_out;       /* tcp_sock.segs_out */
 	__u32 segs_in;        /* tcp_sock.segs_in */
 	__u32 total_retrans;  /* tcp_sock.total_retrans */
 	__u32 srtt_us;        /* smoothed RTT in microseconds (tcp_sock.srtt_us >> 3) */
 	__u32 netns_ino;      /* inode number of the socket's network namespace */
-	__u32 pid;            /* tgid of the task that called connect(); 0 for accepted sockets */
+	__u32 pid;            /* tgid of the task that called connect() or accept(); else 0 */
 	__u8 saddr[16];       /* local address: IPv4 in the first 4 bytes, else IPv6 */
 	__u8 daddr[16];       /* remote address, same encoding */
 	__u16 sport;          /* local port, host byte order */
@@ -78,8 +80,10 @@ struct flow_record {
 	__s32 sk_err;         /* sk->sk_err at close (positive errno), 0 if none */
 	__u8 established;     /* 1 once the socket reached ESTABLISHED */
 	__u8 seq_flags;       /* enum flow_seq_flags: control flags inside the byte counters */
-	__u8 _pad[2];
-	char comm[16];        /* comm of the task that called connect(); empty for accepted */
+	__u8 accepted;        /* 1: an inbound socket some task accept()ed; cgroup_id, pid and
+			       * comm are then that task's, not the listener's */
+	__u8 _pad;
+	char comm[16];        /* comm of the task that called connect() or accept(); else empty */
 	__u64 established_ns; /* CLOCK_MONOTONIC ns of the change to ESTABLISHED; 0 if never seen.
 			       * Both ends reach it within one trip of the handshake's last
 			       * segment, however many SYNs were lost before: what pairs them */
