@@ -310,7 +310,10 @@ class Capture:
         object_path: str | Path = OBJECT_PATH,
         reader: str | None = None,
         wakeup_bytes: int | None = None,
+        accepts: bool = True,
     ) -> None:
+        """`accepts=False` leaves the accept tracepoints out (an accepted socket is then named
+        by its listener's cgroup): for measuring what they cost, not for production."""
         _check_power_of_two_pages("ringbuf_bytes", ringbuf_bytes)
         # the mmap reader relies on x86-64's memory ordering; elsewhere libbpf does the fencing
         if reader is None:
@@ -325,6 +328,7 @@ class Capture:
         self.tracefs = tracefs
         self.object_path = Path(object_path)
         self.reader = reader
+        self.accepts = accepts
         self._prog_fd = -1
         self._expired = 0  # start-map entries live() found certainly dead and removed
         # default: wake the reader when an eighth of the ring is queued
@@ -381,7 +385,7 @@ class Capture:
                 if self.reader == "mmap"
                 else _LibbpfRing(events)
             )
-            for name in ACCEPT_PROGRAMS:  # before the flows: no accept goes unseen
+            for name in ACCEPT_PROGRAMS if self.accepts else ():  # first: no accept goes unseen
                 try:
                     self._accept_links.append(obj.attach(name))
                 except OSError as exc:
@@ -490,12 +494,14 @@ class Capture:
         out["recursion_miss"] = libbpf.prog_stats(self._prog_fd)["recursion_misses"]
         return out
 
-    def program_stats(self) -> dict[str, int]:
-        """The kernel's counters for the attached program: run_cnt and run_time_ns (kept only
-        while sysctl kernel.bpf_stats_enabled=1) and recursion_misses."""
-        if self._link is None:
+    def program_stats(self, program: str = PROGRAM) -> dict[str, int]:
+        """The kernel's counters for an attached program (default: the flow program; or one
+        of ACCEPT_PROGRAMS): run_cnt and run_time_ns (kept only while sysctl
+        kernel.bpf_stats_enabled=1) and recursion_misses."""
+        if self._link is None or self._obj is None:
             raise RuntimeError("Capture is not started")
-        return libbpf.prog_stats(self._prog_fd)
+        fd = self._prog_fd if program == PROGRAM else self._obj.prog_fd(program)
+        return libbpf.prog_stats(fd)
 
     # -- internals ---------------------------------------------------------------------------
 
