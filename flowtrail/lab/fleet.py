@@ -20,6 +20,10 @@ owner's truth interval and starts the new one's; it moves the address (maybe to 
 drops every namespace's neighbour entry for it (the new owner has another MAC) and starts the
 new workload. The control-plane feed says the same (unassign, assign), some of it late.
 
+Every `db` workload serves on a listener it bound in another cgroup before moving to its own
+(as socket activation or a pre-fork server hands a listener over): its connections must still
+be named by the workload, never by the listener's cgroup.
+
 Host 0 drops every other SYN to its services (a lossy handshake); the load balancer DNATs its
 VIP's port 80 to the first backends round robin (and masquerades, so replies come back through
 it); its VIP is named only by the event feed (that event arrives late too).
@@ -46,6 +50,7 @@ from flowtrail.schema import EVENTS, TRUTH
 LB_PORT = 80
 LB_WORKLOAD = "lb:frontend"
 KINDS = ("web", "api", "db", "cache")
+HANDED_OVER_KIND = "db"  # these serve on a listener bound in another cgroup (_listener_cgroup)
 LOSSY = "tcp dport 8080 tcp flags & (syn|ack) == syn numgen inc mod 2 == 0 drop"
 
 
@@ -179,6 +184,7 @@ class Fleet:
             log=str(self.logs / f"{name}.jsonl"),
             rate=self.rate / self.slots,
             seed=self.seed,
+            listener_cgroup=self._listener_cgroup(name),
         )
         proc = subprocess.Popen(
             wl.argv(self.host_ns(host), cgroup, spec),
@@ -195,6 +201,19 @@ class Fleet:
         if line != "ready":
             raise LabError(f"workload {name} at {ip} on host {host} did not start: {line!r}")
         return owner
+
+    def _listener_cgroup(self, name: str) -> str | None:
+        """Where a handed-over workload's listener is bound (None: in its own cgroup).
+
+        Every `HANDED_OVER_KIND` workload binds its listener in a cgroup of its own,
+        `system.slice/<name>-listener.service`, then serves from its own: the kernel files the
+        connections it accepts under the listener's cgroup, a name no truth interval holds.
+        """
+        if not name.startswith(f"{HANDED_OVER_KIND}-"):
+            return None
+        where = self.root / "system.slice" / f"{name}-listener.service"
+        where.mkdir(parents=True)
+        return str(where)
 
     def hand_over(self) -> Owner:
         """Move one address to a new workload (on a random host); returns the new owner."""

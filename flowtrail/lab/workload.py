@@ -52,6 +52,9 @@ class Workload:
     refused_share: float = 0.03  # share of attempts to CLOSED_PORT
     threads: int = 3
     seed: int = 0
+    # A cgroup to bind the listener in before moving to the workload's own (a handed-over
+    # listener: its accepted sockets get this cgroup from the kernel; see listen_elsewhere).
+    listener_cgroup: str | None = None
 
 
 def argv(netns: str, cgroup: Path, w: Workload) -> list[str]:
@@ -62,15 +65,37 @@ def argv(netns: str, cgroup: Path, w: Workload) -> list[str]:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab stops us, not the terminal's Ctrl-C
     spec = json.loads(sys.argv[1])
+    w = Workload(**spec["workload"])
+    if w.listener_cgroup is not None:
+        run(w, listen_elsewhere(w, spec["netns"], Path(spec["cgroup"])))
+        return
     join(spec["netns"], Path(spec["cgroup"]))
-    run(Workload(**spec["workload"]))
+    run(w)
 
 
-def run(w: Workload) -> None:
+def listen(w: Workload) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((w.ip, SERVICE_PORT))
     listener.listen(128)
+    return listener
+
+
+def listen_elsewhere(w: Workload, netns: str, cgroup: Path) -> socket.socket:
+    """Bind the listener in `w.listener_cgroup`, then move to `cgroup` to serve and connect.
+
+    What a socket-activated service or a pre-fork server's moved child sees: the listener (and
+    so every socket the kernel accepts on it) belongs to another cgroup than the server.
+    """
+    assert w.listener_cgroup is not None
+    join(netns, Path(w.listener_cgroup))
+    listener = listen(w)
+    (cgroup / "cgroup.procs").write_text("0")
+    return listener
+
+
+def run(w: Workload, listener: socket.socket | None = None) -> None:
+    listener = listen(w) if listener is None else listener
     log = open(w.log, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     lock = threading.Lock()
     for i in range(w.threads):

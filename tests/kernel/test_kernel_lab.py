@@ -82,3 +82,18 @@ def test_the_load_balancer_is_named_from_the_event_feed_only(lab: dict[str, Any]
     ]
     assert named
     assert set(named) == {(LB_WORKLOAD, "event")}
+
+
+def test_a_listener_bound_in_another_cgroup_is_named_by_its_server(lab: dict[str, Any]) -> None:
+    """Every `db` workload binds its listener in `<name>-listener.service` and serves from its
+    own cgroup: the connections it accepted are its own, at both ends."""
+    flows = lab["flows"]
+    served = pc.and_(
+        pc.equal(flows.column("direction"), "inbound"),
+        pc.starts_with(pc.fill_null(flows.column("local_workload"), ""), "systemd:db-"),
+    )
+    assert pc.sum(served).as_py(), "no db workload accepted a connection"
+    table = lab["compared"]["tables"]["heartbeat"]
+    names = set(table.column("local_workload").to_pylist())
+    names |= set(table.column("remote_workload").to_pylist())
+    assert not {n for n in names if n and n.endswith("-listener.service")}
