@@ -11,7 +11,8 @@ LAN host's port). One real agent captures all three namespaces; its rows go thro
 Without the gateway's translation evidence the server's rows of the three translated
 connections named the router's workload (3 of 3 wrong). The second test checks the agent's two
 ways of seeing that it translates: the masquerade rule, and conntrack's SNAT entries once the
-rule cannot be read.
+rule cannot be read. The last two check the marks of rows resolved when the namespace's
+process has exited, or the namespace is gone: what once left a row of the router's unmarked.
 """
 
 from __future__ import annotations
