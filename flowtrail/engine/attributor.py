@@ -239,6 +239,18 @@ class Attributor:
             )  # fmt: skip
             self._wake.append(partners)
 
+    def add_claims(
+        self, key: U64, owner: I32, start: I64, end: I64, exporter: I32, translating: U64, now: int
+    ) -> None:
+        """Ownership claims (already merged per claimant, or not: the ranges are the same) and
+        addresses seen source-translating, learned without rows: a cluster node learns the
+        region's ownership this way, from runs compacted where the rows were taken."""
+        if self.settings.method != "heartbeat":
+            return
+        if len(translating):
+            self.translating.add(translating, now)
+        self.ranges.add(key, owner, start, end, exporter)
+
     def _learn(
         self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
     ) -> FlowArrays | None:

@@ -77,6 +77,20 @@ class StreamingAttribution:
         fa.rec["row"] = -1  # not ours to decide: no handle
         self.engine.add_evidence(fa, now)
 
+    def learn_claims(
+        self,
+        key: npt.NDArray[np.uint64],
+        owner: npt.NDArray[np.int32],
+        start: npt.NDArray[np.int64],
+        end: npt.NDArray[np.int64],
+        exporter: npt.NDArray[np.int32],
+        translating: npt.NDArray[np.uint64],
+        now: int,
+    ) -> None:
+        """Ownership claims keyed with this engine's ipkeys and names (cluster mode: another
+        node's compacted runs, flowtrail/cluster/runs.py)."""
+        self.engine.add_claims(key, owner, start, end, exporter, translating, now)
+
     def submit_events(self, events: pa.Table, now: int) -> None:
         if events.num_rows == 0:
             return
