@@ -14,11 +14,9 @@ import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flowtrail.cluster.bus import encode
 from flowtrail.cluster.connkey import partitions as partition_of
 from flowtrail.cluster.runs import compact, learn_runs
 from flowtrail.engine.attributor import Settings
@@ -33,8 +31,7 @@ SECOND = 1_000_000_000
 class PartitionedResult:
     table: pa.Table  # the input, row for row, with the attribution columns
     rows: int = 0
-    runs: int = 0  # ownership-run records broadcast (one per address, claimant and batch)
-    runs_bytes: int = 0  # their Arrow IPC bytes, one message per batch
+    runs: int = 0  # ownership-run records learned (compacted per tick)
     rows_per_partition: list[int] = field(default_factory=list)
     learn_runs_s: float = 0.0  # CPU of learning every batch's runs, one partition's engine
     decide_s: list[float] = field(default_factory=list)  # per partition: its rows, its ticks
@@ -47,8 +44,8 @@ def decide_partitioned(
     settings: Settings | None = None,
     tick_ns: int = SECOND,
 ) -> PartitionedResult:
-    """Decide `flows` (a contract table; batches are its (exporter, received_ns) groups) with
-    `count` partitions; events go to every partition, as on the evidence stream."""
+    """Decide `flows` (a contract table) with `count` partitions; events go to every
+    partition, as on the evidence stream."""
     settings = settings or Settings()
     has_events = events is not None and events.num_rows > 0
     settings = replace(settings, use_events=has_events)
@@ -67,7 +64,6 @@ def decide_partitioned(
     order = np.argsort(received, kind="stable")
     ticks = received[order] // tick_ns
     bounds = np.concatenate([[0], np.flatnonzero(np.diff(ticks)) + 1, [len(order)]])
-    exporters = flows.column("exporter")
     out: list[pa.Table] = []
     first = int(min(received.min(), ev_recv.min() if len(ev_recv) else received.min()))
     tick = first // tick_ns
@@ -86,7 +82,7 @@ def decide_partitioned(
             idx = order[bounds[g] : bounds[g + 1]]
             g += 1
             rows = flows.take(pa.array(idx))
-            _learn_batches(rows, exporters.take(pa.array(idx)), received[idx], engines, result, now)
+            _learn_tick(rows, engines, result, now)
             for p, engine in enumerate(engines):
                 mine = part[idx] == p
                 if mine.any():
@@ -117,31 +113,15 @@ def decide_partitioned(
     return result
 
 
-def _learn_batches(
-    rows: pa.Table,
-    exporter: pa.ChunkedArray,
-    received: npt.NDArray[np.int64],
-    engines: list[StreamingAttribution],
-    result: PartitionedResult,
-    now: int,
+def _learn_tick(
+    rows: pa.Table, engines: list[StreamingAttribution], result: PartitionedResult, now: int
 ) -> None:
-    """One tick's batches: compacted where taken, learned by every partition."""
-    batch = pa.table({"e": exporter, "r": pa.array(received)})
-    groups = batch.group_by(["e", "r"], use_threads=False).aggregate([])
-    keys = pc.binary_join_element_wise(
-        exporter.cast(pa.string()), pa.array(received).cast(pa.string()), "|"
-    )
-    gkeys = pc.binary_join_element_wise(
-        groups.column("e").cast(pa.string()), groups.column("r").cast(pa.string()), "|"
-    )
-    which = np.asarray(pc.index_in(keys, gkeys).to_numpy(zero_copy_only=False), np.int64)
-    for i in range(groups.num_rows):
-        one = rows.filter(pa.array(which == i))
-        runs = compact(one)
-        result.runs += runs.num_rows
-        result.runs_bytes += len(encode(runs))
-        for n, engine in enumerate(engines):
-            began = time.process_time()
-            learn_runs(engine, runs, now)
-            if n == 0:
-                result.learn_runs_s += time.process_time() - began
+    """One tick's rows, compacted (per tick: the runs depend only on the union of each
+    claimant's claims, so per batch or per tick gives the same ranges), learned by all."""
+    runs = compact(rows)
+    result.runs += runs.num_rows
+    for n, engine in enumerate(engines):
+        began = time.process_time()
+        learn_runs(engine, runs, now)
+        if n == 0:
+            result.learn_runs_s += time.process_time() - began

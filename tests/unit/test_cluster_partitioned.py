@@ -3,6 +3,8 @@ decide exactly like one engine replaying everything (flowtrail/cluster/partition
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -14,7 +16,7 @@ from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import replay
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.sim.scenarios import SCENARIOS
-from flowtrail.sim.simulation import simulate
+from flowtrail.sim.simulation import SimOutput, simulate
 
 S = 1_000_000_000
 DECIDED = ("remote_workload", "remote_source", "unattributed_reason", "attributed_ns")
@@ -41,24 +43,32 @@ def _same(expected: pa.Table, got: pa.Table) -> None:
         assert not differ, f"{name}: {len(differ)} rows differ, first {differ[:5]}"
 
 
+@functools.cache
+def _case(scenario: str, harsh: bool) -> tuple[SimOutput, Settings, pa.Table]:
+    knobs = HARSH if harsh else {}
+    sim = simulate(scenario, 5 if harsh else 3, flows=1_200, **knobs)
+    settings = Settings(max_skew_ns=250_000_000) if harsh else Settings()
+    return sim, settings, replay(sim.flows, sim.events, settings=settings).table
+
+
+# Each partition count alone: under a loaded machine one case takes up to a minute or two.
 @pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("count", [1, 2, 4])
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_partitions_decide_like_one_engine(scenario: str) -> None:
-    sim = simulate(scenario, 3, flows=1_500)
-    expected = replay(sim.flows, sim.events).table
-    for count in (1, 2, 4):
-        got = decide_partitioned(sim.flows, sim.events, count)
-        assert all(n > 0 for n in got.rows_per_partition)
-        _same(expected, got.table)
+def test_partitions_decide_like_one_engine(scenario: str, count: int) -> None:
+    sim, settings, expected = _case(scenario, False)
+    got = decide_partitioned(sim.flows, sim.events, count, settings)
+    assert all(n > 0 for n in got.rows_per_partition)
+    _same(expected, got.table)
 
 
 @pytest.mark.slow
-def test_partitions_decide_like_one_engine_on_harsher_knobs() -> None:
-    sim = simulate("reuse-storm", 5, flows=1_500, **HARSH)
-    settings = Settings(max_skew_ns=250_000_000)
-    expected = replay(sim.flows, sim.events, settings=settings).table
-    for count in (2, 4):
-        _same(expected, decide_partitioned(sim.flows, sim.events, count, settings).table)
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("count", [2, 4])
+def test_partitions_decide_like_one_engine_on_harsher_knobs(count: int) -> None:
+    sim, settings, expected = _case("reuse-storm", True)
+    _same(expected, decide_partitioned(sim.flows, sim.events, count, settings).table)
 
 
 def test_learning_runs_gives_the_ranges_learning_rows_gives() -> None:
