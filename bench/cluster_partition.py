@@ -216,7 +216,7 @@ def rebuild(addresses: int, rounds: int, per_message: int = 20_000) -> dict[str,
     for r in range(rounds):
         first = np.full(addresses, r * 60 * S, np.int64)
         table = pa.table(
-            [ip, host, work, pa.array(first), pa.array(first + 59 * S),
+            [ip, host, work, pa.array(first), pa.array(first + 60 * S),
              pa.array(np.zeros(addresses, bool))],
             schema=RUNS,
         )  # fmt: skip
