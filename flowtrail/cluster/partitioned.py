@@ -51,6 +51,13 @@ def decide_partitioned(
     settings = replace(settings, use_events=has_events)
     flows = flows.append_column(POSITION, pa.array(np.arange(flows.num_rows, dtype=np.int64)))
     received = received_times(flows)
+    # received_ns as replay reads it (absent: end_ns + 60 s), not the tick's end
+    at = flows.column_names.index("received_ns") if "received_ns" in flows.column_names else -1
+    field = pa.field("received_ns", pa.int64())
+    if at < 0:
+        flows = flows.append_column(field, pa.array(received))
+    else:
+        flows = flows.set_column(at, field, pa.array(received))
     part = partition_of(flows, count)
     engines = [StreamingAttribution(settings) for _ in range(count)]
     result = PartitionedResult(pa.table({}), rows=flows.num_rows)
@@ -68,16 +75,15 @@ def decide_partitioned(
     first = int(min(received.min(), ev_recv.min() if len(ev_recv) else received.min()))
     tick = first // tick_ns
     g = 0
-    no_claims = np.zeros(0, bool)
     while True:
         now = (tick + 1) * tick_ns - 1
         if len(ev_recv):
             ev_mask = (ev_recv >= tick * tick_ns) & (ev_recv <= now)
             if ev_mask.any():
                 assert events is not None
-                due = events.filter(pa.array(ev_mask))
+                arrived = events.filter(pa.array(ev_mask))
                 for engine in engines:
-                    engine.submit_events(due, now)
+                    engine.submit_events(arrived, now)
         if g < len(bounds) - 1 and ticks[bounds[g]] == tick:
             idx = order[bounds[g] : bounds[g + 1]]
             g += 1
