@@ -185,3 +185,17 @@ def test_two_hosts_claiming_one_address_in_one_batch_stay_two_claimants() -> Non
     window = (np.array([2 * S]), np.array([2 * S]))
     assert raw.engine.ranges.owner_over(key, *window).tolist() == [-2]  # CONFLICT
     assert by_runs.engine.ranges.owner_over(key, *window).tolist() == [-2]
+
+
+def test_rows_forwarded_in_claim_nothing_but_still_mark_translating() -> None:
+    # A node gives no ownership range to rows forwarded in from another region (their local
+    # address is that region's): `claims` False drops the claim, not the translating mark.
+    rows = _rows().append_column("local_workload", pa.array(["gw", "web"], pa.string()))
+    rows = rows.append_column("local_translating", pa.array([True, False]))
+    rows = rows.append_column("start_ns", pa.array([1 * S, 1 * S], pa.int64()))
+    rows = rows.append_column("end_ns", pa.array([2 * S, 2 * S], pa.int64()))
+    runs = compact(rows, np.array([False, True]))
+    claims = runs.filter(pa.compute.is_valid(runs.column("workload")))
+    assert claims.column("ip").to_pylist() == ["10.0.0.2"]
+    marked = runs.filter(runs.column("translating"))
+    assert marked.column("ip").to_pylist() == ["10.0.0.1"]
