@@ -1,4 +1,4 @@
-"""The interchange contract's tables, defined once (docs/contract.md, version 2).
+"""The interchange contract's tables, defined once (docs/contract.md, version 3).
 
 Every other module derives its Arrow schemas, validation and documentation from these
 definitions, so a column is named, typed and explained in exactly one place.
@@ -11,7 +11,7 @@ from enum import Enum
 
 import pyarrow as pa
 
-CONTRACT_VERSION = 2
+CONTRACT_VERSION = 3
 
 
 class Kind(Enum):
@@ -74,6 +74,9 @@ ACTIONS = ("assign", "unassign")
 SOURCES = ("heartbeat", "event", "unattributed")
 # How a connection ended (docs/contract.md). The agent's BPF program numbers them in this order.
 OUTCOMES = ("established", "refused", "timeout", "failed", "reset", "abandoned")
+# Where an address is owned (docs/attribution.md, "Address scopes"): on this host only, or in
+# the row's network. flowtrail/engine/scopes.py applies it.
+ADDRESS_SCOPES = ("host", "network")
 CONNECTED = ("established", "reset")  # the handshake completed: a connection, not an attempt
 ATTEMPTS = ("refused", "timeout", "failed", "abandoned")  # it never did
 
@@ -95,6 +98,29 @@ FLOWS = Table(
             False,
             "true: this host source-translates others' connections to local_ip (SNAT or "
             "masquerade), so the row names local_ip's owner for this connection only",
+        ),
+        Column(
+            "network",
+            S,
+            False,
+            "the address space of this exporter's routable addresses; null = the default one",
+        ),
+        Column(
+            "local_scope",
+            S,
+            False,
+            "host: local_ip is on a host-local network (owned per exporter); network or null: "
+            "by the address (loopback, link-local: host)",
+            Kind.ENUM,
+            ADDRESS_SCOPES,
+        ),
+        Column(
+            "remote_scope",
+            S,
+            False,
+            "the same for the (NAT-resolved) remote address",
+            Kind.ENUM,
+            ADDRESS_SCOPES,
         ),
         Column("direction", S, True, "outbound or inbound", Kind.ENUM, DIRECTIONS),
         Column("start_ns", I64, True, "connection start", Kind.TIME),
@@ -159,7 +185,7 @@ ATTRIBUTION_COLUMNS = (
 
 # Evidence for the engine only: a store keeps it among a row's extra columns, so the stored
 # layout (and every store written before it) stays as it was.
-ENGINE_ONLY = ("local_translating",)
+ENGINE_ONLY = ("local_translating", "network", "local_scope", "remote_scope")
 # No order rule here: attributed rows are judged or stored as given; flows are checked where
 # they come in (attribute, the collector, a cluster node).
 ATTRIBUTED = Table(

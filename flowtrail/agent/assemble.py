@@ -72,6 +72,8 @@ def assemble(
     local_workload: pa.Array | None = None,
     nat: tuple[pa.Array, pa.Array] | None = None,
     translating: pa.Array | None = None,
+    network: str | None = None,
+    scopes: tuple[pa.Array, pa.Array] | None = None,
 ) -> pa.Table:
     """One FLOWS row per raw row (AGENT_SCHEMA). Rows must already be valid (see valid_rows)."""
     if state not in STATES:
@@ -91,6 +93,9 @@ def assemble(
         "nat_remote_ip": nat[0] if nat is not None else pa.nulls(n, pa.string()),
         "nat_remote_port": nat[1] if nat is not None else pa.nulls(n, pa.int32()),
         "local_translating": translating if translating is not None else pa.nulls(n, pa.bool_()),
+        "network": pa.nulls(n, pa.string()) if network is None else pa.array([network] * n),
+        "local_scope": scopes[0] if scopes is not None else pa.nulls(n, pa.string()),
+        "remote_scope": scopes[1] if scopes is not None else pa.nulls(n, pa.string()),
         "local_workload": local_workload
         if local_workload is not None
         else pa.nulls(n, pa.string()),

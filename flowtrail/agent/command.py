@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import sys
@@ -14,6 +15,7 @@ import click
 import pyarrow as pa
 
 from flowtrail import units
+from flowtrail.addressranges import Network
 from flowtrail.agent.prometheus import MetricsServer
 from flowtrail.errors import InputError
 from flowtrail.outputs import make_dir, writing
@@ -36,6 +38,17 @@ def parse_size(text: str, flag: str) -> int:
         return units.parse_size(text)
     except ValueError as exc:
         raise InputError(f"{flag} {exc}") from exc
+
+
+def parse_prefixes(specs: tuple[str, ...], option: str) -> list[Network]:
+    """CIDR option values → networks; InputError naming the bad one."""
+    out: list[Network] = []
+    for spec in specs:
+        try:
+            out.append(ipaddress.ip_network(spec, strict=True))
+        except ValueError as exc:
+            raise InputError(f"{option} {spec!r}: not a prefix: {exc}") from exc
+    return out
 
 
 def parse_netns(specs: tuple[str, ...]) -> frozenset[int]:
@@ -195,6 +208,35 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     help="Do not resolve DNAT nor mark source-NAT addresses (not on a NAT gateway).",
 )
 @click.option(
+    "--network",
+    metavar="NAME",
+    default=None,
+    help="The address space this host's routable addresses belong to, when address ranges "
+    "overlap between networks (two VPCs on 10.0.0.0/16): ownership is kept per network "
+    "[default: the one shared by every agent without --network].",
+)
+@click.option(
+    "--host-local",
+    "host_local",
+    metavar="CIDR",
+    multiple=True,
+    help="Addresses in this prefix exist on this host only (owned per host, never named from "
+    "another host's rows); added to what the agent detects. Repeat for several.",
+)
+@click.option(
+    "--routable",
+    metavar="CIDR",
+    multiple=True,
+    help="Addresses in this prefix are never host-local, whatever detection says (namespaces "
+    "that stand for hosts, a flat LAN without a gateway). Repeat for several.",
+)
+@click.option(
+    "--no-scope-detection",
+    is_flag=True,
+    help="Mark only --host-local prefixes (and loopback, link-local) as host-local; do not "
+    'read routes and NAT rules. See docs/attribution.md, "Address scopes".',
+)
+@click.option(
     "--api",
     "api_socket",
     metavar="PATH",
@@ -232,6 +274,10 @@ def agent(
     netns_specs: tuple[str, ...],
     no_snapshots: bool,
     no_nat: bool,
+    network: str | None,
+    host_local: tuple[str, ...],
+    routable: tuple[str, ...],
+    no_scope_detection: bool,
     api_socket: str | None,
     metrics_file: str | None,
     metrics_listen: str | None,
@@ -262,9 +308,14 @@ def agent(
     )
     from flowtrail.agent.netlink import NetnsIndex
     from flowtrail.agent.runner import Agent, AgentConfig
+    from flowtrail.agent.scopes import ScopeMarker
     from flowtrail.agent.snapshots import Snapshotter
 
     interval_s = parse_duration(interval, "--interval")
+    host_nets = parse_prefixes(host_local, "--host-local")
+    routable_nets = parse_prefixes(routable, "--routable")
+    if network is not None and not network.strip():
+        raise InputError("--network: give a non-empty name")
     only_netns = parse_netns(netns_specs) if netns_specs else None
     if not out_dir and not to_stdout:
         raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
@@ -316,11 +367,15 @@ def agent(
             interval_s=interval_s,
             snapshots=not no_snapshots,
             netns=only_netns,
+            network=network,
         ),
         identity,
         Delivery(exporter, spool),
         nat=None if no_nat else NatResolver(netns),
         snapshotter=None if no_snapshots else Snapshotter(netns),
+        scopes=ScopeMarker(
+            netns, host_local=host_nets, routable=routable_nets, detect=not no_scope_detection
+        ),
         on_closed=_printer(sys.stdout) if to_stdout else None,
     )
     identity.refresh()

@@ -25,6 +25,7 @@ from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_ro
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
+from flowtrail.agent.scopes import ScopeMarker
 from flowtrail.agent.snapshots import Snapshotter
 
 
@@ -58,6 +59,9 @@ class AgentConfig:
     # Only sockets in these network namespaces (inode numbers) are this agent's; None = all.
     # One host among several on one kernel (a lab, nested setups) exports only its own.
     netns: frozenset[int] | None = None
+    # The address space this host's routable addresses belong to (a VPC with ranges that
+    # overlap another's); None: the default one.
+    network: str | None = None
 
 
 OnClosed = Callable[[pa.Table, pa.Table], None]
@@ -74,6 +78,7 @@ class Agent:
         *,
         nat: NatResolver | None = None,
         snapshotter: Snapshotter | None = None,
+        scopes: ScopeMarker | None = None,
         on_closed: OnClosed | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -85,6 +90,7 @@ class Agent:
         self.delivery = delivery
         self.nat = nat
         self.snapshotter = snapshotter
+        self.scopes = scopes
         self.on_closed = on_closed
         self.clock_ns = clock_ns
         self._held: list[pa.Table] = []
@@ -137,9 +143,19 @@ class Agent:
         workload = self.identity.resolve(raw)
         nat = self.nat.resolve(raw) if self.nat is not None else None
         translating = self.nat.translating(raw) if self.nat is not None else None
+        marks = None
+        if self.scopes is not None:
+            remote = (
+                raw.column("remote_ip")
+                if nat is None
+                else pc.coalesce(nat[0], raw.column("remote_ip"))
+            )
+            marks = self.scopes.mark(raw, remote)
         return assemble(
             raw,
             translating=translating,
+            network=self.config.network,
+            scopes=marks,
             exporter=self.config.exporter,
             region=self.config.region,
             state=state,
@@ -313,6 +329,8 @@ class Agent:
             out.update(self.nat.stats)
         if self.snapshotter is not None:
             out.update(self.snapshotter.stats)
+        if self.scopes is not None:
+            out.update(self.scopes.stats)
         out.update(self.delivery.metrics())
         try:
             for reason, count in self.capture.stats().items():

@@ -57,6 +57,7 @@ from flowtrail.cluster.bus import (
     stream_time_ns,
 )
 from flowtrail.collector.sink import refuses_rows
+from flowtrail.engine import scopes
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
@@ -76,7 +77,7 @@ _SEQ_COLUMN = "_flowtrail_batch"  # engine-internal: which held batch a decided 
 EVIDENCE_COLUMNS = (
     "exporter", "local_ip", "local_port", "remote_ip", "remote_port", "nat_remote_ip",
     "nat_remote_port", "start_ns", "end_ns", "local_workload", "received_ns", "established_ns",
-    "local_translating",
+    "local_translating", *scopes.SCOPE_COLUMNS,
 )  # fmt: skip
 I32 = npt.NDArray[np.int32]
 # What reading bytes that are not an Arrow IPC stream raises (pyarrow reports some damage,
@@ -131,10 +132,7 @@ class NodeConfig:
 
 def remote_regions(table: pa.Table, rmap: RegionMap, ipkeys: IpKeys) -> I32:
     """Region id (index into rmap.names) of each row's NAT-resolved remote address, -1: none."""
-    remote = table.column("remote_ip")
-    if "nat_remote_ip" in table.column_names:
-        remote = pc.coalesce(table.column("nat_remote_ip"), remote)
-    return rmap.lookup(ipkeys.keys(remote, table.column("exporter")), ipkeys)
+    return rmap.lookup(scopes.remote_keys(table, ipkeys), ipkeys)
 
 
 @dataclass
@@ -596,9 +594,7 @@ class ClusterNode:
         there: no flow decided here can use them as evidence. Rows whose local address is in
         no region, or in ours, can (a flow towards an address in no region is decided here).
         """
-        local = self.regions.lookup(
-            self._ipkeys.keys(rows.column("local_ip"), rows.column("exporter")), self._ipkeys
-        )
+        local = self.regions.lookup(scopes.local_keys(rows, self._ipkeys), self._ipkeys)
         here = (local < 0) | (local == self._region_id)
         self.stats["rows_not_learned"] += int(np.count_nonzero(~here))
         return np.asarray(here, dtype=np.bool_)

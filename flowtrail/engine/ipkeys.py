@@ -4,9 +4,12 @@ An IPv4 address's key is its 32-bit value; an IPv6 address gets an interned key 
 2**32 (assigned on first sight, stable for the process). Only distinct addresses are parsed
 (dictionary encoding), so the cost per row is a hash lookup, not a parse.
 
-Host-scoped addresses (loopback, link-local) mean a different thing on every host: 127.0.0.1
-on one host is not 127.0.0.1 on another. Given the exporter of each row as `scope`, such an
-address gets a key of its own per exporter, so one host's evidence never names another's.
+Addresses have a scope (flowtrail/engine/scopes.py says which): a host-local address
+(loopback, link-local, or one the agent marks as on a host-local network) means a different
+thing on every host, so it gets a key of its own per exporter ("exporter|address"); a routable
+address in a declared network other than the default one gets a key per network
+("@network|address"). Either is interned like an IPv6 address, and remembers the plain key of
+its address so the regions table can still place it (a host-local one is in no region).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ NO_KEY = np.uint64(np.iinfo(np.uint64).max)
 
 
 HOST_SCOPED = r"^(127\.|169\.254\.|::1$|fe[89ab][0-9a-f]:)"
-NO_VALUE = -1  # the 128-bit value stored for a host-scoped key: it belongs to no region
+NO_VALUE = -1  # the 128-bit value stored for a scoped key (see IpKeys.plain)
 
 
 class IpKeys:
@@ -35,31 +38,59 @@ class IpKeys:
     def __init__(self) -> None:
         self._v6: dict[str, int] = {}
         self._v6_values: list[int] = []  # 128-bit value per interned key - V6_BASE
+        # Per interned key - V6_BASE: the plain key of its address (itself for a bare IPv6
+        # address, NO_KEY for a host-local one); an array copy is rebuilt when it grew.
+        self._plain: list[int] = []
+        self._plain_array: U64 = np.empty(0, np.uint64)
 
     def keys(
-        self, values: pa.Array | pa.ChunkedArray, scope: pa.Array | pa.ChunkedArray | None = None
+        self,
+        values: pa.Array | pa.ChunkedArray,
+        scope: pa.Array | pa.ChunkedArray | None = None,
+        *,
+        host: npt.NDArray[np.bool_] | None = None,
+        network: pa.Array | pa.ChunkedArray | None = None,
     ) -> U64:
-        """Keys for `values`; host-scoped addresses keyed per `scope` value when given."""
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        """Keys for `values` in their scopes.
+
+        `scope`: the exporter of each row; host-local addresses (loopback and link-local
+        always, and where `host` is true) are keyed per exporter. `network`: the declared
+        network of each row; other addresses with a non-empty network are keyed per network.
+        Without `scope` every address is plain (an event feed's addresses).
+        """
+        values = _one_chunk(values)
         if len(values) == 0:
             return np.empty(0, dtype=np.uint64)
         out, local = self._keys(values)
-        if scope is not None:
-            pos = np.flatnonzero(local)
+        if scope is None:
+            return out
+        if host is not None:
+            local = local | (host & (out != NO_KEY))
+        pos = np.flatnonzero(local)
+        if len(pos):
+            out[pos] = self._scoped(_one_chunk(scope), values, pos, "", out[pos], host_local=True)
+        if network is not None:
+            network = _one_chunk(network)
+            named = pc.fill_null(pc.greater(pc.utf8_length(network), 0), False)
+            pos = np.flatnonzero(np.asarray(named.to_numpy(zero_copy_only=False), bool) & ~local)
             if len(pos):
-                taken = pa.array(pos)
-                scoped = pc.binary_join_element_wise(
-                    pc.cast(pc.take(scope, taken), pa.string()), pc.take(values, taken), "|"
-                )
-                out[pos] = self._intern(scoped)
+                out[pos] = self._scoped(network, values, pos, "@", out[pos], host_local=False)
         return out
 
-    def _intern(self, texts: pa.Array) -> U64:
-        """Interned keys for host-scoped "exporter|address" texts (no address value)."""
-        if isinstance(texts, pa.ChunkedArray):
-            texts = texts.combine_chunks()
+    def _scoped(
+        self, scope: pa.Array, values: pa.Array, pos: npt.NDArray[np.intp], prefix: str,
+        plain: U64, *, host_local: bool,
+    ) -> U64:  # fmt: skip
+        """Interned keys for the "<prefix><scope>|<address>" texts of rows `pos`."""
+        taken = pa.array(pos)
+        texts = pc.binary_join_element_wise(
+            pa.scalar(prefix), pc.cast(pc.take(scope, taken), pa.string()), "|", ""
+        )
+        texts = pc.binary_join_element_wise(texts, pc.take(values, taken), "")
         encoded = pc.dictionary_encode(texts)
+        idx = encoded.indices.to_numpy(zero_copy_only=False)
+        first = np.full(len(encoded.dictionary), -1, np.int64)
+        first[idx[::-1]] = np.arange(len(idx))[::-1]  # a row per distinct text, for its plain key
         lut = np.empty(len(encoded.dictionary), np.uint64)
         for i, text in enumerate(encoded.dictionary.to_pylist()):
             key = self._v6.get(text)
@@ -67,8 +98,22 @@ class IpKeys:
                 key = V6_BASE + len(self._v6_values)
                 self._v6[text] = key
                 self._v6_values.append(NO_VALUE)
+                self._plain.append(int(NO_KEY) if host_local else int(plain[first[i]]))
             lut[i] = key
-        return np.asarray(lut[encoded.indices.to_numpy(zero_copy_only=False)], np.uint64)
+        return np.asarray(lut[idx], np.uint64)
+
+    def plain(self, keys: U64) -> U64:
+        """The plain key of each key's address, whatever its scope; NO_KEY for host-local ones
+        (they are in no region)."""
+        if len(self._plain_array) != len(self._plain):
+            self._plain_array = np.array(self._plain, np.uint64)
+        out = keys.copy()
+        interned = np.flatnonzero((keys >= V6_BASE) & (keys != NO_KEY))
+        if len(interned):
+            out[interned] = self._plain_array[
+                (keys[interned] - np.uint64(V6_BASE)).astype(np.int64)
+            ]
+        return out
 
     def _keys(self, values: pa.Array) -> tuple[U64, npt.NDArray[np.bool_]]:
         """Keys per row, and whether each row's address is host-scoped.
@@ -130,17 +175,30 @@ class IpKeys:
                 key = V6_BASE + len(self._v6_values)
                 self._v6[text] = key
                 self._v6_values.append(int(ipaddress.IPv6Address(text)))
+                self._plain.append(key)
             out[pos] = key
         return out
 
     def v6_value(self, key: int) -> int:
-        """The 128-bit address of an interned IPv6 key (NO_VALUE for a host-scoped key)."""
+        """The 128-bit address of an interned IPv6 key (NO_VALUE for a scoped key)."""
         return self._v6_values[key - V6_BASE]
 
     def text(self, key: int) -> str:
+        """The address of a key, whatever its scope."""
+        if key >= V6_BASE:
+            plain = self._plain[key - V6_BASE]
+            if plain == int(NO_KEY):  # host-local: its text holds the address
+                return next(t for t, k in self._v6.items() if k == key).rsplit("|", 1)[1]
+            key = plain
         if key < V6_BASE:
             return str(ipaddress.IPv4Address(key))
         return str(ipaddress.IPv6Address(self.v6_value(key)))
+
+
+def _one_chunk(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    return values
 
 
 class Names:

@@ -53,6 +53,7 @@ class RegionMap:
         out = np.full(len(keys), -1, np.int32)
         if not self.names or len(keys) == 0:
             return out
+        keys = ipkeys.plain(keys)  # a network's address is placed by its prefix all the same
         distinct, inverse = np.unique(keys, return_inverse=True)
         found = np.full(len(distinct), -1, np.int32)
         is_v4 = distinct < V6_BASE
@@ -68,7 +69,7 @@ class RegionMap:
             found[sel] = ids[pos[hit]]
         for i in np.flatnonzero(~is_v4 & (distinct != NO_KEY)):
             value = ipkeys.v6_value(int(distinct[i]))
-            if value < 0:  # host-scoped: loopback and link-local belong to no region
+            if value < 0:  # not an address of its own (plain() maps scoped keys away)
                 continue
             for length, table in self._v6:
                 net = (value >> (128 - length)) << (128 - length) if length else 0

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail import pairing
+from flowtrail.engine import scopes
 from flowtrail.engine.attributor import (
     EVENT,
     HEARTBEAT,
@@ -139,9 +140,9 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
     translating = _col(flows, "local_translating")
     return FlowArrays.build(
         row=np.arange(n, dtype=np.int64),
-        local_key=ipkeys.keys(flows.column("local_ip"), exporter),
+        local_key=scopes.local_keys(flows, ipkeys),
         local_port=np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
-        remote_key=ipkeys.keys(remote_ip, exporter),
+        remote_key=scopes.remote_keys(flows, ipkeys, remote_ip),
         remote_port=np.asarray(remote_port.to_numpy(), dtype=np.int32),
         start=_int64(flows.column("start_ns")),
         end=_int64(flows.column("end_ns")),

@@ -16,6 +16,7 @@ from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.netlink import NetnsIndex
 from flowtrail.agent.runner import Agent, AgentConfig
+from flowtrail.agent.scopes import ScopeMarker
 from flowtrail.agent.snapshots import Snapshotter
 
 EXPORTER = "lab-host"
@@ -24,8 +25,17 @@ HOST_WORKLOAD = "lab-host-itself"
 
 
 @contextmanager
-def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent]:
-    """An agent exporting as `lab-host` in region `lab`, every `interval_s`, until the block ends.
+def running_agent(
+    delivery: Delivery,
+    interval_s: float = 1.0,
+    *,
+    exporter: str = EXPORTER,
+    netns: frozenset[int] | None = None,
+) -> Iterator[Agent]:
+    """An agent exporting as `exporter` in region `lab`, every `interval_s`, until the block ends.
+
+    `netns`: only these namespaces' sockets (inodes), as `flowtrail agent --netns`. Address
+    scopes are detected as the command's defaults do.
 
     On exit it is stopped (its shutdown flushes the last batch through `delivery`) and the
     capture is closed, even when the block raised.
@@ -34,14 +44,17 @@ def running_agent(delivery: Delivery, interval_s: float = 1.0) -> Iterator[Agent
     capture.start()
     stopped = True
     try:
-        netns = NetnsIndex()
+        index = NetnsIndex()
         agent = Agent(
             capture,
-            AgentConfig(exporter=EXPORTER, region=REGION, interval_s=interval_s, poll_ms=100),
+            AgentConfig(
+                exporter=exporter, region=REGION, interval_s=interval_s, poll_ms=100, netns=netns
+            ),
             IdentityChain.build(host_workload=HOST_WORKLOAD),
             delivery,
-            nat=NatResolver(netns),
-            snapshotter=Snapshotter(netns),
+            nat=NatResolver(index),
+            snapshotter=Snapshotter(index),
+            scopes=ScopeMarker(index),
         )
         stop = threading.Event()
         thread = threading.Thread(target=agent.run, args=(stop,), name="lab-agent", daemon=True)
