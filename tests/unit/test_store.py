@@ -15,7 +15,7 @@ import pytest
 from flowtrail.engine.replay import replay
 from flowtrail.errors import ContractError, InputError
 from flowtrail.query.queries import attribution_health, dependencies
-from flowtrail.schema import ATTRIBUTED
+from flowtrail.schema import ATTRIBUTED, CONTRACT_VERSION
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
 from flowtrail.store.columns import projection_sql, quote, sql_type
@@ -155,7 +155,7 @@ def test_a_store_of_contract_version_1_gains_the_later_columns(
         )
     assert back.column_names == [*ATTRIBUTED.names, "extra"]
     assert back.num_rows == 15 and back.column("outcome").null_count == 15
-    assert version == [("2",)]
+    assert version == [(str(CONTRACT_VERSION),)]
 
 
 def test_missing_optional_columns_are_stored_as_null(tmp_path: Path, attributed: pa.Table) -> None:
