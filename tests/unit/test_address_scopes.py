@@ -15,8 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from flowtrail.addressranges import AddressRanges
 from flowtrail.agent.scopes import ScopeMarker, host_local_prefixes
 from flowtrail.cluster.node import EVIDENCE_COLUMNS, remote_regions
+from flowtrail.collector.claims import check_claims
+from flowtrail.collector.door import Refusal
 from flowtrail.engine import scopes
 from flowtrail.engine.ipkeys import NO_KEY, IpKeys
 from flowtrail.engine.regions import RegionMap
@@ -281,3 +284,12 @@ def test_marker_configuration_and_routable_override() -> None:
     local_scope, remote_scope = marker.mark(raw, remote)
     assert local_scope.to_pylist() == ["host", None, "host", None]
     assert remote_scope.to_pylist() == [None, "host", "host", "host"]
+
+
+def test_a_token_with_ranges_admits_rows_on_host_local_addresses() -> None:
+    ranges = AddressRanges.parse("192.0.2.0/24", "ranges")
+    flows = overlapping()
+    with pytest.raises(Refusal, match=r"10\.0\.9"):
+        check_claims(flows, ranges, "a", "batch")
+    # Marked host-local, they speak for this exporter alone: nothing to refuse.
+    check_claims(setting(flows, "local_scope", pa.array(["host"] * 3)), ranges, "a", "batch")
