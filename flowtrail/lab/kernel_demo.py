@@ -65,6 +65,9 @@ def agents(fleet: Fleet, out: Path) -> Iterator[list[Path]]:
             argv = [sys.executable, "-m", "flowtrail", "agent", "--out", str(where)]
             argv += ["--interval", AGENT_INTERVAL, "--exporter", f"host-{i}", "--region", "lab"]
             argv += ["--netns", ns, "--resolvers", "systemd"]
+            # The hosts are namespaces with no route out: detection would call the fleet's
+            # network host-local. Here it stands for a network between hosts.
+            argv += ["--routable", f"{fleet.net}.0/24"]
             argv += ["--metrics", str(out / f"host-{i}.json")]
             with (out / f"host-{i}.log").open("wb") as log:  # the child keeps its own copy
                 # Its own session: Ctrl-C is the lab's to handle, and it stops them.
