@@ -11,8 +11,10 @@ when it lies in one of these prefixes (and in no `--routable` one):
   address family; its connected prefixes are host-local (the agent's own namespace excepted:
   its networks are the host's real ones, shared with other hosts);
 * behind source NAT: a `masquerade`/`snat` rule in a namespace's nftables ruleset. Its
-  `ip saddr`/`ip6 saddr` prefixes where it has them; else the namespace's connected prefixes
-  on every interface but the rule's `oifname` (or, without one, the default route's).
+  `ip saddr`/`ip6 saddr` prefixes where it has them; else, for a rule matching `oifname X`
+  (a router's uplink), the namespace's connected prefixes on every other interface. A rule
+  that picks by anything else (kube-proxy's packet mark) says nothing about which networks
+  it hides: `--host-local` does.
 
 Loopback and link-local are always host-local. Facts are read per namespace (`ip -j`, `nft`,
 run inside it) at most every RULES_TTL_S, for the namespaces that rows come from plus the
@@ -40,7 +42,7 @@ RULES_TTL_S = 10.0
 HOST = "host"
 _NAT_LINE = re.compile(r"\b(masquerade|snat)\b")
 _SADDR = re.compile(r"\bip6? saddr (\{[^}]*\}|\S+)")
-_OIFNAME = re.compile(r"\boifname \"?([^\s\"]+)\"?")
+_OIFNAME = re.compile(r"\boifname \"?([\w.@:-]+)\"?")  # not `oifname != ...`
 
 
 def _run(argv: list[str], path: str) -> str | None:
@@ -81,7 +83,6 @@ def host_local_prefixes(
             net = ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
             connected.setdefault(name, []).append(net)
     out: set[Network] = set()
-    out_devs = {str(r.get("dev")) for r in routes if r.get("dst") == "default"}
     if not own:
         for version in (4, 6):
             leaves = any(
@@ -99,8 +100,10 @@ def host_local_prefixes(
             out |= set(_networks(saddr.group(1)))
             continue
         oif = _OIFNAME.search(line)
-        skip = {oif.group(1)} if oif else out_devs
-        out |= {n for dev, nets in connected.items() if dev not in skip for n in nets}
+        if oif:  # a router's "whatever leaves the uplink": every other network is behind it
+            out |= {n for dev, nets in connected.items() if dev != oif.group(1) for n in nets}
+        # Otherwise the rule picks by something else (kube-proxy's packet mark): which
+        # networks it hides cannot be read from it (--host-local says).
     return out
 
 

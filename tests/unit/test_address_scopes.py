@@ -258,7 +258,8 @@ def test_detection_a_namespace_without_a_route_out() -> None:
         ('ip saddr 172.17.0.0/16 oifname != "docker0" masquerade', {"172.17.0.0/16"}),
         ("ip saddr { 10.1.0.0/24, 10.2.0.0/24 } snat to 192.0.2.5", {"10.1.0.0/24", "10.2.0.0/24"}),
         ('oifname "eth0" masquerade', {"172.17.0.0/16"}),  # all but the uplink
-        ("masquerade", {"172.17.0.0/16"}),  # all but the default route's device
+        ('oifname != "docker0" masquerade', set()),  # no saddr, no uplink: not read
+        ("meta mark & 0x4000 == 0x4000 masquerade", set()),  # kube-proxy: pods are routable
         ("ip daddr 10.0.0.1 dnat to 10.0.0.2", set()),
     ],
 )
