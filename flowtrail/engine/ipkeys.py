@@ -8,8 +8,11 @@ Addresses have a scope (flowtrail/engine/scopes.py says which): a host-local add
 (loopback, link-local, or one the agent marks as on a host-local network) means a different
 thing on every host, so it gets a key of its own per exporter ("exporter|address"); a routable
 address in a declared network other than the default one gets a key per network
-("@network|address"). Either is interned like an IPv6 address, and remembers the plain key of
-its address so the regions table can still place it (a host-local one is in no region).
+("@network|address"). An IPv4 address in a scope keeps its value in the low 32 bits under
+SCOPED_V4 and the scope's id (per distinct exporter or network, interned) in the bits above,
+so keying it costs no work per address; any other scoped address is interned as text like an
+IPv6 address. Either way the plain key of its address is known, so the regions table can
+still place it (a host-local one is in no region).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ NO_KEY = np.uint64(np.iinfo(np.uint64).max)
 
 HOST_SCOPED = r"^(127\.|169\.254\.|::1$|fe[89ab][0-9a-f]:)"
 NO_VALUE = -1  # the 128-bit value stored for a scoped key (see IpKeys.plain)
+SCOPED_V4 = np.uint64(1 << 63)  # | scope id << 32 | IPv4 value (scope ids stay below 2**31 - 1)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_SCOPE_ID = np.uint64(0x7FFFFFFF)
 
 
 class IpKeys:
@@ -42,6 +48,9 @@ class IpKeys:
         # address, NO_KEY for a host-local one); an array copy is rebuilt when it grew.
         self._plain: list[int] = []
         self._plain_array: U64 = np.empty(0, np.uint64)
+        self._scope_ids: dict[str, int] = {}  # "<prefix><exporter or network>" → scope id
+        self._scope_host: list[bool] = []  # per scope id: host-local (in no region)?
+        self._scope_host_array: npt.NDArray[np.bool_] = np.empty(0, bool)
 
     def keys(
         self,
@@ -68,18 +77,52 @@ class IpKeys:
             local = local | (host & (out != NO_KEY))
         pos = np.flatnonzero(local)
         if len(pos):
-            out[pos] = self._scoped(_one_chunk(scope), values, pos, "", out[pos], host_local=True)
+            scope = _one_chunk(scope)
+            ids = self._scope_ids_of(scope, "", host_local=True)
+            out[pos] = self._scoped(scope, ids[pos], values, pos, "", out[pos], host_local=True)
         if network is not None:
             network = _one_chunk(network)
-            named = pc.fill_null(pc.greater(pc.utf8_length(network), 0), False)
-            pos = np.flatnonzero(np.asarray(named.to_numpy(zero_copy_only=False), bool) & ~local)
+            ids = self._scope_ids_of(network, "@", host_local=False)
+            pos = np.flatnonzero((ids >= 0) & ~local)
             if len(pos):
-                out[pos] = self._scoped(network, values, pos, "@", out[pos], host_local=False)
+                out[pos] = self._scoped(network, ids[pos], values, pos, "@", out[pos],
+                                        host_local=False)  # fmt: skip
         return out
 
     def _scoped(
+        self, scope: pa.Array, ids: npt.NDArray[np.int64], values: pa.Array,
+        pos: npt.NDArray[np.intp], prefix: str, plain: U64, *, host_local: bool,
+    ) -> U64:  # fmt: skip
+        """Keys of rows `pos` in their scopes (scope id bits for IPv4, else interned texts)."""
+        out = plain.copy()
+        v4 = plain < V6_BASE
+        out[v4] = SCOPED_V4 | (ids[v4].astype(np.uint64) << np.uint64(32)) | plain[v4]
+        if not v4.all():
+            out[~v4] = self._interned(scope, values, pos[~v4], prefix, plain[~v4], host_local)
+        return out
+
+    def _scope_ids_of(
+        self, scope: pa.Array, prefix: str, *, host_local: bool
+    ) -> npt.NDArray[np.int64]:
+        """Scope id per row, -1 where null or empty (interned per distinct value: a handful
+        per batch, so the rows cost one dictionary encoding)."""
+        encoded = pc.dictionary_encode(scope)
+        lut = np.full(len(encoded.dictionary) + 1, -1, np.int64)  # last: null rows
+        for i, name in enumerate(encoded.dictionary.to_pylist()):
+            if not name:
+                continue
+            text = f"{prefix}{name}"
+            got = self._scope_ids.get(text)
+            if got is None:
+                got = self._scope_ids[text] = len(self._scope_host)
+                self._scope_host.append(host_local)
+            lut[i] = got
+        idx = pc.fill_null(encoded.indices, len(encoded.dictionary))
+        return np.asarray(lut[idx.to_numpy(zero_copy_only=False)], np.int64)
+
+    def _interned(
         self, scope: pa.Array, values: pa.Array, pos: npt.NDArray[np.intp], prefix: str,
-        plain: U64, *, host_local: bool,
+        plain: U64, host_local: bool,
     ) -> U64:  # fmt: skip
         """Interned keys for the "<prefix><scope>|<address>" texts of rows `pos`."""
         taken = pa.array(pos)
@@ -107,8 +150,14 @@ class IpKeys:
         (they are in no region)."""
         if len(self._plain_array) != len(self._plain):
             self._plain_array = np.array(self._plain, np.uint64)
+        if len(self._scope_host_array) != len(self._scope_host):
+            self._scope_host_array = np.array(self._scope_host, bool)
         out = keys.copy()
-        interned = np.flatnonzero((keys >= V6_BASE) & (keys != NO_KEY))
+        scoped = np.flatnonzero((keys >= SCOPED_V4) & (keys != NO_KEY))
+        if len(scoped):
+            sid = ((keys[scoped] >> np.uint64(32)) & _SCOPE_ID).astype(np.int64)
+            out[scoped] = np.where(self._scope_host_array[sid], NO_KEY, keys[scoped] & _LOW32)
+        interned = np.flatnonzero((keys >= V6_BASE) & (keys < SCOPED_V4))
         if len(interned):
             out[interned] = self._plain_array[
                 (keys[interned] - np.uint64(V6_BASE)).astype(np.int64)
@@ -185,7 +234,9 @@ class IpKeys:
 
     def text(self, key: int) -> str:
         """The address of a key, whatever its scope."""
-        if key >= V6_BASE:
+        if key >= int(SCOPED_V4) and key != int(NO_KEY):
+            key &= int(_LOW32)
+        elif key >= V6_BASE:
             plain = self._plain[key - V6_BASE]
             if plain == int(NO_KEY):  # host-local: its text holds the address
                 return next(t for t, k in self._v6.items() if k == key).rsplit("|", 1)[1]
