@@ -17,9 +17,9 @@ when it lies in one of these prefixes (and in no `--routable` one):
   it hides: `--host-local` does.
 
 Loopback and link-local are always host-local. Facts are read per namespace (`ip -j`, `nft`,
-run inside it) at most every RULES_TTL_S, for the namespaces that rows come from plus the
-agent's own (where a container host's masquerade rules live); the prefixes found anywhere
-apply to every row of the host.
+run inside it) on first sight and again in the background every RULES_TTL_S, for the
+namespaces that rows come from plus the agent's own (where a container host's masquerade
+rules live); the prefixes found anywhere apply to every row of the host.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import ipaddress
 import json
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterable
 
@@ -126,40 +127,62 @@ class ScopeMarker:
         self.stats = {"scope_host_addresses": 0, "scope_facts_unreadable": 0}
         self._facts: dict[int, tuple[float, frozenset[Network]]] = {}
         self._ranges: tuple[frozenset[Network], AddressRanges] | None = None
+        self._lock = threading.Lock()
+        self._refreshing: set[int] = set()
 
     def _namespace(self, ino: int, pid_hint: int) -> frozenset[Network]:
-        now = time.monotonic()
-        cached = self._facts.get(ino)
-        if cached is not None and now - cached[0] < RULES_TTL_S:
+        """A namespace's host-local prefixes. Read at once on first sight (so none of its rows
+        goes unmarked); after RULES_TTL_S read again in the background, the last answer
+        standing meanwhile: reading runs processes, which must not hold up the rows."""
+        with self._lock:
+            cached = self._facts.get(ino)
+            stale = cached is not None and time.monotonic() - cached[0] >= RULES_TTL_S
+            if stale and ino not in self._refreshing:
+                self._refreshing.add(ino)
+                threading.Thread(
+                    target=self._refresh, args=(ino, pid_hint), name="scope-facts", daemon=True
+                ).start()
+        if cached is not None:
             return cached[1]
-        path = self.netns.path(ino, pid_hint)
-        found: frozenset[Network] = frozenset()
-        if path is not None:
-            addrs = _run(["ip", "-j", "addr", "show"], path)
-            routes = [
-                _run(["ip", "-j", f"-{v}", "route", "show", "table", "main"], path) for v in (4, 6)
-            ]
-            rules = _run(["nft", "list", "ruleset"], path)
-            if addrs is None or None in routes:
-                self.stats["scope_facts_unreadable"] += 1
-            else:
-                parsed = [
-                    {**r, "family": v}
-                    for v, text in zip((4, 6), routes, strict=True)
-                    for r in json.loads(text or "[]")
-                ]
-                found = frozenset(
-                    host_local_prefixes(
-                        json.loads(addrs or "[]"), parsed, rules or "", own=ino == self.netns.own
-                    )
-                )
-        self._facts[ino] = (now, found)
+        found = self._read(ino, pid_hint)
+        with self._lock:
+            self._facts[ino] = (time.monotonic(), found)
         return found
+
+    def _refresh(self, ino: int, pid_hint: int) -> None:
+        found = self._read(ino, pid_hint)
+        with self._lock:
+            self._facts[ino] = (time.monotonic(), found)
+            self._refreshing.discard(ino)
+
+    def _read(self, ino: int, pid_hint: int) -> frozenset[Network]:
+        path = self.netns.path(ino, pid_hint)
+        if path is None:
+            return frozenset()
+        addrs = _run(["ip", "-j", "addr", "show"], path)
+        routes = [
+            _run(["ip", "-j", f"-{v}", "route", "show", "table", "main"], path) for v in (4, 6)
+        ]
+        rules = _run(["nft", "list", "ruleset"], path)
+        if addrs is None or None in routes:
+            with self._lock:
+                self.stats["scope_facts_unreadable"] += 1
+            return frozenset()
+        parsed = [
+            {**r, "family": v}
+            for v, text in zip((4, 6), routes, strict=True)
+            for r in json.loads(text or "[]")
+        ]
+        own = ino == self.netns.own
+        return frozenset(
+            host_local_prefixes(json.loads(addrs or "[]"), parsed, rules or "", own=own)
+        )
 
     def _current(self, namespaces: Iterable[tuple[int, int]]) -> AddressRanges:
         old = time.monotonic() - 60.0  # namespaces come and go with containers
-        for ino in [k for k, (at, _) in self._facts.items() if at < old]:
-            del self._facts[ino]
+        with self._lock:
+            for ino in [k for k, (at, _) in self._facts.items() if at < old]:
+                del self._facts[ino]
         nets: set[Network] = set(self.configured)
         if self.detect:
             nets |= self._namespace(self.netns.own, 0)

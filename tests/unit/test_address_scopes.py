@@ -26,6 +26,7 @@ from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.replay import replay
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.evaluate import evaluate
+from flowtrail.lab.wait import until
 from flowtrail.schema import FLOWS
 from flowtrail.sim import SCENARIOS, simulate
 from flowtrail.tables import validate
@@ -294,3 +295,25 @@ def test_a_token_with_ranges_admits_rows_on_host_local_addresses() -> None:
         check_claims(flows, ranges, "a", "batch")
     # Marked host-local, they speak for this exporter alone: nothing to refuse.
     check_claims(setting(flows, "local_scope", pa.array(["host"] * 3)), ranges, "a", "batch")
+
+
+def test_marker_reads_a_namespace_at_first_sight_and_refreshes_in_the_background(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = ScopeMarker()
+    reads: list[int] = []
+    answer = {"nets": frozenset(nets("10.7.0.0/24"))}
+
+    def read(ino: int, pid: int) -> frozenset[Any]:
+        reads.append(ino)
+        return answer["nets"]
+
+    monkeypatch.setattr(marker, "_read", read)
+    assert marker._namespace(42, 0) == nets("10.7.0.0/24")  # read at once, not later
+    assert reads == [42]
+    assert marker._namespace(42, 0) == nets("10.7.0.0/24") and reads == [42]  # cached
+    answer["nets"] = frozenset(nets("10.8.0.0/24"))
+    monkeypatch.setattr("flowtrail.agent.scopes.RULES_TTL_S", 0.0)
+    assert marker._namespace(42, 0) == nets("10.7.0.0/24")  # stale answer stands meanwhile
+    until(lambda: marker._namespace(42, 0), lambda got: got == nets("10.8.0.0/24"), 10)
+    assert marker._namespace(42, 0) == nets("10.8.0.0/24")
