@@ -104,12 +104,14 @@ class IpKeys:
     def _scope_ids_of(
         self, scope: pa.Array, prefix: str, *, host_local: bool
     ) -> npt.NDArray[np.int64]:
-        """Scope id per row, -1 where null or empty (interned per distinct value: a handful
-        per batch, so the rows cost one dictionary encoding)."""
+        """Scope id per row (interned per distinct value: a handful per batch, so the rows
+        cost one dictionary encoding). A null or empty network is the default space: -1; an
+        exporter is a host's scope whatever its name."""
         encoded = pc.dictionary_encode(scope)
         lut = np.full(len(encoded.dictionary) + 1, -1, np.int64)  # last: null rows
-        for i, name in enumerate(encoded.dictionary.to_pylist()):
-            if not name:
+        names = [*encoded.dictionary.to_pylist(), None]
+        for i, name in enumerate(names):
+            if not name and not host_local:
                 continue
             text = f"{prefix}{name}"
             got = self._scope_ids.get(text)

@@ -317,3 +317,13 @@ def test_marker_reads_a_namespace_at_first_sight_and_refreshes_in_the_background
     assert marker._namespace(42, 0) == nets("10.7.0.0/24")  # stale answer stands meanwhile
     until(lambda: marker._namespace(42, 0), lambda got: got == nets("10.8.0.0/24"), 10)
     assert marker._namespace(42, 0) == nets("10.8.0.0/24")
+
+
+def test_every_exporter_name_is_a_scope_of_its_own() -> None:
+    ipkeys = IpKeys()
+    values = pa.array(["10.0.0.1"] * 4 + ["fd00::1"] * 2)
+    exporters = pa.array(["", None, "a", "b", "a", "b"])
+    keys = ipkeys.keys(values, exporters, host=np.ones(6, bool))
+    assert len(set(keys.tolist())) == 6  # the empty name too: never another host's key
+    assert (ipkeys.plain(keys) == NO_KEY).all()
+    assert [ipkeys.text(int(k)) for k in keys] == ["10.0.0.1"] * 4 + ["fd00::1"] * 2
