@@ -200,16 +200,17 @@ class ScopeMarker:
         n = raw.num_rows
         if n == 0:
             return pa.nulls(0, pa.string()), pa.nulls(0, pa.string())
-        ino = raw.column("netns_ino").fill_null(0).to_numpy(zero_copy_only=False)
-        pid = raw.column("pid").fill_null(0).to_numpy(zero_copy_only=False)
-        first = np.unique(ino, return_index=True)
-        ranges = self._current(
-            (int(i), int(pid[at])) for i, at in zip(first[0], first[1], strict=True)
-        )
+        ino = raw.column("netns_ino").fill_null(0)
+        pid = raw.column("pid").fill_null(0)
+        seen = []  # (namespace, a pid in it) per distinct namespace: a handful per batch
+        for value in pc.unique(ino).to_pylist():
+            at = pc.index(ino, value).as_py()
+            seen.append((int(value), int(pid[at].as_py())))
+        ranges = self._current(seen)
         out = []
         for values in (raw.column("local_ip"), remote):
             host = ranges.allowed(values)
-            if self.routable is not None:
+            if self.routable is not None and host.any():
                 # --routable wins, except for loopback and link-local (host-local everywhere)
                 host &= ~self.routable.allowed(values) | self._always.allowed(values)
             self.stats["scope_host_addresses"] += int(np.count_nonzero(host))
