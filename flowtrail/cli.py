@@ -7,11 +7,29 @@ import sys
 import click
 
 from flowtrail import __version__
+from flowtrail.commands import COMMANDS, load
 from flowtrail.errors import FlowtrailError
 
 
 class _Group(click.Group):
-    """Turns FlowtrailError into a one-line message and exit code 2, never a traceback."""
+    """Loads a subcommand's module only when that subcommand runs (see flowtrail.commands),
+    and turns FlowtrailError into a one-line message and exit code 2, never a traceback."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # From the table, not the commands: listing them must not import every module.
+        limit = formatter.width - 6 - max(len(name) for name in COMMANDS)
+        rows = [
+            (name, click.Command(name, help=entry.summary).get_short_help_str(limit))
+            for name, entry in sorted(COMMANDS.items())
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -38,12 +56,3 @@ def main() -> None:
       flowtrail cluster-node --nats URL --region R   one node of a NATS JetStream cluster
       flowtrail query dependencies --db D  who talked to whom, from the store
     """
-
-
-def _register() -> None:
-    from flowtrail.commands import register
-
-    register(main)
-
-
-_register()

@@ -10,28 +10,38 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import pyarrow as pa
 
-from flowtrail.engine.attributor import Settings
-from flowtrail.engine.replay import replay
-from flowtrail.evaluate import EvalReport, evaluate, format_side_by_side
 from flowtrail.outputs import make_dir, writing
 from flowtrail.sim.scenarios import SCENARIOS
-from flowtrail.sim.simulation import SimOutput, simulate, write_sim
-from flowtrail.tables import write_table
 
-METHODS: dict[str, Settings] = {
-    # flowtrail: peer rows, skew-guarded ranges, event ranges behind the feed's watermark.
-    "heartbeat": Settings(),
-    # The obvious heartbeat design: ranges looked up at the start instant, no peer rows, no
-    # skew guard, event ranges taken as soon as the wait is over.
-    "plain heartbeat": Settings(use_peers=False, max_skew_ns=0, event_lag_ns=0),
-    # The design Netflix abandoned: who the event feed says owns the address on arrival.
-    "event": Settings(method="event"),
-}
+# The engine, evaluation and simulation (numpy, numba, polars, Arrow) load when the demo
+# runs, not for `--help`.
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from flowtrail.engine.attributor import Settings
+    from flowtrail.evaluate import EvalReport
+    from flowtrail.sim.simulation import SimOutput
+
+METHOD_NAMES = ("heartbeat", "plain heartbeat", "event")
+
+
+def methods() -> dict[str, Settings]:
+    """The ways the demo attributes, by name (METHOD_NAMES)."""
+    from flowtrail.engine.attributor import Settings
+
+    return {
+        # flowtrail: peer rows, skew-guarded ranges, event ranges behind the feed's watermark.
+        "heartbeat": Settings(),
+        # The obvious heartbeat design: ranges looked up at the start instant, no peer rows, no
+        # skew guard, event ranges taken as soon as the wait is over.
+        "plain heartbeat": Settings(use_peers=False, max_skew_ns=0, event_lag_ns=0),
+        # The design Netflix abandoned: who the event feed says owns the address on arrival.
+        "event": Settings(method="event"),
+    }
 
 
 def compare(sim: SimOutput) -> dict[str, Any]:
@@ -43,10 +53,13 @@ def compare_tables(
     flows: pa.Table, events: pa.Table, regions: pa.Table, truth: pa.Table
 ) -> dict[str, Any]:
     """Attribute the same flows every way and judge each against the truth."""
+    from flowtrail.engine.replay import replay
+    from flowtrail.evaluate import evaluate
+
     reports: dict[str, EvalReport] = {}
     summaries: dict[str, dict[str, Any]] = {}
     tables = {}
-    for name, settings in METHODS.items():
+    for name, settings in methods().items():
         result = replay(flows, events, regions, settings=settings)
         reports[name] = evaluate(result.table, truth)
         summaries[name] = result.summary
@@ -152,6 +165,10 @@ def demo(
         )
         _kernel_demo(run, out_dir, as_json)
         return
+    from flowtrail.evaluate import format_side_by_side
+    from flowtrail.sim.simulation import simulate, write_sim
+    from flowtrail.tables import write_table
+
     chosen = scenarios or tuple(sorted(SCENARIOS, key=_harshness))
     if out_dir:
         make_dir("--out", out_dir)
@@ -160,7 +177,7 @@ def demo(
         print(f"demo: {name}: simulating", file=sys.stderr, flush=True)
         sim = simulate(name, seed, None, **({"flows": flows} if flows else {}))
         print(
-            f"demo: {name}: {sim.flows.num_rows:,} flows; attributing {len(METHODS)} ways",
+            f"demo: {name}: {sim.flows.num_rows:,} flows; attributing {len(METHOD_NAMES)} ways",
             file=sys.stderr,
             flush=True,
         )
@@ -179,7 +196,7 @@ def demo(
                 {
                     name: {
                         m: {"eval": r["reports"][m].to_dict(), "replay": r["summaries"][m]}
-                        for m in METHODS
+                        for m in METHOD_NAMES
                     }
                     for name, r in results.items()
                 },
@@ -197,8 +214,10 @@ def demo(
 
 def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     from flowtrail.errors import CapabilityError
+    from flowtrail.evaluate import format_side_by_side
     from flowtrail.lab.kernel_demo import by_kind, counted_once, run_lab, say
     from flowtrail.lab.netns import LabError
+    from flowtrail.tables import write_table
 
     if out_dir:
         make_dir("--out", out_dir)
@@ -206,7 +225,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         got = run_lab(run, out_dir)
     except LabError as exc:  # a command or an agent that could not run here: say which
         raise CapabilityError(f"demo --kernel: {exc}") from exc
-    say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHODS)} ways")
+    say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHOD_NAMES)} ways")
     result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     once = counted_once(got["attempts"], got["flows"])
     kinds = {m: by_kind(t, got["truth"]) for m, t in result["tables"].items()}
@@ -230,7 +249,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
                             "eval": result["reports"][m].to_dict(),
                             "replay": result["summaries"][m],
                         }
-                        for m in METHODS
+                        for m in METHOD_NAMES
                     },
                 },
                 indent=2,
@@ -245,7 +264,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     click.echo(format_side_by_side(result["reports"]))
     for kind in ("connections", "failed attempts"):
         parts = []
-        for m in METHODS:
+        for m in METHOD_NAMES:
             f = kinds[m][kind].flows
             parts.append(
                 f"{m} {f.misattributed:,} wrong, {f.unattributed:,} unattributed"

@@ -11,6 +11,15 @@ from enum import Enum
 
 import pyarrow as pa
 
+# Re-exported: the value sets live where the command line can read them without Arrow.
+from flowtrail.vocabulary import ACTIONS as ACTIONS
+from flowtrail.vocabulary import ATTEMPTS as ATTEMPTS
+from flowtrail.vocabulary import CONNECTED as CONNECTED
+from flowtrail.vocabulary import DIRECTIONS as DIRECTIONS
+from flowtrail.vocabulary import OUTCOMES as OUTCOMES
+from flowtrail.vocabulary import SOURCES as SOURCES
+from flowtrail.vocabulary import STATES as STATES
+
 CONTRACT_VERSION = 3
 
 
@@ -68,17 +77,9 @@ class Table:
 
 S, I32, I64, B = pa.string(), pa.int32(), pa.int64(), pa.bool_()
 
-DIRECTIONS = ("outbound", "inbound")
-STATES = ("closed", "active")
-ACTIONS = ("assign", "unassign")
-SOURCES = ("heartbeat", "event", "unattributed")
-# How a connection ended (docs/contract.md). The agent's BPF program numbers them in this order.
-OUTCOMES = ("established", "refused", "timeout", "failed", "reset", "abandoned")
 # Where an address is owned (docs/attribution.md, "Address scopes"): on this host only, or in
 # the row's network. flowtrail/engine/scopes.py applies it.
 ADDRESS_SCOPES = ("host", "network")
-CONNECTED = ("established", "reset")  # the handshake completed: a connection, not an attempt
-ATTEMPTS = ("refused", "timeout", "failed", "abandoned")  # it never did
 
 FLOWS = Table(
     "flows",

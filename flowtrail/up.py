@@ -27,16 +27,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from flowtrail.api.server import QueryAPI
 from flowtrail.errors import CapabilityError, FlowtrailError, InputError
 from flowtrail.opshttp import is_loopback
 from flowtrail.standalone import run_standalone
 from flowtrail.stop_signals import stop_on_signals
 from flowtrail.units import DURATION
+
+if TYPE_CHECKING:  # the query API (DuckDB, Arrow) loads when `up` runs, not for `--help`
+    from flowtrail.api.server import QueryAPI
 
 SECOND = 1_000_000_000
 TOKENS_FILE = "tokens.txt"
@@ -489,6 +491,7 @@ class _Up:
         keep_own_traffic: bool = False,
     ) -> None:
         from flowtrail.agent.prometheus import AgentCounters
+        from flowtrail.api.server import QueryAPI
         from flowtrail.collector.app import CollectorApp, CollectorOptions
         from flowtrail.collector.devcert import self_signed
         from flowtrail.collector.service import CollectorConfig

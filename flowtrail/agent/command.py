@@ -9,17 +9,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import click
-import pyarrow as pa
 
 from flowtrail import units
-from flowtrail.addressranges import Network
-from flowtrail.agent.prometheus import MetricsServer
 from flowtrail.errors import InputError
 from flowtrail.outputs import make_dir, writing
 from flowtrail.stop_signals import stop_on_signals
+
+if TYPE_CHECKING:  # Arrow loads when the agent runs, not for `--help`
+    import pyarrow as pa
+
+    from flowtrail.addressranges import Network
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -384,6 +386,8 @@ def agent(
         host, _, port = metrics_listen.rpartition(":")
         if not port.isdigit():
             raise InputError(f"--metrics-listen {metrics_listen!r}: expected HOST:PORT")
+        from flowtrail.agent.prometheus import MetricsServer
+
         scrape = MetricsServer(runner.metrics, host.strip("[]") or "127.0.0.1", int(port))
         got = scrape.start()
         click.echo(

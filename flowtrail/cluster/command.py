@@ -9,25 +9,22 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import pyarrow as pa
 
-from flowtrail.cluster.bus import Bus, BusConfig
-from flowtrail.cluster.eventfeed import publish_events
-from flowtrail.cluster.node import ClusterNode, NodeConfig, Sink
-from flowtrail.cluster.ops import serve
-from flowtrail.collector.sink import ParquetSink
 from flowtrail.configfile import config_option
-from flowtrail.engine.attributor import Settings
-from flowtrail.engine.regions import RegionMap
 from flowtrail.opshttp import parse_listen
 from flowtrail.outputs import writing
-from flowtrail.schema import EVENTS, REGIONS
-from flowtrail.store import Store
-from flowtrail.tables import read_table
 from flowtrail.units import DURATION
+
+# The node's parts (NATS, Arrow, the engine, DuckDB) load when a command runs, not for
+# `--help`.
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from flowtrail.cluster.bus import BusConfig
+    from flowtrail.cluster.node import ClusterNode, NodeConfig, Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 SECTIONS = ("nats", "node")
@@ -104,6 +101,8 @@ def _bus_config(
     tls_key: str | None,
     **extra: Any,
 ) -> BusConfig:
+    from flowtrail.cluster.bus import BusConfig
+
     if not servers:
         raise click.UsageError("give --nats URL (or FLOWTRAIL_NATS, or servers in --config)")
     return BusConfig(
@@ -199,6 +198,13 @@ def cluster_node(
           --region us-east --name east-1 --regions regions.parquet --out flows.duckdb
       flowtrail cluster-node --config /etc/flowtrail/node.toml --listen 0.0.0.0:9465
     """
+    from flowtrail.cluster.node import NodeConfig
+    from flowtrail.collector.sink import ParquetSink
+    from flowtrail.engine.attributor import Settings
+    from flowtrail.schema import REGIONS
+    from flowtrail.store import Store
+    from flowtrail.tables import read_table
+
     regions = read_table(regions_path, REGIONS) if regions_path else None
     if regions is not None and region not in regions.column("region").to_pylist():
         raise click.BadParameter(
@@ -240,6 +246,10 @@ async def _serve(
     status_file: str | None,
     listen: tuple[str, int] | None,
 ) -> None:
+    from flowtrail.cluster.bus import Bus
+    from flowtrail.cluster.node import ClusterNode
+    from flowtrail.cluster.ops import serve
+
     bus = Bus(bus_config)
     await bus.connect()
     listed = regions.column("region").to_pylist() if regions is not None else []
@@ -314,6 +324,12 @@ def cluster_events(
       flowtrail cluster-events lb-assignments.parquet --nats nats://n1:4222 \\
           --regions regions.parquet
     """
+    from flowtrail.cluster.bus import Bus
+    from flowtrail.cluster.eventfeed import publish_events
+    from flowtrail.engine.regions import RegionMap
+    from flowtrail.schema import EVENTS, REGIONS
+    from flowtrail.tables import read_table
+
     events = read_table(events_path, EVENTS)
     regions = read_table(regions_path, REGIONS) if regions_path else None
     if regions is None and region is None:

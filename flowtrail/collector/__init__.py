@@ -6,11 +6,35 @@ CollectorExporter                 the agent's side: an exporter that sends to a 
 WriteAheadLog, ParquetSink, Sink  durability and where decided rows go
 """
 
-from flowtrail.collector.app import CollectorApp, CollectorOptions
-from flowtrail.collector.client import CollectorExporter
-from flowtrail.collector.service import Collector, CollectorConfig
-from flowtrail.collector.sink import ParquetSink, Sink
-from flowtrail.collector.wal import WriteAheadLog
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowtrail.collector.app import CollectorApp, CollectorOptions
+    from flowtrail.collector.client import CollectorExporter
+    from flowtrail.collector.service import Collector, CollectorConfig
+    from flowtrail.collector.sink import ParquetSink, Sink
+    from flowtrail.collector.wal import WriteAheadLog
+
+# Loaded on first use: `flowtrail collector --help` needs none of Arrow, numpy or DuckDB.
+_LAZY = {
+    "CollectorApp": "flowtrail.collector.app",
+    "CollectorOptions": "flowtrail.collector.app",
+    "CollectorExporter": "flowtrail.collector.client",
+    "Collector": "flowtrail.collector.service",
+    "CollectorConfig": "flowtrail.collector.service",
+    "ParquetSink": "flowtrail.collector.sink",
+    "Sink": "flowtrail.collector.sink",
+    "WriteAheadLog": "flowtrail.collector.wal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Collector",

@@ -8,10 +8,6 @@ from pathlib import Path
 
 import click
 
-from flowtrail.collector.app import CollectorApp, CollectorOptions, write_port_file
-from flowtrail.collector.door import Limits
-from flowtrail.collector.service import CollectorConfig
-from flowtrail.engine.attributor import Settings
 from flowtrail.errors import InputError
 from flowtrail.httpguard import ConnectionLimits
 from flowtrail.stop_signals import stop_on_signals
@@ -231,6 +227,12 @@ def collector(
       flowtrail collector --tokens tokens.txt --data-dir /var/lib/flowtrail \\
           --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:4740
     """
+    # The collector's parts (Arrow, numpy, the engine, DuckDB) load here, not for `--help`.
+    from flowtrail.collector.app import CollectorApp, CollectorOptions, write_port_file
+    from flowtrail.collector.door import Limits
+    from flowtrail.collector.service import CollectorConfig
+    from flowtrail.engine.attributor import Settings
+
     host, port = _listen(listen)
     if max_rows <= 0 or rate <= 0 or (burst is not None and burst <= 0):
         raise InputError("--max-rows, --rate and --burst must be positive")

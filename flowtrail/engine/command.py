@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
-from flowtrail.engine.attributor import Settings
-from flowtrail.engine.replay import ReplayResult, replay, stderr_progress
 from flowtrail.outputs import make_parent, writing
-from flowtrail.schema import EVENTS, FLOWS, REGIONS
-from flowtrail.tables import read_table, write_table
 from flowtrail.units import DURATION
+
+if TYPE_CHECKING:  # the engine (numpy, numba, Arrow) loads when it runs, not for `--help`
+    from flowtrail.engine.replay import ReplayResult
 
 
 @click.command()
@@ -120,6 +120,11 @@ def attribute(
     """
     if tick <= 0:
         raise click.BadParameter("must be positive", param_hint="--tick")
+    from flowtrail.engine.attributor import Settings
+    from flowtrail.engine.replay import replay, stderr_progress
+    from flowtrail.schema import EVENTS, FLOWS, REGIONS
+    from flowtrail.tables import read_table, write_table
+
     out = make_parent("--out", out_path)
     flows = read_table(flows_path, FLOWS)
     events = read_table(events_path, EVENTS) if events_path else None

@@ -5,9 +5,33 @@ format_report(report) -> str                    one report as text tables
 format_side_by_side({"heartbeat": r1, "event": r2}) -> str   methods compared
 """
 
-from flowtrail.evaluate.metrics import TRUE_TIME_COLUMN, evaluate
-from flowtrail.evaluate.render import format_report, format_side_by_side
-from flowtrail.evaluate.report import EdgeCounts, EvalReport, FalseEdge, FlowCounts
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flowtrail.evaluate.metrics import TRUE_TIME_COLUMN, evaluate
+    from flowtrail.evaluate.render import format_report, format_side_by_side
+    from flowtrail.evaluate.report import EdgeCounts, EvalReport, FalseEdge, FlowCounts
+
+# Loaded on first use (polars, Arrow): `flowtrail eval --help` needs none of it.
+_LAZY = {
+    "TRUE_TIME_COLUMN": "flowtrail.evaluate.metrics",
+    "evaluate": "flowtrail.evaluate.metrics",
+    "format_report": "flowtrail.evaluate.render",
+    "format_side_by_side": "flowtrail.evaluate.render",
+    "EdgeCounts": "flowtrail.evaluate.report",
+    "EvalReport": "flowtrail.evaluate.report",
+    "FalseEdge": "flowtrail.evaluate.report",
+    "FlowCounts": "flowtrail.evaluate.report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "TRUE_TIME_COLUMN",

@@ -9,10 +9,6 @@ from pathlib import Path
 import click
 
 from flowtrail.errors import InputError
-from flowtrail.evaluate.metrics import evaluate
-from flowtrail.evaluate.render import format_report
-from flowtrail.schema import ATTRIBUTED, TRUTH
-from flowtrail.tables import read_table
 
 
 @click.command("eval")
@@ -54,6 +50,12 @@ def eval_command(
     address (nat_remote_ip when set, else remote_ip) at its start (sim_true_start_ns when the
     table has it, else start_ns). Exit status 0 on success, 2 on bad input.
     """
+    # Loaded here, not for `--help`: the metrics need polars and Arrow.
+    from flowtrail.evaluate.metrics import evaluate
+    from flowtrail.evaluate.render import format_report
+    from flowtrail.schema import ATTRIBUTED, TRUTH
+    from flowtrail.tables import read_table
+
     attributed = read_table(attributed_path, ATTRIBUTED)
     truth = read_table(truth_path, TRUTH)
     report = evaluate(

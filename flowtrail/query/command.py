@@ -7,29 +7,19 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import duckdb
-import pyarrow as pa
 
 from flowtrail.errors import FlowtrailError, InputError
-from flowtrail.query.api import window_of
-from flowtrail.query.output import FORMATS, render
-from flowtrail.query.queries import (
-    OUTCOME_GROUPS,
-    TALKER_KEYS,
-    FlowFilter,
-    Window,
-    attribution_health,
-    dependencies,
-    flows,
-    top_talkers,
-)
-from flowtrail.schema import ATTRIBUTED, OUTCOMES, SOURCES
-from flowtrail.store.columns import quote, sql_type
-from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
-from flowtrail.store.lake import lake_glob
+from flowtrail.vocabulary import FORMATS, OUTCOME_GROUPS, OUTCOMES, SOURCES, TALKER_KEYS
+
+# DuckDB, Arrow and the queries load when a query runs, not for `--help`.
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
+    from flowtrail.query.queries import Window
 
 
 class _QueryGroup(click.Group):
@@ -45,6 +35,11 @@ class _QueryGroup(click.Group):
 
 def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, str]:
     """A connection and the relation to query: the store's table, or a view over the lake."""
+    import duckdb
+
+    from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
+    from flowtrail.store.lake import lake_glob
+
     if (db is None) == (lake is None):
         raise InputError("give exactly one of --db FILE (the store) or --lake DIR")
     if db is not None:
@@ -70,6 +65,9 @@ def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, 
 def _current_columns(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     """`relation`, or a view of it with the contract's columns it lacks as nulls: a store or
     lake written under an older contract version answers the queries too (read-only here)."""
+    from flowtrail.schema import ATTRIBUTED
+    from flowtrail.store.columns import quote, sql_type
+
     have = {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
     missing = [c for c in ATTRIBUTED.columns if c.name not in have]
     if not missing:
@@ -79,7 +77,7 @@ def _current_columns(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     return "current_flows"
 
 
-Query = Callable[[duckdb.DuckDBPyConnection, Window, str], pa.Table]
+Query = Callable[["duckdb.DuckDBPyConnection", "Window", str], "pa.Table"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +91,11 @@ class Source:
     fmt: str
 
     def run(self, query: Query) -> None:
+        import duckdb
+
+        from flowtrail.query.api import window_of
+        from flowtrail.query.output import render
+
         window = window_of(self.since, self.until)
         con, relation = _open(self.db, self.lake)
         try:
@@ -159,6 +162,8 @@ def query() -> None:
 @click.option("--known-only", is_flag=True, help="Leave out edges with an unnamed side.")
 def dependencies_command(source: Source, workload: str | None, known_only: bool) -> None:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs)."""
+    from flowtrail.query.queries import dependencies
+
     source.run(
         lambda con, w, rel: dependencies(
             con, w, source=rel, workload=workload, known_only=known_only
@@ -174,6 +179,8 @@ def dependencies_command(source: Source, workload: str | None, known_only: bool)
 @click.option("--limit", type=int, default=10, show_default=True, help="How many to list.")
 def top_talkers_command(source: Source, by: str, limit: int) -> None:
     """Workloads (or IPs) moving the most bytes, sent plus received."""
+    from flowtrail.query.queries import top_talkers
+
     source.run(lambda con, w, rel: top_talkers(con, w, source=rel, by=by, limit=limit))
 
 
@@ -204,6 +211,8 @@ def flows_command(
     limit: int,
 ) -> None:
     """Attributed flow rows matching every filter given, newest first."""
+    from flowtrail.query.queries import FlowFilter, flows
+
     where = FlowFilter(workload, ip, port, remote_source, exporter, outcome)
     source.run(lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit))
 
@@ -212,4 +221,6 @@ def flows_command(
 @_source_options
 def health_command(source: Source) -> None:
     """Attribution health: attributed %, by source, unattributed by reason, wait p50/p99."""
+    from flowtrail.query.queries import attribution_health
+
     source.run(lambda con, w, rel: attribution_health(con, w, source=rel))

@@ -15,8 +15,8 @@ import pyarrow as pa
 
 from flowtrail.schema import TABLES, Kind
 from flowtrail.units import format_time_ns
+from flowtrail.vocabulary import FORMATS as FORMATS
 
-FORMATS = ("table", "json", "csv")
 # Points in time (not durations such as a wait): the contract's time columns.
 TIME_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.TIME)
 

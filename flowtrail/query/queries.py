@@ -37,17 +37,18 @@ import pyarrow.compute as pc
 
 from flowtrail import pairing
 from flowtrail.errors import InputError
-from flowtrail.schema import ATTEMPTS, ATTRIBUTED, CONNECTED, OUTCOMES, SOURCES
+from flowtrail.schema import ATTRIBUTED
 from flowtrail.store.columns import query_arrow
 from flowtrail.tables import invalid_ips
+from flowtrail.vocabulary import CONNECTED, OUTCOMES, SOURCES
+from flowtrail.vocabulary import OUTCOME_GROUPS as OUTCOME_GROUPS
+from flowtrail.vocabulary import TALKER_KEYS as TALKER_KEYS
 
 SECOND_NS = 1_000_000_000
 DEFAULT_PAIR_TOLERANCE_NS = pairing.DEFAULT_TOLERANCE_NS
 OUTCOME_SQL = "coalesce(outcome, 'established')"  # a row without one is a connection
 # --outcome takes one outcome or one of these groups
-OUTCOME_GROUPS = {"connected": CONNECTED, "attempts": ATTEMPTS}
 MAX_NS = 2**63 - 1
-TALKER_KEYS = ("workload", "ip")
 UNRECORDED_REASON = "(not recorded)"
 REASON_KEY = "unattributed_reason"  # an extra column a collector may add per unattributed row
 

@@ -7,7 +7,8 @@
 See docs/simulator.md for the model.
 """
 
-from flowtrail.sim.rows import CONN_ID_COLUMN, TRUE_START_COLUMN
+from typing import TYPE_CHECKING, Any
+
 from flowtrail.sim.scenarios import (
     DEFAULT_SCENARIO,
     KNOBS,
@@ -15,7 +16,29 @@ from flowtrail.sim.scenarios import (
     ScenarioConfig,
     scenario,
 )
-from flowtrail.sim.simulation import SimOutput, simulate, write_sim
+
+if TYPE_CHECKING:
+    from flowtrail.sim.rows import CONN_ID_COLUMN, TRUE_START_COLUMN
+    from flowtrail.sim.simulation import SimOutput, simulate, write_sim
+
+# The simulation itself (numpy, Arrow) loads on first use: `flowtrail sim --help` reads only
+# the scenarios.
+_LAZY = {
+    "CONN_ID_COLUMN": "flowtrail.sim.rows",
+    "TRUE_START_COLUMN": "flowtrail.sim.rows",
+    "SimOutput": "flowtrail.sim.simulation",
+    "simulate": "flowtrail.sim.simulation",
+    "write_sim": "flowtrail.sim.simulation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CONN_ID_COLUMN",

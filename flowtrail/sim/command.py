@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,7 +17,9 @@ from flowtrail.sim.scenarios import (
     Knob,
     parse_seconds,
 )
-from flowtrail.sim.simulation import SimOutput, simulate, write_sim
+
+if TYPE_CHECKING:  # the simulation (numpy, Arrow) loads when it runs, not for `--help`
+    from flowtrail.sim.simulation import SimOutput
 
 
 def _knob_help(knob: Knob) -> str:
@@ -86,6 +88,8 @@ def sim(out: Path, scenario_name: str, seed: int, quiet: bool, **knobs: Any) -> 
         raise InputError(f"--seed: must not be negative, got {seed}")
     say = None if quiet else (lambda msg: click.echo(f"sim: {msg}", err=True))
     make_dir("--out", out)
+    from flowtrail.sim.simulation import simulate, write_sim
+
     output = simulate(scenario_name, seed, progress=say, **knobs)
     with writing("--out", out):
         paths = write_sim(output, out)
