@@ -48,11 +48,18 @@ def make_sink(options: CollectorOptions) -> Sink:
     if options.sink == "parquet":
         return ParquetSink(options.data_dir / "flows")
     if options.sink == "store":
-        from flowtrail.store import Store
+        from flowtrail.store import PER_BATCH, Store
 
         db = options.db or options.data_dir / "flows.duckdb"
         # Rows were validated at the door and the attribution columns come from the engine.
-        return Store(db, retention_ns=options.store_retention_ns, validate_rows=False)  # type: ignore[no-any-return]
+        # Idempotent per batch: the log names each batch before it is written (a store made
+        # per row, by an older collector, stays so and works too).
+        return Store(  # type: ignore[no-any-return]
+            db,
+            retention_ns=options.store_retention_ns,
+            validate_rows=False,
+            idempotence=PER_BATCH,
+        )
     raise InputError(f"--sink {options.sink!r}: choose store or parquet")
 
 

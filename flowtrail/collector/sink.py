@@ -2,14 +2,15 @@
 
     Sink          the protocol the collector writes through
     ParquetSink   the fallback: one Parquet file per write, hour-partitioned, fsynced
-    StoreSink     flowtrail.store's DuckDB Store (idempotent on exporter, flow_id, state, end_ns)
+    Store         flowtrail.store's DuckDB Store, also a NamedSink (batch names kept in the
+                  database, committed with the rows)
 
 Exactly once across kill -9, two ways:
-- an idempotent sink (the Store): rows are marked stored in the write-ahead log after `write`
-  returns; a crash between the two re-writes them on replay, which the sink ignores;
-- a `NamedSink` (the Parquet fallback): the log first records "these rows go to file N",
-  then the file appears atomically under N; on replay, rows count as stored exactly when
-  their file exists.
+- an idempotent sink: rows are marked stored in the write-ahead log after `write` returns;
+  a crash between the two re-writes them on replay, which the sink ignores;
+- a `NamedSink` (the Store, the Parquet fallback): the log first records "these rows go to
+  batch N", then the rows appear atomically under N (a committed transaction, a renamed
+  file); on replay, rows count as stored exactly when the sink has N.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Stored = every column of the contract's ATTRIBUTED table, in contract order, plu
     extra    JSON text: the input's extra columns (passed through, as the contract asks),
              one object per row; null when the batch had none
     row_key  128-bit md5 of (exporter, flow_id, state, end_ns): what makes a write
-             idempotent (the primary key in the DuckDB store)
+             idempotent (the primary key in a DuckDB store kept idempotent per row; a
+             store kept idempotent per batch has no such column)
 
 Both are computed by DuckDB over an Arrow scan of the batch (vectorised, no Python per row).
 """
@@ -76,10 +77,12 @@ def projection_sql(table: pa.Table, alias: str = "b", *, with_key: bool = True) 
     return ", ".join(parts)
 
 
-def create_table_sql(name: str) -> str:
+def create_table_sql(name: str, *, with_key: bool = True) -> str:
+    """The flows table; `with_key` adds `row_key` as its primary key (per-row idempotence)."""
     cols = [f"{quote(c.name)} {sql_type(c)}" for c in ATTRIBUTED.columns]
     cols.append(f"{EXTRA} VARCHAR")
-    cols.append(f"{ROW_KEY} UHUGEINT PRIMARY KEY")
+    if with_key:
+        cols.append(f"{ROW_KEY} UHUGEINT PRIMARY KEY")
     return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(cols)})"
 
 

@@ -4,9 +4,14 @@ Why DuckDB: one file, no server, columnar storage that answers the dependency an
 aggregations quickly, Arrow in and out without copying row by row, and ACID commits with a
 write-ahead log, so a write that returned survives kill -9 and a half-done write vanishes.
 
-A write is idempotent: the primary key is a 128-bit hash of (exporter, flow_id, state, end_ns),
-and rows whose key is already stored (or repeated inside the batch) are skipped, so a collector
-that replays its recent input after a crash stores nothing twice.
+Writes are idempotent, one of two ways, fixed when the file is created:
+- per row (store format 1): the primary key is a 128-bit hash of (exporter, flow_id, state,
+  end_ns), and rows whose key is already stored (or repeated inside the batch) are skipped;
+- per batch (store format 2): a write names its batch, and the rows and the name are
+  committed in one transaction; a batch whose name is stored is skipped whole. No key is
+  computed or indexed per row, which is most of a per-row write's cost. The writer (the
+  collector) records the name in its own log before writing, so after a crash it knows
+  exactly which batches were stored.
 """
 
 from __future__ import annotations
@@ -36,8 +41,13 @@ from flowtrail.tables import validate
 
 FLOWS_TABLE = "flows"
 META_TABLE = "flowtrail_meta"
+BATCHES_TABLE = "flowtrail_batches"  # names of the batches stored, with when
 DEFAULT_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
-STORE_FORMAT = "1"  # bump when the stored layout changes
+PER_ROW, PER_BATCH = "row", "batch"
+# The stored layouts this code reads and writes, by how writes are made idempotent; a new
+# layout gets a new number.
+STORE_FORMATS = {"1": PER_ROW, "2": PER_BATCH}
+FORMAT_OF = {mode: fmt for fmt, mode in STORE_FORMATS.items()}
 
 
 def open_database(
@@ -71,18 +81,20 @@ def open_database(
         raise InputError(f"{label} {p}: not a usable DuckDB database: {exc}") from exc
 
 
-def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> None:
-    """Refuse a database that is not a flowtrail store, or one of another layout."""
+def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> str:
+    """Refuse a database that is not a flowtrail store, or one of another layout; returns how
+    its writes are idempotent (PER_ROW or PER_BATCH)."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     if META_TABLE not in tables or FLOWS_TABLE not in tables:
         raise InputError(f"{label} {path}: not a flowtrail store (no {FLOWS_TABLE!r} table)")
     rows = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_format'").fetchall()
     row = rows[0] if rows else None
-    if row is None or row[0] != STORE_FORMAT:
+    if row is None or row[0] not in STORE_FORMATS:
         raise InputError(
             f"{label} {path}: store format {row[0] if row else None!r}, this flowtrail reads "
-            f"{STORE_FORMAT!r}"
+            f"{' and '.join(repr(f) for f in STORE_FORMATS)}"
         )
+    return STORE_FORMATS[row[0]]
 
 
 def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
@@ -110,10 +122,11 @@ def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
 
 
 class Store:
-    """Attributed flows in a DuckDB file: `write` (idempotent), `apply_retention`, queries.
+    """Attributed flows in a DuckDB file: `write_named` / `write`, `apply_retention`, queries.
 
-    Thread-safe: writes are serialised; `cursor()` gives a thread its own query handle.
-    Every write is committed before it returns.
+    `idempotence` (PER_ROW or PER_BATCH) applies when the file is created; an existing store
+    keeps its own (`self.idempotence`). Thread-safe: writes are serialised; `cursor()` gives
+    a thread its own query handle. Every write is committed before it returns.
     """
 
     def __init__(
@@ -122,7 +135,10 @@ class Store:
         *,
         retention_ns: int | None = DEFAULT_RETENTION_NS,
         validate_rows: bool = True,
+        idempotence: str = PER_ROW,
     ) -> None:
+        if idempotence not in FORMAT_OF:
+            raise InputError(f"store idempotence {idempotence!r}: choose {PER_ROW} or {PER_BATCH}")
         if retention_ns is not None and retention_ns <= 0:
             raise InputError(f"store retention {retention_ns} ns: must be positive (or None)")
         self.path = Path(path)
@@ -139,53 +155,81 @@ class Store:
             "write_seconds_total": 0,
         }
         self.write_seconds = 0.0
-        self._init_schema()
+        self._seq = 0
+        self.idempotence = self._init_schema(idempotence)
 
-    def _init_schema(self) -> None:
+    def _init_schema(self, idempotence: str) -> str:
         con = self._con
         tables = con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()[0][0]
         if tables == 0:  # a new file: lay it out; any other database is only checked
             con.execute("BEGIN")
             con.execute(f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
-            con.execute(create_table_sql(FLOWS_TABLE))
+            con.execute(create_table_sql(FLOWS_TABLE, with_key=idempotence == PER_ROW))
             con.execute(
-                f"INSERT INTO {META_TABLE} VALUES "
-                f"('store_format', '{STORE_FORMAT}'), ('contract_version', '{CONTRACT_VERSION}')"
+                f"INSERT INTO {META_TABLE} VALUES ('store_format', "
+                f"'{FORMAT_OF[idempotence]}'), ('contract_version', '{CONTRACT_VERSION}')"
             )
             con.execute("COMMIT")
         try:
-            check_layout(con, str(self.path), "store")
+            mode = check_layout(con, str(self.path), "store")
         except InputError:
             con.close()
             raise
         add_missing_columns(con)
+        # Stores made before batch names existed gain the (empty) table of names.
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {BATCHES_TABLE} "
+            "(name VARCHAR PRIMARY KEY, stored_rows BIGINT, stored_ns BIGINT)"
+        )
+        return mode
 
     # -- writing ---------------------------------------------------------------------------
+
+    def next_name(self) -> str:
+        """A fresh batch name (wall-clock ns, pid, sequence) for `write_named`."""
+        self._seq += 1
+        return f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}"
+
+    def has(self, name: str) -> bool:
+        """Was a batch of this name stored (and not yet aged out by retention)?"""
+        with self._lock:
+            rows = self._con.execute(
+                f"SELECT count(*) FROM {BATCHES_TABLE} WHERE name = ?", [name]
+            ).fetchall()
+        return bool(rows[0][0])
 
     def write(self, table: pa.Table) -> int:
         """Store an attributed-flows table (CONTRACT.md); returns rows newly stored.
 
-        Rows already stored (same exporter, flow_id, state, end_ns) are skipped and counted as
-        duplicates. Committed (durable) on return. Raises ContractError on a bad table.
+        Per-row store: rows already stored (same exporter, flow_id, state, end_ns) are skipped
+        and counted as duplicates. Per-batch store: the rows are a new batch (a caller that
+        may write the same rows again names them: `write_named`). Committed (durable) on
+        return. Raises ContractError on a bad table.
+        """
+        return self.write_named(table, self.next_name())
+
+    def write_named(self, table: pa.Table, name: str) -> int:
+        """Store a table as the batch `name`; returns rows newly stored.
+
+        The rows and the name are committed together: afterwards `has(name)`, before it not,
+        and a crash in between leaves neither. A name already stored stores nothing again
+        (all its rows count as duplicates). Per-row stores also skip rows stored before
+        under any name.
         """
         if self.validate_rows:
             table = validate(table, ATTRIBUTED, path="store write")
             check_extra_columns(table, ATTRIBUTED, path="store write")
-        if table.num_rows == 0:
-            return 0
-        select = projection_sql(table, "b")
+        keyed = self.idempotence == PER_ROW
+        select = projection_sql(table, "b", with_key=keyed)
+        insert = "INSERT OR IGNORE INTO" if keyed else "INSERT INTO"
         began = time.perf_counter()
         with self._lock:
-            self._con.register("_flowtrail_batch", table)
+            con = self._con
+            con.register("_flowtrail_batch", table)
             try:
-                # DuckDB reports the rows actually inserted (skipped duplicates excluded).
-                rows = self._con.execute(
-                    f"INSERT OR IGNORE INTO {FLOWS_TABLE} BY NAME "
-                    f"SELECT {select} FROM _flowtrail_batch b"
-                ).fetchall()
-            finally:
-                self._con.unregister("_flowtrail_batch")
-            stored = int(rows[0][0])
+                stored = self._insert_named(con, insert, select, name, table.num_rows)
+            finally:  # after the transaction ended: an aborted one refuses even this
+                con.unregister("_flowtrail_batch")
         self.write_seconds += time.perf_counter() - began
         self.stats["batches"] += 1
         self.stats["rows_in"] += table.num_rows
@@ -194,11 +238,41 @@ class Store:
         self.stats["write_seconds_total"] = int(self.write_seconds)
         return stored
 
+    def _insert_named(
+        self, con: duckdb.DuckDBPyConnection, insert: str, select: str, name: str, rows: int
+    ) -> int:
+        """One transaction: the batch's rows (unless its name is stored) and its name."""
+        con.execute("BEGIN")
+        try:
+            seen = con.execute(
+                f"SELECT count(*) FROM {BATCHES_TABLE} WHERE name = ?", [name]
+            ).fetchall()[0][0]
+            stored = 0
+            if not seen:
+                if rows:
+                    # DuckDB reports the rows actually inserted (duplicates excluded).
+                    got = con.execute(
+                        f"{insert} {FLOWS_TABLE} BY NAME SELECT {select} FROM _flowtrail_batch b"
+                    ).fetchall()
+                    stored = int(got[0][0])
+                con.execute(
+                    f"INSERT INTO {BATCHES_TABLE} VALUES (?, ?, ?)", [name, stored, time.time_ns()]
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return stored
+
     def _count(self) -> int:
         return int(self._con.execute(f"SELECT count(*) FROM {FLOWS_TABLE}").fetchall()[0][0])
 
     def apply_retention(self, now_ns: int) -> int:
-        """Delete rows whose end_ns is older than now - retention; returns how many."""
+        """Delete rows whose end_ns is older than now - retention; returns how many.
+
+        Batch names written before the cutoff go too: a writer re-checks names only for
+        batches it wrote recently (the collector: its log, minutes), never a retention ago.
+        """
         if self.retention_ns is None:
             return 0
         cutoff = now_ns - self.retention_ns
@@ -207,6 +281,7 @@ class Store:
                 f"DELETE FROM {FLOWS_TABLE} WHERE end_ns < ?", [cutoff]
             ).fetchall()
             deleted = int(rows[0][0])
+            self._con.execute(f"DELETE FROM {BATCHES_TABLE} WHERE stored_ns < ?", [cutoff])
         self.stats["rows_expired"] += deleted
         return deleted
 

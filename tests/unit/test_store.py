@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -17,7 +18,7 @@ from flowtrail.errors import ContractError, InputError
 from flowtrail.query.queries import attribution_health, dependencies
 from flowtrail.schema import ATTRIBUTED, CONTRACT_VERSION
 from flowtrail.sim.simulation import simulate
-from flowtrail.store import Store
+from flowtrail.store import PER_BATCH, PER_ROW, Store
 from flowtrail.store.columns import projection_sql, quote, sql_type
 from flowtrail.store.duck import open_database
 
@@ -232,3 +233,82 @@ def test_queries_on_cursors_run_while_another_thread_writes(
         assert store.count() == attributed.num_rows
     assert seen == sorted(seen)  # each read saw a committed prefix, never less than before
     assert len(seen) >= 1
+
+
+def test_a_store_idempotent_per_batch_stores_each_named_batch_once(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    path = tmp_path / "b.duckdb"
+    n = attributed.num_rows
+    first, second = attributed.slice(0, n // 2), attributed.slice(n // 2)
+    with Store(path, idempotence=PER_BATCH) as store:
+        assert store.idempotence == PER_BATCH
+        assert not store.has("one")
+        assert store.write_named(first, "one") == first.num_rows
+        assert store.has("one") and not store.has("two")
+        # The same name again (a writer replaying its log) stores nothing, counted.
+        assert store.write_named(first, "one") == 0
+        assert store.stats["rows_duplicate"] == first.num_rows
+        assert store.write_named(second, "two") == second.num_rows
+        assert store.count() == n
+        # No per-row key: the rows are the contract's columns and `extra`, nothing else.
+        names = [r[0] for r in store.cursor().execute("DESCRIBE flows").fetchall()]
+        assert names == [*ATTRIBUTED.names, "extra"]
+        # Unnamed writes get fresh names: a per-batch store does not look at the rows.
+        assert store.write(first.slice(0, 3)) == 3
+        assert store.count() == n + 3
+    with Store(path) as again:  # the mode is the file's, whatever the opener asks
+        assert again.idempotence == PER_BATCH
+        assert again.has("one") and again.has("two")
+        assert again.write_named(second, "two") == 0
+        assert again.count() == n + 3
+    back = _sorted(Store(path).read())
+    assert back.num_rows == n + 3
+
+
+def test_a_store_idempotent_per_row_keeps_that_and_also_answers_names(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    path = tmp_path / "r.duckdb"
+    with Store(path) as store:
+        assert store.idempotence == PER_ROW
+        assert store.write_named(attributed, "a") == attributed.num_rows
+        assert store.has("a")
+        # Another name, the same rows: dropped by their keys.
+        assert store.write_named(attributed, "b") == 0
+        assert store.has("b")
+    with Store(path, idempotence=PER_BATCH) as again:
+        assert again.idempotence == PER_ROW
+        assert again.write(attributed) == 0
+
+
+def test_a_failed_named_write_leaves_neither_rows_nor_name(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    with Store(tmp_path / "f.duckdb", idempotence=PER_BATCH) as store:
+        bad = attributed.slice(0, 20).drop_columns(["attributed_ns"])
+        with pytest.raises(ContractError):
+            store.write_named(bad, "x")
+        assert not store.has("x") and store.count() == 0
+        # Failing inside the transaction (unchecked, a port DuckDB cannot cast): rolled back,
+        # and the store goes on.
+        store.validate_rows = False
+        batch = attributed.slice(0, 20)
+        i = batch.column_names.index("local_port")
+        unreadable = batch.set_column(i, "local_port", pa.array(["x"] * 20))
+        with pytest.raises(duckdb.ConversionException):
+            store.write_named(unreadable, "y")
+        assert not store.has("y") and store.count() == 0
+        assert store.write_named(attributed.slice(0, 20), "x") == 20
+
+
+def test_retention_forgets_batch_names_written_before_the_cut(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    with Store(tmp_path / "f.duckdb", retention_ns=HOUR, idempotence=PER_BATCH) as store:
+        store.write_named(attributed.slice(0, 10), "old")
+        now = time.time_ns()
+        store.apply_retention(now)
+        assert store.has("old")  # written just now: within the retention
+        store.apply_retention(now + 2 * HOUR)
+        assert not store.has("old")

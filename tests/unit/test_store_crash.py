@@ -1,5 +1,6 @@
 """kill -9 during writes: the reopened store holds every acknowledged batch, whole, and no part
-of any other. A real child process, a real SIGKILL, the real DuckDB file (no fakes)."""
+of any other; in a store idempotent per batch, a batch's name is stored exactly when its rows
+are. A real child process, a real SIGKILL, the real DuckDB file (no fakes)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flowtrail.errors import InputError
-from flowtrail.store import Store
+from flowtrail.store import PER_BATCH, PER_ROW, Store
 from flowtrail.store.duck import open_database
 
 ROWS = 40_000
@@ -22,10 +23,10 @@ WRITER = """
 import sys
 import numpy as np
 import pyarrow as pa
-from flowtrail.store import Store
+from flowtrail.store import PER_BATCH, PER_ROW, Store
 
-path, rows = sys.argv[1], int(sys.argv[2])
-store = Store(path)
+path, rows, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+store = Store(path, idempotence=mode)
 print("open", flush=True)
 j = np.arange(rows)
 for i in range(10_000):
@@ -46,15 +47,15 @@ for i in range(10_000):
         "remote_source": pa.array(["unattributed"] * rows),
         "attributed_ns": pa.array(np.full(rows, t + 9, np.int64)),
     })
-    store.write(batch)
+    store.write_named(batch, f"b{i}")
     print(f"ack {i}", flush=True)
 """
 
 
-def _run_and_kill(path: Path, acks_before_kill: int, delay_s: float) -> list[int]:
+def _run_and_kill(path: Path, acks_before_kill: int, delay_s: float, mode: str) -> list[int]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     child = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(path), str(ROWS)],
+        [sys.executable, "-c", WRITER, str(path), str(ROWS), mode],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -81,15 +82,19 @@ def _run_and_kill(path: Path, acks_before_kill: int, delay_s: float) -> list[int
     return acked
 
 
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
 @pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.3])
 def test_kill_9_mid_write_keeps_whole_acknowledged_batches_only(
-    tmp_path: Path, delay_s: float
+    tmp_path: Path, delay_s: float, mode: str
 ) -> None:
     path = tmp_path / "crash.duckdb"
-    acked = _run_and_kill(path, 3, delay_s)
+    acked = _run_and_kill(path, 3, delay_s, mode)
     # Acknowledged commits sit in DuckDB's write-ahead log or, once its autocheckpoint ran,
     # in the main file (the log removed): either way reopening must find every one of them.
     with Store(path) as store:
+        assert store.idempotence == mode
+        # The rows and the batch's name were committed together, or neither.
+        named = {i for i in range(max(acked) + 3) if store.has(f"b{i}")}
         cur = store.cursor()
         per_batch = dict(
             cur.execute(
@@ -103,3 +108,4 @@ def test_kill_9_mid_write_keeps_whole_acknowledged_batches_only(
     # At most the one batch in flight may be there unacknowledged (committed, then killed
     # before it could print).
     assert set(counts) - set(acked) <= {max(acked) + 1}
+    assert named == set(counts)
