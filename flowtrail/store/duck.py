@@ -16,6 +16,7 @@ Writes are idempotent, one of two ways, fixed when the file is created:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -260,7 +261,10 @@ class Store:
                 )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            # A COMMIT that failed (a full disk) has ended the transaction already; the
+            # error to report is the first one.
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
             raise
         return stored
 
