@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from flowtrail.configfile import config_option
+from flowtrail.errors import InputError
 from flowtrail.opshttp import parse_listen
 from flowtrail.outputs import writing
 from flowtrail.units import DURATION
@@ -202,7 +203,7 @@ def cluster_node(
     from flowtrail.collector.sink import ParquetSink
     from flowtrail.engine.attributor import Settings
     from flowtrail.schema import REGIONS
-    from flowtrail.store import Store
+    from flowtrail.store import PER_ROW, Store
     from flowtrail.tables import read_table
 
     regions = read_table(regions_path, REGIONS) if regions_path else None
@@ -235,6 +236,13 @@ def cluster_node(
     where = parse_listen(listen, "--listen") if listen else None
     with writing("--out", out):
         target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)
+    if isinstance(target, Store) and target.idempotence != PER_ROW:
+        # A redelivered batch is decided again among others: only rows' keys can tell.
+        target.close()
+        raise InputError(
+            f"--out {out}: a store idempotent per batch (made by a collector); a cluster "
+            "node needs one idempotent per row: give a new file"
+        )
     asyncio.run(_serve(bus_config, node_config, regions, target, status_file, where))
 
 
