@@ -645,6 +645,10 @@ def _health(app: Any) -> tuple[bool, dict[str, Any]]:
     answer = app.collector.health()
     body = dict(answer.body)
     body["collector"] = app.url()
+    # The losses /metrics counts (collector and, once registered, agent), for the console.
+    from flowtrail.api.drops import drops_from_registry
+
+    body["drops"] = drops_from_registry(app.collector.metrics.registry)
     return bool(answer.status == 200), body
 
 

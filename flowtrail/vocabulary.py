@@ -18,4 +18,5 @@ ATTEMPTS = ("refused", "timeout", "failed", "abandoned")  # it never did
 # Query choices: outcome groups, what top talkers group by, output formats.
 OUTCOME_GROUPS = {"connected": CONNECTED, "attempts": ATTEMPTS}
 TALKER_KEYS = ("workload", "ip")
+UNNAMED_SIDES = ("caller", "callee", "both")  # flows --unnamed: which side has no name
 FORMATS = ("table", "json", "csv")

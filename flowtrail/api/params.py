@@ -16,7 +16,14 @@ import pyarrow as pa
 from flowtrail.errors import InputError
 from flowtrail.query.api import PARAMS, parse_time
 from flowtrail.query.output import FORMATS
-from flowtrail.query.queries import MAX_NS, OUTCOME_GROUPS, TALKER_KEYS
+from flowtrail.query.queries import (
+    MAX_BUCKETS,
+    MAX_NS,
+    MAX_OFFSET,
+    OUTCOME_GROUPS,
+    TALKER_KEYS,
+    UNNAMED_SIDES,
+)
 from flowtrail.schema import OUTCOMES, SOURCES
 from flowtrail.tables import invalid_ips
 
@@ -110,6 +117,17 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
         raise ParamError("ip", f"{ip!r} is not a canonical IPv4/IPv6 address")
     if "port" in got:
         _int("port", got["port"], 0, 65535)
+    if "offset" in got:
+        _int("offset", got["offset"], 0, MAX_OFFSET)
+    if "buckets" in got:
+        _int("buckets", got["buckets"], 1, MAX_BUCKETS)
+    unnamed = got.get("unnamed")
+    if unnamed is not None:
+        if unnamed not in UNNAMED_SIDES:
+            raise ParamError("unnamed", f"{unnamed!r}: choose {', '.join(UNNAMED_SIDES)}")
+        for side in ("caller", "callee"):
+            if side in got and unnamed in (side, "both"):
+                raise ParamError("unnamed", f"{unnamed!r} and {side}={got[side]!r}: choose one")
     source = got.get("source")
     if source is not None and source not in SOURCES:
         raise ParamError("source", f"{source!r}: choose {', '.join(SOURCES)}")

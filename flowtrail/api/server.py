@@ -1,4 +1,6 @@
-"""The HTTP server: GET /api/<query>?params → JSON (default) or CSV; /healthz; nothing else.
+"""The HTTP server: GET /api/<query>?params → JSON (default) or CSV; /healthz; the web console
+at / (flowtrail/web: static files shipped in the package, which ask /api/* and /healthz like
+any other client); nothing else.
 
 Read-only and loopback-only by construction: the handler has no write path, and the server
 refuses to bind anything but a loopback address. A request whose Host header names anything
@@ -35,6 +37,7 @@ from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query
 from flowtrail.query.output import render
 from flowtrail.store.duck import FLOWS_TABLE
+from flowtrail.web import CONSOLE_HEADERS, console_file
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
@@ -47,11 +50,16 @@ class _Handler(GuardedHandler):
     def log_message(self, format: str, *args: Any) -> None:
         return None  # `flowtrail up` prints its own status; counters are on the server
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -87,7 +95,13 @@ class _Handler(GuardedHandler):
             ok, body = self.server.health()
             self._json(200 if ok else 503, {"ok": ok, **body})
             return
-        if path in ("/", "/api"):
+        console = console_file(path)
+        if console is not None:
+            self.server.count("console")
+            content, content_type = console
+            self._send(200, content, content_type, CONSOLE_HEADERS)
+            return
+        if path == "/api":
             self._json(200, {"endpoints": {f"/api/{e}": list(p) for e, p in ENDPOINTS.items()}})
             return
         endpoint = path.removeprefix("/api/") if path.startswith("/api/") else None

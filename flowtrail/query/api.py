@@ -3,7 +3,8 @@
     run_query(cursor, "dependencies", {"since": "1h", "known_only": "true"}) -> pa.Table
 
 Parameter names are the CLI's flags without dashes (`since`, `until`, `workload`, `ip`, `port`,
-`source`, `exporter`, `by`, `limit`, `known_only`); values are text as they arrive in a URL.
+`source`, `exporter`, `outcome`, `caller`, `callee`, `unnamed`, `by`, `limit`, `offset`,
+`buckets`, `known_only`); values are text as they arrive in a URL.
 Unknown names and bad values raise InputError naming them, so a web layer can answer 400.
 """
 
@@ -22,7 +23,9 @@ from flowtrail.query.queries import (
     Window,
     attribution_health,
     dependencies,
+    exporters,
     flows,
+    health_series,
     top_talkers,
 )
 from flowtrail.units import parse_time_ns
@@ -39,9 +42,15 @@ PARAMS: dict[str, tuple[str, ...]] = {
         "source",
         "exporter",
         "outcome",
+        "caller",
+        "callee",
+        "unnamed",
         "limit",
+        "offset",
     ),
     "health": WINDOW_PARAMS,
+    "health-series": (*WINDOW_PARAMS, "buckets"),
+    "exporters": WINDOW_PARAMS,
 }
 
 
@@ -116,8 +125,23 @@ def run_query(
                 remote_source=params.get("source"),
                 exporter=params.get("exporter"),
                 outcome=params.get("outcome"),
+                caller=params.get("caller"),
+                callee=params.get("callee"),
+                unnamed=params.get("unnamed"),
             )
-            return flows(con, window, source=source, where=where, limit=limit or 100)
+            offset = _int(params, "offset") or 0
+            return flows(con, window, source=source, where=where, limit=limit or 100, offset=offset)
+        if name == "health-series":
+            buckets = _int(params, "buckets")
+            return health_series(
+                con,
+                window,
+                source=source,
+                buckets=60 if buckets is None else buckets,
+                now_ns=time.time_ns() if now_ns is None else now_ns,
+            )
+        if name == "exporters":
+            return exporters(con, window, source=source)
         return attribution_health(con, window, source=source)
     except duckdb.Error as exc:
         raise InputError(f"{name}: query failed: {exc}") from exc

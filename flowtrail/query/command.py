@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from flowtrail.errors import FlowtrailError, InputError
-from flowtrail.vocabulary import FORMATS, OUTCOME_GROUPS, OUTCOMES, SOURCES, TALKER_KEYS
+from flowtrail.vocabulary import (
+    FORMATS,
+    OUTCOME_GROUPS,
+    OUTCOMES,
+    SOURCES,
+    TALKER_KEYS,
+    UNNAMED_SIDES,
+)
 
 # DuckDB, Arrow and the queries load when a query runs, not for `--help`.
 if TYPE_CHECKING:
@@ -199,7 +206,15 @@ def top_talkers_command(source: Source, by: str, limit: int) -> None:
     help="How the connection ended (a row without one counts as established); 'connected' is "
     "established or reset, 'attempts' the handshakes that never completed.",
 )
+@click.option("--caller", help="The side that connected is this workload (one edge).")
+@click.option("--callee", help="The side connected to is this workload (one edge).")
+@click.option(
+    "--unnamed",
+    type=click.Choice(UNNAMED_SIDES),
+    help="This side (or both) has no workload: an edge to or from unattributed traffic.",
+)
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
+@click.option("--offset", type=int, default=0, show_default=True, help="Skip this many rows.")
 def flows_command(
     source: Source,
     workload: str | None,
@@ -208,13 +223,21 @@ def flows_command(
     remote_source: str | None,
     exporter: str | None,
     outcome: str | None,
+    caller: str | None,
+    callee: str | None,
+    unnamed: str | None,
     limit: int,
+    offset: int,
 ) -> None:
     """Attributed flow rows matching every filter given, newest first."""
     from flowtrail.query.queries import FlowFilter, flows
 
-    where = FlowFilter(workload, ip, port, remote_source, exporter, outcome)
-    source.run(lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit))
+    where = FlowFilter(
+        workload, ip, port, remote_source, exporter, outcome, caller, callee, unnamed
+    )
+    source.run(
+        lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit, offset=offset)
+    )
 
 
 @query.command("health")
@@ -224,3 +247,24 @@ def health_command(source: Source) -> None:
     from flowtrail.query.queries import attribution_health
 
     source.run(lambda con, w, rel: attribution_health(con, w, source=rel))
+
+
+@query.command("health-series")
+@_source_options
+@click.option(
+    "--buckets", type=int, default=60, show_default=True, help="Equal spans the window is cut in."
+)
+def health_series_command(source: Source, buckets: int) -> None:
+    """Attribution health over time: rows by source and wait p50/p99 per span of the window."""
+    from flowtrail.query.queries import health_series
+
+    source.run(lambda con, w, rel: health_series(con, w, source=rel, buckets=buckets))
+
+
+@query.command("exporters")
+@_source_options
+def exporters_command(source: Source) -> None:
+    """The agents (exporters) heard from in the window: rows, attributed %, last batch."""
+    from flowtrail.query.queries import exporters
+
+    source.run(lambda con, w, rel: exporters(con, w, source=rel))

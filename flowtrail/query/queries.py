@@ -43,12 +43,15 @@ from flowtrail.tables import invalid_ips
 from flowtrail.vocabulary import CONNECTED, OUTCOMES, SOURCES
 from flowtrail.vocabulary import OUTCOME_GROUPS as OUTCOME_GROUPS
 from flowtrail.vocabulary import TALKER_KEYS as TALKER_KEYS
+from flowtrail.vocabulary import UNNAMED_SIDES as UNNAMED_SIDES
 
 SECOND_NS = 1_000_000_000
 DEFAULT_PAIR_TOLERANCE_NS = pairing.DEFAULT_TOLERANCE_NS
 OUTCOME_SQL = "coalesce(outcome, 'established')"  # a row without one is a connection
 # --outcome takes one outcome or one of these groups
 MAX_NS = 2**63 - 1
+MAX_OFFSET = 1_000_000  # paging deeper than this is a job for a narrower filter or window
+MAX_BUCKETS = 500
 UNRECORDED_REASON = "(not recorded)"
 REASON_KEY = "unattributed_reason"  # an extra column a collector may add per unattributed row
 
@@ -277,6 +280,11 @@ class FlowFilter:
     remote_source: str | None = None
     exporter: str | None = None
     outcome: str | None = None  # one of schema.OUTCOMES, or a group of OUTCOME_GROUPS
+    # One dependency edge, as each row sees it (an outbound row's local side is the caller, an
+    # inbound row's remote side): caller/callee name the sides, `unnamed` the null ones.
+    caller: str | None = None
+    callee: str | None = None
+    unnamed: str | None = None  # one of UNNAMED_SIDES
 
     def __post_init__(self) -> None:
         if self.ip is not None and invalid_ips(pa.array([self.ip])):
@@ -288,6 +296,11 @@ class FlowFilter:
         if self.outcome is not None and self.outcome not in (*OUTCOMES, *OUTCOME_GROUPS):
             choices = ", ".join((*OUTCOMES, *OUTCOME_GROUPS))
             raise InputError(f"--outcome {self.outcome!r}: choose {choices}")
+        if self.unnamed is not None and self.unnamed not in UNNAMED_SIDES:
+            raise InputError(f"--unnamed {self.unnamed!r}: choose {', '.join(UNNAMED_SIDES)}")
+        for side, name in (("caller", self.caller), ("callee", self.callee)):
+            if name is not None and self.unnamed in (side, "both"):
+                raise InputError(f"--{side} {name!r} and --unnamed {self.unnamed}: choose one")
 
     def sql(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -311,7 +324,20 @@ class FlowFilter:
             values = OUTCOME_GROUPS.get(self.outcome, (self.outcome,))
             where.append(f"{OUTCOME_SQL} IN ({', '.join('?' for _ in values)})")
             params += list(values)
+        for side, name in (("caller", self.caller), ("callee", self.callee)):
+            if name is not None:
+                where.append(f"{_SIDE_SQL[side]} = ?")
+                params.append(name)
+            elif self.unnamed in (side, "both"):
+                where.append(f"{_SIDE_SQL[side]} IS NULL")
         return (" AND ".join(where) or "TRUE"), params
+
+
+# The caller and callee of one row, as dependencies() reads them (see the module doc).
+_SIDE_SQL = {
+    "caller": "(CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END)",
+    "callee": "(CASE WHEN direction = 'outbound' THEN remote_workload ELSE local_workload END)",
+}
 
 
 def flows(
@@ -321,16 +347,20 @@ def flows(
     source: str = "flows",
     where: FlowFilter = FlowFilter(),
     limit: int = 100,
+    offset: int = 0,
 ) -> pa.Table:
-    """Attributed flow rows (contract columns), newest end_ns first."""
+    """Attributed flow rows (contract columns), newest end_ns first; `offset` rows skipped
+    (a page further on: give a fixed `until` so that new rows do not shift the pages)."""
     _check_limit(limit)
+    if not 0 <= offset <= MAX_OFFSET:
+        raise InputError(f"--offset {offset}: must be 0..{MAX_OFFSET}")
     cond, params = where.sql()
     columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names)
     sql = f"""
     SELECT {columns} FROM {source}
     WHERE {window.sql()} AND {cond}
     ORDER BY end_ns DESC, exporter, flow_id, state
-    LIMIT {int(limit)}
+    LIMIT {int(limit)} OFFSET {int(offset)}
     """
     return query_arrow(con, sql, params)
 
@@ -379,6 +409,72 @@ def attribution_health(
             }
         )
     return table
+
+
+def health_series(
+    con: duckdb.DuckDBPyConnection,
+    window: Window = Window(),
+    *,
+    source: str = "flows",
+    buckets: int = 60,
+    now_ns: int | None = None,
+) -> pa.Table:
+    """attribution_health over time: the window cut into `buckets` equal spans, one line per
+    span that has rows. An open start is the oldest row's end; an open end is `now_ns` (or the
+    newest row's, if later or no now is given), so a source that went quiet shows as a gap.
+
+    Columns: `start_ns`, `end_ns` (the span), `rows`, `attributed`, `heartbeat`, `event`,
+    `unattributed` (rows by remote_source), `wait_p50_ms`, `wait_p99_ms`.
+    """
+    if not 1 <= buckets <= MAX_BUCKETS:
+        raise InputError(f"--buckets {buckets}: must be 1..{MAX_BUCKETS}")
+    lo, hi = window.since_ns, window.until_ns
+    if lo == 0 or hi == MAX_NS:
+        row = query_arrow(
+            con, f"SELECT min(end_ns) AS lo, max(end_ns) AS hi FROM {source} WHERE {window.sql()}"
+        ).to_pylist()[0]
+        if row["lo"] is None:
+            return _empty_series()
+        lo = lo if lo else int(row["lo"])
+        hi = hi if hi != MAX_NS else max(int(row["hi"]) + 1, now_ns or 0)
+    width = max(1, -(-(hi - lo) // buckets))  # ceiling: the last span reaches `hi`
+    sql = f"""
+    SELECT {lo} + b * {width} AS start_ns, least({lo} + (b + 1) * {width}, {hi}) AS end_ns,
+           count(*)::BIGINT AS rows,
+           count(remote_workload)::BIGINT AS attributed,
+           count(*) FILTER (WHERE remote_source = 'heartbeat')::BIGINT AS heartbeat,
+           count(*) FILTER (WHERE remote_source = 'event')::BIGINT AS event,
+           count(*) FILTER (WHERE remote_source = 'unattributed')::BIGINT AS unattributed,
+           quantile_cont((attributed_ns - received_ns) / 1e6, 0.5) AS wait_p50_ms,
+           quantile_cont((attributed_ns - received_ns) / 1e6, 0.99) AS wait_p99_ms
+    FROM (SELECT *, (end_ns - {lo}) // {width} AS b FROM {source}
+          WHERE end_ns >= {lo} AND end_ns < {hi})
+    GROUP BY b ORDER BY b
+    """
+    return query_arrow(con, sql)
+
+
+def _empty_series() -> pa.Table:
+    ints = ("start_ns", "end_ns", "rows", "attributed", "heartbeat", "event", "unattributed")
+    cols: dict[str, pa.Array] = {n: pa.array([], pa.int64()) for n in ints}
+    cols.update({n: pa.array([], pa.float64()) for n in ("wait_p50_ms", "wait_p99_ms")})
+    return pa.table(cols)
+
+
+def exporters(
+    con: duckdb.DuckDBPyConnection, window: Window = Window(), *, source: str = "flows"
+) -> pa.Table:
+    """The agents (exporters) whose rows are in the window: rows, the share attributed, and
+    their newest row's end and receive times (`last_received_ns`: the collector took its last
+    batch then), most recently heard from first."""
+    sql = f"""
+    SELECT exporter, count(*)::BIGINT AS rows,
+           round(100.0 * count(remote_workload) / count(*), 3) AS attributed_pct,
+           max(end_ns) AS last_end_ns, max(received_ns) AS last_received_ns
+    FROM {source} WHERE {window.sql()}
+    GROUP BY exporter ORDER BY last_received_ns DESC NULLS LAST, exporter
+    """
+    return query_arrow(con, sql)
 
 
 def _check_limit(limit: int) -> None:

@@ -1,0 +1,600 @@
+// The service map: /api/dependencies drawn as a layered graph (callers left of callees).
+//
+// Layout, by hand: cycles are broken by a depth-first search in name order, every workload goes
+// to the layer after its furthest caller, and each layer is ordered by the mean position of
+// its neighbours (a few sweeps each way). Order starts from the previous drawing's, so a
+// refresh that adds an edge moves little. A side nobody could name is one node,
+// "unattributed", never left out. Many workloads are drawn by group (the part of the name
+// before its last "/", else before ":"), each group one node.
+
+import { state, update, windowParams } from "./console.js";
+import {
+  apiUrl, el, fmtBytes, fmtInt, fmtPct, fmtUs, fmtUtc, getJSON, svg, table,
+} from "./util.js";
+
+const UNNAMED = "(unattributed)";
+const NODE_W = 178;
+const NODE_H = 42;
+const COL_W = 240;
+const ROW_H = 58;
+const PAD = 24;
+const AUTO_GROUP_OVER = 40; // workloads; more than this are drawn by group in "auto"
+
+let edges = []; // the API's rows, as last loaded
+let prevOrder = new Map(); // node key → y index in the last drawing
+let drawn = null; // { nodes: Map, links: Map }
+
+const keyOf = (name) => (name === null ? "\u0000" : name);
+const labelOf = (name) => (name === null ? UNNAMED : name);
+
+export function groupOf(name) {
+  if (name === null) return UNNAMED;
+  const slash = name.lastIndexOf("/");
+  if (slash > 0) return name.slice(0, slash);
+  const colon = name.indexOf(":");
+  return colon > 0 ? name.slice(0, colon) : name;
+}
+
+// A stable colour per group: a hash of its name picks one of the palette's hues.
+function hueOf(group) {
+  let h = 0;
+  for (const ch of group) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return h % 8;
+}
+
+export function initMap() {
+  const search = document.getElementById("map-search");
+  search.addEventListener("input", () => {
+    update({ q: search.value }, { reload: false });
+    highlight();
+  });
+  search.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter") return;
+    const first = document.querySelector("#map-canvas .node.match");
+    if (first) {
+      first.focus();
+      first.dispatchEvent(new Event("select"));
+    }
+  });
+  document.getElementById("map-group").addEventListener("change", (e) => {
+    update({ group: e.target.value, sel: "" });
+  });
+  document.getElementById("map-known").addEventListener("change", (e) => {
+    update({ known: e.target.checked ? "1" : "", sel: "" });
+  });
+}
+
+export async function loadMap(signal) {
+  document.getElementById("map-search").value = state.q;
+  document.getElementById("map-group").value = state.group;
+  document.getElementById("map-known").checked = state.known === "1";
+  const params = { ...windowParams(), known_only: state.known === "1" ? "true" : "" };
+  edges = await getJSON(apiUrl("dependencies", params), signal);
+  draw();
+  renderEdgeTable();
+  await renderPanel(signal);
+}
+
+function grouped(workloads) {
+  if (state.group === "prefix") return true;
+  if (state.group === "off") return false;
+  const groups = new Set([...workloads].map(groupOf));
+  return workloads.size > AUTO_GROUP_OVER && groups.size < workloads.size;
+}
+
+// Nodes and links to draw: per workload, or per group when grouping.
+function graph() {
+  const workloads = new Set();
+  for (const e of edges) {
+    workloads.add(e.caller);
+    workloads.add(e.callee);
+  }
+  const byGroup = grouped(workloads);
+  const members = new Map();
+  for (const w of workloads) {
+    const g = groupOf(w);
+    if (!members.has(g)) members.set(g, []);
+    members.get(g).push(w);
+  }
+  // A group of one is drawn as its workload.
+  const nodeOf = (w) => {
+    if (!byGroup || members.get(groupOf(w)).length === 1) return `w:${keyOf(w)}`;
+    return `g:${groupOf(w)}`;
+  };
+  const nodes = new Map();
+  for (const w of workloads) {
+    const id = nodeOf(w);
+    if (!nodes.has(id)) {
+      const isGroup = id.startsWith("g:");
+      nodes.set(id, {
+        id, name: isGroup ? null : w, group: groupOf(w), isGroup,
+        label: isGroup ? `${groupOf(w)}/* (${members.get(groupOf(w)).length})` : labelOf(w),
+        unnamed: w === null, members: isGroup ? members.get(groupOf(w)) : [w],
+        inFlows: 0, outFlows: 0, failed: 0,
+      });
+    }
+  }
+  const links = new Map();
+  for (const e of edges) {
+    const s = nodeOf(e.caller);
+    const t = nodeOf(e.callee);
+    const id = `${s}\u2192${t}`;
+    if (!links.has(id)) {
+      links.set(id, { id, s, t, rows: [], flows: 0, failed: 0, bytes: 0 });
+    }
+    const l = links.get(id);
+    l.rows.push(e);
+    l.flows += e.flows;
+    l.failed += e.failed_attempts;
+    l.bytes += e.bytes_to_callee + e.bytes_to_caller;
+    nodes.get(s).outFlows += e.flows;
+    nodes.get(t).inFlows += e.flows;
+    nodes.get(s).failed += e.failed_attempts;
+  }
+  return { nodes, links, byGroup };
+}
+
+// Layers (callers left of callees) and an order within each layer.
+function layout(nodes, links) {
+  const ids = [...nodes.keys()].sort();
+  const out = new Map(ids.map((id) => [id, []]));
+  for (const l of links.values()) if (l.s !== l.t) out.get(l.s).push(l.t);
+  for (const list of out.values()) list.sort();
+  // Breadth-first from the workloads nobody calls (then, for call cycles nothing leads into,
+  // from the one calling most): each workload one layer right of its nearest caller, so a
+  // graph with cycles stays a few layers wide. Calls to the same or an earlier layer are
+  // drawn as arcs underneath.
+  const indeg = new Map(ids.map((id) => [id, 0]));
+  for (const list of out.values()) for (const m of list) indeg.set(m, indeg.get(m) + 1);
+  const layer = new Map();
+  const visit = (roots) => {
+    const queue = [...roots];
+    for (const r of roots) layer.set(r, 0);
+    while (queue.length) {
+      const n = queue.shift();
+      for (const m of out.get(n)) {
+        if (!layer.has(m)) {
+          layer.set(m, layer.get(n) + 1);
+          queue.push(m);
+        }
+      }
+    }
+  };
+  visit(ids.filter((id) => indeg.get(id) === 0));
+  for (;;) {
+    const left = ids.filter((id) => !layer.has(id));
+    if (!left.length) break;
+    left.sort((a, b) => out.get(b).length - out.get(a).length || (a < b ? -1 : 1));
+    visit([left[0]]);
+  }
+  const count = Math.max(0, ...layer.values()) + 1;
+  const layers = Array.from({ length: count }, () => []);
+  for (const id of ids) layers[layer.get(id)].push(id);
+  const seed = (id) => [prevOrder.get(id) ?? Infinity, nodes.get(id).group, id];
+  const cmp = (a, b) => {
+    const x = seed(a);
+    const y = seed(b);
+    return x[0] - y[0] || (x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0) || (a < b ? -1 : 1);
+  };
+  for (const list of layers) list.sort((a, b) => (cmp(a, b) || 0));
+  const neighbours = new Map(ids.map((id) => [id, []]));
+  for (const l of links.values()) {
+    if (l.s === l.t) continue;
+    neighbours.get(l.s).push(l.t);
+    neighbours.get(l.t).push(l.s);
+  }
+  const pos = new Map();
+  const place = () => layers.forEach((list) => list.forEach((id, i) => pos.set(id, i)));
+  place();
+  const sweeps = prevOrder.size ? 2 : 4;
+  for (let pass = 0; pass < sweeps * 2; pass += 1) {
+    const order = pass % 2 === 0 ? layers.keys() : [...layers.keys()].reverse();
+    for (const li of order) {
+      const near = (id) => neighbours.get(id).filter((m) => layer.get(m) !== li);
+      const bary = (id) => {
+        const list = near(id);
+        if (!list.length) return pos.get(id);
+        return list.reduce((sum, m) => sum + pos.get(m), 0) / list.length;
+      };
+      const b = new Map(layers[li].map((id) => [id, bary(id)]));
+      layers[li].sort((x, y) => b.get(x) - b.get(y) || cmp(x, y));
+      layers[li].forEach((id, i) => pos.set(id, i));
+    }
+  }
+  return { layers, layer };
+}
+
+function draw() {
+  const canvas = document.getElementById("map-canvas");
+  const { nodes, links, byGroup } = graph();
+  if (!nodes.size) {
+    drawn = { nodes, links };
+    canvas.replaceChildren(el("p", { class: "empty" },
+      "No connections in this window. Choose a longer window above."));
+    return;
+  }
+  const { layers, layer } = layout(nodes, links);
+  const tallest = Math.max(...layers.map((l) => l.length));
+  const width = PAD * 2 + (layers.length - 1) * COL_W + NODE_W;
+  let height = PAD * 2 + (tallest - 1) * ROW_H + NODE_H;
+  const at = new Map();
+  prevOrder = new Map();
+  layers.forEach((list, li) => {
+    const top = PAD + ((tallest - list.length) * ROW_H) / 2;
+    list.forEach((id, i) => {
+      at.set(id, { x: PAD + li * COL_W, y: top + i * ROW_H });
+      prevOrder.set(id, i + (tallest - list.length) / 2);
+    });
+  });
+  const maxFlows = Math.max(1, ...[...links.values()].map((l) => l.flows + l.failed));
+  const root = svg("svg", {
+    class: "map", width, height, viewBox: `0 0 ${width} ${height}`, role: "group",
+    "aria-label": `Service map: ${nodes.size} ${byGroup ? "nodes (grouped)" : "workloads"}, `
+      + `${links.size} edges`,
+  });
+  root.append(svg("defs", {},
+    svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9,
+      markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, svg("path", { d: "M0 0L10 5L0 10z",
+      class: "arrowhead" })),
+    svg("marker", { id: "arrow-fail", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9,
+      markerHeight: 9, markerUnits: "userSpaceOnUse", orient: "auto-start-reverse" }, svg("path", { d: "M0 0L10 5L0 10z",
+      class: "arrowhead fail" }))));
+  const edgeLayer = svg("g", { class: "edges" });
+  const nodeLayer = svg("g", { class: "nodes" });
+  const showLabels = links.size <= 40; // beyond, numbers show on hover and in the panel
+  const sortedLinks = [...links.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+  for (const l of sortedLinks) {
+    const a = at.get(l.s);
+    const b = at.get(l.t);
+    let d;
+    let mid;
+    if (l.s === l.t) {
+      const x = a.x + NODE_W - 30;
+      d = `M${x} ${a.y}c0 -26 40 -26 28 0`;
+      mid = { x: x + 14, y: a.y - 22 };
+    } else if (layer.get(l.t) > layer.get(l.s)) {
+      const x1 = a.x + NODE_W;
+      const y1 = a.y + NODE_H / 2;
+      const x2 = b.x - 2;
+      const y2 = b.y + NODE_H / 2;
+      const c = Math.max(40, (x2 - x1) / 2);
+      d = `M${x1} ${y1}C${x1 + c} ${y1} ${x2 - c} ${y2} ${x2} ${y2}`;
+      mid = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
+    } else {
+      // A call back to an earlier (or the same) layer: under the nodes, bending down.
+      const x1 = a.x + NODE_W / 2;
+      const y1 = a.y + NODE_H;
+      const x2 = b.x + NODE_W / 2 + 12;
+      const y2 = b.y + NODE_H + 2;
+      const dip = 30 + Math.abs(x1 - x2) / 8;
+      d = `M${x1} ${y1}C${x1} ${y1 + dip} ${x2} ${y2 + dip} ${x2} ${y2}`;
+      mid = { x: (x1 + x2) / 2, y: Math.max(y1, y2) + dip * 0.75 };
+      height = Math.max(height, mid.y + PAD);
+    }
+    const fail = l.failed > 0;
+    const w = 1.2 + 4 * (Math.log1p(l.flows + l.failed) / Math.log1p(maxFlows));
+    const names = `${nodes.get(l.s).label} → ${nodes.get(l.t).label}`;
+    const g = svg("g", {
+      class: `edge${fail ? " fail" : ""}${nodes.get(l.s).unnamed || nodes.get(l.t).unnamed ? " unk" : ""}`,
+      tabindex: 0, role: "button", dataset: { id: l.id, s: l.s, t: l.t, flows: l.flows,
+        failed: l.failed },
+      "aria-label": `${names}: ${fmtInt(l.flows)} connections, ${fmtInt(l.failed)} failed `
+        + `attempts, ${fmtBytes(l.bytes)}`,
+    },
+    svg("title", {}, `${names}\n${fmtInt(l.flows)} connections · ${fmtInt(l.failed)} failed`
+      + ` · ${fmtBytes(l.bytes)}`),
+    svg("path", { d, class: "hit" }),
+    svg("path", { d, class: "line", "stroke-width": w.toFixed(2),
+      "marker-end": `url(#${fail ? "arrow-fail" : "arrow"})` }));
+    if (showLabels) {
+      const text = l.failed ? `${fmtInt(l.flows)} · ${fmtInt(l.failed)}✕` : fmtInt(l.flows);
+      g.append(svg("text", { x: mid.x, y: mid.y - 4, class: "elabel" }, text));
+    }
+    bindSelect(g, l.rows.length === 1 && !nodes.get(l.s).isGroup && !nodes.get(l.t).isGroup
+      ? ["e", l.rows[0].caller, l.rows[0].callee] : ["l", l.s, l.t]);
+    edgeLayer.append(g);
+  }
+  for (const [id, n] of nodes) {
+    const p = at.get(id);
+    const short = n.label.length > 24 ? `${n.label.slice(0, 23)}…` : n.label;
+    const sub = `${fmtInt(n.inFlows)} in · ${fmtInt(n.outFlows)} out`
+      + (n.failed ? ` · ${fmtInt(n.failed)}✕` : "");
+    const g = svg("g", {
+      class: `node hue${hueOf(n.group)}${n.unnamed ? " unk" : ""}${n.isGroup ? " grp" : ""}`,
+      transform: `translate(${p.x},${p.y})`, tabindex: 0, role: "button",
+      dataset: { id, name: n.label },
+      "aria-label": `${n.isGroup ? "group " : ""}${n.label}: ${fmtInt(n.inFlows)} connections `
+        + `in, ${fmtInt(n.outFlows)} out, ${fmtInt(n.failed)} failed attempts out`,
+    },
+    svg("title", {}, n.label),
+    svg("rect", { width: NODE_W, height: NODE_H, rx: 8, class: "box" }),
+    svg("rect", { width: 5, height: NODE_H - 12, x: 6, y: 6, rx: 2, class: "stripe" }),
+    svg("text", { x: 18, y: 18, class: "nlabel" }, short),
+    svg("text", { x: 18, y: 33, class: "nsub" }, sub));
+    bindSelect(g, n.isGroup ? ["g", n.group] : ["n", n.name]);
+    nodeLayer.append(g);
+  }
+  // Fit the canvas's width when that keeps text readable (down to 80 %); else scroll.
+  const room = canvas.clientWidth - 2;
+  const scale = room > 0 && width > room ? Math.max(0.8, room / width) : 1;
+  root.setAttribute("width", Math.round(width * scale));
+  root.setAttribute("height", Math.ceil(height * scale));
+  root.setAttribute("viewBox", `0 0 ${width} ${Math.ceil(height)}`);
+  root.append(edgeLayer, nodeLayer);
+  canvas.replaceChildren(root);
+  drawn = { nodes, links };
+  highlight();
+}
+
+function bindSelect(g, sel) {
+  const pick = () => update({ sel: JSON.stringify(sel) }, { reload: false });
+  g.addEventListener("click", () => {
+    pick();
+    renderPanel();
+  });
+  g.addEventListener("select", () => {
+    pick();
+    renderPanel();
+  });
+  g.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      pick();
+      renderPanel();
+    }
+  });
+}
+
+function selection() {
+  try {
+    const sel = JSON.parse(state.sel);
+    return Array.isArray(sel) ? sel : null;
+  } catch {
+    return null;
+  }
+}
+
+// Search matches and the selection, as classes on the drawing.
+function highlight() {
+  const q = state.q.trim().toLowerCase();
+  const sel = selection();
+  const canvas = document.getElementById("map-canvas");
+  const matched = new Set();
+  for (const g of canvas.querySelectorAll(".node")) {
+    const hit = q !== "" && g.dataset.name.toLowerCase().includes(q);
+    if (hit) matched.add(g.dataset.id);
+    g.classList.toggle("match", hit);
+    g.classList.toggle("dim", q !== "" && !hit);
+    const id = sel ? selectedId(sel) : null;
+    g.classList.toggle("selected", id === g.dataset.id);
+  }
+  for (const g of canvas.querySelectorAll(".edge")) {
+    g.classList.toggle("dim", q !== "" && !matched.has(g.dataset.s) && !matched.has(g.dataset.t));
+    const id = sel ? selectedId(sel) : null;
+    g.classList.toggle("selected", id === g.dataset.id
+      || (id !== null && (g.dataset.s === id || g.dataset.t === id)));
+  }
+  const svgRoot = canvas.querySelector("svg");
+  if (svgRoot) svgRoot.classList.toggle("has-sel", Boolean(sel));
+}
+
+function selectedId(sel) {
+  if (sel[0] === "n") return `w:${keyOf(sel[1])}`;
+  if (sel[0] === "g") return `g:${sel[1]}`;
+  if (sel[0] === "e") return `w:${keyOf(sel[1])}\u2192w:${keyOf(sel[2])}`;
+  if (sel[0] === "l") return `${sel[1]}\u2192${sel[2]}`;
+  return null;
+}
+
+// The flows explorer's filter for one edge (caller and callee, or the side with no name).
+export function edgeFilter(caller, callee) {
+  const unnamed = caller === null && callee === null ? "both"
+    : caller === null ? "caller" : callee === null ? "callee" : "";
+  return { fc: caller ?? "", fe: callee ?? "", fun: unnamed };
+}
+
+const FLOW_FILTERS = { fw: "", fc: "", fe: "", fun: "", fip: "", fport: "", fout: "", fsrc: "",
+  fexp: "", page: "0", pin: "" };
+
+function linkButton(text, changes) {
+  return el("button", { type: "button", class: "link",
+    onclick: () => update({ ...FLOW_FILTERS, ...changes, view: "flows" }, { push: true }) },
+  text);
+}
+
+const EDGE_COLUMNS = [
+  { label: "Caller", value: (e) => nameCell(e.caller) },
+  { label: "Callee", value: (e) => nameCell(e.callee) },
+  { label: "Connections", num: true, value: (e) => fmtInt(e.flows) },
+  { label: "Failed attempts", num: true, value: (e) => fmtInt(e.failed_attempts) },
+  { label: "Bytes →", num: true, value: (e) => fmtBytes(e.bytes_to_callee) },
+  { label: "Bytes ←", num: true, value: (e) => fmtBytes(e.bytes_to_caller) },
+  { label: "Retransmits", num: true, value: (e) => fmtInt(e.retransmits) },
+  { label: "RTT p50", num: true, value: (e) => fmtUs(e.rtt_p50_us) },
+  { label: "RTT p99", num: true, value: (e) => fmtUs(e.rtt_p99_us) },
+];
+
+function nameCell(name) {
+  return name === null ? el("span", { class: "unk-name" }, UNNAMED) : name;
+}
+
+function renderEdgeTable() {
+  const cols = [
+    { label: "Edge", value: (e) => el("button", { type: "button", class: "link",
+      onclick: () => {
+        update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+        renderPanel();
+        document.getElementById("map-panel").focus();
+      } }, `${labelOf(e.caller)} → ${labelOf(e.callee)}`) },
+    ...EDGE_COLUMNS.slice(2),
+  ];
+  table(document.getElementById("edge-table"), cols, edges, {
+    empty: "No edges in this window.",
+    rowAttrs: (e) => ({ dataset: { caller: labelOf(e.caller), callee: labelOf(e.callee) } }),
+  });
+  document.querySelector("#map-edges summary").textContent = `Edges (${edges.length})`;
+}
+
+function stats(pairs) {
+  return el("dl", { class: "stats" }, pairs.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
+async function renderPanel(signal) {
+  highlight();
+  const panel = document.getElementById("map-panel");
+  const sel = selection();
+  if (!sel || !drawn) {
+    panel.replaceChildren(
+      el("h2", {}, "Select a workload or an edge"),
+      el("p", { class: "hint" }, "Click, or Tab to it and press Enter: its numbers, peers and "
+        + "flows appear here. Thicker edges carry more connections; red ones had failed "
+        + "attempts."),
+      summary(),
+    );
+    return;
+  }
+  if (sel[0] === "e") return edgePanel(panel, sel[1], sel[2], signal);
+  if (sel[0] === "n") return nodePanel(panel, sel[1]);
+  if (sel[0] === "g") return groupPanel(panel, sel[1]);
+  if (sel[0] === "l") return linkPanel(panel, `${sel[1]}\u2192${sel[2]}`);
+  return undefined;
+}
+
+function summary() {
+  const flows = edges.reduce((s, e) => s + e.flows, 0);
+  const failed = edges.reduce((s, e) => s + e.failed_attempts, 0);
+  const unnamed = edges.filter((e) => e.caller === null || e.callee === null)
+    .reduce((s, e) => s + e.flows, 0);
+  return stats([
+    ["Edges", fmtInt(edges.length)],
+    ["Connections", fmtInt(flows)],
+    ["Failed attempts", fmtInt(failed)],
+    ["With an unnamed side", `${fmtInt(unnamed)} (${fmtPct(flows ? (100 * unnamed) / flows : null)})`],
+  ]);
+}
+
+async function edgePanel(panel, caller, callee, signal) {
+  const e = edges.find((x) => x.caller === caller && x.callee === callee);
+  const title = `${labelOf(caller)} → ${labelOf(callee)}`;
+  if (!e) {
+    panel.replaceChildren(el("h2", {}, title), el("p", { class: "empty" },
+      "No such edge in this window."));
+    return;
+  }
+  const list = el("div", { class: "table-wrap" }, el("p", { class: "hint" }, "Loading flows…"));
+  panel.replaceChildren(
+    el("h2", {}, title),
+    stats([
+      ["Connections", fmtInt(e.flows)],
+      ["Seen at both ends", fmtInt(e.seen_both_ends)],
+      ["Failed attempts", fmtInt(e.failed_attempts)],
+      ["Bytes to callee", fmtBytes(e.bytes_to_callee)],
+      ["Bytes to caller", fmtBytes(e.bytes_to_caller)],
+      ["Retransmits", fmtInt(e.retransmits)],
+      ["RTT p50 / p99", `${fmtUs(e.rtt_p50_us)} / ${fmtUs(e.rtt_p99_us)}`],
+    ]),
+    el("h3", {}, "Its flows, newest first"),
+    el("p", { class: "hint" }, "Rows as each end captured them: a connection seen at both "
+      + "ends has two, and a long one its snapshots."),
+    list,
+    el("p", {}, linkButton("All of this edge's flows →", edgeFilter(caller, callee))),
+  );
+  const f = edgeFilter(caller, callee);
+  const rows = await getJSON(apiUrl("flows", { ...windowParams(), caller: f.fc, callee: f.fe,
+    unnamed: f.fun, limit: 50 }), signal);
+  table(list, [
+    { label: "End (UTC)", value: (r) => fmtUtc(r.end_ns), cls: "time" },
+    { label: "Captured by", value: (r) => `${r.exporter} (${r.direction === "outbound" ? "caller" : "callee"})` },
+    { label: "Outcome", value: (r) => r.outcome ?? "established" },
+    { label: "Bytes", num: true, value: (r) => fmtBytes(r.bytes_sent + r.bytes_received) },
+  ], rows, { rowAttrs: (r) => ({ dataset: { flowId: r.flow_id, exporter: r.exporter } }) });
+  list.firstChild.id = "edge-flows";
+}
+
+// replaceChildren, leaving out the parts not shown (null)
+function fill(node, ...parts) {
+  node.replaceChildren(...parts.filter((p) => p !== null && p !== undefined && p !== false));
+}
+
+function peerRows(match) {
+  return edges.filter(match);
+}
+
+function nodePanel(panel, name) {
+  const out = peerRows((e) => e.caller === name);
+  const inn = peerRows((e) => e.callee === name);
+  const sum = (rows, f) => rows.reduce((s, e) => s + f(e), 0);
+  const all = [...out, ...inn.filter((e) => e.caller !== name)];
+  const conns = sum(all, (e) => e.flows);
+  const unnamedPeer = sum(all.filter((e) => (e.caller === name ? e.callee : e.caller) === null),
+    (e) => e.flows);
+  const peerTable = el("table");
+  table(peerTable, [
+    { label: "Peer", value: (e) => el("button", { type: "button", class: "link", onclick: () => {
+      update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+      renderPanel();
+    } }, e.caller === name ? `→ ${labelOf(e.callee)}` : `← ${labelOf(e.caller)}`) },
+    { label: "Conns", num: true, value: (e) => fmtInt(e.flows) },
+    { label: "Failed", num: true, value: (e) => fmtInt(e.failed_attempts) },
+    { label: "Bytes", num: true, value: (e) => fmtBytes(e.bytes_to_callee + e.bytes_to_caller) },
+  ], all);
+  const flowsLink = name === null
+    ? linkButton("Its unattributed flows →", { fsrc: "unattributed" })
+    : linkButton("Its flows →", { fw: name });
+  fill(panel,
+    el("h2", {}, labelOf(name)),
+    name === null ? el("p", { class: "hint" }, "Traffic whose other side nobody could name: "
+      + "no heartbeat or event owned the address at the time. Its edges list its flows.") : null,
+    stats([
+      ["Calls out", `${fmtInt(sum(out, (e) => e.flows))} connections to ${out.length} callees`],
+      ["Called", `${fmtInt(sum(inn, (e) => e.flows))} connections from ${inn.length} callers`],
+      ["Failed attempts out", fmtInt(sum(out, (e) => e.failed_attempts))],
+      ["Failed attempts in", fmtInt(sum(inn, (e) => e.failed_attempts))],
+      ["Bytes sent / received", `${fmtBytes(sum(out, (e) => e.bytes_to_callee)
+        + sum(inn, (e) => e.bytes_to_caller))} / ${fmtBytes(sum(out, (e) => e.bytes_to_caller)
+        + sum(inn, (e) => e.bytes_to_callee))}`],
+      ["Peer unnamed", name === null ? "–"
+        : `${fmtInt(unnamedPeer)} connections (${fmtPct(conns ? (100 * unnamedPeer) / conns : null)})`],
+    ]),
+    el("h3", {}, "Peers"),
+    el("div", { class: "table-wrap" }, peerTable),
+    el("p", {}, flowsLink),
+  );
+}
+
+function groupPanel(panel, group) {
+  const inGroup = (w) => groupOf(w) === group;
+  const rows = edges.filter((e) => inGroup(e.caller) || inGroup(e.callee));
+  const members = [...new Set(rows.flatMap((e) => [e.caller, e.callee]).filter(inGroup))].sort();
+  panel.replaceChildren(
+    el("h2", {}, `${group}/*`),
+    el("p", { class: "hint" }, `${members.length} workloads drawn as one node.`),
+    el("ul", { class: "members" }, members.map((m) => el("li", {}, el("button", {
+      type: "button", class: "link",
+      onclick: () => update({ group: "off", sel: JSON.stringify(["n", m]) }),
+    }, labelOf(m))))),
+  );
+}
+
+function linkPanel(panel, id) {
+  const l = drawn?.links.get(id);
+  if (!l) {
+    panel.replaceChildren(el("p", { class: "empty" }, "No such edge in this window."));
+    return;
+  }
+  const t = el("table");
+  table(t, [
+    { label: "Edge", value: (e) => el("button", { type: "button", class: "link", onclick: () => {
+      update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+      renderPanel();
+    } }, `${labelOf(e.caller)} → ${labelOf(e.callee)}`) },
+    ...EDGE_COLUMNS.slice(2, 5),
+  ], l.rows);
+  panel.replaceChildren(
+    el("h2", {}, `${drawn.nodes.get(l.s).label} → ${drawn.nodes.get(l.t).label}`),
+    stats([["Connections", fmtInt(l.flows)], ["Failed attempts", fmtInt(l.failed)],
+      ["Bytes", fmtBytes(l.bytes)]]),
+    el("h3", {}, "Workload edges in it"),
+    el("div", { class: "table-wrap" }, t),
+  );
+}
