@@ -24,7 +24,8 @@ let edges = []; // the API's rows, as last loaded
 let prevOrder = new Map(); // node key → y index in the last drawing
 let drawn = null; // { nodes: Map, links: Map }
 
-const keyOf = (name) => (name === null ? "\u0000" : name);
+// A drawn node's id: "w:<workload>", "u:" for the unnamed side, "g:<group>" for a group.
+const idOf = (name) => (name === null ? "u:" : `w:${name}`);
 const labelOf = (name) => (name === null ? UNNAMED : name);
 
 export function groupOf(name) {
@@ -98,7 +99,7 @@ function graph() {
   }
   // A group of one is drawn as its workload.
   const nodeOf = (w) => {
-    if (!byGroup || members.get(groupOf(w)).length === 1) return `w:${keyOf(w)}`;
+    if (!byGroup || members.get(groupOf(w)).length === 1) return idOf(w);
     return `g:${groupOf(w)}`;
   };
   const nodes = new Map();
@@ -379,9 +380,9 @@ function highlight() {
 }
 
 function selectedId(sel) {
-  if (sel[0] === "n") return `w:${keyOf(sel[1])}`;
+  if (sel[0] === "n") return idOf(sel[1]);
   if (sel[0] === "g") return `g:${sel[1]}`;
-  if (sel[0] === "e") return `w:${keyOf(sel[1])}\u2192w:${keyOf(sel[2])}`;
+  if (sel[0] === "e") return `${idOf(sel[1])}\u2192${idOf(sel[2])}`;
   if (sel[0] === "l") return `${sel[1]}\u2192${sel[2]}`;
   return null;
 }
@@ -481,7 +482,8 @@ async function edgePanel(panel, caller, callee, signal) {
       "No such edge in this window."));
     return;
   }
-  const list = el("div", { class: "table-wrap" }, el("p", { class: "hint" }, "Loading flows…"));
+  const list = el("table", { id: "edge-flows" },
+    el("tbody", {}, el("tr", {}, el("td", { class: "hint" }, "Loading flows…"))));
   panel.replaceChildren(
     el("h2", {}, title),
     stats([
@@ -496,7 +498,7 @@ async function edgePanel(panel, caller, callee, signal) {
     el("h3", {}, "Its flows, newest first"),
     el("p", { class: "hint" }, "Rows as each end captured them: a connection seen at both "
       + "ends has two, and a long one its snapshots."),
-    list,
+    el("div", { class: "table-wrap" }, list),
     el("p", {}, linkButton("All of this edge's flows →", edgeFilter(caller, callee))),
   );
   const f = edgeFilter(caller, callee);
@@ -508,7 +510,6 @@ async function edgePanel(panel, caller, callee, signal) {
     { label: "Outcome", value: (r) => r.outcome ?? "established" },
     { label: "Bytes", num: true, value: (r) => fmtBytes(r.bytes_sent + r.bytes_received) },
   ], rows, { rowAttrs: (r) => ({ dataset: { flowId: r.flow_id, exporter: r.exporter } }) });
-  list.firstChild.id = "edge-flows";
 }
 
 // replaceChildren, leaving out the parts not shown (null)

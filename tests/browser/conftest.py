@@ -7,9 +7,12 @@ FLOWTRAIL_REQUIRE_BROWSER=1 it fails instead, so CI cannot pass by skipping them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,16 +84,39 @@ def make_driver(dark: bool = False) -> Any:
     return driver
 
 
+def _processes_using(profile: str) -> list[int]:
+    """Pids whose command line names this browser's own profile directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if profile.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return pids
+
+
 def quit_driver(driver: Any) -> None:
-    """Quit chromium and its driver; both processes are gone when this returns."""
+    """Quit chromium and its driver; fails if any of the browser's processes outlive it."""
     service_proc = driver.service.process
+    profile = driver.flowtrail_profile
     try:
         driver.quit()
     finally:
         if service_proc is not None and service_proc.poll() is None:
             service_proc.kill()
             service_proc.wait(10)
-        shutil.rmtree(driver.flowtrail_profile, ignore_errors=True)
+        deadline = time.monotonic() + 20
+        left = _processes_using(profile)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = _processes_using(profile)
+        for pid in left:  # ours (the profile is a fresh temporary directory): end them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(profile, ignore_errors=True)
+    assert left == [], f"browser processes outlived quit(): {left}"
 
 
 @pytest.fixture(scope="module")

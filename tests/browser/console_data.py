@@ -108,7 +108,10 @@ def known_flows(now_ns: int) -> pa.Table:
             remote_workload="api",
         ),
     ]
-    return pa.Table.from_pylist(rows, schema=ATTRIBUTED.schema)
+    table = pa.Table.from_pylist(rows, schema=ATTRIBUTED.schema)
+    # The reason the engine writes beside each unattributed row (contract version 2).
+    reasons = ["no_evidence" if r["remote_workload"] is None else None for r in rows]
+    return table.append_column("unattributed_reason", pa.array(reasons, pa.string()))
 
 
 def simulated_flows(now_ns: int, flows: int = 6_000, seed: int = 3) -> pa.Table:
