@@ -9,13 +9,13 @@
 
 import { state, update, windowParams } from "./console.js";
 import {
-  apiUrl, el, fmtBytes, fmtInt, fmtPct, fmtUs, fmtUtc, getJSON, svg, table,
+  apiUrl, el, fmtBytes, fmtInt, fmtPct, fmtUs, fmtUtc, getJSON, plural, svg, table,
 } from "./util.js";
 
 const UNNAMED = "(unattributed)";
-const NODE_W = 178;
+const NODE_W = 168;
 const NODE_H = 42;
-const COL_W = 240;
+const COL_W = 226;
 const ROW_H = 58;
 const PAD = 24;
 const AUTO_GROUP_OVER = 40; // workloads; more than this are drawn by group in "auto"
@@ -261,16 +261,23 @@ function draw() {
       const c = Math.max(40, (x2 - x1) / 2);
       d = `M${x1} ${y1}C${x1 + c} ${y1} ${x2 - c} ${y2} ${x2} ${y2}`;
       mid = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
+    } else if (layer.get(l.t) === layer.get(l.s)) {
+      // Within one layer: an arc out to the right of the column.
+      const x = a.x + NODE_W;
+      const y1 = a.y + NODE_H / 2 + 5;
+      const y2 = b.y + NODE_H / 2 - 5;
+      const bulge = 24 + Math.abs(y2 - y1) / 5;
+      d = `M${x} ${y1}C${x + bulge} ${y1} ${x + bulge} ${y2} ${x + 3} ${y2}`;
+      mid = { x: x + bulge * 0.75, y: (y1 + y2) / 2 };
     } else {
-      // A call back to an earlier (or the same) layer: under the nodes, bending down.
-      const x1 = a.x + NODE_W / 2;
-      const y1 = a.y + NODE_H;
-      const x2 = b.x + NODE_W / 2 + 12;
-      const y2 = b.y + NODE_H + 2;
-      const dip = 30 + Math.abs(x1 - x2) / 8;
-      d = `M${x1} ${y1}C${x1} ${y1 + dip} ${x2} ${y2 + dip} ${x2} ${y2}`;
-      mid = { x: (x1 + x2) / 2, y: Math.max(y1, y2) + dip * 0.75 };
-      height = Math.max(height, mid.y + PAD);
+      // Back to an earlier layer: from the caller's left side to the callee's right side.
+      const x1 = a.x;
+      const y1 = a.y + NODE_H / 2 + 6;
+      const x2 = b.x + NODE_W + 3;
+      const y2 = b.y + NODE_H / 2 + 6;
+      const c = Math.max(40, (x1 - x2) / 2);
+      d = `M${x1} ${y1}C${x1 - c} ${y1} ${x2 + c} ${y2} ${x2} ${y2}`;
+      mid = { x: (x1 + x2) / 2, y: (y1 + y2) / 2 };
     }
     const fail = l.failed > 0;
     const w = 1.2 + 4 * (Math.log1p(l.flows + l.failed) / Math.log1p(maxFlows));
@@ -315,9 +322,9 @@ function draw() {
     bindSelect(g, n.isGroup ? ["g", n.group] : ["n", n.name]);
     nodeLayer.append(g);
   }
-  // Fit the canvas's width when that keeps text readable (down to 80 %); else scroll.
+  // Fit the canvas's width when that keeps text readable (down to 75 %); else scroll.
   const room = canvas.clientWidth - 2;
-  const scale = room > 0 && width > room ? Math.max(0.8, room / width) : 1;
+  const scale = room > 0 && width > room ? Math.max(0.75, room / width) : 1;
   root.setAttribute("width", Math.round(width * scale));
   root.setAttribute("height", Math.ceil(height * scale));
   root.setAttribute("viewBox", `0 0 ${width} ${Math.ceil(height)}`);
@@ -547,15 +554,17 @@ function nodePanel(panel, name) {
     name === null ? el("p", { class: "hint" }, "Traffic whose other side nobody could name: "
       + "no heartbeat or event owned the address at the time. Its edges list its flows.") : null,
     stats([
-      ["Calls out", `${fmtInt(sum(out, (e) => e.flows))} connections to ${out.length} callees`],
-      ["Called", `${fmtInt(sum(inn, (e) => e.flows))} connections from ${inn.length} callers`],
+      ["Calls out", `${plural(sum(out, (e) => e.flows), "connection")} to `
+        + `${plural(out.length, "callee")}`],
+      ["Called", `${plural(sum(inn, (e) => e.flows), "connection")} from `
+        + `${plural(inn.length, "caller")}`],
       ["Failed attempts out", fmtInt(sum(out, (e) => e.failed_attempts))],
       ["Failed attempts in", fmtInt(sum(inn, (e) => e.failed_attempts))],
       ["Bytes sent / received", `${fmtBytes(sum(out, (e) => e.bytes_to_callee)
         + sum(inn, (e) => e.bytes_to_caller))} / ${fmtBytes(sum(out, (e) => e.bytes_to_caller)
         + sum(inn, (e) => e.bytes_to_callee))}`],
       ["Peer unnamed", name === null ? "–"
-        : `${fmtInt(unnamedPeer)} connections (${fmtPct(conns ? (100 * unnamedPeer) / conns : null)})`],
+        : `${plural(unnamedPeer, "connection")} (${fmtPct(conns ? (100 * unnamedPeer) / conns : null)})`],
     ]),
     el("h3", {}, "Peers"),
     el("div", { class: "table-wrap" }, peerTable),

@@ -37,6 +37,10 @@ export function fmtInt(n) {
   return n === null || n === undefined ? "–" : Math.round(Number(n)).toLocaleString("en-US");
 }
 
+export function plural(n, word) {
+  return `${fmtInt(n)} ${word}${Number(n) === 1 ? "" : "s"}`;
+}
+
 export function fmtBytes(n) {
   if (n === null || n === undefined) return "–";
   const units = ["B", "kB", "MB", "GB", "TB", "PB"];
