@@ -80,11 +80,13 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
-def _ends_sql(source: str, window: Window) -> str:
+def _ends_sql(source: str, window: Window, keys: bool = False) -> str:
     """One row per exporter's connection or attempt in the window, as its caller and callee see
     it (the client's view NAT-resolved): `side` 0 a client row, 1 a server row, 2 an attempt;
-    `tuple_hash` of (caller ip:port, callee ip:port)."""
+    `tuple_hash` of (caller ip:port, callee ip:port). `keys`: with the stored row's key
+    (exporter, flow_id, row_end_ns, row_state), to find the row again."""
     connected = f"{OUTCOME_SQL} IN {_sql_list(CONNECTED)}"
+    key_columns = "exporter, flow_id, end_ns AS row_end_ns, state AS row_state," if keys else ""
     return f"""
     WITH w AS (
         SELECT * FROM {source} WHERE {window.sql()}
@@ -93,7 +95,8 @@ def _ends_sql(source: str, window: Window) -> str:
         ) = 1
     ),
     e AS (
-        SELECT CASE WHEN NOT ({connected}) THEN 2 WHEN direction = 'outbound' THEN 0 ELSE 1 END
+        SELECT {key_columns}
+               CASE WHEN NOT ({connected}) THEN 2 WHEN direction = 'outbound' THEN 0 ELSE 1 END
                    AS side,
                {pairing.PAIR_TIME_SQL} AS pair_ns,
                CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END
@@ -119,11 +122,15 @@ def _ends_sql(source: str, window: Window) -> str:
 
 
 def _ends(
-    con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    window: Window,
+    tolerance_ns: int,
+    keys: bool = False,
 ) -> pa.Table:
     """The window's ends (see _ends_sql) with `rid` (row number) and `partner` (the rid of the
     server row a client row is paired with by flowtrail/pairing.py's rule, else -1)."""
-    ends = query_arrow(con, _ends_sql(source, window))
+    ends = query_arrow(con, _ends_sql(source, window, keys))
     side = np.asarray(ends.column("side").to_numpy(), np.int64)
     group = np.asarray(ends.column("tuple_hash").to_numpy(), np.uint64).view(np.int64)
     at = np.asarray(ends.column("pair_ns").fill_null(0).to_numpy(), np.int64)
@@ -154,7 +161,11 @@ def _same_tuple(
 
 @contextmanager
 def _connections(
-    con: duckdb.DuckDBPyConnection, source: str, window: Window, tolerance_ns: int
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    window: Window,
+    tolerance_ns: int,
+    keys: bool = False,
 ) -> Iterator[str]:
     """CTEs `c` (one row per connection) and `a` (attempts); see the module doc.
 
@@ -164,14 +175,16 @@ def _connections(
     if tolerance_ns < 0:
         raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
     name = f"_flowtrail_ends_{uuid.uuid4().hex}"
-    con.register(name, _ends(con, source, window, tolerance_ns))
+    con.register(name, _ends(con, source, window, tolerance_ns, keys))
     try:
         yield f"""
     o AS (SELECT * FROM {name} WHERE side = 0),
     i AS (SELECT * FROM {name} WHERE side = 1),
-    a AS (SELECT caller, callee FROM {name} WHERE side = 2),
+    a AS (SELECT caller, callee, rid FROM {name} WHERE side = 2),
+    ends AS (SELECT * FROM {name}),
     c AS (
-        SELECT coalesce(o.caller, i.caller) AS caller,
+        SELECT o.rid AS client_rid, i.rid AS server_rid,
+               coalesce(o.caller, i.caller) AS caller,
                coalesce(o.callee, i.callee) AS callee,
                coalesce(o.caller_ip, i.caller_ip) AS caller_ip,
                coalesce(o.callee_ip, i.callee_ip) AS callee_ip,
@@ -280,8 +293,8 @@ class FlowFilter:
     remote_source: str | None = None
     exporter: str | None = None
     outcome: str | None = None  # one of schema.OUTCOMES, or a group of OUTCOME_GROUPS
-    # One dependency edge, as each row sees it (an outbound row's local side is the caller, an
-    # inbound row's remote side): caller/callee name the sides, `unnamed` the null ones.
+    # One dependency edge, as dependencies() counts it: caller/callee name its sides, `unnamed`
+    # the side(s) without a name. Rows: those of the connections and attempts on that edge.
     caller: str | None = None
     callee: str | None = None
     unnamed: str | None = None  # one of UNNAMED_SIDES
@@ -324,20 +337,23 @@ class FlowFilter:
             values = OUTCOME_GROUPS.get(self.outcome, (self.outcome,))
             where.append(f"{OUTCOME_SQL} IN ({', '.join('?' for _ in values)})")
             params += list(values)
-        for side, name in (("caller", self.caller), ("callee", self.callee)):
-            if name is not None:
-                where.append(f"{_SIDE_SQL[side]} = ?")
-                params.append(name)
-            elif self.unnamed in (side, "both"):
-                where.append(f"{_SIDE_SQL[side]} IS NULL")
         return (" AND ".join(where) or "TRUE"), params
 
+    @property
+    def edge(self) -> bool:
+        return self.caller is not None or self.callee is not None or self.unnamed is not None
 
-# The caller and callee of one row, as dependencies() reads them (see the module doc).
-_SIDE_SQL = {
-    "caller": "(CASE WHEN direction = 'outbound' THEN local_workload ELSE remote_workload END)",
-    "callee": "(CASE WHEN direction = 'outbound' THEN remote_workload ELSE local_workload END)",
-}
+    def edge_sql(self) -> tuple[str, list[Any]]:
+        """The edge's condition on a relation with `caller` and `callee` columns."""
+        where: list[str] = []
+        params: list[Any] = []
+        for side, name in (("caller", self.caller), ("callee", self.callee)):
+            if name is not None:
+                where.append(f"{side} = ?")
+                params.append(name)
+            elif self.unnamed in (side, "both"):
+                where.append(f"{side} IS NULL")
+        return (" AND ".join(where) or "TRUE"), params
 
 
 def flows(
@@ -350,19 +366,37 @@ def flows(
     offset: int = 0,
 ) -> pa.Table:
     """Attributed flow rows (contract columns), newest end_ns first; `offset` rows skipped
-    (a page further on: give a fixed `until` so that new rows do not shift the pages)."""
+    (a page further on: give a fixed `until` so that new rows do not shift the pages).
+
+    With an edge (caller/callee/unnamed), the rows are those of the connections and attempts
+    that dependencies() counts on it: each one's latest row in the window from every end that
+    captured it, so a connection seen at both ends lists two rows."""
     _check_limit(limit)
     if not 0 <= offset <= MAX_OFFSET:
         raise InputError(f"--offset {offset}: must be 0..{MAX_OFFSET}")
     cond, params = where.sql()
     columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names)
-    sql = f"""
-    SELECT {columns} FROM {source}
-    WHERE {window.sql()} AND {cond}
-    ORDER BY end_ns DESC, exporter, flow_id, state
-    LIMIT {int(limit)} OFFSET {int(offset)}
-    """
-    return query_arrow(con, sql, params)
+    page = f"ORDER BY end_ns DESC, exporter, flow_id, state LIMIT {int(limit)} OFFSET {int(offset)}"
+    if not where.edge:
+        sql = f"SELECT {columns} FROM {source} WHERE {window.sql()} AND {cond} {page}"
+        return query_arrow(con, sql, params)
+    on_edge, edge_params = where.edge_sql()
+    with _connections(con, source, window, DEFAULT_PAIR_TOLERANCE_NS, keys=True) as ctes:
+        sql = f"""
+        WITH {ctes},
+        members AS (
+            SELECT client_rid AS rid FROM c WHERE {on_edge} AND client_rid IS NOT NULL
+            UNION ALL SELECT server_rid FROM c WHERE {on_edge} AND server_rid IS NOT NULL
+            UNION ALL SELECT rid FROM a WHERE {on_edge}
+        )
+        SELECT {columns} FROM {source}
+        WHERE {window.sql()} AND {cond} AND (exporter, flow_id, end_ns, state) IN (
+            SELECT (exporter, flow_id, row_end_ns, row_state) FROM ends
+            WHERE rid IN (SELECT rid FROM members)
+        )
+        {page}
+        """
+        return query_arrow(con, sql, edge_params * 3 + params)
 
 
 def attribution_health(

@@ -186,6 +186,8 @@ def test_other_paths_and_methods(served: tuple[Store, QueryAPI]) -> None:
         "/api/top-talkers",
         "/api/flows",
         "/api/health",
+        "/api/health-series",
+        "/api/exporters",
     }
     status, _, body = get(api, "/healthz")
     assert status == 200 and json.loads(body)["ok"] is True
