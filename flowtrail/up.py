@@ -592,6 +592,7 @@ class _Up:
             f"flowtrail up: data in {lay.root}",
             f"  collector  {collector_url}  (TLS, cert {lay.tls / 'cert.pem'}, "
             f"tokens {lay.tokens})",
+            f"  console    {api_url}/  (service map, flows, attribution health)",
             f"  query API  {api_url}/api  (dependencies, top-talkers, flows, health; "
             "?since=15m&format=csv)",
             f"  agent      {'exporter ' + self.exporter if with_agent else 'off (--no-agent)'}",
