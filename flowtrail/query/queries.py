@@ -454,8 +454,9 @@ def health_series(
     now_ns: int | None = None,
 ) -> pa.Table:
     """attribution_health over time: the window cut into `buckets` equal spans, one line per
-    span that has rows. An open start is the oldest row's end; an open end is `now_ns` (or the
-    newest row's, if later or no now is given), so a source that went quiet shows as a gap.
+    span (an empty one has 0 rows and null waits). An open start is the oldest row's end; an
+    open end is `now_ns` (or the newest row's, if later or no now is given), so a source that
+    went quiet shows as empty spans at the end.
 
     Columns: `start_ns`, `end_ns` (the span), `rows`, `attributed`, `heartbeat`, `event`,
     `unattributed` (rows by remote_source), `wait_p50_ms`, `wait_p99_ms`.
@@ -472,18 +473,26 @@ def health_series(
         lo = lo if lo else int(row["lo"])
         hi = hi if hi != MAX_NS else max(int(row["hi"]) + 1, now_ns or 0)
     width = max(1, -(-(hi - lo) // buckets))  # ceiling: the last span reaches `hi`
+    spans = -(-(hi - lo) // width)
     sql = f"""
-    SELECT {lo} + b * {width} AS start_ns, least({lo} + (b + 1) * {width}, {hi}) AS end_ns,
-           count(*)::BIGINT AS rows,
-           count(remote_workload)::BIGINT AS attributed,
-           count(*) FILTER (WHERE remote_source = 'heartbeat')::BIGINT AS heartbeat,
-           count(*) FILTER (WHERE remote_source = 'event')::BIGINT AS event,
-           count(*) FILTER (WHERE remote_source = 'unattributed')::BIGINT AS unattributed,
-           quantile_cont((attributed_ns - received_ns) / 1e6, 0.5) AS wait_p50_ms,
-           quantile_cont((attributed_ns - received_ns) / 1e6, 0.99) AS wait_p99_ms
-    FROM (SELECT *, (end_ns - {lo}) // {width} AS b FROM {source}
-          WHERE end_ns >= {lo} AND end_ns < {hi})
-    GROUP BY b ORDER BY b
+    WITH agg AS (
+        SELECT b, count(*)::BIGINT AS rows,
+               count(remote_workload)::BIGINT AS attributed,
+               count(*) FILTER (WHERE remote_source = 'heartbeat')::BIGINT AS heartbeat,
+               count(*) FILTER (WHERE remote_source = 'event')::BIGINT AS event,
+               count(*) FILTER (WHERE remote_source = 'unattributed')::BIGINT AS unattributed,
+               quantile_cont((attributed_ns - received_ns) / 1e6, 0.5) AS wait_p50_ms,
+               quantile_cont((attributed_ns - received_ns) / 1e6, 0.99) AS wait_p99_ms
+        FROM (SELECT *, (end_ns - {lo}) // {width} AS b FROM {source}
+              WHERE end_ns >= {lo} AND end_ns < {hi})
+        GROUP BY b
+    )
+    SELECT {lo} + s.b * {width} AS start_ns, least({lo} + (s.b + 1) * {width}, {hi}) AS end_ns,
+           coalesce(rows, 0)::BIGINT AS rows, coalesce(attributed, 0)::BIGINT AS attributed,
+           coalesce(heartbeat, 0)::BIGINT AS heartbeat, coalesce(event, 0)::BIGINT AS event,
+           coalesce(unattributed, 0)::BIGINT AS unattributed, wait_p50_ms, wait_p99_ms
+    FROM (SELECT range AS b FROM range({spans})) s LEFT JOIN agg ON agg.b = s.b
+    ORDER BY s.b
     """
     return query_arrow(con, sql)
 

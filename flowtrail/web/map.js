@@ -71,9 +71,14 @@ export async function loadMap(signal) {
   document.getElementById("map-known").checked = state.known === "1";
   const params = { ...windowParams(), known_only: state.known === "1" ? "true" : "" };
   edges = await getJSON(apiUrl("dependencies", params), signal);
+  const t0 = performance.now();
   draw();
+  const t1 = performance.now();
   renderEdgeTable();
+  const t2 = performance.now();
   await renderPanel(signal);
+  // For the benchmark: the time spent drawing the map and its table, apart from the API.
+  document.body.dataset.drawMs = `${Math.round(t1 - t0)}+${Math.round(t2 - t1)}`;
 }
 
 function grouped(workloads) {
@@ -426,6 +431,9 @@ function nameCell(name) {
   return name === null ? el("span", { class: "unk-name" }, UNNAMED) : name;
 }
 
+const EDGE_ROWS = 100; // the table's first rows (by bytes); the rest on request
+let allEdgeRows = false;
+
 function renderEdgeTable() {
   const cols = [
     { label: "Edge", value: (e) => el("button", { type: "button", class: "link",
@@ -436,11 +444,22 @@ function renderEdgeTable() {
       } }, `${labelOf(e.caller)} → ${labelOf(e.callee)}`) },
     ...EDGE_COLUMNS.slice(2),
   ];
-  table(document.getElementById("edge-table"), cols, edges, {
+  const shown = allEdgeRows ? edges : edges.slice(0, EDGE_ROWS);
+  const node = document.getElementById("edge-table");
+  table(node, cols, shown, {
     empty: "No edges in this window.",
     rowAttrs: (e) => ({ dataset: { caller: labelOf(e.caller), callee: labelOf(e.callee) } }),
   });
-  document.querySelector("#map-edges summary").textContent = `Edges (${edges.length})`;
+  if (shown.length < edges.length) {
+    node.tBodies[0].append(el("tr", {}, el("td", { colspan: cols.length },
+      el("button", { type: "button", onclick: () => {
+        allEdgeRows = true;
+        renderEdgeTable();
+      } }, `Show all ${fmtInt(edges.length)} edges`))));
+  }
+  document.querySelector("#map-edges summary").textContent = shown.length < edges.length
+    ? `Edges (${fmtInt(edges.length)}; the ${fmtInt(shown.length)} moving the most bytes below)`
+    : `Edges (${fmtInt(edges.length)})`;
 }
 
 function stats(pairs) {
@@ -503,8 +522,8 @@ async function edgePanel(panel, caller, callee, signal) {
       ["RTT p50 / p99", `${fmtUs(e.rtt_p50_us)} / ${fmtUs(e.rtt_p99_us)}`],
     ]),
     el("h3", {}, "Its flows, newest first"),
-    el("p", { class: "hint" }, "Rows as each end captured them: a connection seen at both "
-      + "ends has two, and a long one its snapshots."),
+    el("p", { class: "hint" }, "Each connection's latest row from every end that captured "
+      + "it (seen at both ends: two rows), and the failed attempts."),
     el("div", { class: "table-wrap" }, list),
     el("p", {}, linkButton("All of this edge's flows →", edgeFilter(caller, callee))),
   );
@@ -512,8 +531,10 @@ async function edgePanel(panel, caller, callee, signal) {
   const rows = await getJSON(apiUrl("flows", { ...windowParams(), caller: f.fc, callee: f.fe,
     unnamed: f.fun, limit: 50 }), signal);
   table(list, [
-    { label: "End (UTC)", value: (r) => fmtUtc(r.end_ns), cls: "time" },
-    { label: "Captured by", value: (r) => `${r.exporter} (${r.direction === "outbound" ? "caller" : "callee"})` },
+    { label: "Ended (UTC)", value: (r) => el("span", { title: fmtUtc(r.end_ns) },
+      fmtUtc(r.end_ns).slice(11)), cls: "time" },
+    { label: "End", value: (r) => el("span", { title: r.exporter },
+      r.direction === "outbound" ? "caller" : "callee") },
     { label: "Outcome", value: (r) => r.outcome ?? "established" },
     { label: "Bytes", num: true, value: (r) => fmtBytes(r.bytes_sent + r.bytes_received) },
   ], rows, { rowAttrs: (r) => ({ dataset: { flowId: r.flow_id, exporter: r.exporter } }) });
