@@ -68,9 +68,8 @@ function syncControls() {
     else a.removeAttribute("aria-current");
     a.href = urlOf({ ...state, view: a.dataset.view });
   }
-  for (const [name, loader] of Object.entries(VIEWS)) {
+  for (const name of Object.keys(VIEWS)) {
     document.getElementById(`view-${name}`).hidden = name !== state.view;
-    void loader;
   }
   document.getElementById("win").value = state.win;
   document.getElementById("refresh").value = state.refresh;
