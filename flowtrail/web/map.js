@@ -309,7 +309,8 @@ function draw() {
   }
   for (const [id, n] of nodes) {
     const p = at.get(id);
-    const short = n.label.length > 24 ? `${n.label.slice(0, 23)}…` : n.label;
+    // What fits the box in 13 px bold; the whole name is in the tooltip and the panel.
+    const short = n.label.length > 21 ? `${n.label.slice(0, 20)}…` : n.label;
     const sub = `${fmtInt(n.inFlows)} in · ${fmtInt(n.outFlows)} out`
       + (n.failed ? ` · ${fmtInt(n.failed)}✕` : "");
     const g = svg("g", {
