@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,7 +259,8 @@ def health_series_command(source: Source, buckets: int) -> None:
     """Attribution health over time: rows by source and wait p50/p99 per span of the window."""
     from flowtrail.query.queries import health_series
 
-    source.run(lambda con, w, rel: health_series(con, w, source=rel, buckets=buckets))
+    now = time.time_ns()  # an open --until ends now: a source gone quiet shows as empty spans
+    source.run(lambda con, w, rel: health_series(con, w, source=rel, buckets=buckets, now_ns=now))
 
 
 @query.command("exporters")

@@ -18,7 +18,10 @@ from flowtrail.units import format_time_ns
 from flowtrail.vocabulary import FORMATS as FORMATS
 
 # Points in time (not durations such as a wait): the contract's time columns.
-TIME_COLUMNS = frozenset(c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.TIME)
+TIME_COLUMNS = frozenset(
+    {c.name for t in TABLES.values() for c in t.columns if c.kind is Kind.TIME}
+    | {"last_end_ns", "last_received_ns"}  # the exporters query's
+)
 
 
 def render(table: pa.Table, fmt: str) -> str:

@@ -213,3 +213,26 @@ def test_drops_read_the_counters_metrics_shows() -> None:
         "agent capture: ringbuf_full": 2,
         "agent spool full: rows dropped": 1,
     }
+
+
+def test_the_cli_asks_the_same_questions(data: tuple[pa.Table, Path]) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from flowtrail.query.command import query
+
+    db = str(data[1])
+    run = CliRunner().invoke(query, ["exporters", "--db", db, "--format", "json"])
+    assert run.exit_code == 0, run.output
+    with duckdb.connect(db, read_only=True) as c:
+        assert json.loads(run.output) == exporters(c).to_pylist()
+    run = CliRunner().invoke(
+        query, ["health-series", "--db", db, "--buckets", "4", "--format", "json"]
+    )
+    assert run.exit_code == 0, run.output
+    spans = json.loads(run.output)
+    assert sum(s["rows"] for s in spans) == data[0].num_rows
+    assert spans[-1]["end_ns"] > data[0]["end_ns"].to_pylist()[0]  # open end: now, not the data's
+    run = CliRunner().invoke(query, ["flows", "--db", db, "--unnamed", "both", "--offset", "0"])
+    assert run.exit_code == 0, run.output
