@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import make_driver, quit_driver
+from browser_driver import make_driver, quit_driver
 from console_data import MINUTE, known_flows, simulated_flows
 from up_process import UpWithFlows
 
