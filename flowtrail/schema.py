@@ -80,6 +80,11 @@ S, I32, I64, B = pa.string(), pa.int32(), pa.int64(), pa.bool_()
 # Where an address is owned (docs/attribution.md, "Address scopes"): on this host only, or in
 # the row's network. flowtrail/engine/scopes.py applies it.
 ADDRESS_SCOPES = ("host", "network")
+# Contract version 3: a flows row with this outcome is no connection but a heartbeat: its
+# local_workload listened on local_ip:local_port over [start_ns, end_ns]. The collector learns
+# ownership from it and writes it nowhere (docs/contract.md, "Listening sockets").
+LISTENING = "listening"
+FLOW_OUTCOMES = (*OUTCOMES, LISTENING)
 
 FLOWS = Table(
     "flows",
@@ -144,7 +149,14 @@ FLOWS = Table(
             "when this end reached ESTABLISHED; null: never/unknown",
             Kind.TIME,
         ),
-        Column("outcome", S, False, "how it ended; null = established", Kind.ENUM, OUTCOMES),
+        Column(
+            "outcome",
+            S,
+            False,
+            "how it ended; null = established; listening: a listener's heartbeat",
+            Kind.ENUM,
+            FLOW_OUTCOMES,
+        ),
     ),
     ordered=(("start_ns", "end_ns"), ("start_ns", "established_ns")),
 )

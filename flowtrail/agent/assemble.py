@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from flowtrail.agent.records import OUTCOMES, RAW_SCHEMA
 from flowtrail.errors import InputError
-from flowtrail.schema import DIRECTIONS, FLOWS, STATES
+from flowtrail.schema import DIRECTIONS, FLOWS, LISTENING, STATES
 
 AGENT_SCHEMA = FLOWS.schema
 """What the agent exports: the FLOWS columns in contract order."""
@@ -104,7 +104,7 @@ def assemble(
     for name in _COPIED:
         columns[name] = table.column(name)
     outcome = pc.if_else(
-        pc.is_in(table.column("outcome"), value_set=pa.array(OUTCOMES)),
+        pc.is_in(table.column("outcome"), value_set=pa.array([*OUTCOMES, LISTENING])),
         table.column("outcome"),
         pa.scalar("failed"),
     )

@@ -205,6 +205,12 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
 )
 @click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
 @click.option(
+    "--no-listeners",
+    is_flag=True,
+    help="Do not emit `listening` rows (listening sockets as heartbeats for their addresses; "
+    "a collector older than contract version 3 refuses them).",
+)
+@click.option(
     "--no-nat",
     is_flag=True,
     help="Do not resolve DNAT nor mark source-NAT addresses (not on a NAT gateway).",
@@ -275,6 +281,7 @@ def agent(
     ringbuf: str,
     netns_specs: tuple[str, ...],
     no_snapshots: bool,
+    no_listeners: bool,
     no_nat: bool,
     network: str | None,
     host_local: tuple[str, ...],
@@ -308,6 +315,7 @@ def agent(
         default_host_workload,
         parse_resolvers,
     )
+    from flowtrail.agent.listeners import ListenerWatch
     from flowtrail.agent.netlink import NetnsIndex
     from flowtrail.agent.runner import Agent, AgentConfig
     from flowtrail.agent.scopes import ScopeMarker
@@ -378,6 +386,7 @@ def agent(
         scopes=ScopeMarker(
             netns, host_local=host_nets, routable=routable_nets, detect=not no_scope_detection
         ),
+        listeners=None if no_listeners else ListenerWatch(netns, only_netns),
         on_closed=_printer(sys.stdout) if to_stdout else None,
     )
     identity.refresh()

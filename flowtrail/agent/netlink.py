@@ -159,6 +159,13 @@ class NetnsIndex:
                 found.setdefault(ino, path)
         self._paths = found
 
+    def known(self) -> list[int]:
+        """Every namespace a process or a bind mount holds now (rescanned at most once per
+        `rescan_s`)."""
+        if time.monotonic() - self._last_scan >= self.rescan_s:
+            self._scan()
+        return list(self._paths)
+
     def path(self, ino: int, pid_hint: int = 0) -> str | None:
         """A path for `ino`; '' for this process's own netns; None when unreachable."""
         if ino == self.own:

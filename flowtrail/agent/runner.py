@@ -2,8 +2,9 @@
 
 Each polled batch of closed connections is resolved immediately (identity while its cgroup
 surely exists, NAT while conntrack still holds the entry) and held until the interval ends.
-At each interval boundary the held rows plus `active` snapshots of long-lived connections are
-handed to the Delivery as one batch. Every second the agent also learns the cgroups of live
+At each interval boundary the held rows plus `active` snapshots of long-lived connections
+and `listening` rows of listening sockets (heartbeats for servers nobody calls) are handed
+to the Delivery as one batch. Every second the agent also learns the cgroups of live
 sockets and rescans the cgroup tree, so a cgroup removed before export still has its name.
 
 Everything that moves is counted in `Agent.metrics()`; capture's own drops appear there as
@@ -26,6 +27,7 @@ from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.scopes import ScopeMarker
+from flowtrail.agent.listeners import ListenerWatch
 from flowtrail.agent.snapshots import Snapshotter
 
 
@@ -79,6 +81,7 @@ class Agent:
         nat: NatResolver | None = None,
         snapshotter: Snapshotter | None = None,
         scopes: ScopeMarker | None = None,
+        listeners: ListenerWatch | None = None,
         on_closed: OnClosed | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -91,6 +94,7 @@ class Agent:
         self.nat = nat
         self.snapshotter = snapshotter
         self.scopes = scopes
+        self.listeners = listeners
         self.on_closed = on_closed
         self.clock_ns = clock_ns
         self._held: list[pa.Table] = []
@@ -113,6 +117,7 @@ class Agent:
             "backlog_dropped_rows": 0,
             "own_traffic_rows": 0,
             "other_netns_rows": 0,
+            "listening_rows": 0,
         }
         self._netns = None if config.netns is None else pa.array(sorted(config.netns), pa.uint32())
         self._own = pa.array(sorted(f"{ip}|{port}" for ip, port in config.own_endpoints))
@@ -192,6 +197,37 @@ class Agent:
         live = self._in_my_netns(self.capture.live())
         self.identity.observe(live)
         self.identity.refresh()
+        if self.listeners is not None:
+            # Sightings further apart than this (a stalled agent) are not taken as continuous.
+            self.listeners.look(self.identity, int(3 * self.config.learn_every_s * 1e9))
+
+    def listening(self) -> pa.Table:
+        """`listening` rows: each listener's run of sightings since the last interval."""
+        if self.listeners is None:
+            return AGENT_SCHEMA.empty_table()
+        raw, workload = self.listeners.take()
+        if raw.num_rows == 0:
+            return AGENT_SCHEMA.empty_table()
+        own = self._without_own(raw.append_column("workload", workload))
+        workload, raw = own.column("workload").combine_chunks(), own.drop_columns(["workload"])
+        flows = assemble(
+            raw,
+            exporter=self.config.exporter,
+            region=self.config.region,
+            state="active",
+            local_workload=workload,
+            translating=self.nat.translating(raw) if self.nat is not None else None,
+        )
+        # One socket may stand for several addresses: the address makes the id unique.
+        ids = pc.binary_join_element_wise(
+            pa.scalar(f"{self.config.exporter}:listen"),
+            pc.cast(raw.column("sock_id"), pa.string()),
+            raw.column("local_ip"),
+            ":",
+        )
+        flows = flows.set_column(0, AGENT_SCHEMA.field("flow_id"), ids)
+        self.counters["listening_rows"] += flows.num_rows
+        return flows
 
     def snapshot(self, now_ns: int) -> pa.Table:
         if self.snapshotter is None or not self.config.snapshots:
@@ -216,6 +252,7 @@ class Agent:
         self._held = []
         if snapshots:
             parts.append(self.snapshot(now_ns))
+        parts.append(self.listening())
         self.counters["intervals"] += 1
         table = pa.concat_tables(parts) if parts else AGENT_SCHEMA.empty_table()
         if table.num_rows:
@@ -331,6 +368,8 @@ class Agent:
             out.update(self.snapshotter.stats)
         if self.scopes is not None:
             out.update(self.scopes.stats)
+        if self.listeners is not None:
+            out.update(self.listeners.stats)
         out.update(self.delivery.metrics())
         try:
             for reason, count in self.capture.stats().items():

@@ -61,6 +61,7 @@ from flowtrail.engine import scopes
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
+from flowtrail.engine.replay import split_listening
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.errors import ContractError, ExportError
 from flowtrail.incoming import validate_incoming
@@ -195,6 +196,7 @@ class ClusterNode:
             "rows_not_learned": 0,
             "rows_written": 0,
             "rows_stored": 0,
+            "rows_listening": 0,  # listeners' heartbeats: learnt from, written nowhere
             "clock_marks": 0,
             "clock_marks_published": 0,
             "clock_mark_failures": 0,
@@ -768,6 +770,10 @@ class ClusterNode:
                 await self._settle(held.msg.ack(), "ack")
 
     async def _write(self, table: pa.Table) -> None:
+        table, heard = split_listening(table)
+        self.stats["rows_listening"] += heard.num_rows
+        if table.num_rows == 0:
+            return
         stored = await asyncio.to_thread(self.sink.write, table)  # durable before any ack
         self.stats["rows_written"] += table.num_rows
         self.stats["rows_stored"] += stored

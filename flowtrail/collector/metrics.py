@@ -132,6 +132,11 @@ class Metrics:
         self.rows_out = Counter(
             "flowtrail_collector_rows_stored", "decided rows written to the sink", registry=r
         )
+        self.rows_listening = Counter(
+            "flowtrail_collector_rows_listening",
+            "listening sockets' rows learnt from as heartbeats and written nowhere",
+            registry=r,
+        )
         self.rows_expired = Counter(
             "flowtrail_collector_rows_expired", "stored rows deleted by retention", registry=r
         )

@@ -38,6 +38,7 @@ from flowtrail.collector.sink import NamedSink, Sink, refuses_rows
 from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import Record, WriteAheadLog
 from flowtrail.engine.attributor import Settings
+from flowtrail.engine.replay import split_listening
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.schema import FLOWS
 
@@ -410,6 +411,7 @@ class Collector:
             decided = self.engine.tick(now)
         with self._sink_lock:
             for table in decided:
+                table = self._drop_listening(table)
                 table = self._drop_already_stored(table)
                 if table.num_rows:
                     self._observe(table)
@@ -434,6 +436,16 @@ class Collector:
         except Exception as exc:  # retention is housekeeping: report, never stop ingest
             self.metrics.sink_failures.inc()
             self.last_sink_error = f"retention: {type(exc).__name__}: {exc}"
+
+    def _drop_listening(self, table: pa.Table) -> pa.Table:
+        """Listeners' rows were heartbeats for the engine: done once decided, never stored.
+        Not marked in the log, so a restart learns from them again."""
+        table, heard = split_listening(table)
+        if heard.num_rows:
+            with self._engine_lock:
+                self._count_stored(np.asarray(heard.column(ROW_ID).to_numpy()))
+            self.metrics.rows_listening.inc(heard.num_rows)
+        return table
 
     def _drop_already_stored(self, table: pa.Table) -> pa.Table:
         if len(self._already_stored) == 0:

@@ -12,7 +12,8 @@ Order of evidence for a flow's remote address at its start (see docs/attribution
 3. after waiting max_wait without either: the event feed's time ranges, where safe;
 4. otherwise unattributed: an honest "don't know".
 An address some host source-translates others' connections to (a NAT gateway's) is named
-only by 1.: see translating.py.
+only by 1.: see translating.py. Rows of listening sockets (outcome `listening`) are heartbeats
+only: they feed 2. and are handed back at once, decided as nothing (the caller drops them).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ FLOW_DTYPE = np.dtype(
         ("exporter", np.int32),  # who sent the row (an interned name): claims are per host
         ("conflict", np.bool_),  # engine-internal: a conflicting claim was seen
         ("translating", np.bool_),  # this host source-translates others' connections to local
+        ("listening", np.bool_),  # a listener's heartbeat, not a connection: never decided
     ]
 )
 
@@ -107,9 +109,12 @@ class FlowArrays:
         start: I64, end: I64, local_owner: I32, received: I64, exporter: I32 | None = None,
         pair: I64 | None = None,
         translating: npt.NDArray[np.bool_] | None = None,
+        listening: npt.NDArray[np.bool_] | None = None,
     ) -> FlowArrays:  # fmt: skip
         """`pair`: pair times (flowtrail/pairing.py); None: the start times."""
         rec = np.zeros(len(row), FLOW_DTYPE)
+        if listening is not None:
+            rec["listening"] = listening
         if exporter is not None:
             rec["exporter"] = exporter
         if translating is not None:
@@ -149,6 +154,7 @@ class FlowArrays:
     deadline = property(lambda self: self.rec["deadline"])
     conflict = property(lambda self: self.rec["conflict"])
     translating = property(lambda self: self.rec["translating"])
+    listening = property(lambda self: self.rec["listening"])
 
 
 @dataclass
@@ -186,6 +192,7 @@ class Counters:
     waited_for_events: int = 0
     evicted_segments: int = 0
     evicted_events: int = 0
+    listening_rows: int = 0  # listeners' heartbeats: evidence only, handed back undecided
 
 
 class Attributor:
@@ -216,7 +223,9 @@ class Attributor:
         """
         if len(flows) == 0:
             return
-        self.counters.flows_in += len(flows)
+        listening = int(np.count_nonzero(flows.listening))
+        self.counters.flows_in += len(flows) - listening
+        self.counters.listening_rows += listening
         self._new.append(flows)
         if self.settings.method != "heartbeat":
             return
@@ -270,9 +279,11 @@ class Attributor:
                 ev.local_key[r], ev.local_owner[r], ev.start[r], ev.end[r], ev.exporter[r]
             )
         if self.settings.use_peers:
+            conn = ~ev.listening  # a listener is no end of any connection
             self.peers.add(
-                ev.local_key, ev.local_port, ev.remote_key, ev.remote_port, ev.pair,
-                ev.local_owner, now, ev.row, ev.exporter,
+                ev.local_key[conn], ev.local_port[conn], ev.remote_key[conn],
+                ev.remote_port[conn], ev.pair[conn], ev.local_owner[conn], now, ev.row[conn],
+                ev.exporter[conn],
             )  # fmt: skip
         return ev
 
@@ -301,8 +312,11 @@ class Attributor:
         """Decide every flow that can be decided at collector time `now`."""
         new = FlowArrays.concat(self._new) if self._new else FlowArrays.empty()
         self._new = []
+        heard = self._listening(new, now)
+        if len(heard):
+            new = new.take(~new.listening)
         if self.settings.method == "event":
-            return self._decide_baseline(new, now)
+            return Decisions.concat([heard, self._decide_baseline(new, now)])
         self._maybe_evict(now)
 
         # Flows whose wait is over are decided now, with everything known by now.
@@ -319,10 +333,23 @@ class Attributor:
         woke = FlowArrays(self._pending.take_rows(partners))
         self.counters.retries += len(retry) + len(woke)
         if len(woke) == 0:
-            return decisions
+            return Decisions.concat([heard, decisions])
         more, still, _ = self._decide(woke, now)
         self._pending.add(woke.rec[still])
-        return Decisions.concat([decisions, more])
+        return Decisions.concat([heard, decisions, more])
+
+    @staticmethod
+    def _listening(c: FlowArrays, now: int) -> Decisions:
+        """Listeners' rows handed back at once: their local side is all they say (learnt on
+        arrival), and they name no remote side. Not counted among decisions."""
+        idx = np.flatnonzero(c.listening)
+        n = len(idx)
+        return Decisions(
+            row=c.row[idx], owner=np.full(n, -1, np.int32),
+            source=np.full(n, UNATTRIBUTED, np.int8), reason=np.zeros(n, np.int8),
+            via=np.zeros(n, np.int8), decided=np.full(n, now, np.int64),
+            waited=now - c.received[idx],
+        )  # fmt: skip
 
     def _decide(self, c: FlowArrays, now: int) -> tuple[Decisions, npt.NDArray[np.bool_], I64]:
         """Decisions for the flows that can be decided now, the mask of those that wait, and

@@ -3,7 +3,8 @@
 Rows and events are replayed in received order, in ticks of `tick_ns`; every tick the engine
 takes that tick's flows and events and decides what it can. When the input ends, the clock
 runs on until every waiting flow is decided. The output is the input, row for row, plus the
-contract's remote_workload, remote_source, attributed_ns and unattributed_reason.
+contract's remote_workload, remote_source, attributed_ns and unattributed_reason; rows of
+listening sockets (outcome `listening`) are evidence only and are left out of it (counted).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from flowtrail.errors import ContractError
 from flowtrail.schema import (
     ATTRIBUTION_COLUMNS,
     DEFAULT_RECEIVE_DELAY_NS,
+    LISTENING,
     SOURCES,
     UNATTRIBUTED_REASON,
     UNATTRIBUTED_REASONS,
@@ -153,7 +155,24 @@ def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
         translating=None
         if translating is None
         else np.asarray(pc.fill_null(translating.cast(pa.bool_()), False).to_numpy(), bool),
+        listening=listening_rows(flows),
     )
+
+
+def listening_rows(flows: pa.Table) -> npt.NDArray[np.bool_]:
+    """Per row: a listening socket's heartbeat (outcome `listening`), not a connection."""
+    outcome = _col(flows, "outcome")
+    if outcome is None:
+        return np.zeros(flows.num_rows, bool)
+    return np.asarray(pc.fill_null(pc.equal(outcome, LISTENING), False).to_numpy(), bool)
+
+
+def split_listening(decided: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(rows to write out, listeners' rows): a listener's heartbeat is written nowhere."""
+    heard = listening_rows(decided)
+    if not heard.any():
+        return decided, decided.slice(0, 0)
+    return decided.filter(pa.array(~heard)), decided.filter(pa.array(heard))
 
 
 def _tick_groups(received: I64, tick_ns: int) -> tuple[I64, I64, I64]:
@@ -245,10 +264,16 @@ def replay(
         waited[d.row], reason[d.row] = d.waited, d.reason
 
     out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
+    heard = fa.listening
+    if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
+        out = out.filter(pa.array(~heard))
+        source, waited = source[~heard], waited[~heard]
 
     elapsed = time.perf_counter() - began
-    summary = _summary(engine, n, source, waited, elapsed)
+    summary = _summary(engine, len(source), source, waited, elapsed)
     summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
+    if heard.any():
+        flows, fa = flows.filter(pa.array(~heard)), fa.take(~heard)
     summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
     return ReplayResult(out, summary)
 
@@ -275,6 +300,7 @@ def _summary(
         "ownership_segments": len(engine.ranges),
         "ownership_addresses": engine.ranges.addresses,
         "evidence_rows": c.evidence_rows,
+        "listening_rows": c.listening_rows,
         "events": c.events_in,
         "seconds": round(elapsed, 3),
     }

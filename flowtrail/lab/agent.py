@@ -14,6 +14,7 @@ from flowtrail.agent.capture import Capture
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
+from flowtrail.agent.listeners import ListenerWatch
 from flowtrail.agent.netlink import NetnsIndex
 from flowtrail.agent.runner import Agent, AgentConfig
 from flowtrail.agent.scopes import ScopeMarker
@@ -31,11 +32,15 @@ def running_agent(
     *,
     exporter: str = EXPORTER,
     netns: frozenset[int] | None = None,
+    listeners: bool = False,
 ) -> Iterator[Agent]:
     """An agent exporting as `exporter` in region `lab`, every `interval_s`, until the block ends.
 
     `netns`: only these namespaces' sockets (inodes), as `flowtrail agent --netns`. Address
     scopes are detected as the command's defaults do.
+
+    `listeners`: export `listening` rows too (off by default: they would match tests that
+    pick connection rows out by port).
 
     On exit it is stopped (its shutdown flushes the last batch through `delivery`) and the
     capture is closed, even when the block raised.
@@ -55,6 +60,7 @@ def running_agent(
             nat=NatResolver(index),
             snapshotter=Snapshotter(index),
             scopes=ScopeMarker(index),
+            listeners=ListenerWatch(index, netns) if listeners else None,
         )
         stop = threading.Event()
         thread = threading.Thread(target=agent.run, args=(stop,), name="lab-agent", daemon=True)
