@@ -225,7 +225,11 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         got = run_lab(run, out_dir)
     except LabError as exc:  # a command or an agent that could not run here: say which
         raise CapabilityError(f"demo --kernel: {exc}") from exc
-    say(f"{got['flows'].num_rows:,} captured rows; attributing {len(METHOD_NAMES)} ways")
+    captured = got["flows"].num_rows - got["listening_rows"]
+    say(
+        f"{captured:,} captured rows and {got['listening_rows']:,} listeners' rows; "
+        f"attributing {len(METHOD_NAMES)} ways"
+    )
     result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     once = counted_once(got["attempts"], got["flows"])
     kinds = {m: by_kind(t, got["truth"]) for m, t in result["tables"].items()}
@@ -241,6 +245,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
                     "lab": {
                         **once,
                         "capture_drops": got["capture_drops"],
+                        "listening_rows": got["listening_rows"],
                         "handovers": got["handovers"],
                         "across_hosts": got["across_hosts"],
                     },
@@ -257,7 +262,8 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         )
         return
     click.echo(
-        f"\n== kernel lab ({got['flows'].num_rows:,} captured rows; {once['attempts']:,} attempts:"
+        f"\n== kernel lab ({captured:,} captured rows, {got['listening_rows']:,} listeners' rows;"
+        f" {once['attempts']:,} attempts:"
         f" {once['established']:,} established, {once['refused']:,} refused, {once['failed']:,}"
         f" failed; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
     )

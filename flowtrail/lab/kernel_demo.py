@@ -267,7 +267,10 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
             made = attempts(fleet)
             drops = capture_drops(out / "agents", cfg.hosts)
             result = {
-                "flows": flows,
+                "flows": flows,  # with the listeners' `listening` rows: heartbeats, not flows
+                "listening_rows": int(
+                    pc.sum(pc.equal(flows.column("outcome"), "listening")).as_py() or 0
+                ),
                 "events": fleet.events(),
                 "regions": fleet.regions(),
                 "truth": fleet.truth(),
