@@ -4,8 +4,9 @@ Three hosts (network namespaces on a bridge), each with its own `flowtrail agent
 process; workloads in their own cgroups hand addresses to each other every few seconds (also
 across hosts); an agent-less load balancer named only by a late event; host 0 drops every
 other SYN to its services. The heartbeat method must name no flow wrongly, draw no false edge
-and leave at most 0.5% of owned rows (and of owned connections) unattributed; every attempt the workloads made must
-be captured once at each end that has an agent, or be among the losses the agents counted.
+and leave at most 0.5% of owned rows (and of owned connections) unattributed; every attempt
+the workloads made must be captured once at each end that has an agent, or be among the
+losses the agents counted.
 """
 
 from __future__ import annotations

@@ -289,3 +289,35 @@ def test_a_tick_that_raises_is_counted_and_retried_not_the_end_of_ticking(
     assert c.health().status == 200 and c.health().body["tick_error"] is None
     c.stop()
     assert read_parquet_sink(tmp_path / "out").num_rows == flows.num_rows
+
+
+def test_listeners_rows_name_an_attempt_and_are_stored_nowhere(tmp_path: Path) -> None:
+    """A quiet server's listening socket names its address for a refused attempt to it; the
+    listener's row itself is not stored, and the log still lets go of its segment."""
+    listening = {
+        "flow_id": "server:listen:7:10.0.0.2", "exporter": "server", "local_ip": "10.0.0.2",
+        "local_port": 8080, "remote_ip": "0.0.0.0", "remote_port": 0, "direction": "inbound",
+        "start_ns": NOW - 20 * S, "end_ns": NOW - S, "state": "active", "bytes_sent": 0,
+        "bytes_received": 0, "local_workload": "api", "outcome": "listening",
+    }  # fmt: skip
+    refused = {
+        **listening, "flow_id": "client:1", "exporter": "client", "local_ip": "10.0.0.1",
+        "local_port": 40000, "remote_ip": "10.0.0.2", "remote_port": 8081,
+        "direction": "outbound", "start_ns": NOW - 10 * S, "end_ns": NOW - 10 * S,
+        "state": "closed", "local_workload": "web", "outcome": "refused",
+    }  # fmt: skip
+    heard, tried = pa.Table.from_pylist([listening]), pa.Table.from_pylist([refused])
+    clock = Clock()
+    c = make(tmp_path, pa.concat_tables([heard, tried]), clock)
+    assert c.ingest("flows", token("server"), ipc_bytes(heard), "l1").status == 200
+    assert c.ingest("flows", token("client"), ipc_bytes(tried), "c1").status == 200
+    for _ in range(2 + 5 * S // STEP):
+        clock.t += STEP
+        c.tick(clock())
+    out = read_parquet_sink(tmp_path / "out")
+    assert out["flow_id"].to_pylist() == ["client:1"]
+    assert out["remote_workload"].to_pylist() == ["api"]
+    assert c.metrics.rows_listening._value.get() == 1
+    clock.t += 120 * S
+    c.tick(clock())
+    assert c.wal.segments() == [c.wal.current_segment]
