@@ -440,3 +440,29 @@ def test_a_batch_near_max_payload_is_split_and_a_fast_clock_cannot_rush_the_regi
     assert node.stats["rows_taken"] == big.num_rows  # both halves, once each
     assert clock <= before + 5 * SECOND  # not an hour ahead
     assert ack_wait_s == 30.0  # the consumer was created with 30 s before, not this node's 2 s
+
+
+def test_a_listeners_row_is_learnt_from_and_stored_nowhere(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    good = simulate("churny", 6, flows=500).flows.slice(0, 40)
+    first = good.slice(0, 1).to_pylist()[0]
+    heard = {
+        **first, "flow_id": "lstn:listen:7:10.9.9.9", "exporter": "lstn", "local_ip": "10.9.9.9",
+        "local_port": 8080, "remote_ip": "0.0.0.0", "remote_port": 0, "direction": "inbound",
+        "state": "active", "bytes_sent": 0, "bytes_received": 0, "established_ns": None,
+        "local_workload": "quiet-server", "outcome": "listening",
+    }  # fmt: skip
+    batch = pa.concat_tables([good, pa.Table.from_pylist([heard], schema=good.schema)])
+    region = "us-east"
+
+    async def main() -> ClusterNode:
+        async with _solo_node(nats_lab, tmp_path, region) as (bus, node, run):
+            await bus.publish_batch(region, batch, "with-a-listener")
+            await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
+            return node
+
+    node = asyncio.run(main())
+    assert node.stats["rows_listening"] == 1
+    assert node.sink.count() == good.num_rows  # type: ignore[attr-defined]
+    assert "lstn" not in node.sink.read().column("exporter").to_pylist()  # type: ignore[attr-defined]
