@@ -386,7 +386,10 @@ def agent(
         scopes=ScopeMarker(
             netns, host_local=host_nets, routable=routable_nets, detect=not no_scope_detection
         ),
-        listeners=None if no_listeners else ListenerWatch(netns, only_netns),
+        # Stamped on capture's clock, as the connections' rows are.
+        listeners=None
+        if no_listeners or capture.clock is None
+        else ListenerWatch(netns, only_netns, capture.clock.now_epoch_ns),
         on_closed=_printer(sys.stdout) if to_stdout else None,
     )
     identity.refresh()

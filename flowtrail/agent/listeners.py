@@ -161,6 +161,17 @@ def covered(listener: Listener, addresses: set[str]) -> list[str]:
     return [listener.ip] if listener.ip in addresses else []
 
 
+def named_runs(runs: list[Run], names: list[str | None]) -> list[Run]:
+    """One namespace's runs with their workloads set: unnamed ones dropped, and wildcard ones
+    too where the namespace's listeners name more than one workload."""
+    named = [(r, n) for r, n in zip(runs, names, strict=True) if n is not None]
+    if len({n for _, n in named}) > 1:
+        named = [(r, n) for r, n in named if r.listener.ip not in _WILDCARD]
+    for r, n in named:
+        r.workload = n
+    return [r for r, _ in named]
+
+
 class ListenerWatch:
     """Runs of (listener, address) sightings, exported as `listening` RAW_SCHEMA rows."""
 
@@ -238,16 +249,13 @@ class ListenerWatch:
         if not runs:
             return []
         names = identity.resolve(self._raw(runs)).to_pylist()
-        unnamed = sum(1 for n in names if n is None)
-        self.stats["listener_unnamed"] += unnamed
-        named = [(r, n) for r, n in zip(runs, names, strict=True) if n is not None]
-        if len({n for _, n in named}) > 1:
-            wild = [r for r, _ in named if r.listener.ip in _WILDCARD]
-            self.stats["listener_wildcards_shared"] += len(wild)
-            named = [(r, n) for r, n in named if r.listener.ip not in _WILDCARD]
-        for r, n in named:
-            r.workload = n
-        return [r for r, _ in named]
+        self.stats["listener_unnamed"] += sum(1 for n in names if n is None)
+        kept = named_runs(runs, names)
+        wild = sum(1 for r, n in zip(runs, names, strict=True) if n and r.listener.ip in _WILDCARD)
+        self.stats["listener_wildcards_shared"] += wild - sum(
+            1 for r in kept if r.listener.ip in _WILDCARD
+        )
+        return kept
 
     def take(self) -> tuple[pa.Table, pa.Array]:
         """Rows for every run seen since the last take (ended ones for the last time), and

@@ -60,7 +60,9 @@ def running_agent(
             nat=NatResolver(index),
             snapshotter=Snapshotter(index),
             scopes=ScopeMarker(index),
-            listeners=ListenerWatch(index, netns) if listeners else None,
+            listeners=ListenerWatch(index, netns, capture.clock.now_epoch_ns)
+            if listeners and capture.clock is not None
+            else None,
         )
         stop = threading.Event()
         thread = threading.Thread(target=agent.run, args=(stop,), name="lab-agent", daemon=True)
