@@ -296,7 +296,8 @@ def agent(
     Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), kernel BTF and the
     sock:inet_sock_set_state tracepoint. Every closed connection becomes a row of the
     contract's `flows` table with local_workload named by the identity resolvers (or null);
-    connections open longer than one interval also get `active` snapshot rows.
+    connections open longer than one interval also get `active` snapshot rows, and listening
+    sockets `listening` rows (heartbeats for their addresses).
     Stop with Ctrl-C or SIGTERM: the last batch is flushed before exit.
 
     \b
