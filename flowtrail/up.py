@@ -214,6 +214,7 @@ class AgentPart:
             Registry,
             default_host_workload,
         )
+        from flowtrail.agent.listeners import ListenerWatch
         from flowtrail.agent.netlink import NetnsIndex
         from flowtrail.agent.runner import Agent, AgentConfig
         from flowtrail.agent.snapshots import Snapshotter
@@ -247,6 +248,9 @@ class AgentPart:
             self.delivery,
             nat=NatResolver(netns),
             snapshotter=Snapshotter(netns),
+            listeners=ListenerWatch(netns, clock_ns=self.capture.clock.now_epoch_ns)
+            if self.capture.clock is not None
+            else None,
         )
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
