@@ -12,8 +12,11 @@ A listener is evidence for an address only while all of this holds at a look:
 - the address is configured in the listener's namespace, and is neither loopback nor
   link-local (those mean something else on every host, and every service listens there): a
   listener left bound to an address that moved elsewhere claims nothing;
-- its cgroup still exists (a socket kept open by a leftover process after its workload's
-  cgroup went names nobody) and the identity chain names a workload for it;
+- its cgroup still exists and holds a process of its own (a socket kept open by a leftover
+  process after its workload's cgroup went names nobody; nor does a listener bound in one
+  cgroup and served from another, as socket activation or a server that moved after binding
+  does: the cgroup left behind is not the server's), and the identity chain names a workload
+  for it;
 - a wildcard listener (0.0.0.0 or ::) stands for every such address of its namespace, but only
   where every listener of that namespace is named as one workload: in a namespace several
   workloads share, a wildcard says nothing about whose address is whose.
@@ -138,15 +141,21 @@ def shared_address(ip: str) -> bool:
     return not (addr.is_loopback or addr.is_link_local or addr.is_unspecified)
 
 
-def cgroup_exists(identity: IdentityChain, cg_id: int) -> bool:
-    """Does the cgroup with this id exist now (its directory there, with this inode)?"""
+def cgroup_inhabited(identity: IdentityChain, cg_id: int) -> bool:
+    """Does the cgroup with this id exist now (its directory, with this inode) and hold a
+    process of its own? A listener whose cgroup is empty was handed to a process elsewhere
+    (socket activation, a server that moved on after binding): its cgroup names nobody."""
     if not cg_id:
         return False
     path = identity.cgroups.path(cg_id)
     if path is None:
         return False
+    where = os.path.join(identity.cgroups.root, path.lstrip("/"))
     try:
-        return os.stat(os.path.join(identity.cgroups.root, path.lstrip("/"))).st_ino == cg_id
+        if os.stat(where).st_ino != cg_id:
+            return False
+        with open(os.path.join(where, "cgroup.procs"), "rb") as procs:
+            return bool(procs.read(1))
     except OSError:
         return False
 
@@ -243,7 +252,7 @@ class ListenerWatch:
         runs = [
             Run(now, now, ino, lst, ip)
             for lst in listeners
-            if cgroup_exists(identity, lst.cgroup_id)
+            if cgroup_inhabited(identity, lst.cgroup_id)
             for ip in covered(lst, addresses)
         ]
         if not runs:
