@@ -1,4 +1,4 @@
-"""The interchange contract's tables, defined once (docs/contract.md, version 3).
+"""The interchange contract's tables, defined once (docs/contract.md, version 4).
 
 Every other module derives its Arrow schemas, validation and documentation from these
 definitions, so a column is named, typed and explained in exactly one place.
@@ -20,7 +20,7 @@ from flowtrail.vocabulary import OUTCOMES as OUTCOMES
 from flowtrail.vocabulary import SOURCES as SOURCES
 from flowtrail.vocabulary import STATES as STATES
 
-CONTRACT_VERSION = 3
+CONTRACT_VERSION = 4
 
 
 class Kind(Enum):
@@ -80,7 +80,7 @@ S, I32, I64, B = pa.string(), pa.int32(), pa.int64(), pa.bool_()
 # Where an address is owned (docs/attribution.md, "Address scopes"): on this host only, or in
 # the row's network. flowtrail/engine/scopes.py applies it.
 ADDRESS_SCOPES = ("host", "network")
-# Contract version 3: a flows row with this outcome is no connection but a heartbeat: its
+# Contract version 4: a flows row with this outcome is no connection but a heartbeat: its
 # local_workload listened on local_ip:local_port over [start_ns, end_ns]. The collector learns
 # ownership from it and writes it nowhere (docs/contract.md, "Listening sockets").
 LISTENING = "listening"

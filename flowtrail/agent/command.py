@@ -208,7 +208,7 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "--no-listeners",
     is_flag=True,
     help="Do not emit `listening` rows (listening sockets as heartbeats for their addresses; "
-    "a collector older than contract version 3 refuses them).",
+    "a collector older than contract version 4 refuses them).",
 )
 @click.option(
     "--no-nat",

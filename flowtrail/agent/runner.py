@@ -26,8 +26,8 @@ from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_ro
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
-from flowtrail.agent.scopes import ScopeMarker
 from flowtrail.agent.listeners import ListenerWatch
+from flowtrail.agent.scopes import ScopeMarker
 from flowtrail.agent.snapshots import Snapshotter
 
 
