@@ -217,6 +217,9 @@ class Agent:
             state="active",
             local_workload=workload,
             translating=self.nat.translating(raw) if self.nat is not None else None,
+            # A listener's address is owned in the scope its connections' would be.
+            network=self.config.network,
+            scopes=None if self.scopes is None else self.scopes.mark(raw, raw.column("remote_ip")),
         )
         # One socket may stand for several addresses: the address makes the id unique.
         ids = pc.binary_join_element_wise(
