@@ -32,17 +32,25 @@ if sys.argv[1] == "repeat":
 """
 
 
-def _start(mode: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode], stdout=subprocess.PIPE, text=True)
+def _spawn(mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", CHILD, mode], stdout=subprocess.PIPE, text=True)
+
+
+def _ready(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
     return proc
+
+
+def _start(mode: str) -> subprocess.Popen[str]:
+    return _ready(_spawn(mode))
 
 
 def test_a_stop_signal_at_any_moment_ends_the_wait() -> None:
     rng = random.Random(7)
     hung = 0
     for round_ in range(30):
-        procs = [_start("once") for _ in range(8)]
+        # Started together, so one child's start-up is not spent beside the others' spinning.
+        procs = [_ready(p) for p in [_spawn("once") for _ in range(8)]]
         time.sleep(rng.random() * 0.005)
         for proc in procs:
             time.sleep(rng.random() * 0.002)
