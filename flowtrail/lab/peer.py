@@ -62,6 +62,8 @@ class Client:
     `connect_timeout_s` is the client's own limit on connect(), after which it closes the socket.
     `server_closes_first`: read until the server's FIN before closing, so the server holds the
     TIME_WAIT and a fixed `bind_port` can connect again at once (through that TIME_WAIT).
+    `hold_until`: a path; write number `hold_before` waits until it exists, so a test holds
+    the connection between two writes for as long as it needs.
     """
 
     ip: str
@@ -77,6 +79,8 @@ class Client:
     connect_timeout_s: float | None = None
     server_closes_first: bool = False
     report: bool = False
+    hold_before: int = 1
+    hold_until: str | None = None
 
     def writes(self) -> list[int]:
         return [self.send] if isinstance(self.send, int) else list(self.send)
@@ -161,6 +165,8 @@ def connect(c: Client) -> None:
             for i, n in enumerate(c.writes()):
                 if i:
                     time.sleep(c.gap_s)
+                while i == c.hold_before and c.hold_until and not Path(c.hold_until).exists():
+                    time.sleep(0.05)
                 sock.sendall(b"c" * n)
             recv_exact(sock, c.recv)
         except ConnectionResetError:

@@ -229,23 +229,48 @@ def test_refused_connection_is_a_named_closed_row(lab: AgentLab) -> None:
     assert row["local_workload"] == f"k8s:pod/{lab.pod_uid}"
 
 
-def test_long_lived_connection_gets_active_snapshots(lab: AgentLab) -> None:
-    chunks = [10_000] * 12  # ~5 s: at least three flushes see it older than the interval
+def test_long_lived_connection_gets_active_snapshots(lab: AgentLab, tmp_path: Path) -> None:
+    # The connection is held open (between its two writes, then before the server answers)
+    # until the agent has exported a snapshot of each stage: however late a busy host runs
+    # the agent's flushes, two snapshots are taken and the counters grow between them.
+    chunks = (40_000, 80_000)
     ports: list[int] = []
 
     def scenario() -> tuple[list[dict[str, Any]], int]:
         sport, cport = lab.port(), lab.port()
         ports[:] = [cport]
-        srv = lab.server(lab.net.server.ip, sport, recv=sum(chunks), send=77)
+        more, answer = tmp_path / f"more-{cport}", tmp_path / f"answer-{cport}"
+        srv = lab.net.serve(
+            lab.svc,
+            Server(lab.net.server.ip, sport, recv=sum(chunks), send=77, answer_after=str(answer)),
+        )
         cli = lab.client(
             ip=lab.net.server.ip,
             port=sport,
             bind=lab.net.client.ip,
             bind_port=cport,
-            send=tuple(chunks),
-            gap_s=0.45,
+            send=chunks,
             recv=77,
+            hold_before=1,
+            hold_until=str(more),
         )
+        try:
+            seen = 0
+            for gate in (more, answer):
+                snapshot = lab.wait_rows(
+                    lambda r, at_least=seen + 1: (
+                        r["local_port"] == cport
+                        and r["state"] == "active"
+                        and r["bytes_sent"] >= at_least
+                    ),
+                    1,
+                    timeout=60,
+                )
+                seen = max([seen, *(r["bytes_sent"] for r in snapshot)])
+                gate.touch()
+        finally:
+            more.touch()  # a snapshot that never came must not leave the peers waiting
+            answer.touch()
         finish(cli, timeout=20)
         finish(srv)
         return lab.wait_rows(lambda r: r["local_port"] == cport and r["state"] == "closed", 1), 1
