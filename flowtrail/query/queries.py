@@ -80,6 +80,34 @@ def _sql_list(values: tuple[str, ...]) -> str:
     return "(" + ", ".join(f"'{v}'" for v in values) + ")"
 
 
+# The columns _ends_sql reads of a stored row.
+_ROW_COLUMNS = ", ".join((
+    "exporter", "flow_id", "end_ns", "state", "outcome", "direction", "established_ns",
+    "start_ns", "local_workload", "remote_workload", "local_ip", "remote_ip", "local_port",
+    "remote_port", "nat_remote_ip", "nat_remote_port", "bytes_sent", "bytes_received",
+    "retransmits", "srtt_us",
+))  # fmt: skip
+
+
+def _latest_rows_sql(source: str, window: Window) -> str:
+    """Each (exporter, flow_id)'s latest row in the window (of an active snapshot and the close
+    at one time, the close), with the columns _ends_sql reads."""
+    # Only connections with several rows in the window are ranked: ranking every row makes
+    # DuckDB sort the whole window with its payload, several times slower over 1M rows.
+    return f"""
+        WITH r AS (SELECT {_ROW_COLUMNS} FROM {source} WHERE {window.sql()}),
+        several AS (
+            SELECT exporter, flow_id FROM r GROUP BY exporter, flow_id HAVING count(*) > 1
+        )
+        SELECT * FROM r ANTI JOIN several USING (exporter, flow_id)
+        UNION ALL
+        SELECT * FROM (SELECT r.* FROM r SEMI JOIN several USING (exporter, flow_id))
+        QUALIFY row_number() OVER (
+            PARTITION BY exporter, flow_id ORDER BY end_ns DESC, (state = 'closed') DESC
+        ) = 1
+    """
+
+
 def _ends_sql(source: str, window: Window, keys: bool = False) -> str:
     """One row per exporter's connection or attempt in the window, as its caller and callee see
     it (the client's view NAT-resolved): `side` 0 a client row, 1 a server row, 2 an attempt;
@@ -88,12 +116,7 @@ def _ends_sql(source: str, window: Window, keys: bool = False) -> str:
     connected = f"{OUTCOME_SQL} IN {_sql_list(CONNECTED)}"
     key_columns = "exporter, flow_id, end_ns AS row_end_ns, state AS row_state," if keys else ""
     return f"""
-    WITH w AS (
-        SELECT * FROM {source} WHERE {window.sql()}
-        QUALIFY row_number() OVER (
-            PARTITION BY exporter, flow_id ORDER BY end_ns DESC, (state = 'closed') DESC
-        ) = 1
-    ),
+    WITH w AS ({_latest_rows_sql(source, window)}),
     e AS (
         SELECT {key_columns}
                CASE WHEN NOT ({connected}) THEN 2 WHEN direction = 'outbound' THEN 0 ELSE 1 END
