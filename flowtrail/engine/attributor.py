@@ -25,12 +25,21 @@ import numpy.typing as npt
 
 from flowtrail import pairing
 from flowtrail.engine import ownership as own
-from flowtrail.engine import peers as peer_mod
+from flowtrail.engine import verdict
 from flowtrail.engine.events import UNKNOWN, EventFeed
 from flowtrail.engine.ownership import OwnershipRanges
 from flowtrail.engine.peers import PeerIndex
 from flowtrail.engine.pending import PendingPool
 from flowtrail.engine.translating import TranslatingAddresses
+from flowtrail.engine.verdict import (
+    EVENT,
+    HEARTBEAT,
+    REASON_NO_EVIDENCE,
+    REASON_NONE,
+    UNATTRIBUTED,
+    VIA_PEER,
+    VIA_RANGES,
+)
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -39,13 +48,8 @@ I8 = npt.NDArray[np.int8]
 
 SECOND = 1_000_000_000
 
-# remote_source codes, in schema.SOURCES order
-HEARTBEAT, EVENT, UNATTRIBUTED = 0, 1, 2
-# why a flow left unattributed
-REASON_NONE, REASON_NO_EVIDENCE, REASON_CONFLICT, REASON_EVENT_CONFLICT = 0, 1, 2, 3
+# the codes of remote_source, unattributed reasons and heartbeat routes (verdict.py)
 REASONS = ("", "no_evidence", "conflicting_claims", "event_feed_disagrees_with_heartbeats")
-# how a heartbeat decision was reached
-VIA_NONE, VIA_PEER, VIA_RANGES = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -367,53 +371,34 @@ class Attributor:
         # A gateway's heartbeat is not evidence for the connections it translates.
         nat_source = self.translating.contains(c.remote_key)
         via_ranges[nat_source] = own.NOT_COVERED
-        conflict = (
-            c.conflict
-            | (via_peer == peer_mod.CONFLICT)
-            | (via_ranges == own.CONFLICT)
-            | ((via_peer >= 0) & (via_ranges >= 0) & (via_peer != via_ranges))
-        )
-        by_peer = (via_peer >= 0) & ((via_ranges < 0) | (via_ranges == via_peer))
-        by_ranges = ~by_peer & (via_peer == peer_mod.NO_MATCH) & (via_ranges >= 0)
-        heartbeat = by_peer | by_ranges
+        owner, via, conflict = verdict.heartbeat_verdicts(via_peer, via_ranges, c.conflict)
         c.rec["conflict"] = conflict
-        deadline = c.deadline
-        expired = ~heartbeat & (deadline <= now)
-
-        owner = np.where(by_peer, via_peer, np.where(by_ranges, via_ranges, -1)).astype(np.int32)
-        source = np.full(n, UNATTRIBUTED, np.int8)
-        source[heartbeat] = HEARTBEAT
-        via = np.zeros(n, np.int8)
-        via[by_peer] = VIA_PEER
-        via[by_ranges] = VIA_RANGES
+        heartbeat = owner >= 0
+        expired, deadline, extended = verdict.wait_verdicts(
+            c.deadline, now, c.start, g, s.event_lag_ns, s.use_events, ~heartbeat
+        )
+        c.rec["deadline"] = deadline  # a flow waiting for the feed's watermark waits on
+        self.counters.waited_for_events += int(np.count_nonzero(extended))
+        source = np.where(heartbeat, HEARTBEAT, UNATTRIBUTED).astype(np.int8)
         reason = np.zeros(n, np.int8)
 
-        if s.use_events and expired.any():
-            self._extend_for_event_watermark(c, deadline, expired, now)
         if expired.any():
             idx = np.flatnonzero(expired)
             ev_owner = np.full(len(idx), UNKNOWN, np.int32)
+            agrees = np.ones(len(idx), bool)
             if s.use_events:
                 ev_owner, r_start, r_end = self.events.safe_owner(
                     c.remote_key[idx], c.start[idx], guard_ns=g, now=now, lag_ns=s.event_lag_ns
                 )
                 ev_owner[nat_source[idx]] = UNKNOWN  # nor is the control plane's owner
-                has = ev_owner >= 0
-                if has.any():
+                if (ev_owner >= 0).any():
                     # Agents' heartbeats inside the event's range must not name anyone else.
                     n_seg, o_min, o_max = self.ranges.owners_within(
                         c.remote_key[idx], r_start - g, r_end + g
                     )
                     agrees = (n_seg == 0) | ((o_min == ev_owner) & (o_max == ev_owner))
-                    reason[idx[has & ~agrees]] = REASON_EVENT_CONFLICT
-                    ev_owner = np.where(has & agrees, ev_owner, UNKNOWN).astype(np.int32)
-            by_event = ev_owner >= 0
-            owner[idx[by_event]] = ev_owner[by_event]
-            source[idx[by_event]] = EVENT
-            left = idx[~by_event]
-            no_reason = reason[left] == 0
-            reason[left[no_reason]] = np.where(
-                conflict[left[no_reason]], REASON_CONFLICT, REASON_NO_EVIDENCE
+            owner[idx], source[idx], reason[idx] = verdict.fallback_verdicts(
+                ev_owner, agrees, conflict[idx]
             )
 
         done = heartbeat | expired
@@ -428,24 +413,6 @@ class Attributor:
         )
         self._count(out)
         return out, ~done, partners
-
-    def _extend_for_event_watermark(
-        self, c: FlowArrays, deadline: I64, expired: npt.NDArray[np.bool_], now: int
-    ) -> None:
-        """Flows heartbeats did not name wait on until the event feed has settled their moment.
-
-        The feed answers only behind its watermark (now - lag), so a flow whose moment is not
-        yet behind it keeps waiting — and keeps being retried as heartbeats arrive, which
-        also rescues flows whose other end's batch came in late. Updates `deadline` and
-        `expired` in place.
-        """
-        s = self.settings
-        idx = np.flatnonzero(expired)
-        settles_at = c.start[idx] + s.guard_ns + s.event_lag_ns
-        early = settles_at > now
-        deadline[idx[early]] = settles_at[early]
-        expired[idx[early]] = False
-        self.counters.waited_for_events += int(np.count_nonzero(early))
 
     def _decide_baseline(self, c: FlowArrays, now: int) -> Decisions:
         owner = self.events.owner_now(c.remote_key)

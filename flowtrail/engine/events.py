@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine.keyed_search import find_unique, key_blocks, search_in_blocks
+from flowtrail.engine import kernels
+from flowtrail.engine.keyed_search import find_unique, key_blocks
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -86,29 +87,18 @@ class EventFeed:
     ) -> tuple[I32, I64, I64]:
         """(owner or UNKNOWN, range start, range end) for each (address, moment)."""
         n = len(key)
-        owner_out = np.full(n, UNKNOWN, np.int32)
-        r_start = np.zeros(n, np.int64)
-        r_end = np.zeros(n, np.int64)
         k, owner, assign, time, _received = self._time_sorted()
         if len(k) == 0 or n == 0:
-            return owner_out, r_start, r_end
+            return np.full(n, UNKNOWN, np.int32), np.zeros(n, np.int64), np.zeros(n, np.int64)
         lo, hi = key_blocks(k, key)
-        pos = search_in_blocks(time, lo, hi, moment - guard_ns, side="right") - 1
-        has = pos >= lo
-        p = np.where(has, pos, 0)
-        nxt = p + 1
-        has_next = has & (nxt < hi)
-        nxt_time = np.where(has_next, time[np.minimum(nxt, len(time) - 1)], np.int64(0))
-        # The feed is complete only up to its watermark: a range that looks closed may still
-        # get a late event inside it, so both kinds wait for now - lag to pass the moment.
-        settled = moment + guard_ns <= now - lag_ns
-        ok = has & assign[p] & settled & (~has_next | (nxt_time >= moment + guard_ns))
+        moment = np.ascontiguousarray(moment, np.int64)
+        owner_out, r_start, r_end = kernels.event_ranges(
+            time, assign, owner, lo, hi, moment, guard_ns, now, lag_ns
+        )
         at, floored = find_unique(self._floor_key, key)
         if floored.any():
-            ok &= ~floored | (moment - guard_ns >= self._floor_time[at])
-        owner_out[ok] = owner[p][ok]
-        r_start[ok] = time[p][ok]
-        r_end[ok] = np.where(has_next, nxt_time, now)[ok]
+            below = floored & (moment - guard_ns < self._floor_time[at])
+            owner_out[below], r_start[below], r_end[below] = UNKNOWN, 0, 0
         return owner_out, r_start, r_end
 
     def standing(self, received_before: int) -> tuple[U64, I32, I64]:

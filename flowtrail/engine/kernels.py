@@ -99,46 +99,139 @@ def _block(keys, key):  # type: ignore[no-untyped-def]
 
 
 @compiled
-def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: ignore[no-untyped-def]
-    """Per query: the owner whose one segment covers [lo, hi]; -2 conflict; -1 not covered.
+def window_owner_one(seg_start, seg_end, seg_owner, b_lo, b_hi, lo, hi):  # type: ignore[no-untyped-def]
+    """The owner whose one segment in [b_lo, b_hi) covers [lo, hi]; -2 conflict; -1 not covered.
 
-    Segments are sorted by (key, start), non-overlapping and merged per key; an owner < 0
+    Segments of one address, sorted by start, non-overlapping and merged; an owner < 0
     marks an ambiguous stretch. See OwnershipRanges.owner_over.
     """
+    if b_lo == b_hi:
+        return np.int32(-1)
+    # Last segment starting at or before lo.
+    a, b = b_lo, b_hi
+    while a < b:
+        m = (a + b) >> 1
+        if seg_start[m] <= lo:
+            a = m + 1
+        else:
+            b = m
+    p = a - 1
+    if p >= b_lo and seg_end[p] > hi:
+        return np.int32(seg_owner[p] if seg_owner[p] >= 0 else -2)
+    # Not covered by one segment: a conflict if the window sees another owner or ambiguity.
+    a, b = b_lo, b_hi
+    while a < b:  # first segment ending at or after lo
+        m = (a + b) >> 1
+        if seg_end[m] < lo:
+            a = m + 1
+        else:
+            b = m
+    first = np.int64(-1)
+    j = a
+    while j < b_hi and seg_start[j] <= hi:
+        if seg_owner[j] < 0 or (first >= 0 and seg_owner[j] != first):
+            return np.int32(-2)
+        first = seg_owner[j]
+        j += 1
+    return np.int32(-1)
+
+
+@compiled
+def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: ignore[no-untyped-def]
+    """window_owner_one for every query (key, lo, hi) over all addresses' segments."""
     out = np.full(len(key), -1, np.int32)
     for i in range(len(key)):
         b_lo, b_hi = _block(seg_key, key[i])
-        if b_lo == b_hi:
-            continue
-        # Last segment starting at or before lo.
-        a, b = b_lo, b_hi
-        while a < b:
-            m = (a + b) >> 1
-            if seg_start[m] <= lo[i]:
-                a = m + 1
-            else:
-                b = m
-        p = a - 1
-        if p >= b_lo and seg_end[p] > hi[i]:
-            out[i] = seg_owner[p] if seg_owner[p] >= 0 else -2
-            continue
-        # Not covered by one segment: a conflict if the window sees another owner or ambiguity.
-        a, b = b_lo, b_hi
-        while a < b:  # first segment ending at or after lo
-            m = (a + b) >> 1
-            if seg_end[m] < lo[i]:
-                a = m + 1
-            else:
-                b = m
-        first = np.int64(-1)
-        j = a
-        while j < b_hi and seg_start[j] <= hi[i]:
-            if seg_owner[j] < 0 or (first >= 0 and seg_owner[j] != first):
-                out[i] = -2
-                break
-            first = seg_owner[j]
-            j += 1
+        out[i] = window_owner_one(seg_start, seg_end, seg_owner, b_lo, b_hi, lo[i], hi[i])
     return out
+
+
+@compiled
+def owners_within_one(seg_start, seg_end, seg_owner, b_lo, b_hi, lo, hi):  # type: ignore[no-untyped-def]
+    """(segments in [b_lo, b_hi) touching [lo, hi], their least owner, their greatest)."""
+    a, b = b_lo, b_hi
+    while a < b:  # first segment ending at or after lo
+        m = (a + b) >> 1
+        if seg_end[m] < lo:
+            a = m + 1
+        else:
+            b = m
+    first = a
+    a, b = b_lo, b_hi
+    while a < b:  # first segment starting after hi
+        m = (a + b) >> 1
+        if seg_start[m] <= hi:
+            a = m + 1
+        else:
+            b = m
+    o_min = np.int64(np.iinfo(np.int32).max)
+    o_max = np.int64(np.iinfo(np.int32).min)
+    for j in range(first, a):
+        o_min = min(o_min, np.int64(seg_owner[j]))
+        o_max = max(o_max, np.int64(seg_owner[j]))
+    return max(a - first, 0), np.int32(o_min), np.int32(o_max)
+
+
+@compiled
+def owners_within(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: ignore[no-untyped-def]
+    """owners_within_one for every query (key, lo, hi) over all addresses' segments."""
+    n = np.empty(len(key), np.int64)
+    o_min = np.empty(len(key), np.int32)
+    o_max = np.empty(len(key), np.int32)
+    for i in range(len(key)):
+        b_lo, b_hi = _block(seg_key, key[i])
+        n[i], o_min[i], o_max[i] = owners_within_one(
+            seg_start, seg_end, seg_owner, b_lo, b_hi, lo[i], hi[i]
+        )
+    return n, o_min, o_max
+
+
+@compiled
+def event_range_one(time, assign, owner, seen, b_lo, b_hi, moment, guard, now, lag, as_of):  # type: ignore[no-untyped-def]
+    """The event feed's safe answer for one (address, moment): (owner or -1, range start,
+    range end), over the address's events in [b_lo, b_hi) sorted by (time, received,
+    unassign first), reading only those with `seen` <= `as_of` (what the feed held then).
+
+    An address belongs to the workload of the last event at or before moment - guard if that
+    is an assign, until the next event, which must come at or after moment + guard; and only
+    once the watermark (now - lag) has passed moment + guard. See EventFeed.safe_owner.
+    """
+    target = moment - guard
+    a, b = b_lo, b_hi
+    while a < b:
+        m = (a + b) >> 1
+        if time[m] <= target:
+            a = m + 1
+        else:
+            b = m
+    p = a - 1
+    while p >= b_lo and seen[p] > as_of:
+        p -= 1
+    q = a
+    while q < b_hi and seen[q] > as_of:
+        q += 1
+    if p < b_lo or not assign[p] or moment + guard > now - lag:
+        return np.int32(-1), np.int64(0), np.int64(0)
+    if q < b_hi:
+        if time[q] < moment + guard:
+            return np.int32(-1), np.int64(0), np.int64(0)
+        return np.int32(owner[p]), np.int64(time[p]), np.int64(time[q])
+    return np.int32(owner[p]), np.int64(time[p]), np.int64(now)
+
+
+@compiled
+def event_ranges(time, assign, owner, b_lo, b_hi, moment, guard, now, lag):  # type: ignore[no-untyped-def]
+    """event_range_one for every query, every event held."""
+    n = len(moment)
+    seen = np.zeros(len(time), np.int64)
+    out = np.empty(n, np.int32)
+    r_start = np.empty(n, np.int64)
+    r_end = np.empty(n, np.int64)
+    for i in range(n):
+        out[i], r_start[i], r_end[i] = event_range_one(
+            time, assign, owner, seen, b_lo[i], b_hi[i], moment[i], guard, now, lag, 0
+        )
+    return out, r_start, r_end
 
 
 @compiled

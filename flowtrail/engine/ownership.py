@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from flowtrail.engine import kernels
-from flowtrail.engine.keyed_search import expand_ranges, key_blocks, search_in_blocks
+from flowtrail.engine.keyed_search import expand_ranges, key_blocks
 
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
@@ -265,14 +265,7 @@ class OwnershipRanges:
     def owners_within(self, key: U64, lo: I64, hi: I64) -> tuple[I64, I32, I32]:
         """Per window: (segments touching it, min owner, max owner), for consistency checks."""
         seg = self.segments
-        b_lo, b_hi = key_blocks(seg.key, key)
-        first = search_in_blocks(seg.end, b_lo, b_hi, lo, side="left")
-        last = search_in_blocks(seg.start, b_lo, b_hi, hi, side="right")
-        n = np.maximum(last - first, 0)
-        o_min = np.full(len(key), np.iinfo(np.int32).max, np.int64)
-        o_max = np.full(len(key), np.iinfo(np.int32).min, np.int64)
-        q, s = expand_ranges(first, last)
-        if len(s):
-            np.minimum.at(o_min, q, seg.owner[s])
-            np.maximum.at(o_max, q, seg.owner[s])
-        return n, o_min.astype(np.int32), o_max.astype(np.int32)
+        return kernels.owners_within(  # type: ignore[no-any-return]
+            seg.key, seg.start, seg.end, seg.owner, np.ascontiguousarray(key),
+            np.ascontiguousarray(lo), np.ascontiguousarray(hi),
+        )  # fmt: skip

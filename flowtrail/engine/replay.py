@@ -22,18 +22,11 @@ import pyarrow.compute as pc
 
 from flowtrail import pairing
 from flowtrail.engine import scopes
-from flowtrail.engine.attributor import (
-    EVENT,
-    HEARTBEAT,
-    REASONS,
-    UNATTRIBUTED,
-    Attributor,
-    Decisions,
-    FlowArrays,
-    Settings,
-)
+from flowtrail.engine.attributor import REASONS, Attributor, Decisions, FlowArrays, Settings
+from flowtrail.engine.batch import batch_decisions, unattributed_by_reason
 from flowtrail.engine.ipkeys import IpKeys, Names
 from flowtrail.engine.regions import RegionMap
+from flowtrail.engine.verdict import EVENT, HEARTBEAT, UNATTRIBUTED
 from flowtrail.errors import ContractError
 from flowtrail.schema import (
     ATTRIBUTION_COLUMNS,
@@ -45,6 +38,8 @@ from flowtrail.schema import (
 )
 
 I64 = npt.NDArray[np.int64]
+I32 = npt.NDArray[np.int32]
+I8 = npt.NDArray[np.int8]
 Progress = Callable[[str], None]
 
 
@@ -197,8 +192,15 @@ def replay(
     progress: Progress | None = None,
     flows_path: str | None = None,
     events_path: str | None = None,
+    schedule: str = "batch",
 ) -> ReplayResult:
-    """`flows_path`, `events_path`: where the tables came from, for error messages."""
+    """`flows_path`, `events_path`: where the tables came from, for error messages.
+
+    `schedule`: "batch" (batch.py: every row known in advance, one compiled pass) or
+    "stream" (the engine ticked as a live collector ticks it). Both give the same answers;
+    the batch schedule hands inputs it cannot take (the event baseline, a fallback reading
+    events the feed has forgotten) to the streaming one.
+    """
     check_clock_range(flows, FLOW_TIMES, flows_path)
     if events is not None:
         check_clock_range(events, EVENT_TIMES, events_path)
@@ -207,10 +209,57 @@ def replay(
     )
     began, began_cpu = time.perf_counter(), time.process_time()
     ipkeys, names = IpKeys(), Names()
-    engine = Attributor(settings)
     fa = flow_arrays(flows, ipkeys, names)
     n = len(fa)
+    if schedule not in ("batch", "stream"):
+        raise ValueError(f"unknown schedule {schedule!r}")
+    batch = (
+        batch_decisions(fa, events, ipkeys, names, settings, tick_ns)
+        if schedule == "batch"
+        else None
+    )
+    if batch is not None:
+        owner, source, decided, reason = batch.owner, batch.source, batch.decided, batch.reason
+        counts: dict[str, Any] = dict(batch.counters)
+        counts["unattributed"] = unattributed_by_reason(source, reason)
+        waited = decided - fa.received
+    else:
+        if progress is not None and schedule == "batch":
+            progress("replay: this input needs the streaming schedule")
+        owner, source, decided, waited, reason, counts = _stream(
+            fa, events, ipkeys, names, settings, tick_ns, progress
+        )
 
+    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
+    heard = fa.listening
+    if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
+        out = out.filter(pa.array(~heard))
+        source, waited = source[~heard], waited[~heard]
+
+    elapsed = time.perf_counter() - began
+    summary = _summary(settings, counts, len(source), source, waited, elapsed)
+    summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
+    if heard.any():
+        flows, fa = flows.filter(pa.array(~heard)), fa.take(~heard)
+    summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
+    return ReplayResult(out, summary)
+
+
+def _stream(
+    fa: FlowArrays,
+    events: pa.Table | None,
+    ipkeys: IpKeys,
+    names: Names,
+    settings: Settings,
+    tick_ns: int,
+    progress: Progress | None,
+) -> tuple[I32, I8, I64, I64, I8, dict[str, Any]]:
+    """The streaming schedule: the engine driven tick by tick, as a live collector drives it.
+
+    Returns per row (owner, source, decided, waited, reason) and the engine's counts.
+    """
+    engine = Attributor(settings)
+    n = len(fa)
     f_order, f_ticks, f_bounds = _tick_groups(fa.received, tick_ns)
     fa_sorted = fa.take(f_order)
     if events is not None and events.num_rows:
@@ -262,46 +311,50 @@ def replay(
             raise AssertionError(f"engine decided {len(d)} rows for {n} input rows")
         owner[d.row], source[d.row], decided[d.row] = d.owner, d.source, d.decided
         waited[d.row], reason[d.row] = d.waited, d.reason
-
-    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
-    heard = fa.listening
-    if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
-        out = out.filter(pa.array(~heard))
-        source, waited = source[~heard], waited[~heard]
-
-    elapsed = time.perf_counter() - began
-    summary = _summary(engine, len(source), source, waited, elapsed)
-    summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
-    if heard.any():
-        flows, fa = flows.filter(pa.array(~heard)), fa.take(~heard)
-    summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
-    return ReplayResult(out, summary)
-
-
-def _summary(
-    engine: Attributor, n: int, source: npt.NDArray[np.int8], waited: I64, elapsed: float
-) -> dict[str, Any]:
     c = engine.counters
-    waits = waited[source != UNATTRIBUTED] / 1e9
-    return {
-        "method": engine.settings.method,
-        "rows": n,
-        "heartbeat": int(np.count_nonzero(source == HEARTBEAT)),
-        "event": int(np.count_nonzero(source == EVENT)),
-        "unattributed": int(np.count_nonzero(source == UNATTRIBUTED)),
-        "unattributed_by_reason": dict(sorted(c.unattributed.items())),
-        "heartbeat_via_peer_row": c.via_peer,
-        "heartbeat_via_ranges": c.via_ranges,
-        "flows_that_waited": c.waited_flows,
+    counts: dict[str, Any] = {
+        "unattributed": dict(c.unattributed),
+        "via_peer": c.via_peer,
+        "via_ranges": c.via_ranges,
+        "waited_flows": c.waited_flows,
         "retries": c.retries,
-        "wait_seconds_p50": float(np.percentile(waits, 50)) if len(waits) else 0.0,
-        "wait_seconds_p99": float(np.percentile(waits, 99)) if len(waits) else 0.0,
-        "wait_seconds_max": float(waits.max()) if len(waits) else 0.0,
         "ownership_segments": len(engine.ranges),
         "ownership_addresses": engine.ranges.addresses,
         "evidence_rows": c.evidence_rows,
         "listening_rows": c.listening_rows,
-        "events": c.events_in,
+        "events_in": c.events_in,
+    }
+    return owner, source, decided, waited, reason, counts
+
+
+def _summary(
+    settings: Settings,
+    counts: dict[str, Any],
+    n: int,
+    source: npt.NDArray[np.int8],
+    waited: I64,
+    elapsed: float,
+) -> dict[str, Any]:
+    waits = waited[source != UNATTRIBUTED] / 1e9
+    return {
+        "method": settings.method,
+        "rows": n,
+        "heartbeat": int(np.count_nonzero(source == HEARTBEAT)),
+        "event": int(np.count_nonzero(source == EVENT)),
+        "unattributed": int(np.count_nonzero(source == UNATTRIBUTED)),
+        "unattributed_by_reason": dict(sorted(counts["unattributed"].items())),
+        "heartbeat_via_peer_row": counts["via_peer"],
+        "heartbeat_via_ranges": counts["via_ranges"],
+        "flows_that_waited": counts["waited_flows"],
+        "retries": counts["retries"],
+        "wait_seconds_p50": float(np.percentile(waits, 50)) if len(waits) else 0.0,
+        "wait_seconds_p99": float(np.percentile(waits, 99)) if len(waits) else 0.0,
+        "wait_seconds_max": float(waits.max()) if len(waits) else 0.0,
+        "ownership_segments": counts["ownership_segments"],
+        "ownership_addresses": counts["ownership_addresses"],
+        "evidence_rows": counts["evidence_rows"],
+        "listening_rows": counts["listening_rows"],
+        "events": counts["events_in"],
         "seconds": round(elapsed, 3),
     }
 
