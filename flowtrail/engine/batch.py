@@ -9,13 +9,15 @@ would and ask the same questions (verdict.py) there. The answers are identical r
 and column for column (tests/unit/test_batch_schedule.py compares them).
 
 What it does not do, it leaves to the streaming engine: the event baseline (`--method
-event`), and an input where a flow would fall back on the event feed for a moment the feed has
-forgotten by then (older than --retention at that tick): `batch_decisions` returns None.
+event`), and an input where a flow would fall back on the event feed for an address some of
+whose events the feed may have forgotten by then (more than one older than --retention at
+that tick): `batch_decisions` returns None.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -23,10 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.engine import sweep
-from flowtrail.engine.attributor import REASONS, SECOND, FlowArrays, Settings
+from flowtrail.engine.attributor import REASONS, SECOND, Settings
 from flowtrail.engine.ipkeys import IpKeys, Names
-from flowtrail.engine.peers import tuple_hash
-from flowtrail.engine.verdict import EVENT, HEARTBEAT, UNATTRIBUTED, VIA_PEER, VIA_RANGES
+from flowtrail.engine.verdict import UNATTRIBUTED, VIA_PEER, VIA_RANGES
 from flowtrail.jit import compiled
 
 I64 = npt.NDArray[np.int64]
@@ -52,105 +53,164 @@ def grid(times: I64, step: int) -> I64:
 
 
 @compiled
-def _peer_candidates(h_sorted, pair_sorted, rows_sorted, lk, lp, rk_, rp, pair, q_hash, tol):  # type: ignore[no-untyped-def]
-    """Per flow, the rows the pairing rule admits as its other end (CSR: ptr, rows).
+def _mix(x):  # type: ignore[no-untyped-def]
+    """splitmix64's finaliser: neighbouring keys must not probe neighbouring slots."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
-    The rows (evidence only) are sorted by (4-tuple hash, pair time); a flow looks up its
-    reversed 4-tuple's hash, then the pair times within the tolerance, and checks the tuple
-    exactly (a hash collision never pairs).
+
+@compiled
+def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
+    """Dense ids (0, 1, ...) of the distinct keys[mask]; (ids of keys, ids of queries, count),
+    -1 where a key is not among them. One hash table, no sort."""
+    size = 16
+    while size < 2 * len(keys):
+        size *= 2
+    slot_key = np.empty(size, np.uint64)
+    slot_id = np.full(size, -1, np.int64)
+    m = np.uint64(size - 1)
+    ids = np.full(len(keys), -1, np.int64)
+    count = 0
+    for i in range(len(keys)):
+        if not mask[i]:
+            continue
+        s = _mix(keys[i]) & m
+        while slot_id[s] >= 0 and slot_key[s] != keys[i]:
+            s = (s + np.uint64(1)) & m
+        if slot_id[s] < 0:
+            slot_key[s], slot_id[s] = keys[i], count
+            count += 1
+        ids[i] = slot_id[s]
+    out = np.full(len(queries), -1, np.int64)
+    for i in range(len(queries)):
+        s = _mix(queries[i]) & m
+        while slot_id[s] >= 0:
+            if slot_key[s] == queries[i]:
+                out[i] = slot_id[s]
+                break
+            s = (s + np.uint64(1)) & m
+    return ids, out, count
+
+
+@compiled
+def _tuple_hash(a_key, a_port, b_key, b_port):  # type: ignore[no-untyped-def]
+    h = _mix(a_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(a_port))
+    return _mix(h ^ (b_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(b_port)))
+
+
+@compiled
+def _peer_candidates(lk, lp, rk_, rp, pair, evidence, arr_t, owner, exporter, tol):  # type: ignore[no-untyped-def]
+    """Per flow, the rows the pairing rule admits as its other end: CSR (ptr, row) plus each
+    candidate's arrival tick, owner and exporter, laid out for the sweep to read in order.
+
+    A chained hash table of the evidence rows by 4-tuple; each flow probes its reversed
+    4-tuple and checks the tuple exactly (a hash collision never pairs) and the pair times.
     """
-    n = len(q_hash)
+    n = len(lk)
+    size = 16
+    while size < 2 * np.count_nonzero(evidence):
+        size *= 2
+    m = np.uint64(size - 1)
+    # slot: (hash, first row of its chain), side by side: one cache miss per probe
+    table = np.full((size, 2), -1, np.int64)
+    nxt = np.full(n, -1, np.int64)
+    for i in range(n - 1, -1, -1):  # chains in arrival order
+        if not evidence[i]:
+            continue
+        h = np.int64(_tuple_hash(lk[i], lp[i], rk_[i], rp[i]))
+        s = np.uint64(h) & m
+        while table[s, 1] >= 0 and table[s, 0] != h:
+            s = (s + np.uint64(1)) & m
+        table[s, 0] = h
+        nxt[i] = table[s, 1]
+        table[s, 1] = i
     ptr = np.zeros(n + 1, np.int64)
     out = np.empty(max(16, n), np.int64)
     cnt = 0
-    m = len(h_sorted)
     for i in range(n):
-        h = q_hash[i]
-        a, b = 0, m
-        while a < b:  # first row with hash >= h, pair >= pair - tol
-            mid = (a + b) >> 1
-            if h_sorted[mid] < h or (h_sorted[mid] == h and pair_sorted[mid] < pair[i] - tol):
-                a = mid + 1
-            else:
-                b = mid
-        j = a
-        while j < m and h_sorted[j] == h and pair_sorted[j] <= pair[i] + tol:
-            r = rows_sorted[j]
-            if lk[r] == rk_[i] and lp[r] == rp[i] and rk_[r] == lk[i] and rp[r] == lp[i]:
+        h = np.int64(_tuple_hash(rk_[i], rp[i], lk[i], lp[i]))
+        s = np.uint64(h) & m
+        while table[s, 1] >= 0 and table[s, 0] != h:
+            s = (s + np.uint64(1)) & m
+        r = table[s, 1]
+        while r >= 0:
+            if (
+                lk[r] == rk_[i] and lp[r] == rp[i] and rk_[r] == lk[i] and rp[r] == lp[i]
+                and abs(pair[r] - pair[i]) <= tol
+            ):  # fmt: skip
                 if cnt == len(out):
                     grown = np.empty(2 * cnt, np.int64)
                     grown[:cnt] = out
                     out = grown
                 out[cnt] = r
                 cnt += 1
-            j += 1
+            r = nxt[r]
         ptr[i + 1] = cnt
-    return ptr, out[:cnt]
-
-
-def _dense(keys: npt.NDArray[np.uint64], among: npt.NDArray[np.uint64]) -> I64:
-    """Each key's index in the sorted unique `among`, -1 where absent."""
-    if len(among) == 0:
-        return np.full(len(keys), -1, np.int64)
-    pos = np.minimum(np.searchsorted(among, keys), len(among) - 1)
-    return np.where(among[pos] == keys, pos, -1).astype(np.int64)
+    rows = out[:cnt]
+    c_t = np.empty(cnt, np.int64)
+    c_owner = np.empty(cnt, np.int32)
+    c_exp = np.empty(cnt, np.int32)
+    for j in range(cnt):
+        c_t[j], c_owner[j], c_exp[j] = arr_t[rows[j]], owner[rows[j]], exporter[rows[j]]
+    return ptr, rows, c_t, c_owner, c_exp
 
 
 def batch_decisions(
-    fa: FlowArrays,
+    cols: dict[str, Any],
     events: pa.Table | None,
     ipkeys: IpKeys,
     names: Names,
     settings: Settings,
     tick_ns: int,
 ) -> BatchDecisions | None:
-    """Decide every flow as the streaming replay does; None where it must do it itself."""
+    """Decide every flow as the streaming replay does; None where it must do it itself.
+
+    `cols`: replay.flow_columns of the flows table.
+    """
     s = settings
-    if s.method != "heartbeat" or fa.listening.any():
+    if s.method != "heartbeat" or cols["listening"].any():
         return None  # listeners' heartbeats: the streaming engine's alone, for now
-    n = len(fa)
-    order = np.argsort(fa.received, kind="stable")
-    recv = np.ascontiguousarray(fa.received[order])
+    n = len(cols["received"])
+    received = cols["received"]
+    if n > 1 and not np.all(received[1:] >= received[:-1]):
+        order: I64 | None = np.argsort(received, kind="stable")
+    else:
+        order = None  # already in arrival order (as the simulator and collectors write)
+
+    def arrival(name: str) -> Any:
+        a = cols[name]
+        return np.ascontiguousarray(a if order is None else a[order])
+
+    recv = arrival("received")
     arr_t = grid(recv, tick_ns)
-    local_key = np.ascontiguousarray(fa.local_key[order])
-    remote_key = np.ascontiguousarray(fa.remote_key[order])
-    local_port = np.ascontiguousarray(fa.local_port[order])
-    remote_port = np.ascontiguousarray(fa.remote_port[order])
-    start = np.ascontiguousarray(fa.start[order])
-    end = np.ascontiguousarray(fa.end[order])
-    owner = np.ascontiguousarray(fa.local_owner[order])
-    exporter = np.ascontiguousarray(fa.exporter[order])
-    pair = np.ascontiguousarray(fa.pair[order])
-    translating = np.ascontiguousarray(fa.translating[order])
+    local_key, remote_key = arrival("local_key"), arrival("remote_key")
+    local_port, remote_port = arrival("local_port"), arrival("remote_port")
+    start, end, pair = arrival("start"), arrival("end"), arrival("pair")
+    owner, exporter = arrival("local_owner"), arrival("exporter")
+    translating = arrival("translating")
 
     evidence = owner >= 0
-    claim_keys = np.unique(local_key[evidence])
-    ck = np.where(evidence, _dense(local_key, claim_keys), -1)
-    rk = _dense(remote_key, claim_keys)
-    tr_keys = np.unique(local_key[translating])
-    trl = np.where(translating, _dense(local_key, tr_keys), -1)
-    trr = _dense(remote_key, tr_keys)
+    ck, rk, n_keys = _dense_ids(local_key, evidence, remote_key)
+    trl, trr, n_tr = _dense_ids(local_key, translating, remote_key)
 
     if s.use_peers and evidence.any():
-        ev_rows = np.flatnonzero(evidence)
-        h_ev = tuple_hash(local_key[ev_rows], local_port[ev_rows], remote_key[ev_rows],
-                          remote_port[ev_rows])  # fmt: skip
-        by = np.lexsort((pair[ev_rows], h_ev))
-        q_hash = tuple_hash(remote_key, remote_port, local_key, local_port)
-        c_ptr, c_row = _peer_candidates(
-            np.ascontiguousarray(h_ev[by]), np.ascontiguousarray(pair[ev_rows][by]),
-            np.ascontiguousarray(ev_rows[by]), local_key, local_port, remote_key,
-            remote_port, pair, q_hash, s.peer_tolerance_ns,
+        c_ptr, _c_row, c_t, c_owner, c_exp = _peer_candidates(
+            local_key, local_port, remote_key, remote_port, pair, evidence, arr_t, owner,
+            exporter, s.peer_tolerance_ns,
         )  # fmt: skip
+        c_row = _c_row
     else:
         c_ptr, c_row = np.zeros(n + 1, np.int64), np.empty(0, np.int64)
+        c_t, c_owner, c_exp = c_row, np.empty(0, np.int32), np.empty(0, np.int32)
 
-    ticks = np.unique(arr_t)
+    ticks = np.unique(arr_t) if order is not None else arr_t[np.r_[True, arr_t[1:] != arr_t[:-1]]]
     e_time = np.empty(0, np.int64)
     e_assign = np.empty(0, bool)
     e_owner = np.empty(0, np.int32)
     e_seen = np.empty(0, np.int64)
     e_lo = e_hi = np.zeros(n, np.int64)
+    eb_start = eb_end = np.empty(0, np.int64)
     n_events = 0
     if events is not None and events.num_rows:
         n_events = events.num_rows
@@ -169,6 +229,8 @@ def batch_decisions(
         by = np.lexsort((assign, ev_recv, time, key))  # as EventFeed reads it
         key, e_time, e_assign, e_owner = key[by], time[by], assign[by], ev_owner[by]
         e_seen = grid(ev_recv[by], tick_ns)
+        eb_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).astype(np.int64)
+        eb_end = np.append(eb_start[1:], len(key)).astype(np.int64)
         e_lo = np.searchsorted(key, remote_key, side="left").astype(np.int64)
         e_hi = np.searchsorted(key, remote_key, side="right").astype(np.int64)
         ticks = np.union1d(ticks, e_seen)
@@ -190,18 +252,21 @@ def batch_decisions(
     counters = np.zeros(sweep.N_COUNTERS, np.int64)
     sweep.run(
         settings_vec, ticks.astype(np.int64), arr_t, recv, start, rk, ck, owner, exporter, end,
-        trl, trr, c_ptr, c_row, e_lo, e_hi, e_time, e_assign, e_owner, e_seen,
-        len(claim_keys), len(tr_keys), out_owner, out_source, out_reason, out_via,
+        trl, trr, c_ptr, c_row, c_t, c_owner, c_exp, e_lo, e_hi, e_time, e_assign, e_owner,
+        e_seen, eb_start, eb_end, n_keys, n_tr, out_owner, out_source, out_reason, out_via,
         out_decided, counters,
     )  # fmt: skip
     if counters[sweep.C_BEHIND_HORIZON]:
         return None
 
-    back = np.empty(n, np.int64)
-    back[order] = np.arange(n)
-    result = BatchDecisions(
-        owner=out_owner[back], source=out_source[back], reason=out_reason[back],
-        via=out_via[back], decided=out_decided[back],
+    if order is not None:
+        back = np.empty(n, np.int64)
+        back[order] = np.arange(n)
+        out_owner, out_source, out_reason = out_owner[back], out_source[back], out_reason[back]
+        out_via, out_decided = out_via[back], out_decided[back]
+    return BatchDecisions(
+        owner=out_owner, source=out_source, reason=out_reason, via=out_via,
+        decided=out_decided,
         counters={
             "flows_in": n,
             "evidence_rows": int(np.count_nonzero(evidence)),
@@ -212,11 +277,10 @@ def batch_decisions(
             "ownership_segments": int(counters[sweep.C_SEGMENTS]),
             "ownership_addresses": int(counters[sweep.C_ADDRESSES]),
             "ticks": int(counters[sweep.C_TICKS]),
+            "via_peer": int(np.count_nonzero(out_via == VIA_PEER)),
+            "via_ranges": int(np.count_nonzero(out_via == VIA_RANGES)),
         },
     )  # fmt: skip
-    result.counters["via_peer"] = int(np.count_nonzero(result.via == VIA_PEER))
-    result.counters["via_ranges"] = int(np.count_nonzero(result.via == VIA_RANGES))
-    return result
 
 
 def unattributed_by_reason(source: I8, reason: I8) -> dict[str, int]:
@@ -224,6 +288,3 @@ def unattributed_by_reason(source: I8, reason: I8) -> dict[str, int]:
     un = reason[source == UNATTRIBUTED]
     codes, counts = np.unique(un, return_counts=True)
     return {REASONS[int(c)]: int(k) for c, k in zip(codes, counts, strict=True)}
-
-
-__all__ = ["EVENT", "HEARTBEAT", "BatchDecisions", "batch_decisions", "unattributed_by_reason"]

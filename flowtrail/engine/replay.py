@@ -120,38 +120,46 @@ def received_times(flows: pa.Table) -> I64:
     return _int64(merged)
 
 
-def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
-    """The engine's view of a contract flows table (remote side NAT-resolved)."""
+def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any]:
+    """The engine's view of a contract flows table as plain arrays, keyed as FlowArrays.build
+    takes them (remote side NAT-resolved)."""
     nat_ip = _col(flows, "nat_remote_ip")
     nat_port = _col(flows, "nat_remote_port")
-    remote_ip = flows.column("remote_ip")
-    remote_port = flows.column("remote_port")
-    if nat_ip is not None:
-        use_nat = pc.is_valid(nat_ip)
-        remote_ip = pc.if_else(use_nat, nat_ip, remote_ip)
-        if nat_port is not None:
-            remote_port = pc.if_else(use_nat, pc.coalesce(nat_port, remote_port), remote_port)
-    workload = _col(flows, "local_workload")
     exporter = flows.column("exporter")
+    remote_key = scopes.remote_keys(flows, ipkeys, flows.column("remote_ip"))
+    remote_port = np.asarray(flows.column("remote_port").to_numpy(), dtype=np.int32)
+    if nat_ip is not None and nat_ip.null_count < len(nat_ip):
+        # Keys of each column apart, then chosen: the same keys as of the chosen text.
+        use_nat = np.asarray(pc.is_valid(nat_ip).to_numpy(zero_copy_only=False), bool)
+        remote_key = np.where(use_nat, scopes.remote_keys(flows, ipkeys, nat_ip), remote_key)
+        if nat_port is not None:
+            port = np.asarray(pc.fill_null(nat_port, -1).to_numpy(), dtype=np.int32)
+            remote_port = np.where(use_nat & (port >= 0), port, remote_port).astype(np.int32)
+    workload = _col(flows, "local_workload")
     n = flows.num_rows
     translating = _col(flows, "local_translating")
-    return FlowArrays.build(
-        row=np.arange(n, dtype=np.int64),
-        local_key=scopes.local_keys(flows, ipkeys),
-        local_port=np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
-        remote_key=scopes.remote_keys(flows, ipkeys, remote_ip),
-        remote_port=np.asarray(remote_port.to_numpy(), dtype=np.int32),
-        start=_int64(flows.column("start_ns")),
-        end=_int64(flows.column("end_ns")),
-        local_owner=names.ids(workload) if workload is not None else np.full(n, -1, np.int32),
-        received=received_times(flows),
-        exporter=names.ids(exporter),  # interned with the workloads: only equality matters
-        pair=pairing.pair_times(flows),
-        translating=None
+    return {
+        "row": np.arange(n, dtype=np.int64),
+        "local_key": scopes.local_keys(flows, ipkeys),
+        "local_port": np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
+        "remote_key": remote_key,
+        "remote_port": remote_port,
+        "start": _int64(flows.column("start_ns")),
+        "end": _int64(flows.column("end_ns")),
+        "local_owner": names.ids(workload) if workload is not None else np.full(n, -1, np.int32),
+        "received": received_times(flows),
+        "exporter": names.ids(exporter),  # interned with the workloads: only equality matters
+        "pair": pairing.pair_times(flows),
+        "translating": np.zeros(n, bool)
         if translating is None
         else np.asarray(pc.fill_null(translating.cast(pa.bool_()), False).to_numpy(), bool),
-        listening=listening_rows(flows),
-    )
+        "listening": listening_rows(flows),
+    }
+
+
+def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
+    """The engine's view of a contract flows table (remote side NAT-resolved)."""
+    return FlowArrays.build(**flow_columns(flows, ipkeys, names))
 
 
 def listening_rows(flows: pa.Table) -> npt.NDArray[np.bool_]:
@@ -209,12 +217,13 @@ def replay(
     )
     began, began_cpu = time.perf_counter(), time.process_time()
     ipkeys, names = IpKeys(), Names()
-    fa = flow_arrays(flows, ipkeys, names)
-    n = len(fa)
     if schedule not in ("batch", "stream"):
         raise ValueError(f"unknown schedule {schedule!r}")
+    cols = flow_columns(flows, ipkeys, names)
+    received = cols["received"]
+    remote_key = cols["remote_key"]
     batch = (
-        batch_decisions(fa, events, ipkeys, names, settings, tick_ns)
+        batch_decisions(cols, events, ipkeys, names, settings, tick_ns)
         if schedule == "batch"
         else None
     )
@@ -222,8 +231,9 @@ def replay(
         owner, source, decided, reason = batch.owner, batch.source, batch.decided, batch.reason
         counts: dict[str, Any] = dict(batch.counters)
         counts["unattributed"] = unattributed_by_reason(source, reason)
-        waited = decided - fa.received
+        waited = decided - received
     else:
+        fa = FlowArrays.build(**cols)
         if progress is not None and schedule == "batch":
             progress("replay: this input needs the streaming schedule")
         owner, source, decided, waited, reason, counts = _stream(
@@ -231,7 +241,7 @@ def replay(
         )
 
     out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
-    heard = fa.listening
+    heard = cols["listening"]
     if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
         out = out.filter(pa.array(~heard))
         source, waited = source[~heard], waited[~heard]
@@ -240,8 +250,8 @@ def replay(
     summary = _summary(settings, counts, len(source), source, waited, elapsed)
     summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
     if heard.any():
-        flows, fa = flows.filter(pa.array(~heard)), fa.take(~heard)
-    summary["regions"] = _region_summary(flows, fa, ipkeys, regions, default_region)
+        flows, remote_key = flows.filter(pa.array(~heard)), remote_key[~heard]
+    summary["regions"] = _region_summary(flows, remote_key, ipkeys, regions, default_region)
     return ReplayResult(out, summary)
 
 
@@ -361,7 +371,7 @@ def _summary(
 
 def _region_summary(
     flows: pa.Table,
-    fa: FlowArrays,
+    remote_key: npt.NDArray[np.uint64],
     ipkeys: IpKeys,
     regions: pa.Table | None,
     default_region: str | None,
@@ -370,7 +380,7 @@ def _region_summary(
     if regions is None or regions.num_rows == 0:
         return {}
     rmap = RegionMap(regions)
-    remote_region = rmap.lookup(fa.remote_key, ipkeys)
+    remote_region = rmap.lookup(remote_key, ipkeys)
     col = _col(flows, "region")
     fallback = default_region or ""
     exporter_region = (

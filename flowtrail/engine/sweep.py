@@ -183,14 +183,18 @@ def _heap_pop(hk, hv, size):  # type: ignore[no-untyped-def]
 @compiled
 def run(  # type: ignore[no-untyped-def]
     settings, ticks, arr_t, recv, start, rk, ck, owner, exporter, end, trl, trr,
-    c_ptr, c_row, e_lo, e_hi, e_time, e_assign, e_owner, e_seen, nkeys, ntr,
+    c_ptr, c_row, c_t, c_owner, c_exp, e_lo, e_hi, e_time, e_assign, e_owner, e_seen,
+    eb_start, eb_end, nkeys, ntr,
     out_owner, out_source, out_reason, out_via, out_decided, counters,
 ):  # fmt: skip
     """Decide every flow (given in arrival order) as the streaming replay would.
 
     Stops early, with counters[C_BEHIND_HORIZON] > 0, at a flow whose event fallback would
-    read a moment the event feed has forgotten by then: only the feed itself knows what it
-    kept there (events.py, forget_before), so such an input goes to the streaming engine.
+    read an address whose events the feed may have forgotten some of by then: only the feed
+    itself knows what it kept there (events.py, forget_before), so such an input goes to the
+    streaming engine. An address keeps all its events while at most one of them is older
+    than the horizon (the feed keeps the last one at or before it), and a moment at or after
+    the horizon is answered as before whatever was forgotten.
     """
     step, max_wait, g, lag = settings[0], settings[1], settings[2], settings[3]
     use_events, use_peers = settings[4] != 0, settings[5] != 0
@@ -229,6 +233,7 @@ def run(  # type: ignore[no-untyped-def]
     peer_compacted = 0
     peer_cut = 0  # rows in arrival order up to here have been counted against peer_floor
     horizon = NEVER  # the latest eviction's horizon
+    forgot = np.zeros(len(e_time), np.bool_)  # at an address's first event: may have lost some
     next_evict = NEVER
 
     ti = 0
@@ -298,6 +303,17 @@ def run(  # type: ignore[no-untyped-def]
             for k in range(ntr):
                 if tr_seen[k] != NEVER and tr_seen[k] < horizon:
                     tr_seen[k] = NEVER
+            for b in range(len(eb_start)):
+                if forgot[eb_start[b]]:
+                    continue
+                old = 0
+                for q in range(eb_start[b], eb_end[b]):
+                    if e_time[q] > horizon:
+                        break
+                    if e_seen[q] <= t:
+                        old += 1
+                if old >= 2:
+                    forgot[eb_start[b]] = True
             next_evict = t + period
 
         # candidates: waits that ran out, then the new rows
@@ -336,15 +352,14 @@ def run(  # type: ignore[no-untyped-def]
                 host = np.int32(0)
                 if use_peers:
                     for j in range(c_ptr[p], c_ptr[p + 1]):
-                        r = c_row[j]
-                        if arr_t[r] > t or arr_t[r] < peer_floor:
+                        if c_t[j] > t or c_t[j] < peer_floor:
                             continue  # not received yet, or compacted away
                         if vp == -1:
-                            vp, host = owner[r], exporter[r]
-                        elif vp != owner[r] or host != exporter[r]:
+                            vp, host = c_owner[j], c_exp[j]
+                        elif vp != c_owner[j] or host != c_exp[j]:
                             vp = np.int32(-2)
                         if pass_no == 0:
-                            partners[npart] = r
+                            partners[npart] = c_row[j]
                             npart += 1
                 vr = np.int32(-1)
                 k = rk[p]
@@ -374,7 +389,7 @@ def run(  # type: ignore[no-untyped-def]
                 ev = np.int32(-1)
                 agrees = True
                 if use_events:
-                    if start[p] - g < horizon:
+                    if start[p] - g < horizon and e_lo[p] < e_hi[p] and forgot[e_lo[p]]:
                         counters[C_BEHIND_HORIZON] += 1
                         return
                     ev, r_start, r_end = event_range_one(
