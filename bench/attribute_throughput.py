@@ -1,18 +1,23 @@
-"""Benchmark: `flowtrail attribute` end to end (read, attribute, write) vs a plain read+write.
+"""Benchmark: `flowtrail attribute` (the CLI, end to end) vs a plain polars read + write.
 
 Usage:  python bench/attribute_throughput.py [--flows 2000000] [--scenario churny] [--dir DIR]
+                                             [--rounds 1]
         python bench/attribute_throughput.py --addresses 1000000   (ownership memory only)
 
-Both runs happen in this one process, on the same Parquet file, one after the other, so the
-ratio compares like with like on whatever this machine is doing. CPU seconds are the
-process's user+system time (all threads), wall seconds are elapsed time.
+Each round runs, one after the other on the same flows file, two child processes:
+1. `polars.read_parquet` + `DataFrame.write_parquet` (polars' defaults), and
+2. `flowtrail attribute --flows ... --events ... --regions ... --out ...` as a user runs it
+   (start-up, imports, strict read, attribution, the atomic write).
+For each: wall seconds, CPU seconds (user + system of the child, all threads) and peak
+resident memory (the child's ru_maxrss), from os.wait4. The ratios compare like with like on
+whatever the machine is doing at that moment.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,28 +27,31 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from flowtrail.engine.attributor import Settings
 from flowtrail.engine.ownership import OwnershipRanges
-from flowtrail.engine.replay import replay
-from flowtrail.schema import EVENTS, FLOWS, REGIONS
 from flowtrail.sim.simulation import simulate, write_sim
-from flowtrail.tables import read_table, write_table
+
+PLAIN = "import polars as pl, sys; pl.read_parquet(sys.argv[1]).write_parquet(sys.argv[2])"
 
 
-def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def run_child(argv: list[str]) -> dict[str, float]:
+    """Run a child; its wall and CPU seconds and peak RSS."""
+    w0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - w0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{argv[:4]} failed with {proc.returncode}")
+    return {
+        "wall_s": round(wall, 2),
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 2),
+        "user_s": round(ru.ru_utime, 2),
+        "sys_s": round(ru.ru_stime, 2),
+        "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),
+    }
 
 
-def measure(label: str, fn):  # type: ignore[no-untyped-def]
-    c0, w0 = cpu(), time.perf_counter()
-    out = fn()
-    c, w = cpu() - c0, time.perf_counter() - w0
-    print(f"{label:<34} cpu {c:7.2f} s   wall {w:7.2f} s", flush=True)
-    return out, c, w
-
-
-def throughput(args: argparse.Namespace) -> dict[str, float]:
+def throughput(args: argparse.Namespace) -> list[dict[str, object]]:
     work = Path(args.dir or tempfile.mkdtemp(prefix="flowtrail-bench-"))
     flows_path = work / "flows.parquet"
     if not flows_path.exists():
@@ -51,34 +59,31 @@ def throughput(args: argparse.Namespace) -> dict[str, float]:
         write_sim(simulate(args.scenario, args.seed, flows=args.flows), work)
     rows = pq.read_metadata(flows_path).num_rows
     print(f"input: {rows:,} flow rows, {flows_path.stat().st_size / 1e6:.0f} MB Parquet")
-
-    def plain() -> None:
-        write_table(pq.read_table(flows_path), work / "plain-copy.parquet")
-
-    def attribute() -> dict[str, object]:
-        flows = read_table(flows_path, FLOWS)
-        events = read_table(work / "events.parquet", EVENTS)
-        regions = read_table(work / "regions.parquet", REGIONS)
-        result = replay(flows, events, regions, settings=Settings())
-        write_table(result.table, work / "attributed.parquet")
-        return result.summary
-
-    _, plain_cpu, plain_wall = measure("plain read+write", plain)
-    summary, att_cpu, att_wall = measure("flowtrail attribute (end to end)", attribute)
-    report = {
-        "rows": rows,
-        "plain_cpu_s": round(plain_cpu, 2),
-        "plain_wall_s": round(plain_wall, 2),
-        "attribute_cpu_s": round(att_cpu, 2),
-        "attribute_wall_s": round(att_wall, 2),
-        "flows_per_cpu_second": round(rows / att_cpu),
-        "ratio_cpu_vs_plain": round(att_cpu / plain_cpu, 2),
-        "ratio_wall_vs_plain": round(att_wall / plain_wall, 2),
-        "engine_seconds": summary["seconds"],  # type: ignore[index]
-        "unattributed": summary["unattributed"],  # type: ignore[index]
-    }
-    print(json.dumps(report, indent=2))
-    return report
+    plain_cmd = [sys.executable, "-c", PLAIN, str(flows_path), str(work / "plain-copy.parquet")]
+    attribute_cmd = [
+        sys.executable, "-m", "flowtrail", "attribute", "--quiet",
+        "--flows", str(flows_path), "--events", str(work / "events.parquet"),
+        "--regions", str(work / "regions.parquet"), "--out", str(work / "attributed.parquet"),
+    ]  # fmt: skip
+    env_note = os.getloadavg()[0]
+    reports = []
+    for r in range(args.rounds):
+        plain = run_child(plain_cmd)
+        attribute = run_child(attribute_cmd)
+        report: dict[str, object] = {
+            "round": r + 1,
+            "rows": rows,
+            "load_average_1m_before": round(env_note, 2),
+            "plain_polars": plain,
+            "flowtrail_attribute": attribute,
+            "ratio_wall": round(attribute["wall_s"] / plain["wall_s"], 2),
+            "ratio_cpu": round(attribute["cpu_s"] / plain["cpu_s"], 2),
+            "attribute_flows_per_cpu_second": round(rows / attribute["cpu_s"]),
+        }
+        print(json.dumps(report, indent=2), flush=True)
+        reports.append(report)
+        env_note = os.getloadavg()[0]
+    return reports
 
 
 def peak_rss_mb() -> float:
@@ -128,11 +133,15 @@ def main() -> None:
     p.add_argument("--dir", help="work directory (kept; reused if it holds flows.parquet)")
     p.add_argument("--addresses", type=int, help="only measure ownership memory at this size")
     p.add_argument("--segments", type=int, default=3, help="ranges per address (with --addresses)")
+    p.add_argument("--rounds", type=int, default=1, help="plain/attribute pairs to run")
+    p.add_argument("--no-memory", action="store_true", help="skip the ownership memory run")
     args = p.parse_args()
     if args.addresses:
         ownership_memory(args.addresses, args.segments)
         return
     throughput(args)
+    if args.no_memory:
+        return
     # Memory at 1M addresses in a fresh process, so the throughput run's peak does not count.
     subprocess.run(
         [sys.executable, __file__, "--addresses", "1000000", "--segments", str(args.segments)],

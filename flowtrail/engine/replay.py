@@ -1,10 +1,13 @@
-"""Offline replay: drive the streaming engine with each row's received_ns as the collector clock.
+"""Offline replay: each row's received_ns is the collector clock.
 
-Rows and events are replayed in received order, in ticks of `tick_ns`; every tick the engine
-takes that tick's flows and events and decides what it can. When the input ends, the clock
-runs on until every waiting flow is decided. The output is the input, row for row, plus the
-contract's remote_workload, remote_source, attributed_ns and unattributed_reason; rows of
-listening sockets (outcome `listening`) are evidence only and are left out of it (counted).
+Rows and events are replayed in received order, in ticks of `tick_ns`: every tick the engine
+takes that tick's flows and events and decides what it can; when the input ends, the clock
+runs on until every waiting flow is decided. Two schedules give the same answers: the batch
+one (batch.py, one compiled pass; what `flowtrail attribute` runs) and the streaming engine
+driven tick by tick (the reference, and what a live collector runs). The output is the input,
+row for row, plus the contract's remote_workload, remote_source, attributed_ns and
+unattributed_reason; rows of listening sockets (outcome `listening`) are evidence only and
+are left out of it (counted). Inputs holding them run on the streaming schedule.
 """
 
 from __future__ import annotations
