@@ -129,12 +129,11 @@ def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any
     nat_ip = _col(flows, "nat_remote_ip")
     nat_port = _col(flows, "nat_remote_port")
     exporter = flows.column("exporter")
-    remote_key = scopes.remote_keys(flows, ipkeys, flows.column("remote_ip"))
+    remote_ip = flows.column("remote_ip")
     remote_port = np.asarray(flows.column("remote_port").to_numpy(), dtype=np.int32)
     if nat_ip is not None and nat_ip.null_count < len(nat_ip):
-        # Keys of each column apart, then chosen: the same keys as of the chosen text.
         use_nat = np.asarray(pc.is_valid(nat_ip).to_numpy(zero_copy_only=False), bool)
-        remote_key = np.where(use_nat, scopes.remote_keys(flows, ipkeys, nat_ip), remote_key)
+        remote_ip = pc.if_else(pa.array(use_nat), nat_ip, remote_ip)
         if nat_port is not None:
             port = np.asarray(pc.fill_null(nat_port, -1).to_numpy(), dtype=np.int32)
             remote_port = np.where(use_nat & (port >= 0), port, remote_port).astype(np.int32)
@@ -145,7 +144,7 @@ def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any
         "row": np.arange(n, dtype=np.int64),
         "local_key": scopes.local_keys(flows, ipkeys),
         "local_port": np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
-        "remote_key": remote_key,
+        "remote_key": scopes.remote_keys(flows, ipkeys, remote_ip),
         "remote_port": remote_port,
         "start": _int64(flows.column("start_ns")),
         "end": _int64(flows.column("end_ns")),

@@ -6,7 +6,8 @@ attributed_ns, unattributed_reason and every input column), and the same summary
 every simulator scenario and on seeded random inputs built to collide: few addresses and
 ports (4-tuples and addresses reused), clock skew, late batches, events delayed past the
 watermark, the other end's rows (some from a second exporter), failed attempts, NAT
-gateways' translating rows, host-scoped addresses, and short retentions that evict.
+gateways' translating rows, host-scoped addresses and address scopes (host marks, declared
+networks), and short retentions that evict.
 """
 
 from __future__ import annotations
@@ -147,8 +148,16 @@ def random_input(seed: int) -> tuple[pa.Table, pa.Table, Settings, int]:
         rows["local_translating"].append(False)
     for k in ("received_ns",):
         rows[k] = [None if v is None else max(int(v), T0) for v in rows[k]]
+    m_rows = len(rows["flow_id"])
+    rows["network"] = [str(rng.choice(["", "n1"])) if rng.random() < 0.2 else None
+                       for _ in range(m_rows)]  # fmt: skip
+    rows["local_scope"] = ["host" if rng.random() < 0.05 else None for _ in range(m_rows)]
+    rows["remote_scope"] = ["host" if rng.random() < 0.05 else None for _ in range(m_rows)]
     flows = pa.table(
         {
+            "network": pa.array(rows["network"], pa.string()),
+            "local_scope": pa.array(rows["local_scope"], pa.string()),
+            "remote_scope": pa.array(rows["remote_scope"], pa.string()),
             "flow_id": pa.array(rows["flow_id"], pa.string()),
             "exporter": pa.array(rows["exporter"], pa.string()),
             "local_ip": pa.array(rows["local_ip"], pa.string()),
