@@ -9,9 +9,10 @@ would and ask the same questions (verdict.py) there. The answers are identical r
 and column for column (tests/unit/test_batch_schedule.py compares them).
 
 What it does not do, it leaves to the streaming engine: the event baseline (`--method
-event`), and an input where a flow would fall back on the event feed for an address some of
-whose events the feed may have forgotten by then (more than one older than --retention at
-that tick): `batch_decisions` returns None.
+event`), an input holding listeners' rows (outcome `listening`), and an input where a flow
+would fall back on the event feed for an address some of whose events the feed may have
+forgotten by then (more than one older than --retention at that tick): `batch_decisions`
+returns None.
 """
 
 from __future__ import annotations
