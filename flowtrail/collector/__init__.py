@@ -6,7 +6,9 @@ CollectorExporter                 the agent's side: an exporter that sends to a 
 WriteAheadLog, ParquetSink, Sink  durability and where decided rows go
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flowtrail.lazy import lazy_names
 
 if TYPE_CHECKING:
     from flowtrail.collector.app import CollectorApp, CollectorOptions
@@ -27,13 +29,7 @@ _LAZY = {
     "WriteAheadLog": "flowtrail.collector.wal",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

@@ -5,7 +5,9 @@ format_report(report) -> str                    one report as text tables
 format_side_by_side({"heartbeat": r1, "event": r2}) -> str   methods compared
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from flowtrail.lazy import lazy_names
 
 if TYPE_CHECKING:
     from flowtrail.evaluate.metrics import TRUE_TIME_COLUMN, evaluate
@@ -24,13 +26,7 @@ _LAZY = {
     "FlowCounts": "flowtrail.evaluate.report",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [

@@ -7,8 +7,9 @@
 See docs/simulator.md for the model.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from flowtrail.lazy import lazy_names
 from flowtrail.sim.scenarios import (
     DEFAULT_SCENARIO,
     KNOBS,
@@ -31,13 +32,7 @@ _LAZY = {
     "write_sim": "flowtrail.sim.simulation",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_names(__name__, _LAZY)
 
 
 __all__ = [
