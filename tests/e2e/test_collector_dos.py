@@ -7,8 +7,9 @@ good ones (127/8 all answers on Linux), standing for other hosts.
 
 from __future__ import annotations
 
-import contextlib
+import select
 import socket
+import ssl
 import statistics
 import threading
 import time
@@ -171,27 +172,37 @@ def test_compression_bomb_is_refused_before_it_is_inflated(
 
 
 def _post_raw(proc: CollectorProc, head: bytes, body: bytes) -> bytes:
-    """Send request head and body as fast as the socket takes them; return what came back."""
+    """Send request head and body as fast as the socket takes them; return what came back.
+
+    One thread does both, reading whenever the server has sent something: an SSL object must
+    not be read and written from two threads at once (OpenSSL does not allow it, and the
+    answer was lost that way now and then)."""
     raw = socket.create_connection(("127.0.0.1", proc.port), timeout=30)
     with proc.tls().wrap_socket(raw, server_hostname="127.0.0.1") as s:
-        got = bytearray()
-        done = threading.Event()
-
-        def read() -> None:
-            try:
-                while chunk := s.recv(65536):
-                    got.extend(chunk)
-            except OSError:
-                pass
-            done.set()
-
-        reader = threading.Thread(target=read)
-        reader.start()
-        # The server may close after answering; the answer is what counts.
-        with contextlib.suppress(OSError):
-            s.sendall(head + body)
-        done.wait(30)
-        reader.join(30)
+        s.setblocking(False)
+        data = memoryview(head + body)
+        sent, got = 0, bytearray()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            sending = sent < len(data)
+            readable, writable, _ = select.select([s], [s] if sending else [], [], 1.0)
+            if readable or s.pending():
+                try:
+                    chunk = s.recv(65536)
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    continue
+                except OSError:
+                    break  # reset after the answer: what came before it counts
+                if not chunk:
+                    break  # the server closed after answering
+                got.extend(chunk)
+            elif writable:
+                try:
+                    sent += s.send(data[sent : sent + (1 << 16)])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    pass
+                except OSError:
+                    sent = len(data)  # the server stopped reading: only its answer is left
         return bytes(got)
 
 
