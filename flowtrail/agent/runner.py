@@ -118,6 +118,7 @@ class Agent:
             "own_traffic_rows": 0,
             "other_netns_rows": 0,
             "listening_rows": 0,
+            "unaccepted_attempts_unnamed": 0,
         }
         self._netns = None if config.netns is None else pa.array(sorted(config.netns), pa.uint32())
         self._own = pa.array(sorted(f"{ip}|{port}" for ip, port in config.own_endpoints))
@@ -145,7 +146,7 @@ class Agent:
     # -- one step at a time (tests drive these directly) -------------------------------------
 
     def _resolve(self, raw: pa.Table, state: str) -> pa.Table:
-        workload = self.identity.resolve(raw)
+        workload = self._unaccepted_unnamed(raw, self.identity.resolve(raw))
         nat = self.nat.resolve(raw) if self.nat is not None else None
         translating = self.nat.translating(raw) if self.nat is not None else None
         marks = None
@@ -167,6 +168,26 @@ class Agent:
             local_workload=workload,
             nat=nat,
         )
+
+    def _unaccepted_unnamed(self, raw: pa.Table, workload: pa.Array) -> pa.Array:
+        """No local name for an inbound handshake that never completed and that no process
+        accepted: such a socket only carries its listener's cgroup, which names the wrong
+        workload when the listener was handed over (socket activation, a moved pre-fork
+        child). Unattributed is the honest answer; accepted or established rows keep theirs."""
+        never = pc.and_(
+            pc.and_(
+                pc.equal(raw.column("direction"), "inbound"),
+                pc.equal(raw.column("pid"), 0),
+            ),
+            pc.is_null(raw.column("established_ns")),
+        )
+        hits = pc.sum(never).as_py() or 0
+        if hits == 0:
+            return workload
+        self.counters["unaccepted_attempts_unnamed"] += hits
+        named = pa.chunked_array([workload]) if isinstance(workload, pa.Array) else workload
+        out = pc.if_else(never, pa.scalar(None, named.type), named)
+        return out.combine_chunks() if isinstance(out, pa.ChunkedArray) else out
 
     def ingest(self, batch: pa.RecordBatch | pa.Table) -> pa.Table:
         """Resolve one polled batch of closed connections now and hold it for the interval."""
