@@ -62,40 +62,32 @@ def hash_lookup(table_hash, table_row, hashes):  # type: ignore[no-untyped-def]
 
 
 @compiled
+def bisect(values, a, b, t, right):  # type: ignore[no-untyped-def]
+    """searchsorted(values[a:b], t, side) + a: the first index in [a, b) whose value is above
+    t (`right`) or at least t (not `right`); the one binary search the kernels below use."""
+    while a < b:
+        m = (a + b) >> 1
+        if values[m] < t or (right and values[m] == t):
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@compiled
 def search_in_blocks(values, lo, hi, targets, right):  # type: ignore[no-untyped-def]
     """searchsorted(values[lo[i]:hi[i]], targets[i], side) + lo[i] for every i."""
     out = np.empty(len(targets), np.int64)
     for i in range(len(targets)):
-        a, b, t = lo[i], hi[i], targets[i]
-        while a < b:
-            m = (a + b) >> 1
-            if values[m] < t or (right and values[m] == t):
-                a = m + 1
-            else:
-                b = m
-        out[i] = a
+        out[i] = bisect(values, lo[i], hi[i], targets[i], right)
     return out
 
 
 @compiled
 def _block(keys, key):  # type: ignore[no-untyped-def]
     """[lo, hi) of `key` in sorted `keys`."""
-    a, b = 0, len(keys)
-    while a < b:
-        m = (a + b) >> 1
-        if keys[m] < key:
-            a = m + 1
-        else:
-            b = m
-    lo = a
-    b = len(keys)
-    while a < b:
-        m = (a + b) >> 1
-        if keys[m] <= key:
-            a = m + 1
-        else:
-            b = m
-    return lo, a
+    lo = bisect(keys, 0, len(keys), key, False)
+    return lo, bisect(keys, lo, len(keys), key, True)
 
 
 @compiled
@@ -107,27 +99,12 @@ def window_owner_one(seg_start, seg_end, seg_owner, b_lo, b_hi, lo, hi):  # type
     """
     if b_lo == b_hi:
         return np.int32(-1)
-    # Last segment starting at or before lo.
-    a, b = b_lo, b_hi
-    while a < b:
-        m = (a + b) >> 1
-        if seg_start[m] <= lo:
-            a = m + 1
-        else:
-            b = m
-    p = a - 1
+    p = bisect(seg_start, b_lo, b_hi, lo, True) - 1  # last segment starting at or before lo
     if p >= b_lo and seg_end[p] > hi:
         return np.int32(seg_owner[p] if seg_owner[p] >= 0 else -2)
     # Not covered by one segment: a conflict if the window sees another owner or ambiguity.
-    a, b = b_lo, b_hi
-    while a < b:  # first segment ending at or after lo
-        m = (a + b) >> 1
-        if seg_end[m] < lo:
-            a = m + 1
-        else:
-            b = m
     first = np.int64(-1)
-    j = a
+    j = bisect(seg_end, b_lo, b_hi, lo, False)  # first segment ending at or after lo
     while j < b_hi and seg_start[j] <= hi:
         if seg_owner[j] < 0 or (first >= 0 and seg_owner[j] != first):
             return np.int32(-2)
@@ -149,21 +126,8 @@ def window_owner(seg_key, seg_start, seg_end, seg_owner, key, lo, hi):  # type: 
 @compiled
 def owners_within_one(seg_start, seg_end, seg_owner, b_lo, b_hi, lo, hi):  # type: ignore[no-untyped-def]
     """(segments in [b_lo, b_hi) touching [lo, hi], their least owner, their greatest)."""
-    a, b = b_lo, b_hi
-    while a < b:  # first segment ending at or after lo
-        m = (a + b) >> 1
-        if seg_end[m] < lo:
-            a = m + 1
-        else:
-            b = m
-    first = a
-    a, b = b_lo, b_hi
-    while a < b:  # first segment starting after hi
-        m = (a + b) >> 1
-        if seg_start[m] <= hi:
-            a = m + 1
-        else:
-            b = m
+    first = bisect(seg_end, b_lo, b_hi, lo, False)  # first segment ending at or after lo
+    a = bisect(seg_start, b_lo, b_hi, hi, True)  # first segment starting after hi
     o_min = np.int64(np.iinfo(np.int32).max)
     o_max = np.int64(np.iinfo(np.int32).min)
     for j in range(first, a):
@@ -196,14 +160,7 @@ def event_range_one(time, assign, owner, seen, b_lo, b_hi, moment, guard, now, l
     is an assign, until the next event, which must come at or after moment + guard; and only
     once the watermark (now - lag) has passed moment + guard. See EventFeed.safe_owner.
     """
-    target = moment - guard
-    a, b = b_lo, b_hi
-    while a < b:
-        m = (a + b) >> 1
-        if time[m] <= target:
-            a = m + 1
-        else:
-            b = m
+    a = bisect(time, b_lo, b_hi, moment - guard, True)
     p = a - 1
     while p >= b_lo and seen[p] > as_of:
         p -= 1
