@@ -1,4 +1,4 @@
-"""The interchange contract's tables, defined once (docs/contract.md, version 4).
+"""The interchange contract's tables, defined once (docs/contract.md, version 5).
 
 Every other module derives its Arrow schemas, validation and documentation from these
 definitions, so a column is named, typed and explained in exactly one place.
@@ -20,7 +20,7 @@ from flowtrail.vocabulary import OUTCOMES as OUTCOMES
 from flowtrail.vocabulary import SOURCES as SOURCES
 from flowtrail.vocabulary import STATES as STATES
 
-CONTRACT_VERSION = 4
+CONTRACT_VERSION = 5
 
 
 class Kind(Enum):
@@ -187,6 +187,20 @@ TRUTH = Table(
         Column("workload", S, True, "its owner"),
         Column("from_ns", I64, True, "ownership start", Kind.TIME),
         Column("to_ns", I64, False, "ownership end; null while still owned", Kind.TIME),
+        Column(
+            "exporter",
+            S,
+            False,
+            "owned on this exporter only (a host-local address); null = wherever seen",
+        ),
+        Column(
+            "port",
+            I32,
+            False,
+            "owned for connections with this remote port only (a NAT gateway's translated "
+            "port); null = every port",
+            Kind.PORT,
+        ),
     ),
 )
 

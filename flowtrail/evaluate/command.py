@@ -24,7 +24,8 @@ from flowtrail.errors import InputError
     "truth_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Ground truth ownership intervals (ip, workload, from_ns, to_ns).",
+    help="Ground truth ownership intervals (ip, workload, from_ns, to_ns; optionally "
+    "exporter and port, for addresses owned per host or per translated port).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, not a table.")
 @click.option(
@@ -48,7 +49,9 @@ def eval_command(
 
     A row is misattributed when remote_workload is set and is not who truly owned its remote
     address (nat_remote_ip when set, else remote_ip) at its start (sim_true_start_ns when the
-    table has it, else start_ns). Exit status 0 on success, 2 on bad input.
+    table has it, else start_ns), by the narrowest truth interval covering the row (one given
+    for the row's exporter, its remote port, both, or the address alone). Exit status 0 on
+    success, 2 on bad input.
     """
     # Loaded here, not for `--help`: the metrics need polars and Arrow.
     from flowtrail.evaluate.metrics import evaluate

@@ -17,7 +17,16 @@ from flowtrail.errors import ContractError
 from flowtrail.evaluate.edges import edge_counts
 from flowtrail.evaluate.frame import DIR, LOCAL, PRED, REGION, SRC
 from flowtrail.evaluate.report import EvalReport, FlowCounts
-from flowtrail.evaluate.truth import IP, OWNER, T, Truth, load_truth, with_owner
+from flowtrail.evaluate.truth import (
+    EXPORTER,
+    IP,
+    OWNER,
+    PORT,
+    T,
+    Truth,
+    load_truth,
+    with_owner,
+)
 from flowtrail.schema import ATTRIBUTED, SOURCES, TRUTH
 from flowtrail.tables import validate
 
@@ -45,7 +54,7 @@ def evaluate(
     truth = validate(truth, TRUTH, path=truth_path)
     judged = load_truth(truth, path=truth_path)
     times, time_column, fallback = _judge_times(attributed, attributed_path)
-    frame = with_owner(_flow_frame(attributed, times), judged)
+    frame = with_owner(_flow_frame(attributed, times, judged.narrowed), judged)
 
     flows = _flow_counts(frame.select(_FLOW_EXPRS))[0][1]
     by_source = dict(_flow_counts(frame.group_by(SRC).agg(_FLOW_EXPRS), key=SRC))
@@ -98,12 +107,17 @@ def _judge_times(data: pa.Table, path: str | None) -> tuple[pa.ChunkedArray, str
     return pc.coalesce(true_start, start), TRUE_TIME_COLUMN, true_start.null_count
 
 
-def _flow_frame(data: pa.Table, times: pa.ChunkedArray) -> pl.DataFrame:
-    """Only the columns evaluation needs, under internal names."""
+def _flow_frame(data: pa.Table, times: pa.ChunkedArray, narrowed: bool) -> pl.DataFrame:
+    """Only the columns evaluation needs, under internal names (with each row's exporter and
+    remote port when the truth narrows addresses by them)."""
     address = data.column("remote_ip")
+    port = data.column("remote_port")
     if "nat_remote_ip" in data.column_names:
         # The flow's real peer is the NAT-resolved address wherever there was a DNAT.
         address = pc.coalesce(data.column("nat_remote_ip"), address)
+        if "nat_remote_port" in data.column_names:
+            nat = pc.is_valid(data.column("nat_remote_ip"))
+            port = pc.if_else(nat, pc.coalesce(data.column("nat_remote_port"), port), port)
     columns: dict[str, Any] = {
         IP: address,
         T: times,
@@ -112,6 +126,9 @@ def _flow_frame(data: pa.Table, times: pa.ChunkedArray) -> pl.DataFrame:
         PRED: data.column("remote_workload"),
         SRC: data.column("remote_source"),
     }
+    if narrowed:
+        columns[EXPORTER] = data.column("exporter")
+        columns[PORT] = port
     if "region" in data.column_names:
         columns[REGION] = pc.fill_null(data.column("region"), NO_REGION)
     frame = pl.from_arrow(pa.table(columns))

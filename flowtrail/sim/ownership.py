@@ -76,7 +76,8 @@ def truth_table(world: World, own: Ownership) -> pa.Table:
             pa.array(own.from_ns, pa.int64()),
             pa.array(own.to_ns, pa.int64(), mask=own.to_ns == NEVER),
         ],
-        schema=TRUTH.schema,
+        # Simulated addresses are owned by address alone: no exporter or port narrows them.
+        schema=pa.schema([TRUTH.column(n).field for n in ("ip", "workload", "from_ns", "to_ns")]),
     )
 
 

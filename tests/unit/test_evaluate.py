@@ -301,6 +301,65 @@ def test_source_that_contradicts_the_workload_is_counted() -> None:
     assert any("remote_source disagrees" in n for n in report.notes)
 
 
+def narrowed(*rows: tuple[str, str, int, int | None, str | None, int | None]) -> pa.Table:
+    """Truth rows (ip, workload, from, to, exporter, port): the contract's optional columns."""
+    cols = list(zip(*rows, strict=True))
+    return pa.table({f.name: pa.array(c, f.type) for f, c in zip(TRUTH.schema, cols, strict=True)})
+
+
+def test_a_gateways_address_is_judged_per_port() -> None:
+    """Behind a NAT gateway the server sees the gateway's address; who called is per port."""
+    owners = narrowed(
+        ("10.0.0.2", "gateway", 0, None, None, None),  # the gateway's own connections
+        ("10.0.0.2", "laptop", 5 * S, 15 * S, None, 40001),  # a translated connection
+    )
+    table = attributed(
+        hb("gateway", remote_port=40001),  # the translated one named as the gateway: wrong
+        hb("laptop", remote_port=40001, remote_ip="10.0.0.2"),
+        hb("gateway", remote_port=50000),  # the gateway's own: right
+        hb("gateway", remote_port=40001, start_ns=20 * S),  # the port's interval is over
+        # DNAT resolved: the port judged is the resolved one
+        hb("laptop", remote_ip="10.5.5.5", nat_remote_ip="10.0.0.2", nat_remote_port=40001),
+    )
+    report = evaluate(table, owners)
+    assert (report.flows.correct, report.flows.misattributed) == (4, 1)
+
+
+def test_a_host_local_address_is_judged_per_exporter() -> None:
+    owners = narrowed(
+        ("172.17.0.2", "web-a", 0, None, "host-a", None),
+        ("172.17.0.2", "web-b", 0, 15 * S, "host-b", None),
+    )
+    table = attributed(
+        hb("web-a", remote_ip="172.17.0.2"),  # host-a's own bridge: right
+        hb("web-a", remote_ip="172.17.0.2", exporter="host-b"),  # the other host's: wrong
+        hb("web-b", remote_ip="172.17.0.2", exporter="host-b"),
+        none(remote_ip="172.17.0.2", exporter="host-b", start_ns=20 * S),  # nobody, rightly
+        hb("web-a", remote_ip="172.17.0.2", exporter="host-c"),  # no owner on host-c: wrong
+    )
+    report = evaluate(table, owners)
+    f = report.flows
+    assert (f.correct, f.misattributed, f.unattributed_unowned) == (2, 2, 1)
+
+
+def test_overlaps_are_refused_per_key_only() -> None:
+    # The same address owned by two exporters, or by two ports, at once is no overlap.
+    fine = narrowed(
+        ("10.0.0.2", "a", 0, None, "host-a", None),
+        ("10.0.0.2", "b", 0, None, "host-b", None),
+        ("10.0.0.2", "c", 0, None, None, 1),
+        ("10.0.0.2", "d", 0, None, None, 2),
+    )
+    row = hb("c", remote_port=1, exporter="host-c")  # host-a's own interval would win there
+    assert evaluate(attributed(row), fine).flows.correct == 1
+    clash = narrowed(
+        ("10.0.0.2", "c", 0, None, None, 1),
+        ("10.0.0.2", "d", 5 * S, None, None, 1),
+    )
+    with pytest.raises(ContractError, match=r"overlap for ip 10\.0\.0\.2 port 1"):
+        evaluate(attributed(hb("c")), clash)
+
+
 def test_overlapping_truth_is_refused_naming_the_ip() -> None:
     owners = truth(
         ("10.0.0.5", "a", 0, 10 * S),
@@ -448,9 +507,10 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
 
 
 def test_truth_schema_is_the_contracts() -> None:
-    # The helper above builds exactly the contract's truth columns, so the tests use the
-    # same shape a simulator writes.
-    assert tuple(truth(("10.0.0.2", "a", 0, None)).column_names) == TRUTH.names
+    # The helper above builds the contract's truth columns but the optional narrowing ones,
+    # so the tests use the same shape a simulator writes.
+    assert tuple(truth(("10.0.0.2", "a", 0, None)).column_names) == TRUTH.names[:4]
+    assert TRUTH.names[4:] == ("exporter", "port")
 
 
 def test_every_eval_option_is_documented() -> None:
