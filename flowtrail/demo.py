@@ -215,7 +215,7 @@ def demo(
 def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     from flowtrail.errors import CapabilityError
     from flowtrail.evaluate import format_side_by_side
-    from flowtrail.lab.kernel_demo import by_kind, counted_once, run_lab, say
+    from flowtrail.lab.kernel_demo import KINDS, by_kind, counted_once, run_lab, say
     from flowtrail.lab.netns import LabError
     from flowtrail.tables import write_table
 
@@ -232,7 +232,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
     )
     result = compare_tables(got["flows"], got["events"], got["regions"], got["truth"])
     once = counted_once(got["attempts"], got["flows"])
-    kinds = {m: by_kind(t, got["truth"]) for m, t in result["tables"].items()}
+    kinds = {m: by_kind(t, got["truth"], got["gateway_ip"]) for m, t in result["tables"].items()}
     if out_dir:
         where = Path(out_dir)
         with writing("--out", out_dir):
@@ -268,7 +268,7 @@ def _kernel_demo(run: Any, out_dir: str | None, as_json: bool) -> None:
         f" failed; {got['handovers']} address handovers, {got['across_hosts']} across hosts)"
     )
     click.echo(format_side_by_side(result["reports"]))
-    for kind in ("connections", "failed attempts"):
+    for kind in KINDS:
         parts = []
         for m in METHOD_NAMES:
             f = kinds[m][kind].flows

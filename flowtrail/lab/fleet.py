@@ -27,6 +27,11 @@ be named by the workload, never by the listener's cgroup.
 Host 0 drops every other SYN to its services (a lossy handshake); the load balancer DNATs its
 VIP's port 80 to the first backends round robin (and masquerades, so replies come back through
 it); its VIP is named only by the event feed (that event arrives late too).
+
+Beside the hosts (flowtrail/lab/fleet_sites.py): a NAT gateway masquerading two LAN clients,
+with connections of its own, and two isolated networks with the same addresses under two
+hosts' agents. Their truth is exact for what the address alone cannot say: the gateway's
+address per port (who really called from it), the overlapping addresses per exporter.
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from types import TracebackType
 
 import pyarrow as pa
 
+from flowtrail.lab import fleet_sites as sites
 from flowtrail.lab import workload as wl
+from flowtrail.lab.fleet_sites import Site
 from flowtrail.lab.netns import CGROUP2, LabError, remove_cgroup_tree, sh, stop
 from flowtrail.schema import EVENTS, TRUTH
 
@@ -64,6 +71,7 @@ class Owner:
     proc: subprocess.Popen[str] | None
     from_ns: int
     to_ns: int | None = None
+    site: Site | None = None  # one of the fixed workloads beside the hosts
 
 
 @dataclass
@@ -94,7 +102,14 @@ class Fleet:
         self.root = CGROUP2 / f"flowtrail-fleet-{self.tag}"
         self.targets_path = self.run_dir / "targets.json"
         self.logs = self.run_dir / "connections"
+        self.accepted = self.run_dir / "accepted"  # who called, as each server read it
         self._counter = 0
+        self.sites = [
+            *sites.gateway_sites(self.tag, self.net, self.hosts, str(self.targets_path)),
+            *sites.overlap_sites(self.tag, self.net, self.run_dir),
+        ]
+        self.router = self.sites[0]
+        self.fixed: list[Owner] = []  # the sites' workloads
 
     def host_ns(self, i: int) -> str:
         return f"ft{self.tag}-h{i}"
@@ -119,6 +134,7 @@ class Fleet:
 
     def build(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.accepted.mkdir(parents=True, exist_ok=True)
         self.root.mkdir()
         sh("ip", "netns", "add", self.bridge)
         sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
@@ -127,6 +143,9 @@ class Fleet:
             self._attach(self.host_ns(i), f"h{i}", f"{self.net}.{10 + i}")
         self._attach(self.lb, "lb", self.vip)
         self._load_balancer()
+        self._attach(self.router.netns, "gw", self.router.ip)
+        sites.build_gateway(self.bridge, self.router, self.sites[1:3])
+        sites.build_overlap(self.sites[3:])
         sh("ip", "netns", "exec", self.host_ns(0), "nft", "-f", "-", stdin=_table("inet", "ftloss",
            "type filter hook input priority 0; policy accept", LOSSY))  # fmt: skip
 
@@ -160,7 +179,11 @@ class Fleet:
         for owner in self.owners:
             if owner.proc is not None:
                 stop(owner.proc)
-        for ns in [*(self.host_ns(i) for i in range(self.hosts)), self.lb, self.bridge]:
+        for owner in self.fixed:
+            if owner.proc is not None:
+                stop(owner.proc)
+        spaces = [*(self.host_ns(i) for i in range(self.hosts)), self.lb, self.bridge]
+        for ns in spaces + [site.netns for site in self.sites]:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         remove_cgroup_tree(self.root)
 
@@ -170,37 +193,63 @@ class Fleet:
         for slot in range(self.slots):
             self._start(self.slot_ip(slot), self.rng.randrange(self.hosts), time.time_ns())
         self._write_targets()
+        for site in self.sites:
+            # At half a host workload's rate: the sites add a third to the fleet's traffic.
+            rate = self.rate / self.slots / 2
+            proc = self._spawn(site.name, site.ip, site.netns, site.targets, rate, site.long_share)
+            self.fixed.append(Owner(workload_name(site.name), site.ip, site.host, proc,
+                                    time.time_ns(), site=site))  # fmt: skip
 
     def _start(self, ip: str, host: int, from_ns: int) -> Owner:
         self._counter += 1
         name = f"{KINDS[self._counter % len(KINDS)]}-{self._counter}"
         sh("ip", "-n", self.host_ns(host), "addr", "add", f"{ip}/24", "dev", "eth0")
+        rate = self.rate / self.slots
+        proc = self._spawn(name, ip, self.host_ns(host), str(self.targets_path), rate)
+        owner = Owner(workload_name(name), ip, host, proc, from_ns)
+        self.owners.append(owner)
+        self.live[ip] = owner
+        self._event(ip, owner.name, "assign", from_ns)
+        return owner
+
+    def _spawn(
+        self, name: str, ip: str, netns: str, targets: str, rate: float, long_share: float = 0.05
+    ) -> subprocess.Popen[str]:
+        """Start workload `name` serving and calling from `ip` in `netns`; once it listens."""
         cgroup = self.root / "system.slice" / f"{name}.service"
         cgroup.mkdir(parents=True)
         spec = wl.Workload(
             name=name,
             ip=ip,
-            targets=str(self.targets_path),
+            targets=targets,
             log=str(self.logs / f"{name}.jsonl"),
-            rate=self.rate / self.slots,
+            rate=rate,
+            long_share=long_share,
             seed=self.seed,
             listener_cgroup=self._listener_cgroup(name),
+            accepted=str(self.accepted / f"{name}.jsonl"),
         )
         proc = subprocess.Popen(
-            wl.argv(self.host_ns(host), cgroup, spec),
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+            wl.argv(netns, cgroup, spec), stdout=subprocess.PIPE, text=True, start_new_session=True
         )
-        owner = Owner(workload_name(name), ip, host, proc, from_ns)
-        self.owners.append(owner)
-        self.live[ip] = owner
-        self._event(ip, owner.name, "assign", from_ns)
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if line != "ready":
-            raise LabError(f"workload {name} at {ip} on host {host} did not start: {line!r}")
-        return owner
+            raise LabError(f"workload {name} at {ip} in {netns} did not start: {line!r}")
+        return proc
+
+    def stop_fixed(self, owner: Owner) -> None:
+        """Stop one of the sites' workloads as a handover stops an owner: its callers stop
+        calling it first, then it goes (its address stays where it was, unowned: calls to it
+        are refused from then on)."""
+        assert owner.site is not None and owner.proc is not None
+        others = [o.ip for o in self.fixed if o.site and o.site.targets == owner.site.targets]
+        sites.write_targets(owner.site.targets, [ip for ip in others if ip != owner.ip])
+        time.sleep(self.settle_s)
+        stop(owner.proc)
+        self._destroy_sockets(owner)
+        owner.to_ns = time.time_ns()
+        sites.write_targets(owner.site.targets, others)
 
     def _listener_cgroup(self, name: str) -> str | None:
         """Where a handed-over workload's listener is bound (None: in its own cgroup).
@@ -241,7 +290,7 @@ class Fleet:
         """Reset what the stopped workload's sockets left behind on its address (orphans
         waiting for a FIN's answer), as deleting a pod's namespace does: otherwise one may
         close only after its address has moved, or after the agents have stopped."""
-        ns = self.host_ns(owner.host)
+        ns = self.host_ns(owner.host) if owner.site is None else owner.site.netns
         subprocess.run(["ip", "netns", "exec", ns, "ss", "-K", "-t", "src", owner.ip],
                        capture_output=True)  # fmt: skip
 
@@ -268,13 +317,20 @@ class Fleet:
         stopping = list(self.live.values())
         self.live.clear()
         self._write_targets(lb=False)
+        for owner in self.fixed:
+            if owner.site is not None and owner.site.targets != str(self.targets_path):
+                sites.write_targets(owner.site.targets, [])
         time.sleep(self.settle_s)
         for owner in stopping:
             if owner.proc is not None:
                 stop(owner.proc)
             self._destroy_sockets(owner)
+        for owner in self.fixed:
+            if owner.proc is not None and owner.to_ns is None:
+                stop(owner.proc)
+                self._destroy_sockets(owner)
         now = time.time_ns()
-        for owner in self.owners:
+        for owner in [*self.owners, *self.fixed]:
             if owner.to_ns is None:
                 owner.to_ns = now
         return now
@@ -282,15 +338,35 @@ class Fleet:
     # -- what the lab did --------------------------------------------------------------------
 
     def truth(self) -> pa.Table:
+        """Who owned what: hosts' addresses by address; the sites' host-local addresses per
+        exporter; the gateway's address per port, from who really called from it (it owns
+        nothing else: it serves nobody)."""
+        rows: list[tuple[str, str, int, int | None, str | None, int | None]] = [
+            (o.ip, o.name, o.from_ns, o.to_ns, None, None) for o in self.owners
+        ]
+        for o in self.fixed:
+            if o.site is not None and o.site.host_local:
+                rows.append((o.ip, o.name, o.from_ns, o.to_ns, exporter_name(o.host), None))
+        names = {o.site.name: o.name for o in self.fixed if o.site is not None}
+        names |= {o.name.removeprefix("systemd:").removesuffix(".service"): o.name
+                  for o in self.owners}  # fmt: skip
+        margin = int(1e9)
+        for port, who, a, b in sites.callers_from(self.accepted, self.router.ip, names, margin):
+            rows.append((self.router.ip, who, a, b, None, port))
+        cols = list(zip(*rows, strict=True))
         return pa.table(
-            {
-                "ip": [o.ip for o in self.owners],
-                "workload": [o.name for o in self.owners],
-                "from_ns": [o.from_ns for o in self.owners],
-                "to_ns": [o.to_ns for o in self.owners],
-            },
+            {f.name: list(c) for f, c in zip(TRUTH.schema, cols, strict=True)},
             schema=TRUTH.schema,
         )
+
+    def translated_prefixes(self) -> tuple[str, ...]:
+        """Address prefixes (text) of the callers the gateway masquerades."""
+        return tuple(s.ip.rsplit(".", 1)[0] + "." for s in self.sites[1:3])
+
+    def halfway(self) -> None:
+        """Pair B's `.2` workload goes (see flowtrail/lab/fleet_sites.py)."""
+        (owner,) = [o for o in self.fixed if o.site is not None and o.site.name == "netb-2"]
+        self.stop_fixed(owner)
 
     def events(self) -> pa.Table:
         cols = list(zip(*self.event_rows, strict=True))
@@ -304,6 +380,15 @@ class Fleet:
 
     def host_namespaces(self) -> list[str]:
         return [self.host_ns(i) for i in range(self.hosts)]
+
+    def agent_namespaces(self, host: int) -> list[str]:
+        """What host `host`'s agent captures: its namespace and the sites' it holds."""
+        return [self.host_ns(host), *(s.netns for s in self.sites if s.host == host)]
+
+
+def exporter_name(host: int) -> str:
+    """The `exporter` of host `host`'s agent."""
+    return f"host-{host}"
 
 
 def workload_name(unit: str) -> str:

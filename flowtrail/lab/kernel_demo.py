@@ -1,8 +1,9 @@
 """`flowtrail demo --kernel`: the demo's accuracy table on flows the eBPF program really captured.
 
 A `Fleet` (flowtrail/lab/fleet.py) runs on this kernel; one real `flowtrail agent` per host
-(`--netns` its namespace, so each exports only its own sockets under its own name) writes
-Parquet. When the run ends the captured rows (received_ns: when the agent wrote them) and the
+(`--netns` its namespace and those of the fleet's sites it holds: a NAT gateway and its LAN,
+one of two overlapping networks; so each exports only its own sockets under its own name)
+writes Parquet. When the run ends the captured rows (received_ns: when the agent wrote them) and the
 lab's event feed are attributed the demo's three ways and judged against the lab's truth, and
 every attempt the workloads logged is looked up among the captured rows: each end once.
 """
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 from flowtrail.errors import CapabilityError
 from flowtrail.evaluate import EvalReport, evaluate
 from flowtrail.lab import workload as wl
-from flowtrail.lab.fleet import Fleet
+from flowtrail.lab.fleet import Fleet, exporter_name
+from flowtrail.lab.fleet_sites import LAN_PORTS
 from flowtrail.lab.netns import LabError
 from flowtrail.lab.wait import stop_all
 from flowtrail.tables import write_table
@@ -60,11 +62,13 @@ def agents(fleet: Fleet, out: Path) -> Iterator[list[Path]]:
     dirs: list[Path] = []
     out.mkdir(parents=True, exist_ok=True)
     try:
-        for i, ns in enumerate(fleet.host_namespaces()):
+        for i in range(fleet.hosts):
             where = out / f"host-{i}"
             argv = [sys.executable, "-m", "flowtrail", "agent", "--out", str(where)]
-            argv += ["--interval", AGENT_INTERVAL, "--exporter", f"host-{i}", "--region", "lab"]
-            argv += ["--netns", ns, "--resolvers", "systemd"]
+            argv += ["--interval", AGENT_INTERVAL, "--exporter", exporter_name(i)]
+            argv += ["--region", "lab", "--resolvers", "systemd"]
+            for ns in fleet.agent_namespaces(i):
+                argv += ["--netns", ns]
             # The hosts are namespaces with no route out: detection would call the fleet's
             # network host-local. Here it stands for a network between hosts.
             argv += ["--routable", f"{fleet.net}.0/24"]
@@ -118,14 +122,20 @@ def capture_drops(out: Path, hosts: int) -> dict[str, int]:
 
 
 def attempts(fleet: Fleet) -> pl.DataFrame:
+    """Every attempt the workloads logged; `translated`: made behind the NAT gateway (its
+    server end sees another 4-tuple)."""
     rows: list[list[Any]] = []
     for f in sorted(fleet.logs.glob("*.jsonl")):
         rows.extend(json.loads(line) for line in f.read_text().splitlines() if line)
-    return pl.DataFrame(
+    made = pl.DataFrame(
         rows,
         schema=["local_ip", "local_port", "remote_ip", "remote_port", "outcome", "t_ns"],
         orient="row",
     )
+    behind = pl.lit(False)
+    for prefix in fleet.translated_prefixes():
+        behind = behind | pl.col("local_ip").str.starts_with(prefix)
+    return made.with_columns(behind.alias("translated"))
 
 
 def _kind(column: str) -> pl.Expr:
@@ -148,8 +158,9 @@ def counted_once(made: pl.DataFrame, flows: pa.Table) -> dict[str, int]:
     """Each attempt the workloads logged, looked up among the closed rows, per 4-tuple.
 
     An attempt's client end must be one `outbound` row with its outcome; an established
-    connection to a service (not via the load balancer, whose end has no agent) must also be
-    one `inbound` row at the server. A 4-tuple used n times must be found n times.
+    connection to a service (not via the load balancer, whose end has no agent, nor through
+    the NAT gateway, whose server end has the gateway's address and port) must also be one
+    `inbound` row at the server. A 4-tuple used n times must be found n times.
     """
     client, server, by = _ends(made, flows)
     return {
@@ -207,8 +218,11 @@ def _ends(made: pl.DataFrame, flows: pa.Table) -> tuple[pl.DataFrame, pl.DataFra
     client = made_n.join(out_n, on=[*key, "outcome"], how="left").with_columns(
         pl.col("outbound").fill_null(0)
     )
-    served = made_n.filter(
-        (pl.col("outcome") == "established") & (pl.col("remote_port") == wl.SERVICE_PORT)
+    direct = made.filter(~pl.col("translated"))
+    served = (
+        direct.group_by([*key, "outcome"])
+        .agg(pl.len().cast(pl.Int64).alias("made"))
+        .filter((pl.col("outcome") == "established") & (pl.col("remote_port") == wl.SERVICE_PORT))
     )
     in_n = (
         closed.filter((pl.col("direction") == "inbound") & (pl.col("outcome") == "established"))
@@ -235,11 +249,32 @@ def is_connection(table: pa.Table) -> pa.Array:
     return pc.or_(pc.is_null(outcome), done)
 
 
-def by_kind(attributed: pa.Table, truth: pa.Table) -> dict[str, EvalReport]:
-    """The same evaluation on connections alone and on failed attempts alone."""
+KINDS = ("connections", "translated connections", "failed attempts")
+
+
+def translated(table: pa.Table, gateway_ip: str) -> pa.Array:
+    """Server rows of connections the NAT gateway translated: from its address and from a
+    port of its LANs (the ports its own connections use are another range)."""
+    low, high = min(r[0] for r in LAN_PORTS), max(r[1] for r in LAN_PORTS)
+    port = table.column("remote_port")
+    return pc.and_(
+        pc.and_(
+            pc.equal(table.column("direction"), "inbound"),
+            pc.equal(table.column("remote_ip"), gateway_ip),
+        ),
+        pc.and_(pc.greater_equal(port, low), pc.less_equal(port, high)),
+    )
+
+
+def by_kind(attributed: pa.Table, truth: pa.Table, gateway_ip: str) -> dict[str, EvalReport]:
+    """The same evaluation on connections alone (but the translated ones), on the gateway's
+    translated connections alone (their server rows: unattributed, by design), and on failed
+    attempts alone."""
     connected = is_connection(attributed)
+    nat = translated(attributed, gateway_ip)
     return {
-        "connections": evaluate(attributed.filter(connected), truth),
+        "connections": evaluate(attributed.filter(pc.and_(connected, pc.invert(nat))), truth),
+        "translated connections": evaluate(attributed.filter(pc.and_(connected, nat)), truth),
         "failed attempts": evaluate(attributed.filter(pc.invert(connected)), truth),
     }
 
@@ -278,6 +313,8 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
                 "capture_drops": drops,
                 "handovers": fleet.handovers,
                 "across_hosts": fleet.across_hosts,
+                "gateway_ip": fleet.router.ip,
+                "overlap_prefix": fleet.sites[-1].ip.rsplit(".", 1)[0] + ".",
             }
         say("namespaces, cgroups and processes removed")
         if out_dir is not None:  # the inputs, as `flowtrail attribute` and `eval` read them
@@ -293,11 +330,15 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
 def _churn(fleet: Fleet, cfg: KernelRun) -> None:
     start = time.monotonic()
     next_report = start + 10
+    halfway = False
     while (now := time.monotonic()) - start < cfg.duration_s:
         time.sleep(max(0.0, min(cfg.churn_s - fleet.settle_s, cfg.duration_s - (now - start))))
         if time.monotonic() - start >= cfg.duration_s:
             break
         fleet.hand_over()
+        if not halfway and time.monotonic() - start >= cfg.duration_s / 2:
+            halfway = True
+            fleet.halfway()
         if time.monotonic() >= next_report:
             next_report += 10
             made = sum(len(f.read_text().splitlines()) for f in fleet.logs.glob("*.jsonl"))

@@ -12,6 +12,12 @@ Every attempt is logged, one JSON line flushed at once, as soon as its outcome i
 refused, abandoned (the client's own connect timeout), failed). The lab compares that log
 with what the agents captured. The lab stops a workload with SIGKILL; whatever it logged is
 already on disk.
+
+Every request begins with a line `<name> <time_ns>\n`: who made the connection and when its
+connect began. A server given `accepted` logs, per connection it reads that line on,
+`[peer_ip, peer_port, name, time_ns, logged_ns]`: who really called from the address and port
+it saw, which behind a NAT gateway is not who owns the address (the lab's truth for
+translated connections).
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class Workload:
     # A cgroup to bind the listener in before moving to the workload's own (a handed-over
     # listener: its accepted sockets get this cgroup from the kernel; see listen_elsewhere).
     listener_cgroup: str | None = None
+    accepted: str | None = None  # JSON lines: who called, per connection served (see above)
 
 
 def argv(netns: str, cgroup: Path, w: Workload) -> list[str]:
@@ -102,19 +109,31 @@ def run(w: Workload, listener: socket.socket | None = None) -> None:
         rng = random.Random(f"{w.seed}-{w.name}-{i}")
         threading.Thread(target=_client_loop, args=(w, rng, log, lock), daemon=True).start()
     print("ready", flush=True)
+    accepted = None if w.accepted is None else open(w.accepted, "a", buffering=1)  # noqa: SIM115
     while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=_answer, args=(conn,), daemon=True).start()
+        conn, peer = listener.accept()
+        args = (conn, peer, accepted, lock)
+        threading.Thread(target=_answer, args=args, daemon=True).start()
 
 
-def _answer(conn: socket.socket) -> None:
-    """Read until the client half-closes, answer, close."""
+def _answer(
+    conn: socket.socket, peer: tuple[str, int], accepted: TextIO | None, lock: threading.Lock
+) -> None:
+    """Read until the client half-closes (logging who called, once its first line is in),
+    answer, close."""
     try:
         conn.settimeout(60)
-        while conn.recv(65536):
-            pass
+        head = b""
+        while chunk := conn.recv(65536):
+            if accepted is not None and b"\n" not in head and len(head) < 4096:
+                head += chunk
+                if b"\n" in head:
+                    name, t = head.split(b"\n", 1)[0].decode().split()
+                    line = [peer[0], peer[1], name, int(t), time.time_ns()]
+                    with lock:
+                        accepted.write(json.dumps(line) + "\n")
         conn.sendall(b"ok")
-    except OSError:
+    except (OSError, ValueError):
         pass
     finally:
         conn.close()
@@ -143,7 +162,7 @@ def _client_loop(w: Workload, rng: random.Random, log: TextIO, lock: threading.L
         with lock:  # logged before the exchange: a workload killed meanwhile still logged it
             log.write(json.dumps(line) + "\n")
         if sock is not None:
-            _exchange(sock, hold_s)
+            _exchange(sock, hold_s, f"{w.name} {line[-1]}\n".encode())
 
 
 def _connect(local_ip: str, ip: str, port: int) -> tuple[list[object], socket.socket | None]:
@@ -166,12 +185,12 @@ def _connect(local_ip: str, ip: str, port: int) -> tuple[list[object], socket.so
     return [local_ip, lport, ip, port, outcome, t], None
 
 
-def _exchange(sock: socket.socket, hold_s: float) -> None:
+def _exchange(sock: socket.socket, hold_s: float, head: bytes) -> None:
     """Send a request (in pieces a second apart when held open), half-close, read the answer."""
     try:
         sock.settimeout(30)
         deadline = time.monotonic() + hold_s
-        sock.sendall(b"q" * 200)
+        sock.sendall(head + b"q" * 200)
         while time.monotonic() < deadline:
             time.sleep(1.0)
             sock.sendall(b"q" * 50)
