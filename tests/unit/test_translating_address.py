@@ -84,3 +84,21 @@ def test_a_live_collector_takes_the_mark_as_the_replay_does() -> None:
     out = [*eng.tick(now + S), *eng.tick(now + 1000 * S)]
     got = names(pa.concat_tables(out))
     assert got == {"gw:1": "api", "api:1": "gw", "api:2": None}
+
+
+def test_a_gateway_without_an_agent_is_unknown_unless_the_feed_names_its_address() -> None:
+    """No agent on the gateway: no heartbeat for its address, no mark. The translated
+    connection is unattributed, unless the event feed assigns the gateway's address to a
+    workload, which is then named (docs/attribution.md: do not assign a gateway's address)."""
+    server_only = flows(translating=None).slice(2, 1)  # the server's row of the translated one
+    assert names(replay(server_only).table)["api:2"] is None
+    feed = pa.table(
+        {
+            "ip": ["10.0.0.1"],
+            "workload": ["nat-box"],
+            "action": ["assign"],
+            "time_ns": [T0 - 100 * S],
+            "received_ns": [T0 - 100 * S],
+        }
+    )
+    assert names(replay(server_only, feed).table)["api:2"] == "nat-box"
