@@ -104,11 +104,11 @@ class Fleet:
         self.logs = self.run_dir / "connections"
         self.accepted = self.run_dir / "accepted"  # who called, as each server read it
         self._counter = 0
-        self.sites = [
-            *sites.gateway_sites(self.tag, self.net, self.hosts, str(self.targets_path)),
-            *sites.overlap_sites(self.tag, self.net, self.run_dir),
-        ]
-        self.router = self.sites[0]
+        self.router, *self.lans = sites.gateway_sites(
+            self.tag, self.net, self.hosts, str(self.targets_path)
+        )
+        self.overlapping = sites.overlap_sites(self.tag, self.net, self.run_dir)
+        self.sites = [self.router, *self.lans, *self.overlapping]
         self.fixed: list[Owner] = []  # the sites' workloads
 
     def host_ns(self, i: int) -> str:
@@ -144,8 +144,8 @@ class Fleet:
         self._attach(self.lb, "lb", self.vip)
         self._load_balancer()
         self._attach(self.router.netns, "gw", self.router.ip)
-        sites.build_gateway(self.bridge, self.router, self.sites[1:3])
-        sites.build_overlap(self.sites[3:])
+        sites.build_gateway(self.router, self.lans)
+        sites.build_overlap(self.overlapping)
         sh("ip", "netns", "exec", self.host_ns(0), "nft", "-f", "-", stdin=_table("inet", "ftloss",
            "type filter hook input priority 0; policy accept", LOSSY))  # fmt: skip
 
@@ -347,12 +347,9 @@ class Fleet:
         for o in self.fixed:
             if o.site is not None and o.site.host_local:
                 rows.append((o.ip, o.name, o.from_ns, o.to_ns, exporter_name(o.host), None))
-        names = {o.site.name: o.name for o in self.fixed if o.site is not None}
-        names |= {o.name.removeprefix("systemd:").removesuffix(".service"): o.name
-                  for o in self.owners}  # fmt: skip
         margin = int(1e9)
-        for port, who, a, b in sites.callers_from(self.accepted, self.router.ip, names, margin):
-            rows.append((self.router.ip, who, a, b, None, port))
+        callers = sites.callers_from(self.accepted, self.router.ip, workload_name, margin)
+        rows += [(self.router.ip, who, a, b, None, port) for port, who, a, b in callers]
         cols = list(zip(*rows, strict=True))
         return pa.table(
             {f.name: list(c) for f, c in zip(TRUTH.schema, cols, strict=True)},
@@ -361,7 +358,12 @@ class Fleet:
 
     def translated_prefixes(self) -> tuple[str, ...]:
         """Address prefixes (text) of the callers the gateway masquerades."""
-        return tuple(s.ip.rsplit(".", 1)[0] + "." for s in self.sites[1:3])
+        return tuple(s.ip.rsplit(".", 1)[0] + "." for s in self.lans)
+
+    @property
+    def overlap_prefix(self) -> str:
+        """The overlapping networks' addresses' common prefix (text)."""
+        return self.overlapping[0].ip.rsplit(".", 1)[0] + "."
 
     def halfway(self) -> None:
         """Pair B's `.2` workload goes (see flowtrail/lab/fleet_sites.py)."""

@@ -23,6 +23,7 @@ host 1's (flowtrail/lab/kernel_demo.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,10 @@ def gateway_sites(tag: str, net: str, hosts: int, targets: str) -> list[Site]:
     return [router, *lans]
 
 
-def build_gateway(bridge: str, router: Site, lans: list[Site]) -> None:
-    """Router on the bridge (its `eth0`), each LAN namespace on a veth of its own; masquerade
-    what leaves `eth0` from the LANs. The router's namespace goes with the bridge's teardown."""
+def build_gateway(router: Site, lans: list[Site]) -> None:
+    """The router's namespace is already on the bridge (its `eth0`): each LAN namespace on a
+    veth of its own behind it; masquerade what leaves `eth0` from the LANs. The fleet deletes
+    every namespace when it closes."""
     sh("ip", "netns", "exec", router.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     _port_range(router.netns, ROUTER_PORTS)
     sources = []
@@ -129,12 +131,13 @@ def write_targets(path: str, ips: list[str]) -> None:
 
 
 def callers_from(
-    accepted_dir: Path, ip: str, names: dict[str, str], margin_ns: int
+    accepted_dir: Path, ip: str, name: Callable[[str], str], margin_ns: int
 ) -> list[tuple[int, str, int, int]]:
     """Truth for a translated address, per port: (port, workload, from_ns, to_ns).
 
     From every server's log of who called (flowtrail/lab/workload.py): a connection from
-    `ip`:port belongs to the workload that says it made it, from `margin_ns` before its
+    `ip`:port belongs to the workload that says it made it (`name` gives its name in the
+    truth), from `margin_ns` before its
     connect began (the agents' and the lab's clocks differ by a little) to when the server
     read that (after the server's row began). Consecutive uses of a port by one caller are
     joined; two callers on one port at once would make the port no key: refused.
@@ -144,9 +147,9 @@ def callers_from(
         for line in f.read_text().splitlines():
             if not line:
                 continue
-            peer, port, name, t, logged = json.loads(line)
+            peer, port, caller, t, logged = json.loads(line)
             if peer == ip:
-                seen.setdefault(int(port), []).append((int(t), int(logged), names[name]))
+                seen.setdefault(int(port), []).append((int(t), int(logged), name(caller)))
     out: list[tuple[int, str, int, int]] = []
     for port, uses in sorted(seen.items()):
         uses.sort()

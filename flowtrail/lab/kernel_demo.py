@@ -314,7 +314,7 @@ def run_lab(cfg: KernelRun, out_dir: str | None) -> dict[str, Any]:
                 "handovers": fleet.handovers,
                 "across_hosts": fleet.across_hosts,
                 "gateway_ip": fleet.router.ip,
-                "overlap_prefix": fleet.sites[-1].ip.rsplit(".", 1)[0] + ".",
+                "overlap_prefix": fleet.overlap_prefix,
             }
         say("namespaces, cgroups and processes removed")
         if out_dir is not None:  # the inputs, as `flowtrail attribute` and `eval` read them
