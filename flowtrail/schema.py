@@ -140,6 +140,13 @@ FLOWS = Table(
         Column("srtt_us", I64, False, "smoothed RTT, microseconds", Kind.COUNT),
         Column("local_workload", S, False, "who owned local_ip here; null = unknown"),
         Column(
+            "local_pod",
+            S,
+            False,
+            "the Kubernetes pod whose socket this is (local_workload names its owner); "
+            "null outside pods",
+        ),
+        Column(
             "received_ns", I64, False, "collector receive time (default end_ns + 60 s)", Kind.TIME
         ),
         Column(
@@ -213,11 +220,15 @@ ATTRIBUTION_COLUMNS = (
 # Evidence for the engine only: a store keeps it among a row's extra columns, so the stored
 # layout (and every store written before it) stays as it was.
 ENGINE_ONLY = ("local_translating", "network", "local_scope", "remote_scope")
+# Contract version 5: facts about a row that pass through attribution untouched; a store keeps
+# them among the extra columns too, so its layout stays as it was.
+PASSED_THROUGH = ("local_pod",)
 # No order rule here: attributed rows are judged or stored as given; flows are checked where
 # they come in (attribute, the collector, a cluster node).
 ATTRIBUTED = Table(
     "attributed",
-    tuple(c for c in FLOWS.columns if c.name not in ENGINE_ONLY) + ATTRIBUTION_COLUMNS,
+    tuple(c for c in FLOWS.columns if c.name not in (*ENGINE_ONLY, *PASSED_THROUGH))
+    + ATTRIBUTION_COLUMNS,
 )
 
 # Contract version 2: why a row is unattributed, written beside the attribution columns.

@@ -74,6 +74,7 @@ def assemble(
     translating: pa.Array | None = None,
     network: str | None = None,
     scopes: tuple[pa.Array, pa.Array] | None = None,
+    pods: pa.Array | None = None,
 ) -> pa.Table:
     """One FLOWS row per raw row (AGENT_SCHEMA). Rows must already be valid (see valid_rows)."""
     if state not in STATES:
@@ -99,6 +100,7 @@ def assemble(
         "local_workload": local_workload
         if local_workload is not None
         else pa.nulls(n, pa.string()),
+        "local_pod": pods if pods is not None else pa.nulls(n, pa.string()),
         "received_ns": pa.nulls(n, pa.int64()),
     }
     for name in _COPIED:

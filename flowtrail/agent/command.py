@@ -165,6 +165,24 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "(overrides `host` in the identity file) [default: host:<host name>].",
 )
 @click.option(
+    "--k8s-names",
+    type=click.Choice(["workload", "pod"]),
+    default="workload",
+    show_default=True,
+    help="How Kubernetes pods are named: workload: k8s:<namespace>/<deployment, statefulset, "
+    "daemonset, job or cronjob> (the pod goes in the local_pod column); pod: "
+    "k8s:<namespace>/<pod>.",
+)
+@click.option(
+    "--k8s-api",
+    type=click.Choice(["auto", "off"]),
+    default="auto",
+    show_default=True,
+    help="auto: when a service account is mounted (the agent runs in a pod), ask the "
+    "Kubernetes API which workload owns each pod; off, or outside a cluster: read the "
+    "owner from the pod's name (docs/agent.md, Kubernetes).",
+)
+@click.option(
     "--sink",
     default=None,
     metavar="NAME",
@@ -275,6 +293,8 @@ def agent(
     region: str | None,
     resolvers: str | None,
     host_workload: str | None,
+    k8s_names: str,
+    k8s_api: str,
     sink: str | None,
     spool_dir: str | None,
     spool_max: str,
@@ -316,6 +336,7 @@ def agent(
         default_host_workload,
         parse_resolvers,
     )
+    from flowtrail.agent.kubernetes import KubeApi
     from flowtrail.agent.listeners import ListenerWatch
     from flowtrail.agent.netlink import NetnsIndex
     from flowtrail.agent.runner import Agent, AgentConfig
@@ -354,6 +375,8 @@ def agent(
         order or DEFAULT_RESOLVERS,
         registry=registry,
         host_workload=host_workload or registry.host or default_host_workload(),
+        k8s_naming=k8s_names,
+        k8s_api=KubeApi.in_cluster() if k8s_api == "auto" else None,
     )
     click.echo(f"flowtrail agent: identity: {identity.describe()}", err=True)
     for warning in identity.missing_targets():

@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.agent.kubernetes import NAMINGS, KubeApi, PodDirectory, kubernetes_workload
 from flowtrail.errors import InputError
 
 CGROUP2_ROOT = (
@@ -270,34 +271,67 @@ def kubernetes_pod_uid(path: str) -> str | None:
 
 
 class KubernetesResolver(_PathResolver):
-    """Pods by cgroup path; named `k8s:<namespace>/<pod>` when the kubelet's pod log directory
-    (<namespace>_<pod>_<uid>) is present, else `k8s:pod/<uid>` (the UID is itself exact)."""
+    """Pods by cgroup path, named `k8s:<namespace>/<workload>`: the Deployment, StatefulSet,
+    DaemonSet, Job or CronJob that owns the pod (asked of the in-cluster API when reachable,
+    else read from the pod's name; flowtrail/agent/kubernetes.py), or `k8s:<namespace>/<pod>`
+    with naming `pod`. A pod the node's directories do not name is `k8s:pod/<uid>` (the UID
+    is itself exact). One answer per pod for its whole life, whichever container asks."""
 
     name = "kubernetes"
 
-    def __init__(self, cgroups: CgroupPaths, pod_logs: str = "/var/log/pods") -> None:
+    def __init__(
+        self,
+        cgroups: CgroupPaths,
+        pod_logs: str = "/var/log/pods",
+        *,
+        kubelet_pods: str = "/var/lib/kubelet/pods",
+        naming: str = "workload",
+        api: KubeApi | None = None,
+    ) -> None:
         super().__init__(cgroups)
-        self.pod_logs = pod_logs
-        self._pods: dict[str, str] = {}
+        if naming not in NAMINGS:
+            raise InputError(f"kubernetes naming must be one of {', '.join(NAMINGS)}: {naming!r}")
+        self.pods = PodDirectory(pod_logs, kubelet_pods)
+        self.naming = naming
+        self.api = api
+        self._by_uid: dict[str, tuple[str, str | None]] = {}
+        self._pod_of_id: dict[int, str | None] = {}
 
-    def _refresh_pods(self) -> None:
-        try:
-            entries = os.listdir(self.pod_logs)
-        except OSError:
-            return
-        for entry in entries:
-            parts = entry.rsplit("_", 2)
-            if len(parts) == 3:
-                self._pods[parts[2]] = f"{parts[0]}/{parts[1]}"
-
-    def name_path(self, path: str) -> str | None:
+    def _pod(self, path: str) -> tuple[str, str | None] | None:
+        """(workload, pod name or None) of the pod whose cgroup `path` is, or None."""
         uid = kubernetes_pod_uid(path)
         if uid is None:
             return None
-        if uid not in self._pods:
-            self._refresh_pods()
-        pod = self._pods.get(uid)
-        return f"k8s:{pod}" if pod else f"k8s:pod/{uid}"
+        if uid not in self._by_uid:
+            # The kubelet makes a pod's directories before any of its processes start, so
+            # the first answer is final: one name per pod keeps its heartbeats agreeing.
+            pod = self.pods.get(uid)
+            self._by_uid[uid] = (
+                (kubernetes_workload(pod, self.naming, self.api), pod.name)
+                if pod is not None
+                else (f"k8s:pod/{uid}", None)
+            )
+        return self._by_uid[uid]
+
+    def name_path(self, path: str) -> str | None:
+        found = self._pod(path)
+        return found[0] if found else None
+
+    def pod_name(self, cg_id: int) -> str | None:
+        """The pod of a cgroup id, or None (not a pod's, or not named by the node)."""
+        if cg_id in self._pod_of_id:
+            return self._pod_of_id[cg_id]
+        path = self.cgroups.path(cg_id) if cg_id else None
+        found = self._pod(path) if path else None
+        if found is None:
+            return None  # not cached: a later scan may still learn the path
+        if len(self._pod_of_id) >= MAX_CACHED:
+            self._pod_of_id.pop(next(iter(self._pod_of_id)))
+        self._pod_of_id[cg_id] = found[1]
+        return found[1]
+
+    def resolve_pods(self, keys: LocalKeys) -> pa.Array:
+        return _per_unique(keys.cgroup_id, self.pod_name)
 
 
 # --------------------------------------------------------------------------- containers
@@ -712,6 +746,9 @@ class IdentityChain:
         host_workload: str | None = None,
         cgroup_root: str = CGROUP2_ROOT,
         pod_logs: str = "/var/log/pods",
+        kubelet_pods: str = "/var/lib/kubelet/pods",
+        k8s_naming: str = "workload",
+        k8s_api: KubeApi | None = None,
         docker_root: str = "/var/lib/docker",
         host_netns: int | None = None,
     ) -> IdentityChain:
@@ -723,7 +760,11 @@ class IdentityChain:
             if name == "explicit":
                 built.append(ExplicitResolver(registry, cgroups))
             elif name == "kubernetes":
-                built.append(KubernetesResolver(cgroups, pod_logs))
+                built.append(
+                    KubernetesResolver(
+                        cgroups, pod_logs, kubelet_pods=kubelet_pods, naming=k8s_naming, api=k8s_api
+                    )
+                )
             elif name == "container":
                 built.append(ContainerResolver(cgroups, docker_root))
             elif name == "systemd":
@@ -737,6 +778,10 @@ class IdentityChain:
     def describe(self) -> str:
         """What is in force, for the start-up line: resolvers in order, host identity, file."""
         parts = [f"resolvers {','.join(r.name for r in self.resolvers)}"]
+        k8s = next((r for r in self.resolvers if isinstance(r, KubernetesResolver)), None)
+        if k8s is not None:
+            source = "the Kubernetes API" if k8s.api is not None else "pod names"
+            parts.append(f"pods named by {k8s.naming} (owners from {source})")
         host = next((r for r in self.resolvers if isinstance(r, HostResolver)), None)
         if host is not None:
             parts.append(f"host sockets named {host.workload!r}" if host.workload else
@@ -784,6 +829,12 @@ class IdentityChain:
             if isinstance(r, ExplicitResolver):
                 r.refresh_netns()
 
+    def pods(self, batch: pa.RecordBatch | pa.Table) -> pa.Array | None:
+        """local_pod for each row (the Kubernetes pod its socket's cgroup belongs to), or None
+        when no kubernetes resolver is in the chain."""
+        k8s = next((r for r in self.resolvers if isinstance(r, KubernetesResolver)), None)
+        return k8s.resolve_pods(LocalKeys.of(batch)) if k8s is not None else None
+
     def resolve(self, batch: pa.RecordBatch | pa.Table) -> pa.Array:
         """local_workload for each row of a RAW_SCHEMA batch (string, null = unknown)."""
         keys = LocalKeys.of(batch)
@@ -796,6 +847,10 @@ class IdentityChain:
             self.by_resolver[r.name] += int(pc.sum(newly).as_py() or 0)
             out = pc.coalesce(out, answer)
         named = len(out) - out.null_count
+        for r in self.resolvers:
+            if isinstance(r, KubernetesResolver) and r.api is not None:
+                self.stats["k8s_api_lookups"] = r.api.asked
+                self.stats["k8s_api_errors"] = r.api.errors
         self.stats["identity_named"] += named
         self.stats["identity_unnamed"] += out.null_count
         return out

@@ -167,6 +167,7 @@ class Agent:
             state=state,
             local_workload=workload,
             nat=nat,
+            pods=self.identity.pods(raw),
         )
 
     def _unaccepted_unnamed(self, raw: pa.Table, workload: pa.Array) -> pa.Array:
@@ -237,6 +238,7 @@ class Agent:
             region=self.config.region,
             state="active",
             local_workload=workload,
+            pods=self.identity.pods(raw),
             translating=self.nat.translating(raw) if self.nat is not None else None,
             # A listener's address is owned in the scope its connections' would be.
             network=self.config.network,

@@ -33,11 +33,14 @@ def running_agent(
     exporter: str = EXPORTER,
     netns: frozenset[int] | None = None,
     listeners: bool = False,
+    identity: IdentityChain | None = None,
 ) -> Iterator[Agent]:
     """An agent exporting as `exporter` in region `lab`, every `interval_s`, until the block ends.
 
     `netns`: only these namespaces' sockets (inodes), as `flowtrail agent --netns`. Address
     scopes are detected as the command's defaults do.
+
+    `identity`: the resolver chain (default: every resolver, the lab's host workload).
 
     `listeners`: export `listening` rows too (off by default: they would match tests that
     pick connection rows out by port).
@@ -55,7 +58,7 @@ def running_agent(
             AgentConfig(
                 exporter=exporter, region=REGION, interval_s=interval_s, poll_ms=100, netns=netns
             ),
-            IdentityChain.build(host_workload=HOST_WORKLOAD),
+            identity or IdentityChain.build(host_workload=HOST_WORKLOAD),
             delivery,
             nat=NatResolver(index),
             snapshotter=Snapshotter(index),

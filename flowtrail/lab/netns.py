@@ -140,11 +140,16 @@ class Lab:
         """A cgroup shaped like a systemd service: system.slice/<unit>.service."""
         return self.cgroup("system.slice", f"{unit}.service")
 
-    def pod_cgroup(self, pod_uid: str, qos: str = "burstable") -> Path:
-        """A container's cgroup as kubelet's systemd driver and containerd name it."""
+    def pod_cgroup(self, pod_uid: str, qos: str = "burstable", driver: str = "systemd") -> Path:
+        """A container's cgroup as the kubelet's cgroup driver (`systemd` with containerd, or
+        `cgroupfs`) names it."""
+        cid = f"{uuid.uuid4().hex}{uuid.uuid4().hex}"
+        if driver == "cgroupfs":
+            return self.cgroup("kubepods", qos, f"pod{pod_uid}", cid)
         pod = f"kubepods-{qos}-pod{pod_uid.replace('-', '_')}.slice"
-        scope = f"cri-containerd-{uuid.uuid4().hex}{uuid.uuid4().hex}.scope"
-        return self.cgroup("kubepods.slice", f"kubepods-{qos}.slice", pod, scope)
+        return self.cgroup(
+            "kubepods.slice", f"kubepods-{qos}.slice", pod, f"cri-containerd-{cid}.scope"
+        )
 
     # -- traffic ---------------------------------------------------------------------------
 
