@@ -193,6 +193,14 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     "[default: parquet with --out, else none].",
 )
 @click.option(
+    "--ca-fingerprint",
+    metavar="sha256:HEX",
+    default=None,
+    help="With --sink collector: trust the server's own CA with this fingerprint (as "
+    "`flowtrail token add` prints it) instead of a CA file [default: "
+    "FLOWTRAIL_COLLECTOR_CA_FINGERPRINT].",
+)
+@click.option(
     "--spool",
     "spool_dir",
     metavar="DIR",
@@ -296,6 +304,7 @@ def agent(
     k8s_names: str,
     k8s_api: str,
     sink: str | None,
+    ca_fingerprint: str | None,
     spool_dir: str | None,
     spool_max: str,
     ringbuf: str,
@@ -353,7 +362,11 @@ def agent(
         raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
     from flowtrail.collector.client import register as register_collector_sink
 
-    register_collector_sink()  # --sink collector --out https://HOST:PORT
+    if ca_fingerprint is not None:
+        from flowtrail.fleet.ca import parse_fingerprint
+
+        ca_fingerprint = parse_fingerprint(ca_fingerprint)
+    register_collector_sink(ca_fingerprint)  # --sink collector --out https://HOST:PORT
     from flowtrail.cluster.agent_sink import register as register_nats_sink
 
     register_nats_sink(region)  # --sink nats --out nats://HOST:PORT[,...] --region R

@@ -2,10 +2,13 @@
 at / (flowtrail/web: static files shipped in the package, which ask /api/* and /healthz like
 any other client); nothing else.
 
-Read-only and loopback-only by construction: the handler has no write path, and the server
-refuses to bind anything but a loopback address. A request whose Host header names anything
-but this machine's loopback (or a name given in `allowed_hosts`) is refused with 403, so a web
-page whose own name was re-pointed at 127.0.0.1 (DNS rebinding) cannot read the answers.
+Read-only by construction: the handler has no write path. It binds a loopback address,
+unless it is given TLS and `readers` (`flowtrail up --listen`): then a request from another
+host needs a read token (flowtrail/fleet/access.py), checked before anything else, so no path
+answers without one (`routes()` lists them for the test that checks it). A request without
+a read token whose Host header names anything but this machine's loopback (or a name given
+in `allowed_hosts`) is refused with 403, so a web page whose own name was re-pointed at
+127.0.0.1 (DNS rebinding) cannot read the answers.
 Connections are admitted and timed by `flowtrail.httpguard`. Each request runs on its own
 thread with its own DuckDB cursor from `connect()` (DuckDB allows one writer process; in
 `flowtrail up` the collector's Store is that writer and hands out cursors on its connection,
@@ -15,6 +18,7 @@ so readers see every committed write without opening the file a second time).
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,10 +41,19 @@ from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query
 from flowtrail.query.output import render
 from flowtrail.store.duck import FLOWS_TABLE
-from flowtrail.web import CONSOLE_HEADERS, console_file
+from flowtrail.web import CONSOLE_HEADERS, console_file, console_paths
 
 Connect = Callable[[], duckdb.DuckDBPyConnection]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
+Readers = Callable[[str | None], bool]  # Authorization header → a read token?
+CHALLENGE = 'Basic realm="flowtrail", charset="UTF-8"'
+
+
+def routes() -> list[str]:
+    """Every path this server answers (GET/HEAD), from the tables the handler routes by."""
+    return ["/healthz", "/api", *(f"/api/{e}" for e in ENDPOINTS), *console_paths()]
+
+
 CONTENT_TYPES = {"json": "application/json", "csv": "text/csv; charset=utf-8"}
 
 
@@ -74,13 +87,21 @@ class _Handler(GuardedHandler):
             body["parameter"] = parameter
         self._json(status, body)
 
-    def do_GET(self) -> None:
-        try:
-            self._get()
-        except Exception as exc:  # a defect, yet the client still gets an answer, not a reset
-            self._error(500, f"internal error: {type(exc).__name__}")
-
-    def _get(self) -> None:
+    def _admitted(self) -> bool:
+        """A read token admits any request; without one, a request from another host is
+        answered 401 (a browser then asks for the token), and one from this machine must
+        name it in its Host header (403 otherwise)."""
+        readers = self.server.readers
+        if readers is not None:
+            if readers(self.headers.get("Authorization")):
+                return True
+            if not is_loopback(self.client_address[0].removeprefix("::ffff:")):
+                self.close_connection = True
+                self.server.count("error_401")
+                body = json.dumps({"error": "a read token is needed from another host"}) + "\n"
+                self._send(401, body.encode(), CONTENT_TYPES["json"],
+                           {"WWW-Authenticate": CHALLENGE})  # fmt: skip
+                return False
         if not local_host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             self.close_connection = True
             self._error(
@@ -88,7 +109,17 @@ class _Handler(GuardedHandler):
                 f"Host {self.headers.get('Host')!r} is not a name this API is served under "
                 "(a loopback address, localhost, or one given with allowed_hosts)",
             )
-            return
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        try:
+            if self._admitted():
+                self._get()
+        except Exception as exc:  # a defect, yet the client still gets an answer, not a reset
+            self._error(500, f"internal error: {type(exc).__name__}")
+
+    def _get(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         if path == "/healthz":
@@ -135,7 +166,8 @@ class _Handler(GuardedHandler):
     def _read_only(self) -> None:
         length = self.headers.get("Content-Length", "")
         self.read_and_drop(int(length) if length.isdigit() else 0, 1 << 20)
-        self._error(405, "read-only API: only GET")
+        if self._admitted():
+            self._error(405, "read-only API: only GET")
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _read_only
 
@@ -149,12 +181,15 @@ class _Server(GuardedServer):
         source: str,
         allowed_hosts: frozenset[str],
         limits: ConnectionLimits | None,
+        tls: ssl.SSLContext | None = None,
+        readers: Readers | None = None,
     ) -> None:
         self.connect, self._health, self.source = connect, health, source
         self.allowed_hosts = allowed_hosts
+        self.readers = readers
         self.stats: dict[str, int] = {}
         self._stats_lock = threading.Lock()
-        super().__init__(address, _Handler, limits=limits, refused=self._count_refused)
+        super().__init__(address, _Handler, tls=tls, limits=limits, refused=self._count_refused)
 
     def _count_refused(self, reason: str) -> None:
         self.count(f"refused_{reason}")
@@ -183,7 +218,10 @@ class QueryAPI:
     """`QueryAPI(connect, host, port).start()` serves until `stop()`; port 0 picks a free one.
 
     `allowed_hosts`: names besides loopback literals and localhost that requests may carry in
-    their Host header (for a name in /etc/hosts that points here, say)."""
+    their Host header (for a name in /etc/hosts that points here, say).
+
+    `tls` and `readers` (both or neither): serve HTTPS, and answer a request from another
+    host only with a read token; only then may `host` be other than loopback."""
 
     def __init__(
         self,
@@ -195,15 +233,23 @@ class QueryAPI:
         source: str = FLOWS_TABLE,
         allowed_hosts: Iterable[str] = (),
         limits: ConnectionLimits | None = None,
+        tls: ssl.SSLContext | None = None,
+        readers: Readers | None = None,
     ) -> None:
-        if not is_loopback(host):
-            raise InputError(f"query API: {host!r} is not a loopback address (localhost only)")
+        if (tls is None) != (readers is None):
+            raise InputError("query API: TLS and read tokens go together")
+        if not is_loopback(host) and readers is None:
+            raise InputError(
+                f"query API: {host!r} is not a loopback address (localhost only, unless "
+                "served with TLS and read tokens)"
+            )
         if not 0 <= port <= 65535:
             raise InputError(f"query API port {port}: must be 0..65535")
         self.host, self.port = host, port
         self._connect, self._health, self._source = connect, health, source
         self._allowed = frozenset(host_name(h) for h in allowed_hosts)
         self._limits = limits
+        self._tls, self._readers = tls, readers
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -216,6 +262,8 @@ class QueryAPI:
                 self._source,
                 self._allowed,
                 self._limits,
+                self._tls,
+                self._readers,
             )
         except OSError as exc:
             raise InputError(f"query API {self.host}:{self.port}: cannot listen: {exc}") from exc
@@ -228,7 +276,7 @@ class QueryAPI:
 
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'http' if self._tls is None else 'https'}://{host}:{self.port}"
 
     @property
     def stats(self) -> dict[str, int]:

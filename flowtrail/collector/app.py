@@ -8,8 +8,9 @@ both build it.
 from __future__ import annotations
 
 import os
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from flowtrail.collector.quarantine import Quarantine
 from flowtrail.collector.server import CollectorHTTPServer, tls_context
 from flowtrail.collector.service import Collector, CollectorConfig
 from flowtrail.collector.sink import ParquetSink, Sink
-from flowtrail.collector.tokens import Tokens
+from flowtrail.collector.tokens import TokenFile
 from flowtrail.collector.wal import WriteAheadLog
 from flowtrail.errors import InputError
 from flowtrail.httpguard import ConnectionLimits
@@ -42,6 +43,9 @@ class CollectorOptions:
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     config: CollectorConfig = field(default_factory=CollectorConfig)
     data_flag: str = "--data-dir"  # names data_dir in messages
+    tls_context: ssl.SSLContext | None = None  # instead of cert and key (flowtrail up)
+    # GET /metrics, /healthz: (peer, Authorization) → answer? None: everyone (see server.py)
+    readers: Callable[[str, str | None], bool] | None = None
 
 
 def make_sink(options: CollectorOptions) -> Sink:
@@ -73,6 +77,8 @@ class CollectorApp:
             if not is_loopback(options.host):
                 raise InputError(f"--plaintext: only on loopback, not {options.host!r}")
             self._tls = None
+        elif options.tls_context is not None:
+            self._tls = options.tls_context
         else:
             if options.cert is None or options.key is None:
                 raise InputError("give --tls-cert and --tls-key (or --plaintext on loopback)")
@@ -80,7 +86,8 @@ class CollectorApp:
                 self._tls = tls_context(str(options.cert), str(options.key))
             except (OSError, ValueError) as exc:
                 raise InputError(f"--tls-cert/--tls-key: cannot load: {exc}") from exc
-        tokens = Tokens.load(options.tokens_file)
+        self.tokens = TokenFile(options.tokens_file)  # revocations apply at once
+        tokens = self.tokens
         data = options.data_dir
         cfg = options.config
         with self._data_dir_errors():
@@ -118,6 +125,7 @@ class CollectorApp:
                 tls=self._tls,
                 max_body_bytes=self.options.max_body_bytes,
                 limits=self.options.connections,
+                readers=self.options.readers,
             )
         except OSError as exc:
             self.collector.stop()

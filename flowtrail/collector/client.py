@@ -30,6 +30,7 @@ from flowtrail.errors import ExportError, InputError
 TOKEN_ENV = "FLOWTRAIL_COLLECTOR_TOKEN"
 TOKEN_FILE_ENV = "FLOWTRAIL_COLLECTOR_TOKEN_FILE"
 CAFILE_ENV = "FLOWTRAIL_COLLECTOR_CAFILE"
+FINGERPRINT_ENV = "FLOWTRAIL_COLLECTOR_CA_FINGERPRINT"
 
 
 def ipc_bytes(table: pa.Table) -> bytes:
@@ -49,7 +50,10 @@ class CollectorExporter:
         cafile: str | None = None,
         *,
         timeout_s: float = 30.0,
+        ca_fingerprint: str | None = None,
     ) -> None:
+        """`ca_fingerprint` (sha256:<hex>): trust only the CA with this fingerprint in the
+        chain the server presents (flowtrail/fleet/pin.py), instead of `cafile`."""
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise InputError(f"collector url {url!r}: expected https://HOST:PORT")
@@ -66,7 +70,10 @@ class CollectorExporter:
         self.token = token
         self.timeout_s = timeout_s
         self._tls: ssl.SSLContext | None = None
-        if parts.scheme == "https":
+        self.ca_fingerprint = ca_fingerprint
+        if ca_fingerprint is not None and parts.scheme != "https":
+            raise InputError(f"collector url {url!r}: a CA fingerprint needs https://")
+        if parts.scheme == "https" and ca_fingerprint is None:
             self._tls = ssl.create_default_context(cafile=cafile)
         self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
@@ -81,8 +88,9 @@ class CollectorExporter:
         self.last_refusal: str | None = None
 
     @staticmethod
-    def from_environment(url: str | None) -> CollectorExporter:
-        """Factory for the agent's exporter registry: url from --out, secrets from env."""
+    def from_environment(url: str | None, ca_fingerprint: str | None = None) -> CollectorExporter:
+        """Factory for the agent's exporter registry: url from --out, secrets from env, the
+        CA fingerprint from --ca-fingerprint or the environment."""
         if not url:
             raise InputError("--sink collector needs --out https://HOST:PORT")
         token = os.environ.get(TOKEN_ENV, "")
@@ -94,10 +102,20 @@ class CollectorExporter:
                 raise InputError(f"{TOKEN_FILE_ENV}={token_file}: cannot read: {exc}") from exc
         if not token:
             raise InputError(f"--sink collector: set {TOKEN_ENV} or {TOKEN_FILE_ENV}")
-        return CollectorExporter(url, token, os.environ.get(CAFILE_ENV))
+        pin = ca_fingerprint or os.environ.get(FINGERPRINT_ENV) or None
+        if pin is not None:
+            from flowtrail.fleet.ca import parse_fingerprint
+
+            pin = parse_fingerprint(pin)
+        return CollectorExporter(url, token, os.environ.get(CAFILE_ENV), ca_fingerprint=pin)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
+            if self._tls is None and self.ca_fingerprint is not None:
+                from flowtrail.fleet.pin import fetch_pinned_ca, pinned_context
+
+                ca = fetch_pinned_ca(self.host, self.port, self.ca_fingerprint, self.timeout_s)
+                self._tls = pinned_context(ca)
             if self._tls is not None:
                 self._conn = http.client.HTTPSConnection(
                     self.host, self.port, timeout=self.timeout_s, context=self._tls
@@ -168,8 +186,10 @@ class CollectorExporter:
             self._conn = None
 
 
-def register() -> None:
+def register(ca_fingerprint: str | None = None) -> None:
     """Make `flowtrail agent --sink collector --out https://HOST:PORT` available."""
     from flowtrail.agent.exporter import register_exporter
 
-    register_exporter("collector", CollectorExporter.from_environment)
+    register_exporter(
+        "collector", lambda url: CollectorExporter.from_environment(url, ca_fingerprint)
+    )

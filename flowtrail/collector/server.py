@@ -9,6 +9,7 @@ lingering close), so a slow or hostile client cannot hold others out.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from flowtrail.collector.service import Answer, Collector
@@ -54,8 +55,19 @@ class _Handler(GuardedHandler):
             self.read_and_drop(length, self.server.discard_limit)
         self._send(answer)
 
+    def _may_read(self) -> bool:
+        """GETs off loopback need a read token when the server was given `readers`."""
+        readers = self.server.readers
+        if readers is None or readers(self.client_address[0], self.headers.get("Authorization")):
+            return True
+        self.close_connection = True
+        self._send(Answer(401, {"error": "a read token is needed from another host"}))
+        return False
+
     def do_GET(self) -> None:
         c = self.server.collector
+        if not self._may_read():
+            return
         if self.path == "/metrics":
             text = c.metrics.text()
             self.send_response(200)
@@ -126,8 +138,12 @@ class CollectorHTTPServer(GuardedServer):
         tls: ssl.SSLContext | None,
         max_body_bytes: int = 256 << 20,
         limits: ConnectionLimits | None = None,
+        readers: Callable[[str, str | None], bool] | None = None,
     ) -> None:
+        """`readers(peer address, Authorization header)`: may this GET be answered? None:
+        every GET is (a collector on loopback)."""
         self.collector = collector
+        self.readers = readers
         self.max_body_bytes = max_body_bytes
         self.discard_limit = min(4 * max_body_bytes, 1 << 30)
         refused = collector.metrics.refused

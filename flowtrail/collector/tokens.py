@@ -4,24 +4,31 @@ File format, one exporter per line (blank lines and `#` comments ignored):
 
     <exporter> <token> [kinds] [ranges=<prefix>,<prefix>...]
 
-`kinds` is a comma list of what the token may send: `flows` (the default) and/or `events`
-(the control plane's feed). `ranges=` lists the addresses the exporter's host may claim as a
-row's `local_ip` (flowtrail/addressranges.py); without it, any address. Tokens are compared
+`kinds` is a comma list of what the token may do: send `flows` (the default) and/or `events`
+(the control plane's feed), or `read` the query API and the collector's /metrics and /healthz
+from another host (`flowtrail up --listen`). `ranges=` lists the addresses the exporter's
+host may claim as a row's `local_ip` (flowtrail/addressranges.py); without it, any address. Tokens are compared
 through their SHA-256 digest, so a lookup's timing says nothing useful about a real token's
 text.
+
+`TokenFile` reads the file again whenever it changes, so a token added or revoked takes
+effect at the next request, without a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from flowtrail.addressranges import AddressRanges
 from flowtrail.errors import InputError
 
-KINDS = ("flows", "events")
+KINDS = ("flows", "events", "read")
+log = logging.getLogger(__name__)
 MIN_TOKEN_LENGTH = 16
 RANGES = "ranges="
 
@@ -94,3 +101,47 @@ class Tokens:
         if not entries:
             raise InputError(f"--tokens {p}: no tokens in the file")
         return Tokens(entries)
+
+
+class TokenFile(Tokens):
+    """The tokens file, read again when its inode, size or modification time changes: a
+    token removed from it is refused from the next request on. A new version that does not
+    parse leaves the last good one in force (`error` says why); `flowtrail token` writes the
+    file whole and atomically, so only a hand edit can get there."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp = self._stat()
+        self._tokens = Tokens.load(self.path)
+        self.error: str | None = None
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def current(self) -> Tokens:
+        stamp = self._stat()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    try:
+                        self._tokens = Tokens.load(self.path)
+                        self.error = None
+                    except InputError as exc:
+                        self.error = str(exc)
+                        log.warning("tokens file not reloaded, the last good one stays: %s", exc)
+                    self._stamp = stamp
+        return self._tokens
+
+    def __len__(self) -> int:
+        return len(self.current())
+
+    def lookup(self, token: str | None) -> Identity | None:
+        return self.current().lookup(token)
+
+    def ranges_of(self, exporter: str) -> AddressRanges | None:
+        return self._tokens.ranges_of(exporter)  # right after `lookup`, which reloaded

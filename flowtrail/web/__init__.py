@@ -46,3 +46,8 @@ def console_file(path: str) -> tuple[bytes, str] | None:
     if path.startswith("/static/"):
         return _files().get(path.removeprefix("/static/"))  # exact names only: no traversal
     return None
+
+
+def console_paths() -> list[str]:
+    """Every path `console_file` answers."""
+    return ["/", *(f"/static/{name}" for name in sorted(_files()))]
