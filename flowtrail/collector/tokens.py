@@ -7,9 +7,9 @@ File format, one exporter per line (blank lines and `#` comments ignored):
 `kinds` is a comma list of what the token may do: send `flows` (the default) and/or `events`
 (the control plane's feed), or `read` the query API and the collector's /metrics and /healthz
 from another host (`flowtrail up --listen`). `ranges=` lists the addresses the exporter's
-host may claim as a row's `local_ip` (flowtrail/addressranges.py); without it, any address. Tokens are compared
-through their SHA-256 digest, so a lookup's timing says nothing useful about a real token's
-text.
+host may claim as a row's `local_ip` (flowtrail/addressranges.py); without it, any address.
+Tokens are compared through their SHA-256 digest, so a lookup's timing says nothing useful
+about a real token's text.
 
 `TokenFile` reads the file again whenever it changes, so a token added or revoked takes
 effect at the next request, without a restart.
