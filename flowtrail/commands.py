@@ -25,6 +25,14 @@ COMMANDS: dict[str, Entry] = {
         "flowtrail.up", "up",
         "Run agent + collector + store + query API on this machine, until Ctrl-C.",
     ),
+    "token": Entry(
+        "flowtrail.fleet.token_command", "token",
+        "Enrol agents and readers with the fleet's server, or revoke them (at once).",
+    ),
+    "install-units": Entry(
+        "flowtrail.fleet.units_command", "install_units",
+        "Write systemd unit files for the fleet's server or an agent.",
+    ),
     "attribute": Entry(
         "flowtrail.engine.command", "attribute",
         "Name the remote workload of every flow, replaying rows in received_ns order.",

@@ -1,6 +1,6 @@
 """`flowtrail up`: the whole system on this machine in one process, data under one directory.
 
-What runs (all on loopback):
+What runs (on loopback; with `--listen ADDR` elsewhere, it serves a fleet: docs/fleet.md):
 
     agent (eBPF capture of this host) --HTTPS + token--> collector (WAL, attribution, store)
                                                          query API (read-only HTTP) --> store
@@ -19,7 +19,6 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import socket
 import sys
@@ -32,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from flowtrail.errors import CapabilityError, FlowtrailError, InputError
-from flowtrail.opshttp import is_loopback
+from flowtrail.fleet.serving import is_fleet, listen_address
 from flowtrail.standalone import run_standalone
 from flowtrail.stop_signals import stop_on_signals
 from flowtrail.units import DURATION
 
 if TYPE_CHECKING:  # the query API (DuckDB, Arrow) loads when `up` runs, not for `--help`
     from flowtrail.api.server import QueryAPI
+    from flowtrail.fleet.serving import Fleet
 
 SECOND = 1_000_000_000
 TOKENS_FILE = "tokens.txt"
@@ -74,24 +74,14 @@ class Layout:
 
 def ensure_token(path: Path, exporter: str) -> str:
     """This exporter's token from the tokens file, adding a random one (file mode 0600)."""
+    from flowtrail.fleet import tokens_file
+
     if any(c.isspace() for c in exporter) or not exporter or exporter.startswith("#"):
         raise InputError(f"--exporter {exporter!r}: needs a name without spaces or '#'")
-    lines = path.read_text().splitlines() if path.exists() else []
-    for line in lines:
-        parts = line.split("#", 1)[0].split()
-        if parts and parts[0] == exporter and len(parts) >= 2:
-            return parts[1]
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a") as f:
-        if not lines:
-            f.write(
-                "# flowtrail up: '<exporter> <token> [kinds] [ranges=<prefix>,...]' per line"
-                " (collector/tokens.py)\n"
-            )
-        f.write(f"{exporter} {token}\n")
-    os.chmod(path, 0o600)
-    return token
+    for name, _rest, line in tokens_file.entries(path):
+        if name == exporter:
+            return line.split("#", 1)[0].split()[1]
+    return tokens_file.add(path, exporter, "flows", None)
 
 
 def lock_data_dir(layout: Layout) -> int:
@@ -108,17 +98,6 @@ def lock_data_dir(layout: Layout) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
-
-
-def loopback_host(host: str) -> str:
-    """The IPv4 loopback address to bind (`localhost` → 127.0.0.1); InputError otherwise."""
-    if host == "localhost":
-        return "127.0.0.1"
-    if not is_loopback(host):
-        raise InputError(f"--host {host!r}: flowtrail up binds loopback only (127.0.0.1)")
-    if ":" in host:
-        raise InputError(f"--host {host!r}: the collector listens on IPv4 only; use 127.0.0.1")
-    return host
 
 
 def agent_problem() -> str | None:
@@ -195,7 +174,7 @@ class AgentPart:
         exporter: str,
         url: str,
         token: str,
-        cafile: Path,
+        cafile: Path | None,
         spool: Path,
         interval_s: float,
         identity_file: str | None,
@@ -233,7 +212,7 @@ class AgentPart:
         netns = NetnsIndex()
         self.capture = Capture()
         self.capture.start()  # CapabilityError names what is missing
-        self.exporter = CollectorExporter(url, token, str(cafile))
+        self.exporter = CollectorExporter(url, token, str(cafile) if cafile else None)
         # The agent retries a collector that is briefly away every few seconds, not minutes.
         self.delivery = Delivery(self.exporter, Spool(spool, 256 << 20), backoff_max_s=10.0)
         self.runner = Agent(
@@ -312,10 +291,35 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
     help="Everything lives here: certificate, tokens, write-ahead log, quarantine, store.",
 )
 @click.option(
+    "--listen",
     "--host",
+    "host",
+    metavar="ADDR",
     default="127.0.0.1",
     show_default=True,
-    help="IPv4 loopback address both servers bind (127.0.0.1, localhost; nothing else).",
+    help="IPv4 address both servers bind. Loopback: this host only. Any other (0.0.0.0: "
+    "every address) serves a fleet: TLS from the server's own CA (or --tls-cert), agents "
+    "with their own tokens (`flowtrail token add`), read tokens for other hosts' queries.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --listen: your PEM certificate (chain) instead of one from the server's CA.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --tls-cert: its private key.",
+)
+@click.option(
+    "--tls-name",
+    "tls_names",
+    metavar="NAME",
+    multiple=True,
+    help="With --listen: a DNS name or address agents use to reach this server, put in its "
+    "certificate; the first is the one `flowtrail token add` prints. Repeatable.",
 )
 @click.option(
     "--port-collector",
@@ -390,6 +394,9 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
 def up(
     data_dir: Path,
     host: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_names: tuple[str, ...],
     port_collector: int,
     port_api: int,
     api_allow_hosts: tuple[str, ...],
@@ -405,15 +412,20 @@ def up(
     """Run agent + collector + store + query API on this machine, until Ctrl-C.
 
     \b
-    Everything listens on loopback only and keeps its data under --data.
+    Everything listens on loopback and keeps its data under --data; with
+    --listen ADDR it serves agents of other hosts too (docs/fleet.md).
     Query with curl http://127.0.0.1:4741/api/dependencies (or top-talkers, flows,
     health), or `flowtrail query dependencies --db DATA/flows.duckdb` once stopped.
     The agent needs root; --no-agent runs the rest without it.
 
     \b
       sudo flowtrail up --data /var/lib/flowtrail --interval 5s
+      flowtrail up --no-agent --listen 0.0.0.0 --data /var/lib/flowtrail
     """
-    host = loopback_host(host)
+    host = listen_address(host)
+    fleet = is_fleet(host)
+    if not fleet and (tls_cert or tls_key or tls_names):
+        raise InputError("--tls-cert, --tls-key, --tls-name: only with --listen ADDR, not loopback")
     if interval <= 0:
         raise InputError("--interval: must be more than zero")
     if not no_agent:
@@ -449,6 +461,10 @@ def up(
                 "replaced once this start is ready"
             )
         runner = _Up(layout, host, exporter, token)
+        if fleet:
+            from flowtrail.fleet.serving import prepare
+
+            runner.fleet = prepare(layout.tls, host, tls_names, tls_cert, tls_key)
         runner.run(
             port_collector=port_collector,
             port_api=port_api,
@@ -472,6 +488,7 @@ def up(
 class _Up:
     def __init__(self, layout: Layout, host: str, exporter: str, token: str) -> None:
         self.layout, self.host, self.exporter, self.token = layout, host, exporter, token
+        self.fleet: Fleet | None = None  # --listen off loopback
         self.stopping = threading.Event()
         self.announced = False  # everything listened and up.json was written
 
@@ -504,8 +521,14 @@ class _Up:
 
         stop_on_signals(self.stopping, on_repeat=self._on_repeat)
         lay = self.layout
-        # A fresh certificate every start: it is short-lived and only this process trusts it.
-        cert, key = self_signed(lay.tls, self.host)
+        fleet = self.fleet
+        tls = fleet.tls.context() if fleet is not None else None
+        if fleet is None:
+            # A fresh certificate every start: short-lived, and only this process trusts it.
+            cert, key = self_signed(lay.tls, self.host)
+            cafile: Path | None = cert
+        else:  # the fleet's CA signed a new one (or the user gave theirs)
+            cert, key, cafile = fleet.tls.chain, fleet.tls.key, fleet.tls.cafile
         options = CollectorOptions(
             data_dir=lay.root,
             tokens_file=lay.tokens,
@@ -513,6 +536,7 @@ class _Up:
             port=port_collector,
             cert=cert,
             key=key,
+            tls_context=tls,
             sink="store",
             db=lay.db,
             config=CollectorConfig(
@@ -522,6 +546,12 @@ class _Up:
             data_flag="--data",
         )
         app = CollectorApp(options)
+        access = None
+        if fleet is not None:
+            from flowtrail.fleet.access import ReadAccess
+
+            access = ReadAccess(app.tokens)  # the collector's tokens: revocations apply at once
+            options.readers = access.admits
         try:
             collector_port = app.start()
         except InputError as exc:  # its message names `flowtrail collector`'s --listen
@@ -538,25 +568,32 @@ class _Up:
                 port_api,
                 health=lambda: _health(app),
                 allowed_hosts=api_allow_hosts,
+                tls=tls,
+                readers=access.allows if access is not None else None,
             )
             try:
                 api.start()
             except InputError as exc:
                 raise InputError(f"--port-api {port_api}: {exc}") from exc
             if not no_agent:
+                # Its own collector on loopback when listening everywhere; with a certificate
+                # of the user's, under the name it was made for.
+                near = "127.0.0.1" if self.host == "0.0.0.0" else self.host
+                if fleet is not None and fleet.tls.cafile is None:
+                    near = fleet.host
                 try:
                     agent = AgentPart(
                         exporter=self.exporter,
-                        url=app.url(),
+                        url=f"https://{near}:{collector_port}",
                         token=self.token,
-                        cafile=cert,
+                        cafile=cafile,
                         spool=lay.spool,
                         interval_s=interval_s,
                         identity_file=identity_file,
                         host_workload=host_workload,
                         own={
-                            "collector": (self.host, collector_port),
-                            "api": (self.host, api.port),
+                            "collector": (near, collector_port),
+                            "api": (near, api.port),
                         },
                         keep_own_traffic=keep_own_traffic,
                     )
@@ -565,7 +602,7 @@ class _Up:
                 agent.start()
                 # The agent's counters join the collector's /metrics: one scrape for both.
                 app.collector.metrics.registry.register(AgentCounters(agent.metrics))
-            self._announce(app.url(), api.url(), agent)
+            self._announce(app.url(), api.url(), agent, collector_port, api.port)
             self._wait(agent, app, status_every_s)
             if agent is not None and agent.error is not None:
                 failure = agent.error
@@ -576,37 +613,66 @@ class _Up:
             raise FlowtrailError(f"the agent stopped: {type(failure).__name__}: {failure}")
         click.echo("flowtrail up: stopped")
 
-    def _announce(self, collector_url: str, api_url: str, agent: AgentPart | None) -> None:
+    def _announce(
+        self,
+        collector_url: str,
+        api_url: str,
+        agent: AgentPart | None,
+        collector_port: int,
+        api_port: int,
+    ) -> None:
         lay = self.layout
         with_agent = agent is not None
-        state = {
+        fleet = self.fleet
+        cafile = lay.tls / "cert.pem"
+        if fleet is not None:
+            cafile = fleet.tls.cafile or fleet.tls.chain
+            collector_url, api_url = fleet.url(collector_port), fleet.url(api_port)
+        state: dict[str, Any] = {
             "pid": os.getpid(),
             "data": str(lay.root),
             "collector": collector_url,
             "api": api_url,
-            "cafile": str(lay.tls / "cert.pem"),
+            "cafile": str(cafile),
             "tokens": str(lay.tokens),
             "db": str(lay.db),
             "exporter": self.exporter,
             "agent": with_agent,
         }
+        if fleet is not None:
+            state["listen"] = self.host
+            state["fleet"] = fleet.state(collector_port, api_port)
         _write_state(lay.state, state)
         self.announced = True
         lines = [
             f"flowtrail up: data in {lay.root}",
-            f"  collector  {collector_url}  (TLS, cert {lay.tls / 'cert.pem'}, "
-            f"tokens {lay.tokens})",
+            f"  collector  {collector_url}  (TLS, cert {cafile}, tokens {lay.tokens})",
             f"  console    {api_url}/  (service map, flows, attribution health)",
             f"  query API  {api_url}/api  (dependencies, top-talkers, flows, health; "
             "?since=15m&format=csv)",
             f"  agent      {'exporter ' + self.exporter if with_agent else 'off (--no-agent)'}",
         ]
+        if fleet is not None:
+            where = "every address" if self.host == "0.0.0.0" else self.host
+            trust = (
+                f"CA fingerprint {fleet.tls.fingerprint}"
+                if fleet.tls.fingerprint
+                else "your certificate"
+            )
+            lines += [
+                f"  fleet      listening on {where}; {trust}",
+                f"  enrol      flowtrail token add <agent> --data {lay.root}   (prints the "
+                "agent's command)",
+                f"  readers    flowtrail token add <name> --read --data {lay.root}   (the API "
+                "and console from other hosts)",
+            ]
         if agent is not None:
             lines.append(f"  identity   {agent.identity.describe()}")
             lines += [f"  warning    {w}" for w in agent.identity.missing_targets()]
+        curl = f"--cacert {cafile} -u reader:<read token> " if fleet else ""
         lines += [
             f"  metrics    {collector_url}/metrics  (collector and agent, Prometheus)",
-            f"  try        curl -s '{api_url}/api/dependencies?since=15m'",
+            f"  try        curl -s {curl}'{api_url}/api/dependencies?since=15m'",
             f"  after stop flowtrail query dependencies --db {lay.db}",
             "  stop       Ctrl-C",
         ]
