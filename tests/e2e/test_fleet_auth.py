@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fleet_server import FleetServer
 
 from flowtrail.api.server import routes
 from flowtrail.lab.bridged import BridgedHosts
-
-from fleet_server import FleetServer
 
 pytestmark = pytest.mark.kernel
 

@@ -252,9 +252,9 @@ def test_up_without_root_says_what_is_missing(open_dir: Path) -> None:
     assert not data.exists()  # refused before anything was made
 
     r = subprocess.run(
-        [*base, "--host", "0.0.0.0", "--no-agent"], capture_output=True, text=True, timeout=60
+        [*base, "--listen", "example.com", "--no-agent"], capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 2 and "loopback" in r.stderr
+    assert r.returncode == 2 and "IPv4 address" in r.stderr and not data.exists()
 
     log = tmp_path / "noagent.log"
     with open(log, "wb") as out:
