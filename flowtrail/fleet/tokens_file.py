@@ -52,9 +52,12 @@ def editing(path: Path) -> Iterator[list[str]]:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if any(len(line.split("#", 1)[0].split()) >= 2 for line in lines):
-            Tokens.load(tmp)  # InputError naming the line: the file in place stays as it was
-        os.replace(tmp, path)
+        try:
+            if any(len(line.split("#", 1)[0].split()) >= 2 for line in lines):
+                Tokens.load(tmp)  # InputError naming the line: the file in place stays as is
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
         os.close(fd)
 

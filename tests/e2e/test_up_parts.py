@@ -12,7 +12,8 @@ import pytest
 from flowtrail.api import ENDPOINTS
 from flowtrail.collector.tokens import Tokens
 from flowtrail.errors import InputError
-from flowtrail.up import Layout, ensure_token, lock_data_dir, loopback_host, up
+from flowtrail.fleet.serving import is_fleet, listen_address
+from flowtrail.up import Layout, ensure_token, lock_data_dir, up
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "up.md"
 
@@ -61,12 +62,14 @@ def test_every_option_and_endpoint_is_documented() -> None:
             assert re.search(rf"`{p}`", text), f"docs/up.md does not describe ?{p}="
 
 
-def test_loopback_hosts_only() -> None:
-    assert loopback_host("localhost") == "127.0.0.1"
-    assert loopback_host("127.0.0.1") == "127.0.0.1"
-    assert loopback_host("127.0.0.9") == "127.0.0.9"
-    for host in ("0.0.0.0", "10.0.0.1", "example.com", ""):
-        with pytest.raises(InputError, match="loopback only"):
-            loopback_host(host)
+def test_listen_addresses() -> None:
+    """Loopback serves this host; any other IPv4 address (0.0.0.0: all) serves a fleet."""
+    assert listen_address("localhost") == "127.0.0.1"
+    assert listen_address("127.0.0.9") == "127.0.0.9"
+    assert not is_fleet("127.0.0.1") and not is_fleet("127.0.0.9")
+    assert is_fleet(listen_address("0.0.0.0")) and is_fleet(listen_address("10.0.0.1"))
+    for host in ("example.com", "", "10.0.0"):
+        with pytest.raises(InputError, match=r"--listen .*IPv4 address"):
+            listen_address(host)
     with pytest.raises(InputError, match="IPv4 only"):
-        loopback_host("::1")
+        listen_address("::1")
