@@ -406,6 +406,7 @@ def agent(
     stop_on_signals(stop)
     if to_stdout:
         print(HEADER, flush=True)
+    delivery = Delivery(exporter, spool)
     runner = Agent(
         capture,
         AgentConfig(
@@ -417,7 +418,7 @@ def agent(
             network=network,
         ),
         identity,
-        Delivery(exporter, spool),
+        delivery,
         nat=None if no_nat else NatResolver(netns),
         snapshotter=None if no_snapshots else Snapshotter(netns),
         scopes=ScopeMarker(
@@ -451,6 +452,9 @@ def agent(
     )
     if writer:
         writer.start()
+    threading.Thread(
+        target=_report_delivery, args=(delivery, stop, interval_s), daemon=True
+    ).start()
     try:
         runner.run(stop)
     finally:
@@ -494,3 +498,25 @@ def _write_metrics_loop(runner: object, path: str, stop: threading.Event, every:
     assert isinstance(runner, Agent)
     while not stop.wait(every):
         _write_metrics(runner.metrics(), path)
+
+
+def _report_delivery(delivery: object, stop: threading.Event, every: float) -> None:
+    """Say on stderr when exporting starts failing (with why: a revoked token, a server that
+    is away) and when it works again; the batches meanwhile wait in the spool."""
+    from flowtrail.agent.exporter import Delivery
+
+    assert isinstance(delivery, Delivery)
+    failures, exported, failing = 0, 0, False
+    while not stop.wait(every):
+        stats = dict(delivery.stats)
+        if stats["export_failures"] > failures and not failing:
+            failing = True
+            click.echo(
+                f"flowtrail agent: cannot export: {delivery.last_error}; batches wait in the "
+                "spool and are retried",
+                err=True,
+            )
+        elif failing and stats["exported_batches"] > exported:
+            failing = False
+            click.echo("flowtrail agent: exporting again", err=True)
+        failures, exported = stats["export_failures"], stats["exported_batches"]

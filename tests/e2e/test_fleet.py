@@ -181,6 +181,8 @@ def test_two_hosts_enrol_send_over_tls_and_are_named(
     assert by_db and all(r["local_ip"] == net.ip("db") for r in by_db), by_db
     # Kept in its spool, not lost.
     until(lambda: agents.metrics("spoof").get("spooled_batches", 0), lambda v: v >= 1, 30)
+    said = until(lambda: agents.log("spoof"), lambda log: "cannot export" in log, 30)
+    assert "answered 403" in said and "exporter" in said, said
     agents.stop("spoof")
     assert len(rows) == 4
 
@@ -198,4 +200,6 @@ def test_two_hosts_enrol_send_over_tls_and_are_named(
     until(lambda: agents.metrics("db").get("spooled_batches", 0), lambda v: v >= 1, 30)
     assert api(f"/api/flows?since=15m&exporter={db}&port={p3}&limit=100") == []
     assert agents.metrics("db").get("export_failures", 0) >= 1
+    said = until(lambda: agents.log("db"), lambda log: "cannot export" in log, 30)
+    assert "answered 401" in said, said  # the agent says why
     assert server.p.poll() is None and server.p.pid == server_pid  # no restart
