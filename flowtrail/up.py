@@ -440,6 +440,10 @@ def up(
         from flowtrail.agent.identity import load_identity_file
 
         load_identity_file(identity_file)  # InputError naming the file and the entry
+    if fleet and (tls_cert is not None or tls_key is not None):
+        from flowtrail.fleet.serving import check_given_cert
+
+        check_given_cert(tls_cert, tls_key)  # a bad pair is refused before anything is made
     check_ports(host, {"--port-collector": port_collector, "--port-api": port_api})
     created = not layout.root.exists()
     try:

@@ -85,6 +85,12 @@ class Fleet:
         }
 
 
+def check_given_cert(cert: Path | None, key: Path | None) -> ServerTLS:
+    if cert is None or key is None:
+        raise InputError("--tls-cert and --tls-key go together")
+    return given_cert(cert, key)
+
+
 def prepare(
     tls_dir: Path,
     listen: str,
@@ -93,10 +99,8 @@ def prepare(
     key: Path | None,
 ) -> Fleet:
     """The server's TLS: the user's certificate, or one the fleet's own CA signs now."""
-    if (cert is None) != (key is None):
-        raise InputError("--tls-cert and --tls-key go together")
-    if cert is not None and key is not None:
-        tls = given_cert(cert, key)
+    if cert is not None or key is not None:
+        tls = check_given_cert(cert, key)
     else:
         tls = issue_server_cert(tls_dir, certificate_names(listen, tls_names))
     return Fleet(tls, advertised_host(listen, tls_names))

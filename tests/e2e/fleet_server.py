@@ -31,7 +31,8 @@ class FleetServer:
             )  # fmt: skip
         started(self.p, (data / "up.json").exists, self.log_path, 60, "flowtrail up --listen")
         self.state: dict[str, Any] = json.loads((data / "up.json").read_text())
-        self.cafile = self.state["fleet"]["cafile"]
+        # The server's own CA, or (--tls-cert) the certificate given, which trusts itself.
+        self.cafile = self.state["fleet"]["cafile"] or self.state["cafile"]
 
     def token(self, *args: str) -> str:
         r = subprocess.run([*FLOWTRAIL, "token", *args, "--data", str(self.data)],

@@ -12,6 +12,7 @@ at its next request. Root (namespaces); no BPF.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,10 @@ import pytest
 from fleet_server import FleetServer
 
 from flowtrail.api.server import routes
+from flowtrail.collector.client import CollectorExporter
+from flowtrail.collector.devcert import self_signed
 from flowtrail.lab.bridged import BridgedHosts
+from flowtrail.lab.collectorproc import flows_of
 
 pytestmark = pytest.mark.kernel
 
@@ -103,3 +107,34 @@ def test_every_route_refuses_without_a_read_token(server: FleetServer) -> None:
     assert status == 401  # at once, the server still running
     status, _t, _h = server.request("other", collector, "/metrics", headers=read)
     assert status == 401
+
+
+def test_a_certificate_of_your_own(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key instead of the server's CA: no fingerprint to pin, agents and
+    readers trust the certificate itself; tokens work the same."""
+    with BridgedHosts(["server", "other"]) as net:
+        cert, key = self_signed(tmp_path / "mine", net.ip("server"))
+        srv = FleetServer(net, "server", tmp_path / "data", "--tls-cert", str(cert),
+                          "--tls-key", str(key))  # fmt: skip
+        try:
+            assert srv.state["fleet"]["ca_fingerprint"] is None
+            assert srv.cafile == str(cert) and not (tmp_path / "data/tls/ca.pem").exists()
+            agent = srv.enrol("web-1")
+            assert agent["ca_fingerprint"] is None and "--ca-fingerprint" not in agent["command"]
+            reader = srv.enrol("reader", "--read")["token"]
+            api = _port(srv.state["fleet"]["api"])
+            assert srv.request("other", api, "/api/health")[0] == 401
+            assert srv.api("other", "/api/health", reader)[0]["rows"] == 0
+            rows = flows_of("web-1", 20, f"mine-{time.time_ns()}")
+
+            def send() -> None:
+                client = CollectorExporter(srv.state["fleet"]["url"], agent["token"], str(cert))
+                try:
+                    client.export(rows, "mine-1")
+                finally:
+                    client.close()
+                assert client.stats["sent_rows"] == 20
+
+            net.call("other", send)
+        finally:
+            assert srv.stop() == 0, srv.log_path.read_text()
