@@ -38,10 +38,13 @@ HOST_SCOPED: tuple[Network, ...] = (
 
 
 class AddressRanges:
-    """A set of prefixes; `allowed(values)` says per row whether the address lies in one."""
+    """A set of prefixes; `allowed(values)` says per row whether the address lies in one.
 
-    def __init__(self, networks: list[Network]) -> None:
+    compiled=False parses IPv4 text without numba (flowtrail/ipv4text.py): the agent's way."""
+
+    def __init__(self, networks: list[Network], *, compiled: bool = True) -> None:
         self.networks = tuple(networks)
+        self.compiled = compiled
         v4 = sorted(
             (int(n.network_address), int(n.broadcast_address))
             for n in (*networks, *HOST_SCOPED)
@@ -86,7 +89,7 @@ class AddressRanges:
     def _allowed_chunk(self, values: pa.Array) -> B:
         if isinstance(values.type, pa.DictionaryType):
             values = values.cast(values.type.value_type)
-        v4, ok = parse_ipv4(values)
+        v4, ok = parse_ipv4(values, compiled=self.compiled)
         out = np.zeros(len(values), bool)
         if len(self._v4_lo):
             pos = np.searchsorted(self._v4_lo, v4, side="right") - 1

@@ -66,6 +66,26 @@ def parse_netns(specs: tuple[str, ...]) -> frozenset[int]:
     return frozenset(inodes)
 
 
+def register_network_sinks(region: str | None, ca_fingerprint: str | None = None) -> None:
+    """`--sink collector` (--out https://HOST:PORT) and `--sink nats` (--out nats://HOST:PORT
+    and --region R). Their modules (ssl and HTTP; nats-py and asyncio: ~15 MB resident) load
+    only when one of them is chosen."""
+    from flowtrail.agent.exporter import Exporter, register_exporter
+
+    def collector(target: str | None) -> Exporter:
+        from flowtrail.collector.client import CollectorExporter
+
+        return CollectorExporter.from_environment(target, ca_fingerprint)
+
+    def nats(target: str | None) -> Exporter:
+        from flowtrail.cluster.agent_sink import NatsExporter
+
+        return NatsExporter.from_environment(target, region)
+
+    register_exporter("collector", collector)
+    register_exporter("nats", nats)
+
+
 HEADER = (
     f"{'TIME':<12} {'PID':>7} {'COMM':<15} {'DIR':<3} {'LADDR':<22} {'RADDR':<22} "
     f"{'TX_KB':>7} {'RX_KB':>7} {'MS':>9} {'OUTCOME':<11} {'LOCAL_WORKLOAD':<28} NAT_RADDR"
@@ -360,16 +380,11 @@ def agent(
     only_netns = parse_netns(netns_specs) if netns_specs else None
     if not out_dir and not to_stdout:
         raise InputError("give --out DIR (export files) and/or --stdout (print connections)")
-    from flowtrail.collector.client import register as register_collector_sink
-
     if ca_fingerprint is not None:
         from flowtrail.fleet.ca import parse_fingerprint
 
         ca_fingerprint = parse_fingerprint(ca_fingerprint)
-    register_collector_sink(ca_fingerprint)  # --sink collector --out https://HOST:PORT
-    from flowtrail.cluster.agent_sink import register as register_nats_sink
-
-    register_nats_sink(region)  # --sink nats --out nats://HOST:PORT[,...] --region R
+    register_network_sinks(region, ca_fingerprint)
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
     if kind == "parquet" and out_dir:
@@ -455,6 +470,11 @@ def agent(
     threading.Thread(
         target=_report_delivery, args=(delivery, stop, interval_s), daemon=True
     ).start()
+    click.echo(
+        f"flowtrail agent: capturing (ring buffer {capture.ringbuf_bytes >> 10} KiB), "
+        f"a batch every {interval} to {kind}",
+        err=True,
+    )
     try:
         runner.run(stop)
     finally:

@@ -121,9 +121,10 @@ class ScopeMarker:
     ) -> None:
         self.netns = netns or NetnsIndex()
         self.configured = tuple(host_local)
-        self.routable = AddressRanges(list(routable)) if routable else None
+        # Parsed without numba: the agent's footprint (flowtrail/ipv4text.py).
+        self.routable = AddressRanges(list(routable), compiled=False) if routable else None
         self.detect = detect
-        self._always = AddressRanges([])  # loopback and link-local only
+        self._always = AddressRanges([], compiled=False)  # loopback and link-local only
         self.stats = {"scope_host_addresses": 0, "scope_facts_unreadable": 0}
         self._facts: dict[int, tuple[float, frozenset[Network]]] = {}
         self._ranges: tuple[frozenset[Network], AddressRanges] | None = None
@@ -190,7 +191,7 @@ class ScopeMarker:
                 nets |= self._namespace(ino, pid)
         key = frozenset(nets)
         if self._ranges is None or self._ranges[0] != key:
-            self._ranges = (key, AddressRanges(sorted(key, key=str)))
+            self._ranges = (key, AddressRanges(sorted(key, key=str), compiled=False))
         return self._ranges[1]
 
     def mark(self, raw: pa.Table, remote: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:

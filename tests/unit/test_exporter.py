@@ -7,6 +7,8 @@ The clock driving the backoff is injected so the test does not sleep.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -162,3 +164,29 @@ def test_make_exporter_names_the_flag() -> None:
 def test_empty_assembly_has_agent_schema() -> None:
     empty = assemble(RAW_SCHEMA.empty_table(), exporter="h", region=None, state="active")
     assert empty.schema == AGENT_SCHEMA and empty.num_rows == 0
+
+
+def test_agent_loads_network_sinks_only_when_chosen(tmp_path: Path) -> None:
+    """The agent runs on every host: nats-py (and asyncio) and numba (tens of MB resident)
+    stay unloaded unless needed; the sinks are still all listed and work when chosen."""
+    code = f"""
+import sys
+from flowtrail.agent.command import register_network_sinks
+from flowtrail.agent import exporter
+import flowtrail.agent.runner, flowtrail.agent.capture
+register_network_sinks("us-east")
+import pyarrow as pa
+from flowtrail.agent.records import RAW_SCHEMA
+from flowtrail.agent.scopes import ScopeMarker
+rows = [dict(local_ip=ip, remote_ip="10.9.9.9", netns_ino=1) for ip in ("127.0.0.1", "10.0.0.1")]
+raw = pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
+local, _ = ScopeMarker(detect=False).mark(raw, raw.column("remote_ip"))
+assert local.to_pylist() == ["host", None]
+assert exporter.make_exporter("parquet", {str(tmp_path)!r}).name == "parquet"
+assert {{"parquet", "none", "collector", "nats"}} <= set(exporter.EXPORTERS)
+print(sorted(m for m in ("nats", "numba", "asyncio", "llvmlite") if m in sys.modules))
+sink = exporter.make_exporter("nats", "nats://127.0.0.1:1")  # connects on first export only
+print(type(sink).__name__, "nats" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "NatsExporter True"]

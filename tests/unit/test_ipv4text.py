@@ -1,9 +1,12 @@
-"""The compiled IPv4 parser agrees with Python's ipaddress and with the general key path."""
+"""The IPv4 parsers (compiled, and numpy-only) agree with Python's ipaddress, with each
+other and with the general key path."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -36,18 +39,41 @@ def canonical_v4(value: str | None) -> bool:
     return value is not None and re.fullmatch(_IPV4_RE, value) is not None
 
 
-@given(st.lists(text, max_size=40), st.integers(0, 5), st.booleans())
-@settings(max_examples=400, deadline=None)
+@given(st.lists(text, max_size=40), st.integers(0, 5), st.booleans(), st.booleans())
+@settings(max_examples=600, deadline=None)
 def test_parse_matches_the_contract_rule_and_ipaddress(
-    values: list[str | None], cut: int, large: bool
+    values: list[str | None], cut: int, large: bool, compiled: bool
 ) -> None:
     arr = pa.array(values, pa.large_string() if large else pa.string())
     arr = arr.slice(min(cut, len(values)))  # a sliced array starts inside its buffers
-    value, ok = parse_ipv4(arr)
+    value, ok = parse_ipv4(arr, compiled=compiled)
     for v, got_value, got_ok in zip(arr.to_pylist(), value.tolist(), ok.tolist(), strict=True):
         assert got_ok == canonical_v4(v), v
         if got_ok:
             assert got_value == int(ipaddress.IPv4Address(v))
+
+
+@given(st.lists(text, max_size=60), st.integers(0, 5))
+@settings(max_examples=300, deadline=None)
+def test_numpy_parse_equals_the_compiled_one(values: list[str | None], cut: int) -> None:
+    arr = pa.array(values, pa.string()).slice(min(cut, len(values)))
+    value, ok = parse_ipv4(arr)
+    value_np, ok_np = parse_ipv4(arr, compiled=False)
+    assert ok_np.tolist() == ok.tolist()
+    assert value_np[ok].tolist() == value[ok].tolist()
+
+
+def test_numpy_parse_leaves_numba_unloaded() -> None:
+    """What compiled=False is for: the agent parses addresses without loading numba."""
+    code = (
+        "import sys, pyarrow as pa\n"
+        "from flowtrail.ipv4text import parse_ipv4\n"
+        "v, ok = parse_ipv4(pa.array(['10.0.0.1', '300.1.1.1', None]), compiled=False)\n"
+        "assert ok.tolist() == [True, False, False] and v[0] == 167772161\n"
+        "print('numba' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 @given(st.lists(st.one_of(v4, v4, v6, scoped, st.none()), max_size=40))
@@ -82,13 +108,14 @@ def test_nulls_have_no_key_and_bad_text_is_refused_by_validation() -> None:
     assert ok.num_rows == 1
 
 
-def test_the_parser_handles_an_empty_array_and_rejects_other_types() -> None:
-    value, ok = parse_ipv4(pa.array([], pa.string()))
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_parser_handles_an_empty_array_and_rejects_other_types(compiled: bool) -> None:
+    value, ok = parse_ipv4(pa.array([], pa.string()), compiled=compiled)
     assert len(value) == len(ok) == 0
     with pytest.raises(TypeError):
-        parse_ipv4(pa.array([1, 2]))
+        parse_ipv4(pa.array([1, 2]), compiled=compiled)
     # All-empty strings: a data buffer of length zero.
-    _, ok = parse_ipv4(pa.array(["", ""]))
+    _, ok = parse_ipv4(pa.array(["", ""]), compiled=compiled)
     assert not np.any(ok)
 
 
