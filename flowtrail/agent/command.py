@@ -235,6 +235,14 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
     help="Spool size bound; the oldest batches are dropped (and counted) past it.",
 )
 @click.option(
+    "--batch-rows",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Closed connections held past this many go out at once as a batch of their own, "
+    "before the interval ends: bounds the agent's memory on a busy host (~230 bytes a row).",
+)
+@click.option(
     "--ringbuf",
     default="4M",
     show_default=True,
@@ -327,6 +335,7 @@ def agent(
     ca_fingerprint: str | None,
     spool_dir: str | None,
     spool_max: str,
+    batch_rows: int,
     ringbuf: str,
     netns_specs: tuple[str, ...],
     no_snapshots: bool,
@@ -428,6 +437,7 @@ def agent(
             exporter=exporter_name or socket.gethostname(),
             region=region,
             interval_s=interval_s,
+            batch_rows=batch_rows,
             snapshots=not no_snapshots,
             netns=only_netns,
             network=network,

@@ -129,6 +129,30 @@ def test_agent_counts_malformed_rows_and_exports_the_rest(tmp_path: Path) -> Non
     assert t.column("local_workload").to_pylist() == ["box", "box"]
 
 
+def test_held_rows_past_batch_rows_go_out_early_and_nothing_is_lost(tmp_path: Path) -> None:
+    """Memory is bounded by batch_rows, not by the interval: a busy host's closed rows go out
+    in batches of their own before the interval ends; every row is exported once."""
+    batches = [raw([{"sock_id": 10 * b + i} for i in range(3)]) for b in range(5)]
+    agent = Agent(
+        ListCapture(batches),
+        AgentConfig(exporter="h1", interval_s=3600, resolve_every_s=0, batch_rows=5),
+        IdentityChain.build(("host",), host_workload="box", host_netns=HOST_NS),
+        Delivery(ParquetDir(tmp_path)),
+    )
+    held = []
+    for _ in range(5):
+        agent.step()
+        held.append(agent.metrics()["held_rows"])
+    assert held == [3, 0, 3, 0, 3]
+    assert agent.flush(snapshots=False) == 3
+    m = agent.metrics()
+    assert m["early_batches"] == 2 and m["exported_rows"] == 15 and m["intervals"] == 1
+    files = sorted(tmp_path.glob("flows-*.parquet"))
+    assert [read_table(f, FLOWS).num_rows for f in files] == [6, 6, 3]
+    ids = [i for f in files for i in read_table(f, FLOWS).column("flow_id").to_pylist()]
+    assert sorted(ids) == sorted(f"h1:{10 * b + i}" for b in range(5) for i in range(3))
+
+
 def test_human_line_is_named() -> None:
     batch = raw([{"bytes_sent": 10 * 1024}])
     flows = assemble(
