@@ -213,9 +213,10 @@ class ListenerWatch:
         """Take one sighting of every watched namespace's listeners now."""
         now = self.clock_ns()
         seen: dict[Key, Run] = {}
-        for ino in self._namespaces():
-            for run in self._sightings(ino, identity, now):
-                seen[run.key] = run
+        for run in self._named(
+            identity, [self._sightings(ino, identity, now) for ino in self._namespaces()]
+        ):
+            seen[run.key] = run
         self.stats["listener_looks"] += 1
         recent = self._last_look is not None and now - self._last_look <= max_gap_ns
         for key, run in self._runs.items():
@@ -249,21 +250,34 @@ class ListenerWatch:
         except OSError:
             self.stats["listener_netns_errors"] += 1
             return []
-        runs = [
+        # Addresses first: most listeners are on loopback and stand for nothing, and reading
+        # a cgroup's process list (every second) is the dearer check.
+        return [
             Run(now, now, ino, lst, ip)
-            for lst in listeners
-            if cgroup_inhabited(identity, lst.cgroup_id)
-            for ip in covered(lst, addresses)
+            for lst, ips in ((lst, covered(lst, addresses)) for lst in listeners)
+            if ips and cgroup_inhabited(identity, lst.cgroup_id)
+            for ip in ips
         ]
-        if not runs:
+
+    def _named(self, identity: IdentityChain, per_netns: list[list[Run]]) -> list[Run]:
+        """Each namespace's runs named (named_runs): one identity lookup for all of them,
+        since a lookup's fixed cost (~1 ms), not its rows, is what a look pays once a second."""
+        everyone = [run for runs in per_netns for run in runs]
+        if not everyone:
             return []
-        names = identity.resolve(self._raw(runs)).to_pylist()
-        self.stats["listener_unnamed"] += sum(1 for n in names if n is None)
-        kept = named_runs(runs, names)
-        wild = sum(1 for r, n in zip(runs, names, strict=True) if n and r.listener.ip in _WILDCARD)
-        self.stats["listener_wildcards_shared"] += wild - sum(
-            1 for r in kept if r.listener.ip in _WILDCARD
-        )
+        names = iter(identity.resolve(self._raw(everyone)).to_pylist())
+        kept: list[Run] = []
+        for runs in per_netns:
+            mine = [next(names) for _ in runs]
+            named = named_runs(runs, mine)
+            self.stats["listener_unnamed"] += sum(1 for n in mine if n is None)
+            wild = sum(
+                1 for r, n in zip(runs, mine, strict=True) if n and r.listener.ip in _WILDCARD
+            )
+            self.stats["listener_wildcards_shared"] += wild - sum(
+                1 for r in named if r.listener.ip in _WILDCARD
+            )
+            kept += named
         return kept
 
     def take(self) -> tuple[pa.Table, pa.Array]:
