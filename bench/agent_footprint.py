@@ -12,6 +12,13 @@ settled, measures three windows:
    loopback at --rate flows/s (each connection is two flows, one per end), 2 client threads;
 3. after: idle again, to see whether memory taken under load is given back.
 
+With --isolated the bench creates a network namespace of its own (loopback only), the agent
+exports only it (`--netns NAME`) and the generator runs inside it: on a machine that other
+work shares, its connections and namespaces would otherwise be the agent's "idle" load. The
+agent still loads, captures and decodes everything the same way (the kernel program sees
+every namespace's sockets); what it skips is naming, NAT, scopes and listener looks for the
+others' namespaces.
+
 Memory is sampled once a second from /proc/PID/status (VmRSS) and /proc/PID/smaps_rollup (Pss,
 and USS = Private_Clean + Private_Dirty: what stopping the agent would free). CPU is utime +
 stime of the whole process from /proc/PID/stat (every thread, exited ones included) plus the
@@ -30,6 +37,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import signal
 import statistics
 import subprocess
@@ -154,9 +162,10 @@ def start_agent(tmp: Path, extra: list[str]) -> tuple[subprocess.Popen[str], lis
     return proc, lines
 
 
-def loadgen_run(seconds: float, rate: int, result: dict[str, float]) -> None:
+def loadgen_run(seconds: float, rate: int, result: dict[str, float], netns: str | None) -> None:
+    inside = ["ip", "netns", "exec", netns] if netns else []
     out = subprocess.run(
-        [str(build_loadgen()), str(seconds), "2", str(rate / 2)],
+        [*inside, str(build_loadgen()), str(seconds), "2", str(rate / 2)],
         capture_output=True,
         text=True,
         check=True,
@@ -185,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--after", type=float, default=30.0, help="idle window after the load")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds after start, unmeasured")
+    ap.add_argument(
+        "--isolated", action="store_true", help="agent and generator in a namespace of their own"
+    )
     ap.add_argument("extra", nargs="*", help="more agent options (after --)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
@@ -192,8 +204,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     build_loadgen()
     tmp = Path(tempfile.mkdtemp(prefix="flowtrail-footprint-"))
+    netns = f"ftfoot-{secrets.token_hex(3)}" if args.isolated else None
+    extra = list(args.extra)
+    if netns:
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], check=True)
+        extra += ["--netns", netns]
+    try:
+        return measure(args, tmp, extra, netns)
+    finally:
+        if netns:
+            subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+def measure(args: argparse.Namespace, tmp: Path, extra: list[str], netns: str | None) -> int:
     t_start = time.monotonic()
-    proc, log = start_agent(tmp, args.extra)
+    proc, log = start_agent(tmp, extra)
     started_s = time.monotonic() - t_start
     windows: list[dict[str, Any]] = []
     gen: dict[str, float] = {}
@@ -203,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         windows.append(Window(proc.pid, "idle").run(args.idle))
         if args.load > 0:
             loaded = Window(proc.pid, f"load {args.rate} flows/s")
-            windows.append(loaded.run(args.load, lambda: loadgen_run(args.load, args.rate, gen)))
+            windows.append(
+                loaded.run(args.load, lambda: loadgen_run(args.load, args.rate, gen, netns))
+            )
             windows.append(Window(proc.pid, "idle after load").run(args.after))
     finally:
         proc.send_signal(signal.SIGINT)
@@ -225,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             "kernel": platform.release(),
             "load_average": os.getloadavg(),
         },
-        "agent_args": args.extra,
+        "agent_args": extra,
         "seconds_to_capturing": round(started_s, 1),
         "after_settle_mib": {k: round(v / 1024, 1) for k, v in start_mem.items()},
         "windows": windows,

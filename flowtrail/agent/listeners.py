@@ -22,7 +22,10 @@ A listener is evidence for an address only while all of this holds at a look:
   workloads share, a wildcard says nothing about whose address is whose.
 A run of sightings at consecutive looks is taken as continuous; a missed look (more than
 three look periods apart) or a sighting that stops ends the run. Listeners are few, so this
-is plain Python per socket, once a second: not the per-close hot path.
+is plain Python per socket, once a second: not the per-close hot path. What a look costs is
+kept small all the same, since the agent pays it on every host even when nothing happens: one
+identity lookup for all namespaces, and none while the same listeners were named less than
+NAMES_TTL_NS ago (a registration change or a listener coming or going looks up again).
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ _MSG_SIZE = 72  # sizeof(struct inet_diag_msg)
 _WILDCARD = ("0.0.0.0", "::")
 
 Key = tuple[int, int, str, str]  # (netns, socket cookie, address, workload)
+# The same listeners (socket, address, cgroup) keep the names of the last lookup this long;
+# a registration change, or any listener coming or going, looks them up again at once.
+NAMES_TTL_NS = 10 * 10**9
 
 
 @dataclass
@@ -196,6 +202,7 @@ class ListenerWatch:
         self._runs: dict[Key, Run] = {}
         self._ended: list[Run] = []
         self._last_look: int | None = None
+        self._names: tuple[object, int, list[str | None]] | None = None  # (inputs, when, names)
         self.stats = {
             "listener_looks": 0,
             "listener_rows": 0,
@@ -265,7 +272,19 @@ class ListenerWatch:
         everyone = [run for runs in per_netns for run in runs]
         if not everyone:
             return []
-        names = iter(identity.resolve(self._raw(everyone)).to_pylist())
+        generation = identity.registry.generation if identity.registry is not None else 0
+        inputs = (
+            generation,
+            [(r.netns, r.listener.cookie, r.ip, r.listener.cgroup_id) for r in everyone],
+        )
+        now = everyone[0].last_ns
+        cached = self._names
+        if cached is not None and cached[0] == inputs and now - cached[1] < NAMES_TTL_NS:
+            found = cached[2]
+        else:
+            found = identity.resolve(self._raw(everyone)).to_pylist()
+            self._names = (inputs, now, found)
+        names = iter(found)
         kept: list[Run] = []
         for runs in per_netns:
             mine = [next(names) for _ in runs]
