@@ -1,7 +1,7 @@
 """The agent's footprint: resident memory and CPU of `flowtrail agent --out DIR`, idle and loaded.
 
-    sudo .venv/bin/python bench/agent_footprint.py [--idle 30] [--load 30] [--rate 40000]
-        [--after 30] [--settle 5] [-- EXTRA AGENT OPTIONS]
+    sudo .venv/bin/python bench/agent_footprint.py [--isolated] [--idle 30] [--load 30]
+        [--rate 40000] [--after 65] [--settle 5] [-- EXTRA AGENT OPTIONS]
 
 Starts the real agent as its own process (`python -m flowtrail agent --out TMP/flows
 --metrics TMP/metrics.json`, real eBPF, so as root) and, once it says it is capturing and has
@@ -10,7 +10,8 @@ settled, measures three windows:
 1. idle: nothing generated (the host's own background connections still count);
 2. load: bench/loadgen.c (compiled here with cc -O2) makes connect / send 64 bytes / close on
    loopback at --rate flows/s (each connection is two flows, one per end), 2 client threads;
-3. after: idle again, to see whether memory taken under load is given back.
+3. after: idle again, longer than the 60 s interval, to see whether memory taken under load
+   is given back once the rows held at its end have gone out.
 
 With --isolated the bench creates a network namespace of its own (loopback only), the agent
 exports only it (`--netns NAME`) and the generator runs inside it: on a machine that other
@@ -192,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--rate", type=int, default=40_000, help="flows/s under load (2 per connection)"
     )
-    ap.add_argument("--after", type=float, default=30.0, help="idle window after the load")
+    ap.add_argument(
+        "--after",
+        type=float,
+        default=65.0,
+        help="idle window after the load (past the 60 s interval: held rows go out)",
+    )
     ap.add_argument("--settle", type=float, default=5.0, help="seconds after start, unmeasured")
     ap.add_argument(
         "--isolated", action="store_true", help="agent and generator in a namespace of their own"

@@ -89,17 +89,30 @@ class CgroupPaths:
         return "/" if rel == "." else "/" + rel
 
     def scan(self) -> int:
-        """Walk the whole tree once, learning every cgroup's id; returns how many exist."""
-        found = 0
-        for dirpath, _dirs, _files in os.walk(self.root):
+        """Walk the whole tree once, learning every cgroup's id; returns how many exist.
+
+        Runs every second on every host, so it reads directories only: a directory entry's
+        inode number (d_ino) is the cgroup id, as stat's is (kernfs gives both the node id)."""
+        try:
+            root_ino = os.stat(self.root).st_ino
+        except OSError:
+            return 0
+        seen = [(root_ino, "/")]
+        pending = [(self.root, "")]
+        while pending:
+            directory, rel = pending.pop()
             try:
-                ino = os.stat(dirpath).st_ino
+                with os.scandir(directory) as entries:
+                    for e in entries:
+                        if e.is_dir(follow_symlinks=False):
+                            seen.append((e.inode(), f"{rel}/{e.name}"))
+                            pending.append((e.path, f"{rel}/{e.name}"))
             except OSError:
                 continue  # removed while walking
-            with self._lock:
-                self._remember(ino, self._relative(dirpath))
-            found += 1
-        return found
+        with self._lock:
+            for ino, path in seen:
+                self._remember(ino, path)
+        return len(seen)
 
     def _by_handle(self, cg_id: int) -> str | None:
         if not self._by_handle_ok:
