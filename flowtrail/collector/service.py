@@ -39,7 +39,7 @@ from flowtrail.collector.tokens import Tokens
 from flowtrail.collector.wal import Record, WriteAheadLog
 from flowtrail.engine.attributor import Settings
 from flowtrail.engine.replay import split_listening
-from flowtrail.engine.stream import StreamingAttribution
+from flowtrail.engine.stream import COALESCE_ROWS, StreamingAttribution
 from flowtrail.schema import FLOWS
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Collector:
         self.clock = clock
         self.metrics = Metrics()
         self.rate = RowRateLimit(config.rate_rows_per_s, config.burst_rows)
-        self.engine = StreamingAttribution(config.settings)
+        self.engine = StreamingAttribution(config.settings, coalesce_rows=COALESCE_ROWS)
         self._engine_lock = threading.Lock()
         self._sink_lock = threading.Lock()
         self._seen_lock = threading.Lock()
@@ -221,6 +221,7 @@ class Collector:
             ids = ids[ids >= lowest]  # marks for rows of segments already deleted
             self._already_stored = ids
             self._count_stored(ids)
+        self.engine.read()  # the state rebuilt from the log, whole
         self.wal.open(now, next_row)
         self._segments.setdefault(self.wal.current_segment, _Segment(first_row=next_row))
         self._forget_old_segments(now)
@@ -572,6 +573,7 @@ class Collector:
     # -- health --------------------------------------------------------------------------
     def _live(self) -> dict[str, object]:
         with self._engine_lock:
+            self.engine.read()
             c = self.engine.engine.counters
             waiting = self.engine.waiting
             entries = len(self.engine.engine.ranges)

@@ -216,9 +216,10 @@ class Attributor:
 
     # -- input -------------------------------------------------------------------------
     def add_flows(
-        self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
+        self, flows: FlowArrays, now: int | I64, ranges: npt.NDArray[np.bool_] | None = None
     ) -> None:
-        """Flows received at `now`: their local sides become evidence; all await a decision.
+        """Flows received at `now` (one time, or one per row): their local sides become
+        evidence; all await a decision.
 
         `ranges` (per row) says whose local side may become an ownership range; None: all.
         A cluster node passes False for rows forwarded in from another region, whose local
@@ -265,15 +266,17 @@ class Attributor:
         self.ranges.add(key, owner, start, end, exporter)
 
     def _learn(
-        self, flows: FlowArrays, now: int, ranges: npt.NDArray[np.bool_] | None = None
+        self, flows: FlowArrays, now: int | I64, ranges: npt.NDArray[np.bool_] | None = None
     ) -> FlowArrays | None:
         """Take the rows with a local workload as evidence; returns them."""
+        seen: I64 = np.broadcast_to(np.asarray(now, np.int64), len(flows))
         if flows.translating.any():
-            self.translating.add(flows.local_key[flows.translating], now)
+            self.translating.add(flows.local_key[flows.translating], seen[flows.translating])
         known = flows.local_owner >= 0
         if not known.any():
             return None
         ev = flows.take(known)
+        seen = seen[known]
         self.counters.evidence_rows += len(ev)
         if ranges is None:
             self.ranges.add(ev.local_key, ev.local_owner, ev.start, ev.end, ev.exporter)
@@ -286,7 +289,7 @@ class Attributor:
             conn = ~ev.listening  # a listener is no end of any connection
             self.peers.add(
                 ev.local_key[conn], ev.local_port[conn], ev.remote_key[conn],
-                ev.remote_port[conn], ev.pair[conn], ev.local_owner[conn], now, ev.row[conn],
+                ev.remote_port[conn], ev.pair[conn], ev.local_owner[conn], seen[conn], ev.row[conn],
                 ev.exporter[conn],
             )  # fmt: skip
         return ev

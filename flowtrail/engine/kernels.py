@@ -223,3 +223,53 @@ def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remo
                     n += 1
             s = (s + 1) & mask
     return out, partners[:n]
+
+
+@compiled
+def claimant_runs(key, owner, exporter, start, end, order):  # type: ignore[no-untyped-def]
+    """Each claimant's (key, owner, exporter) claims united where they overlap or touch.
+
+    Claims are visited in `order` (ascending start), so a claimant's current run either
+    takes the next claim or ends before it: one hash probe per claim, no sort by claimant.
+    Returns per run the claim that opened it (its key, owner, exporter and start are the
+    run's) and the run's end; runs come in no particular order.
+    """
+    n = len(order)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    opened = np.full(size, -1, np.int64)  # per slot: the claim that opened its current run
+    run_end = np.zeros(size, np.int64)
+    first = np.empty(n, np.int64)
+    last = np.empty(n, np.int64)
+    m = 0
+    for j in range(n):
+        i = order[j]
+        h = key[i] * np.uint64(0x9E3779B97F4A7C15)
+        h ^= (np.uint64(np.int64(owner[i]) & 0xFFFFFFFF) << np.uint64(32)) | np.uint64(
+            np.int64(exporter[i]) & 0xFFFFFFFF
+        )
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        s = np.int64((h ^ (h >> np.uint64(31))) & mask)
+        while opened[s] >= 0:
+            c = opened[s]
+            if key[c] == key[i] and owner[c] == owner[i] and exporter[c] == exporter[i]:
+                break
+            s = np.int64((np.uint64(s) + np.uint64(1)) & mask)
+        if opened[s] >= 0 and start[i] <= run_end[s]:
+            run_end[s] = max(run_end[s], end[i])
+            continue
+        if opened[s] >= 0:  # a gap: the claimant's run so far is done
+            first[m] = opened[s]
+            last[m] = run_end[s]
+            m += 1
+        opened[s] = i
+        run_end[s] = end[i]
+    for t in range(size):
+        if opened[t] >= 0:
+            first[m] = opened[t]
+            last[m] = run_end[t]
+            m += 1
+    return first[:m], last[:m]

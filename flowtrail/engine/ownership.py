@@ -75,20 +75,14 @@ def segment(key: U64, owner: I32, start: I64, end: I64, exporter: I32 | None = N
 def _union_per_claimant(
     key: U64, owner: I32, exporter: I32, start: I64, end: I64
 ) -> tuple[U64, I32, I32, I64, I64]:
-    """Merge each claimant's overlapping or touching claims per key (sweep of +1/-1 events)."""
-    n = len(key)
-    ev_key = np.concatenate([key, key])
-    ev_owner = np.concatenate([owner, owner])
-    ev_exporter = np.concatenate([exporter, exporter])
-    ev_time = np.concatenate([start, end])
-    ev_kind = np.concatenate([np.zeros(n, np.int8), np.ones(n, np.int8)])  # starts first
-    order = np.lexsort((ev_kind, ev_time, ev_exporter, ev_owner, ev_key))
-    delta = np.where(ev_kind[order] == 0, 1, -1).astype(np.int64)
-    depth = np.cumsum(delta)
-    opens = (delta == 1) & (depth == 1)
-    closes = (delta == -1) & (depth == 0)
-    o_idx, c_idx = order[opens], order[closes]
-    return ev_key[o_idx], ev_owner[o_idx], ev_exporter[o_idx], ev_time[o_idx], ev_time[c_idx]
+    """Merge each claimant's overlapping or touching claims per key (in no particular order:
+    _split_by_claimant sorts)."""
+    first, last = kernels.claimant_runs(
+        np.ascontiguousarray(key, np.uint64), np.ascontiguousarray(owner, np.int32),
+        np.ascontiguousarray(exporter, np.int32), np.ascontiguousarray(start, np.int64),
+        np.ascontiguousarray(end, np.int64), np.argsort(start),
+    )  # fmt: skip
+    return key[first], owner[first], exporter[first], start[first], last
 
 
 def _split_by_claimant(key: U64, owner: I32, exporter: I32, start: I64, end: I64) -> Segments:

@@ -81,11 +81,12 @@ class PeerIndex:
         remote_port: I32,
         pair: I64,
         owner: I32,
-        now: int,
+        now: int | I64,
         rows: I64,
         exporter: I32 | None = None,
     ) -> None:
-        """Index attributed rows (`rows`: the caller's handles; `exporter` None: all one)."""
+        """Index attributed rows seen at `now` (one time, or one per row); `rows`: the
+        caller's handles; `exporter` None: all one."""
         n = len(local_key)
         if n == 0:
             return

@@ -35,11 +35,12 @@ class TranslatingAddresses:
     def nbytes(self) -> int:
         return self._key.nbytes + self._seen.nbytes
 
-    def add(self, key: U64, now: int) -> None:
+    def add(self, key: U64, now: int | I64) -> None:
+        """Addresses said to translate at `now` (one time, or one per address)."""
         if len(key) == 0:
             return
         keys = np.concatenate([self._key, np.asarray(key, np.uint64)])
-        seen = np.concatenate([self._seen, np.full(len(key), now, np.int64)])
+        seen = np.concatenate([self._seen, np.broadcast_to(np.asarray(now, np.int64), len(key))])
         order = np.lexsort((-seen, keys))  # per key, the latest first
         keys, seen = keys[order], seen[order]
         first = np.ones(len(keys), dtype=bool)
