@@ -68,6 +68,10 @@ COMMANDS: dict[str, Entry] = {
         "flowtrail.cluster.command", "cluster_events",
         "Publish a control-plane `events` table (IP assign/unassign) into a cluster.",
     ),
+    "serve": Entry(
+        "flowtrail.query.serve", "serve",
+        "Serve the query API and web console over a Parquet lake (a cluster's shared output).",
+    ),
     "query": Entry(
         "flowtrail.query.command", "query",
         "Ask the store about attributed flows: dependencies, top talkers, flows, health.",

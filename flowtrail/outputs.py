@@ -50,3 +50,12 @@ def make_parent(flag: str, path: str | os.PathLike[str]) -> Path:
         probe.touch()
         probe.unlink()
     return p
+
+
+def write_port_file(path: str | os.PathLike[str], port: int) -> None:
+    """`port` and a newline into `path`, atomically: a script waiting for the file never reads
+    half of it."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp")
+    tmp.write_text(f"{port}\n")
+    os.replace(tmp, final)

@@ -38,7 +38,8 @@ from flowtrail.httpguard import (
     local_host_allowed,
 )
 from flowtrail.opshttp import is_loopback
-from flowtrail.query.api import run_query
+from flowtrail.query.api import run_query, window_of
+from flowtrail.query.lake import LakeSource, with_current_columns
 from flowtrail.query.output import render
 from flowtrail.store.duck import FLOWS_TABLE
 from flowtrail.web import CONSOLE_HEADERS, console_file, console_paths
@@ -178,7 +179,7 @@ class _Server(GuardedServer):
         address: tuple[str, int],
         connect: Connect,
         health: Health,
-        source: str,
+        source: str | LakeSource,
         allowed_hosts: frozenset[str],
         limits: ConnectionLimits | None,
         tls: ssl.SSLContext | None = None,
@@ -204,8 +205,12 @@ class _Server(GuardedServer):
     def query(self, req: ApiRequest) -> pa.Table:
         cur = self.connect()
         try:
+            source = self.source
+            if not isinstance(source, str):  # a lake: a view of the window's partitions
+                window = window_of(req.params.get("since"), req.params.get("until"), req.now_ns)
+                source = with_current_columns(cur, source.relation(cur, window))
             # The same function `flowtrail query` runs; the parameters were checked already.
-            return run_query(cur, req.endpoint, req.params, source=self.source, now_ns=req.now_ns)
+            return run_query(cur, req.endpoint, req.params, source=source, now_ns=req.now_ns)
         finally:
             cur.close()
 
@@ -230,7 +235,7 @@ class QueryAPI:
         port: int = 4741,
         *,
         health: Health = _always_ok,
-        source: str = FLOWS_TABLE,
+        source: str | LakeSource = FLOWS_TABLE,
         allowed_hosts: Iterable[str] = (),
         limits: ConnectionLimits | None = None,
         tls: ssl.SSLContext | None = None,

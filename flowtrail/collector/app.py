@@ -7,7 +7,6 @@ both build it.
 
 from __future__ import annotations
 
-import os
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -152,9 +151,3 @@ class CollectorApp:
         if self._serving is not None:
             self._serving.join()
         self.collector.stop()
-
-
-def write_port_file(path: Path, port: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)

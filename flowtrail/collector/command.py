@@ -228,10 +228,11 @@ def collector(
           --tls-cert cert.pem --tls-key key.pem --listen 0.0.0.0:4740
     """
     # The collector's parts (Arrow, numpy, the engine, DuckDB) load here, not for `--help`.
-    from flowtrail.collector.app import CollectorApp, CollectorOptions, write_port_file
+    from flowtrail.collector.app import CollectorApp, CollectorOptions
     from flowtrail.collector.door import Limits
     from flowtrail.collector.service import CollectorConfig
     from flowtrail.engine.attributor import Settings
+    from flowtrail.outputs import write_port_file
 
     host, port = _listen(listen)
     if max_rows <= 0 or rate <= 0 or (burst is not None and burst <= 0):

@@ -7,7 +7,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -41,48 +40,26 @@ class _QueryGroup(click.Group):
             sys.exit(2)
 
 
-def _open(db: str | None, lake: str | None) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A connection and the relation to query: the store's table, or a view over the lake."""
+def _open(
+    db: str | None, lake: str | None, window: Window
+) -> tuple[duckdb.DuckDBPyConnection, str]:
+    """A connection and the relation to query: the store's table, or a view over the lake's
+    partitions that the window overlaps (flowtrail/query/lake.py)."""
     import duckdb
 
+    from flowtrail.query.lake import LakeSource, with_current_columns
     from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
-    from flowtrail.store.lake import lake_glob
 
     if (db is None) == (lake is None):
         raise InputError("give exactly one of --db FILE (the store) or --lake DIR")
     if db is not None:
         con = open_database(db, read_only=True)
         check_layout(con, db)
-        return con, _current_columns(con, FLOWS_TABLE)
+        return con, with_current_columns(con, FLOWS_TABLE)
     assert lake is not None
-    root = Path(lake)
-    if not root.is_dir():
-        raise InputError(f"--lake {root}: no such directory")
-    if not any(root.rglob("*.parquet")):
-        raise InputError(f"--lake {root}: holds no Parquet files")
+    source = LakeSource(lake)
     con = duckdb.connect()
-    glob = lake_glob(root).replace("'", "''")
-    con.execute(
-        f"CREATE VIEW lake_flows AS SELECT * FROM read_parquet('{glob}', hive_partitioning = "
-        "true, union_by_name = true, hive_types = {'region': VARCHAR, 'date': DATE, "
-        "'hour': INTEGER})"
-    )
-    return con, _current_columns(con, "lake_flows")
-
-
-def _current_columns(con: duckdb.DuckDBPyConnection, relation: str) -> str:
-    """`relation`, or a view of it with the contract's columns it lacks as nulls: a store or
-    lake written under an older contract version answers the queries too (read-only here)."""
-    from flowtrail.schema import ATTRIBUTED
-    from flowtrail.store.columns import quote, sql_type
-
-    have = {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
-    missing = [c for c in ATTRIBUTED.columns if c.name not in have]
-    if not missing:
-        return relation
-    nulls = ", ".join(f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in missing)
-    con.execute(f"CREATE TEMP VIEW current_flows AS SELECT *, {nulls} FROM {relation}")
-    return "current_flows"
+    return con, with_current_columns(con, source.relation(con, window))
 
 
 Query = Callable[["duckdb.DuckDBPyConnection", "Window", str], "pa.Table"]
@@ -105,13 +82,15 @@ class Source:
         from flowtrail.query.output import render
 
         window = window_of(self.since, self.until)
-        con, relation = _open(self.db, self.lake)
+        con: duckdb.DuckDBPyConnection | None = None
         try:
+            con, relation = _open(self.db, self.lake, window)
             result = query(con, window, relation)
         except duckdb.Error as exc:
             raise InputError(f"query failed: {exc}") from exc
         finally:
-            con.close()
+            if con is not None:
+                con.close()
         click.echo(render(result, self.fmt), nl=False)
 
 
