@@ -97,7 +97,8 @@ class LakeSource:
         self.root = check_lake(root)
 
     def relation(self, con: duckdb.DuckDBPyConnection, window: Window) -> str:
-        """A temporary view on `con`: the window's partitions, one row per row identity."""
+        """A temporary view on `con`: the window's rows (from its partitions only), one per
+        row identity (the window filter comes before the de-duplication, not after it)."""
         files = files_in_window(self.root, window)
         if not files:
             empty = ", ".join(f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in ATTRIBUTED.columns)
@@ -109,7 +110,8 @@ class LakeSource:
             f"""CREATE OR REPLACE TEMP VIEW lake_window AS
             SELECT DISTINCT ON ({keys}) *
             FROM read_parquet([{listed}], hive_partitioning = true, union_by_name = true,
-                              hive_types = {_HIVE_TYPES})"""
+                              hive_types = {_HIVE_TYPES})
+            WHERE {window.sql()}"""
         )
         return "lake_window"
 
