@@ -12,8 +12,9 @@ import threading
 
 import click
 
-from flowtrail.opshttp import parse_listen
-from flowtrail.outputs import write_port_file
+from flowtrail.errors import InputError
+from flowtrail.opshttp import is_loopback, parse_listen
+from flowtrail.outputs import problem, write_port_file
 
 
 @click.command()
@@ -30,7 +31,18 @@ from flowtrail.outputs import write_port_file
     default="127.0.0.1:4741",
     show_default=True,
     metavar="HOST:PORT",
-    help="Where the API and console listen (loopback; port 0 picks a free one).",
+    help="Where the API and console listen; port 0 picks a free one. Any address but "
+    "loopback needs --tls-cert, --tls-key and --tokens: other hosts then need a read token.",
+)
+@click.option("--tls-cert", metavar="FILE", default=None, help="PEM certificate (chain) to serve.")
+@click.option("--tls-key", metavar="FILE", default=None, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tokens",
+    "tokens_file",
+    metavar="FILE",
+    default=None,
+    help="Tokens file (as `flowtrail token add NAME --read` writes it): requests from other "
+    "hosts need one of its read tokens (Bearer, or Basic's password); reread when it changes.",
 )
 @click.option(
     "--port-file",
@@ -38,7 +50,14 @@ from flowtrail.outputs import write_port_file
     default=None,
     help="Write the port listened on here once ready (for scripts using port 0).",
 )
-def serve(lake_dir: str, listen: str, port_file: str | None) -> None:
+def serve(
+    lake_dir: str,
+    listen: str,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tokens_file: str | None,
+    port_file: str | None,
+) -> None:
     """Serve the query API (/api/*) and the web console (/) over a Parquet lake.
 
     Read-only: the lake's files are only read, and new files appear in answers as they are
@@ -48,6 +67,7 @@ def serve(lake_dir: str, listen: str, port_file: str | None) -> None:
     Examples:
       flowtrail serve --lake /data/flowtrail-lake
       curl 'http://127.0.0.1:4741/api/dependencies?since=1h'
+      flowtrail serve --lake DIR --listen 0.0.0.0:4741 --tls-cert C --tls-key K --tokens T
     """
     import duckdb
 
@@ -56,9 +76,31 @@ def serve(lake_dir: str, listen: str, port_file: str | None) -> None:
     from flowtrail.stop_signals import stop_on_signals
 
     host, port = parse_listen(listen, "--listen")
+    given = [tls_cert, tls_key, tokens_file]
+    if any(given) and not all(given):
+        raise InputError("--tls-cert, --tls-key and --tokens go together")
+    if not is_loopback(host) and not all(given):
+        raise InputError(
+            f"--listen {listen}: other hosts may reach it: give --tls-cert, --tls-key and "
+            "--tokens (read tokens), or listen on loopback"
+        )
+    tls, readers = None, None
+    if tls_cert and tls_key and tokens_file:
+        from flowtrail.collector.server import tls_context
+        from flowtrail.collector.tokens import TokenFile
+        from flowtrail.fleet.access import ReadAccess
+
+        try:
+            tls = tls_context(tls_cert, tls_key)
+        except OSError as exc:  # ssl.SSLError too
+            raise InputError(f"--tls-cert {tls_cert} / --tls-key {tls_key}: {exc}") from exc
+        try:
+            readers = ReadAccess(TokenFile(tokens_file)).allows
+        except OSError as exc:
+            raise InputError(f"--tokens {tokens_file}: {problem(exc)}") from exc
     source = LakeSource(lake_dir)
     con = duckdb.connect()  # in memory: every request gets its own cursor and views
-    api = QueryAPI(con.cursor, host, port, source=source)
+    api = QueryAPI(con.cursor, host, port, source=source, tls=tls, readers=readers)
     api.start()
     if port_file:
         write_port_file(port_file, api.port)

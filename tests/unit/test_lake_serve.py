@@ -132,3 +132,16 @@ def test_a_directory_that_is_no_lake_is_refused(tmp_path: Path) -> None:
     (tmp_path / "date=2026-01-01" / "hour=1").mkdir(parents=True)
     done = CliRunner().invoke(query, ["dependencies", "--lake", str(tmp_path)])
     assert done.exit_code == 2 and "no partitions" in done.output
+
+
+def test_serving_other_hosts_needs_tls_and_read_tokens(places: tuple[Path, Path]) -> None:
+    """Off loopback, `serve` refuses to start without TLS and read tokens (the query API then
+    asks other hosts for a read token: tests/e2e/test_fleet_auth.py, on the same server)."""
+    from flowtrail.cli import main
+
+    _, lake = places
+    serve = ["serve", "--lake", str(lake)]
+    bare = CliRunner().invoke(main, [*serve, "--listen", "0.0.0.0:0"])
+    assert bare.exit_code == 2 and "--tls-cert, --tls-key and --tokens" in bare.output
+    half = CliRunner().invoke(main, [*serve, "--tls-cert", "c.pem"])
+    assert half.exit_code == 2 and "go together" in half.output
