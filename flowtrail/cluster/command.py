@@ -124,8 +124,11 @@ def _bus_config(
 @click.option("--region", required=True, help="This node's region.")
 @click.option("--name", required=True, help="This node's name (unique in its region).")
 @click.option(
-    "--sink", type=click.Choice(["store", "parquet"]), default="store", show_default=True,
-    help="store: a DuckDB file (idempotent); parquet: a directory several nodes may share.",
+    "--sink", type=click.Choice(["store", "parquet", "lake"]), default="store",
+    show_default=True,
+    help="store: a DuckDB file (idempotent); parquet: a directory several nodes may share; "
+    "lake: the Parquet lake the nodes of a cluster share, which `flowtrail serve --lake` "
+    "and `flowtrail query --lake` answer over.",
 )  # fmt: skip
 @click.option("--out", required=True, type=click.Path(), help="Store file or Parquet directory.")
 @click.option("--replicas", type=int, default=3, show_default=True, help="Stream replicas.")
@@ -204,6 +207,7 @@ def cluster_node(
     from flowtrail.engine.attributor import Settings
     from flowtrail.schema import REGIONS
     from flowtrail.store import PER_ROW, Store
+    from flowtrail.store.lake import LakeSink
     from flowtrail.tables import read_table
 
     regions = read_table(regions_path, REGIONS) if regions_path else None
@@ -235,7 +239,13 @@ def cluster_node(
     )
     where = parse_listen(listen, "--listen") if listen else None
     with writing("--out", out):
-        target: Sink = ParquetSink(out) if sink == "parquet" else Store(out)
+        target: Sink = (
+            ParquetSink(out)
+            if sink == "parquet"
+            else LakeSink(out, f"{region}.{name}")
+            if sink == "lake"
+            else Store(out)
+        )
     if isinstance(target, Store) and target.idempotence != PER_ROW:
         # A redelivered batch is decided again among others: only rows' keys can tell.
         target.close()

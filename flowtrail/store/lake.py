@@ -25,6 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from flowtrail.collector.wal import fsync_path
 from flowtrail.errors import InputError
 from flowtrail.incoming import check_extra_columns
 from flowtrail.schema import ATTRIBUTED
@@ -121,6 +122,37 @@ class Lake:
 
     def close(self) -> None:
         self._con.close()
+
+
+class LakeSink:
+    """A node's (or a collector's) sink into a lake several nodes share: every file name holds
+    the writer's name, so no two writers ever write one file, and each write is on disk
+    (files and directories fsynced) when `write` returns, before the batch is acknowledged.
+
+    A batch redelivered after its node died is decided and written again by the node that
+    takes it over: those copies are identical rows under another name, and lake queries
+    count each row identity once (flowtrail/query/lake.py)."""
+
+    idempotent = False
+
+    def __init__(self, root: str | os.PathLike[str], writer: str) -> None:
+        if not writer.strip():
+            raise InputError("lake writer name: must not be empty")
+        self.lake = Lake(root)
+        self.writer = percent_encode(writer, safe="")
+        self._seq = itertools.count(1)
+
+    def write(self, table: pa.Table) -> int:
+        name = f"{self.writer}-{time.time_ns():020d}-{next(self._seq):06d}"
+        files = self.lake.write(table, batch_id=name)
+        for path in files:
+            fsync_path(path)
+        for directory in {p.parent for p in files}:
+            fsync_path(directory)
+        return int(table.num_rows)
+
+    def close(self) -> None:
+        self.lake.close()
 
 
 def _partition_start_ns(hour_dir: Path) -> int | None:
