@@ -39,7 +39,18 @@ OBJECT_PATH = BPF_DIR / "flow.bpf.o"
 DEFAULT_BTF = "/sys/kernel/btf/vmlinux"
 TRACEFS = "/sys/kernel/tracing"
 TRACEPOINT = ("sock", "inet_sock_set_state")
-PROGRAM = "flow_set_state"
+# The state-change programs, by how they are attached (flow.bpf.c). The raw tracepoint comes
+# first: its recursion guard is the program's own, while a classic tracepoint program shares one
+# per CPU with every kprobe and classic tracepoint program on the host (the accept programs
+# too) and skips a state change in softirq that interrupts any of them. On the raw tracepoint a
+# second copy handles the changes that interrupt the first one's own run. The classic one is
+# the fallback for a kernel that refuses the raw one.
+RAW_TRACEPOINT, CLASSIC_TRACEPOINT = "raw_tracepoint", "tracepoint"
+ATTACH_MODES = (RAW_TRACEPOINT, CLASSIC_TRACEPOINT)
+STATE_PROGRAMS = {
+    RAW_TRACEPOINT: ("flow_set_state_raw", "flow_set_state_second"),
+    CLASSIC_TRACEPOINT: ("flow_set_state",),
+}
 # syscalls:sys_exit_accept4 / sys_exit_accept: who accepted an inbound socket (flow.bpf.c)
 ACCEPT_PROGRAMS = ("flow_accept4", "flow_accept")
 
@@ -311,9 +322,12 @@ class Capture:
         reader: str | None = None,
         wakeup_bytes: int | None = None,
         accepts: bool = True,
+        attach: str | None = None,
     ) -> None:
         """`accepts=False` leaves the accept tracepoints out (an accepted socket is then named
-        by its listener's cgroup): for measuring what they cost, not for production."""
+        by its listener's cgroup): for measuring what they cost, not for production.
+        `attach` ("raw_tracepoint" or "tracepoint") insists on one way of attaching the
+        state-change program; by default the raw tracepoint, else the classic one."""
         _check_power_of_two_pages("ringbuf_bytes", ringbuf_bytes)
         # the mmap reader relies on x86-64's memory ordering; elsewhere libbpf does the fencing
         if reader is None:
@@ -322,6 +336,8 @@ class Capture:
             raise InputError(f"reader={reader!r}: must be 'mmap' or 'libbpf'")
         if max_sockets < 1:
             raise InputError(f"max_sockets={max_sockets}: must be at least 1")
+        if attach is not None and attach not in ATTACH_MODES:
+            raise InputError(f"attach={attach!r}: must be one of {', '.join(ATTACH_MODES)}")
         self.ringbuf_bytes = ringbuf_bytes
         self.max_sockets = max_sockets
         self.btf_path = btf_path
@@ -329,6 +345,11 @@ class Capture:
         self.object_path = Path(object_path)
         self.reader = reader
         self.accepts = accepts
+        self.attach = attach
+        # how the state-change program is attached once started, and why not the raw way
+        # when the kernel refused it
+        self.attach_mode: str | None = None
+        self.fallback_reason: str | None = None
         self._prog_fd = -1
         self._expired = 0  # start-map entries live() found certainly dead and removed
         # default: wake the reader when an eighth of the ring is queued
@@ -338,7 +359,7 @@ class Capture:
         self.clock: MonotonicClock | None = None
         self._obj: libbpf.BpfObject | None = None
         self._link: libbpf.Link | None = None
-        self._accept_links: list[libbpf.Link] = []
+        self._extra_links: list[libbpf.Link] = []
         self._ring: _MmapRing | _LibbpfRing | None = None
         self._fds: dict[str, int] = {}
 
@@ -355,6 +376,28 @@ class Capture:
         if problems:
             raise CapabilityError("eBPF capture cannot start: " + "; ".join(problems))
         libbpf.lib()
+        modes = (self.attach,) if self.attach else ATTACH_MODES
+        for mode in modes:
+            try:
+                self._start(mode)
+            except CapabilityError as exc:
+                self.close()
+                if mode == modes[-1]:
+                    if self.fallback_reason:
+                        raise CapabilityError(
+                            f"{exc}\n(the raw tracepoint was refused first: {self.fallback_reason})"
+                        ) from exc
+                    raise
+                self.fallback_reason = str(exc).splitlines()[0]
+            except BaseException:
+                self.close()
+                raise
+            else:
+                self.attach_mode = mode
+                return
+
+    def _start(self, mode: str) -> None:
+        """One attempt: open, size, load (the state-change program of `mode` only), attach."""
         libbpf.clear_log()
         custom_btf = None if self.btf_path == DEFAULT_BTF else self.btf_path
         try:
@@ -362,55 +405,67 @@ class Capture:
         except OSError as exc:
             raise CapabilityError(f"cannot open {self.object_path}: {exc}") from exc
         self._obj = obj
+        programs = STATE_PROGRAMS[mode]
+        for names in STATE_PROGRAMS.values():
+            for name in names:
+                obj.set_autoload(name, name in programs)
+        obj.set_max_entries("flow_events", self.ringbuf_bytes)
+        obj.set_max_entries("flow_starts", self.max_sockets)
         try:
-            obj.set_max_entries("flow_events", self.ringbuf_bytes)
-            obj.set_max_entries("flow_starts", self.max_sockets)
-            try:
-                obj.load()
-            except OSError as exc:
-                raise CapabilityError(self._load_problem(exc)) from exc
-            self._fds = {
-                name: obj.map_fd(name)
-                for name in ("flow_starts", "flow_events", "flow_drops", "flow_seq", "flow_config")
-            }
-            self._prog_fd = obj.prog_fd(PROGRAM)
-            self._seed_sock_ids()
-            libbpf.map_update(
-                self._fds["flow_config"], ctypes.c_uint32(0), ctypes.c_uint64(self.wakeup_bytes)
+            obj.load()
+        except OSError as exc:
+            raise CapabilityError(self._load_problem(exc, mode)) from exc
+        self._fds = {
+            name: obj.map_fd(name)
+            for name in (
+                "flow_starts",
+                "flow_events",
+                "flow_drops",
+                "flow_seq",
+                "flow_config",
+                "flow_nesting",
             )
-            self.clock = MonotonicClock()
-            events = self._fds["flow_events"]
-            self._ring = (
-                _MmapRing(events, self.ringbuf_bytes)
-                if self.reader == "mmap"
-                else _LibbpfRing(events)
-            )
-            for name in ACCEPT_PROGRAMS if self.accepts else ():  # first: no accept goes unseen
-                try:
-                    self._accept_links.append(obj.attach(name))
-                except OSError as exc:
-                    raise CapabilityError(
-                        f"cannot attach {name} to its syscall exit tracepoint: {exc}"
-                        + self._log_tail()
-                    ) from exc
+        }
+        self._prog_fd = obj.prog_fd(programs[0])
+        self._seed_sock_ids()
+        libbpf.map_update(
+            self._fds["flow_config"], ctypes.c_uint32(0), ctypes.c_uint64(self.wakeup_bytes)
+        )
+        self.clock = MonotonicClock()
+        events = self._fds["flow_events"]
+        self._ring = (
+            _MmapRing(events, self.ringbuf_bytes) if self.reader == "mmap" else _LibbpfRing(events)
+        )
+        for name in ACCEPT_PROGRAMS if self.accepts else ():  # first: no accept goes unseen
             try:
-                self._link = obj.attach(PROGRAM)
+                self._extra_links.append(obj.attach(name))
             except OSError as exc:
                 raise CapabilityError(
-                    f"cannot attach to tracepoint {':'.join(TRACEPOINT)}: {exc}" + self._log_tail()
+                    f"cannot attach {name} to its syscall exit tracepoint: {exc}" + self._log_tail()
                 ) from exc
-        except BaseException:
-            self.close()
-            raise
+        where = TRACEPOINT[1] if mode == RAW_TRACEPOINT else ":".join(TRACEPOINT)
+        # the second copy first: it acts only while the first runs, and then must be there
+        for name in reversed(programs):
+            try:
+                link = obj.attach(name)
+            except OSError as exc:
+                raise CapabilityError(
+                    f"cannot attach {name} to the {mode.replace('_', ' ')} {where}: {exc}"
+                    + self._log_tail()
+                ) from exc
+            if name == programs[0]:
+                self._link = link
+            else:
+                self._extra_links.append(link)
 
     def close(self) -> None:
         """Detach and free everything; records not yet polled are lost (poll first)."""
         if self._link is not None:
             self._link.destroy()
             self._link = None
-        for link in self._accept_links:
+        for link in self._extra_links:
             link.destroy()
-        self._accept_links = []
+        self._extra_links = []
         if self._ring is not None:
             self._ring.close()
             self._ring = None
@@ -490,17 +545,33 @@ class Capture:
             out[reason] = int(sum(values))
         out["bad_record_size"] = self._ring.bad_size if self._ring is not None else 0
         out["expired_start"] = self._expired
-        # events the kernel never ran the program for (nested on one CPU): closes or opens lost
-        out["recursion_miss"] = libbpf.prog_stats(self._prog_fd)["recursion_misses"]
+        # state changes no program handled (the kernel skipped the first, its recursion guard
+        # taken on that CPU, and the second copy did not take over): opens, establishments or
+        # closes lost
+        skipped = libbpf.prog_stats(self._prog_fd)["recursion_misses"]
+        out["recursion_miss"] = max(skipped - self.nested_handled(), 0)
         return out
 
-    def program_stats(self, program: str = PROGRAM) -> dict[str, int]:
-        """The kernel's counters for an attached program (default: the flow program; or one
-        of ACCEPT_PROGRAMS): run_cnt and run_time_ns (kept only while sysctl
+    def nested_handled(self) -> int:
+        """State changes the second copy handled because the first program was skipped for
+        them (it was running on that CPU when they came); 0 on the classic tracepoint."""
+        fd = self._fds.get("flow_nesting")
+        if fd is None:
+            raise RuntimeError("Capture is not started")
+        if self.attach_mode != RAW_TRACEPOINT:
+            return 0
+        ncpu = libbpf.num_possible_cpus()
+        values = (ctypes.c_uint64 * ncpu)()
+        libbpf.map_lookup(fd, ctypes.c_uint32(1), values)
+        return int(sum(values))
+
+    def program_stats(self, program: str | None = None) -> dict[str, int]:
+        """The kernel's counters for an attached program (default: the state-change program;
+        or one of ACCEPT_PROGRAMS): run_cnt and run_time_ns (kept only while sysctl
         kernel.bpf_stats_enabled=1) and recursion_misses."""
         if self._link is None or self._obj is None:
             raise RuntimeError("Capture is not started")
-        fd = self._prog_fd if program == PROGRAM else self._obj.prog_fd(program)
+        fd = self._prog_fd if program is None else self._obj.prog_fd(program)
         return libbpf.prog_stats(fd)
 
     # -- internals ---------------------------------------------------------------------------
@@ -514,14 +585,15 @@ class Capture:
         value = ctypes.c_uint64(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
         libbpf.map_update(self._fds["flow_seq"], key, value)
 
-    def _load_problem(self, exc: OSError) -> str:
+    def _load_problem(self, exc: OSError, mode: str) -> str:
+        which = f"{self.object_path} (state changes from the {mode.replace('_', ' ')})"
         if exc.errno == 1:  # EPERM: privilege, lockdown or an LSM said no
             what = "the kernel refused to load the BPF program (EPERM): needs CAP_BPF+CAP_PERFMON"
             what += " or root, and no lockdown/LSM policy forbidding BPF"
         elif exc.errno == 13:  # EACCES: the verifier rejected the program
-            what = f"the BPF verifier of this kernel rejected {self.object_path}"
+            what = f"the BPF verifier of this kernel rejected {which}"
         else:
-            what = f"the kernel could not load {self.object_path}: {exc}"
+            what = f"the kernel could not load {which}: {exc}"
         return what + self._log_tail()
 
     @staticmethod

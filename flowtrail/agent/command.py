@@ -426,6 +426,18 @@ def agent(
         api = RegistrationServer(api_socket, registry).start()
     capture = Capture(ringbuf_bytes=parse_size(ringbuf, "--ringbuf"))
     capture.start()  # CapabilityError names what is missing
+    click.echo(
+        f"flowtrail agent: capture: TCP state changes from the {capture.attach_mode} "
+        + ":".join(("sock", "inet_sock_set_state")),
+        err=True,
+    )
+    if capture.fallback_reason:
+        click.echo(
+            "flowtrail agent: warning: the raw tracepoint was refused, the classic one skips"
+            f" more state changes under load (capture_drop_recursion_miss):"
+            f" {capture.fallback_reason}",
+            err=True,
+        )
     stop = threading.Event()
     stop_on_signals(stop)
     if to_stdout:

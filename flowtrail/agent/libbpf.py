@@ -98,6 +98,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_program__attach": (_P, [_P]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
@@ -219,20 +220,27 @@ class BpfObject:
             raise _errno_error(f"bpf_map__fd({name})", -fd)
         return fd
 
-    def attach(self, prog_name: str) -> Link:
+    def _prog(self, prog_name: str) -> int:
         prog = lib().bpf_object__find_program_by_name(self._obj(), prog_name.encode())
         if not prog:
             raise KeyError(f"no program {prog_name!r} in {self.path}")
-        link = lib().bpf_program__attach(prog)
+        return int(prog)
+
+    def set_autoload(self, prog_name: str, autoload: bool) -> None:
+        """Whether load() loads this program (before load only): a program this kernel might
+        refuse is left out, so the rest of the object loads."""
+        rc = lib().bpf_program__set_autoload(self._prog(prog_name), autoload)
+        if rc != 0:
+            raise _errno_error(f"bpf_program__set_autoload({prog_name})", -rc)
+
+    def attach(self, prog_name: str) -> Link:
+        link = lib().bpf_program__attach(self._prog(prog_name))
         if not link:
             raise _errno_error(f"bpf_program__attach({prog_name})")
         return Link(int(link))
 
     def prog_fd(self, prog_name: str) -> int:
-        prog = lib().bpf_object__find_program_by_name(self._obj(), prog_name.encode())
-        if not prog:
-            raise KeyError(f"no program {prog_name!r} in {self.path}")
-        fd = int(lib().bpf_program__fd(prog))
+        fd = int(lib().bpf_program__fd(self._prog(prog_name)))
         if fd < 0:
             raise _errno_error(f"bpf_program__fd({prog_name})", -fd)
         return fd
@@ -313,8 +321,10 @@ _PROG_INFO_FIELDS = {"run_time_ns": 192, "run_cnt": 200, "recursion_misses": 208
 
 def prog_stats(prog_fd: int) -> dict[str, int]:
     """run_time_ns and run_cnt (counted only while kernel.bpf_stats_enabled=1), and
-    recursion_misses: how often the kernel skipped the program because one was already running
-    on that CPU (a tracepoint hit from softirq while the program ran in process context)."""
+    recursion_misses: how often the kernel skipped the program because its recursion guard
+    was taken on that CPU (a tracepoint hit from softirq interrupting a run in process context:
+    of any kprobe or classic tracepoint program for a classic tracepoint program, of the same
+    program for a raw tracepoint one)."""
     info = (ctypes.c_uint8 * _PROG_INFO_SIZE)()
     length = ctypes.c_uint32(_PROG_INFO_SIZE)
     if lib().bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(length)) != 0:

@@ -17,7 +17,9 @@ from flowtrail.opshttp import PROMETHEUS_TEXT, OpsServer
 
 PREFIX = "flowtrail_agent_"
 DROP_PREFIX = "capture_drop_"
-GAUGES = frozenset({"held_rows", "queued_rows", "spool_bytes", "spool_pending_batches"})
+GAUGES = frozenset(
+    {"held_rows", "queued_rows", "spool_bytes", "spool_pending_batches", "capture_raw_tracepoint"}
+)
 
 Read = Callable[[], dict[str, int]]
 

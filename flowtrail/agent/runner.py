@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_rows
+from flowtrail.agent.capture import RAW_TRACEPOINT, Capture
 from flowtrail.agent.conntrack import NatResolver
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
@@ -431,6 +432,11 @@ class Agent:
         try:
             for reason, count in self.capture.stats().items():
                 out[f"capture_drop_{reason}"] = count
+            if isinstance(self.capture, Capture) and self.capture.attach_mode is not None:
+                # which way the state-change program is attached (the classic tracepoint
+                # skips more changes; docs/bpf.md), and what the second copy took over
+                out["capture_raw_tracepoint"] = int(self.capture.attach_mode == RAW_TRACEPOINT)
+                out["capture_nested_handled"] = self.capture.nested_handled()
         except RuntimeError:
             pass  # capture already closed
         out["held_rows"] = self._held_rows + self._polled_rows

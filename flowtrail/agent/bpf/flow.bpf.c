@@ -13,9 +13,21 @@
  * else than the process serving the connection (systemd socket activation, pre-fork servers that
  * move their children): the accept/accept4 syscall exit tracepoints find the returned socket in
  * the caller's file table and give its entry the caller's cgroup, pid and comm.
+ *
+ * The state-change program comes twice, the loader attaches one: on the raw tracepoint
+ * (preferred) or on the classic one (a kernel that refuses the raw one). A classic tracepoint
+ * program shares one per-CPU guard with every kprobe and classic tracepoint program on the
+ * host (trace_call_bpf: bpf_prog_active): a state change in softirq that interrupts any of
+ * them, the accept programs here included, is skipped (a recursion miss, a lost open or
+ * close). A raw tracepoint program has a guard of its own (prog->active), so only a run of
+ * itself on that CPU can make it skip one: a softirq interrupting it in process context (a
+ * hardware interrupt's exit runs pending softirqs). For that case a second copy of the raw
+ * program, attached after it, takes over: it handles a change only while the first is inside
+ * its run on that CPU (so the kernel skipped the first for this change), and counts it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "flow.h"
@@ -78,40 +90,104 @@ struct {
 	__type(value, struct flow_config);
 } flow_config SEC(".maps");
 
-/* A zeroed record to seed new map entries (too big for the 512-byte BPF stack many times over). */
+/* A zeroed record to seed new map entries (too big for the 512-byte BPF stack many times over):
+ * one per program that may run nested on a CPU (SCRATCH_FIRST, SCRATCH_SECOND). */
+#define SCRATCH_FIRST 0
+#define SCRATCH_SECOND 1
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, struct flow_record);
 } flow_scratch SEC(".maps");
+
+/*
+ * Per CPU: [0] how many runs of the first raw program are in progress (0 or 1), [1] the changes
+ * the second copy handled because the first was skipped. Read by the loader: the first
+ * program's recursion misses less [1] are the changes no program handled.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} flow_nesting SEC(".maps");
 
 static __always_inline void count_drop(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&flow_drops, &reason);
 
-	if (n)
-		*n += 1; /* per-CPU slot: no atomics needed */
+	if (n) /* per-CPU, but a nested run on this CPU may add to it meanwhile */
+		__sync_fetch_and_add(n, 1);
 }
 
-/* The socket's own identity and addresses, as the tracepoint saw them. */
-static __always_inline void fill_tuple(struct flow_record *r,
-				       const struct trace_event_raw_inet_sock_set_state *ctx)
+/*
+ * One state change, as either program saw it: `tp` is the classic tracepoint's record (NULL for
+ * the raw one, whose only arguments are the socket and the two states).
+ */
+struct change {
+	const struct trace_event_raw_inet_sock_set_state *tp;
+	struct sock *sk;
+	int oldstate;
+	int newstate;
+	__u16 family;
+	__u32 scratch; /* SCRATCH_FIRST or SCRATCH_SECOND: the running program's */
+};
+
+/*
+ * The socket's addresses and ports at this change. The classic tracepoint copied them into its
+ * record; from the raw one they are read from the same fields its TP_fast_assign reads
+ * (include/trace/events/sock.h): inet_saddr/inet_daddr for IPv4, sk_v6_rcv_saddr/sk_v6_daddr
+ * for IPv6, inet_sport/inet_dport in host order. Both programs run inside the tracepoint call,
+ * so they see the same values.
+ */
+static __always_inline void fill_tuple(struct flow_record *r, const struct change *c)
 {
-	r->family = ctx->family;
-	r->sport = ctx->sport;
-	r->dport = ctx->dport;
-	/* the verifier forbids loads through an offset ctx pointer: copy with the read helper */
 	long err;
 
-	if (ctx->family == AF_INET)
-		err = bpf_probe_read_kernel(r->saddr, 4, ctx->saddr) |
-		      bpf_probe_read_kernel(r->daddr, 4, ctx->daddr);
-	else
-		err = bpf_probe_read_kernel(r->saddr, 16, ctx->saddr_v6) |
-		      bpf_probe_read_kernel(r->daddr, 16, ctx->daddr_v6);
+	r->family = c->family;
+	if (c->tp) {
+		const struct trace_event_raw_inet_sock_set_state *tp = c->tp;
+
+		r->sport = tp->sport;
+		r->dport = tp->dport;
+		/* the verifier forbids loads through an offset ctx pointer: copy with the helper */
+		if (c->family == AF_INET)
+			err = bpf_probe_read_kernel(r->saddr, 4, tp->saddr) |
+			      bpf_probe_read_kernel(r->daddr, 4, tp->daddr);
+		else
+			err = bpf_probe_read_kernel(r->saddr, 16, tp->saddr_v6) |
+			      bpf_probe_read_kernel(r->daddr, 16, tp->daddr_v6);
+	} else {
+		/* locals: the CO-RE macros relocate every access in their source expression */
+		struct sock *sk = c->sk;
+		struct inet_sock *inet = (struct inet_sock *)sk;
+		__u16 sport = 0, dport = 0;
+
+		err = BPF_CORE_READ_INTO(&sport, inet, inet_sport) |
+		      BPF_CORE_READ_INTO(&dport, sk, __sk_common.skc_dport);
+		r->sport = bpf_ntohs(sport);
+		r->dport = bpf_ntohs(dport);
+		if (c->family == AF_INET)
+			err |= BPF_CORE_READ_INTO((__u32 *)r->saddr, inet, inet_saddr) |
+			       BPF_CORE_READ_INTO((__u32 *)r->daddr, sk, __sk_common.skc_daddr);
+		else
+			err |= BPF_CORE_READ_INTO((struct in6_addr *)r->saddr, sk,
+						  __sk_common.skc_v6_rcv_saddr) |
+			       BPF_CORE_READ_INTO((struct in6_addr *)r->daddr, sk,
+						  __sk_common.skc_v6_daddr);
+	}
 	if (err)
 		count_drop(FLOW_DROP_READ_FAILED); /* the record goes on, its addresses zero */
+}
+
+static __always_inline __u16 local_port(const struct change *c)
+{
+	struct inet_sock *inet = (struct inet_sock *)c->sk;
+
+	if (c->tp)
+		return c->tp->sport;
+	return bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
 }
 
 static __always_inline void fill_identity(struct flow_record *r, struct sock *sk)
@@ -154,13 +230,11 @@ static __always_inline void fill_counters(struct flow_record *r, struct sock *sk
 	r->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 }
 
-static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_state *ctx,
-				   __u64 key, __u8 direction)
+static __always_inline int on_open(const struct change *c, __u64 key, __u8 direction)
 {
-	__u32 zero = 0;
-	struct flow_record *r = bpf_map_lookup_elem(&flow_scratch, &zero);
+	__u32 zero = 0, slot = c->scratch;
+	struct flow_record *r = bpf_map_lookup_elem(&flow_scratch, &slot);
 	__u64 *seq = bpf_map_lookup_elem(&flow_seq, &zero);
-	struct sock *sk = (struct sock *)ctx->skaddr;
 	long err;
 
 	if (!r || !seq)
@@ -174,8 +248,8 @@ static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_st
 		r->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(r->comm, sizeof(r->comm));
 	}
-	fill_tuple(r, ctx);
-	fill_identity(r, sk);
+	fill_tuple(r, c);
+	fill_identity(r, c->sk);
 	err = bpf_map_update_elem(&flow_starts, &key, r, BPF_NOEXIST);
 	if (err == -EEXIST) {
 		count_drop(FLOW_DROP_STALE_START);
@@ -186,8 +260,7 @@ static __always_inline int on_open(const struct trace_event_raw_inet_sock_set_st
 	return 0;
 }
 
-static __always_inline int on_established(const struct trace_event_raw_inet_sock_set_state *ctx,
-					  __u64 key)
+static __always_inline int on_established(const struct change *c, __u64 key)
 {
 	struct flow_record *r = bpf_map_lookup_elem(&flow_starts, &key);
 
@@ -196,7 +269,7 @@ static __always_inline int on_established(const struct trace_event_raw_inet_sock
 	/* connect() picks its local port after SYN_SENT: take the final tuple now (an accepted
 	 * child had its whole tuple at SYN_RECV) */
 	if (r->direction == FLOW_DIR_OUTBOUND)
-		fill_tuple(r, ctx);
+		fill_tuple(r, c);
 	r->established = 1;
 	if (!r->established_ns)
 		r->established_ns = bpf_ktime_get_ns();
@@ -242,11 +315,10 @@ static __always_inline __u64 wakeup_flags(void)
 	return BPF_RB_NO_WAKEUP;
 }
 
-static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_state *ctx,
-				    __u64 key)
+static __always_inline int on_close(const struct change *c, __u64 key)
 {
 	struct flow_record *start = bpf_map_lookup_elem(&flow_starts, &key);
-	struct sock *sk = (struct sock *)ctx->skaddr;
+	struct sock *sk = c->sk;
 	struct flow_record *r;
 	int err;
 
@@ -263,19 +335,19 @@ static __always_inline int on_close(const struct trace_event_raw_inet_sock_set_s
 	__builtin_memcpy(r, start, sizeof(*r));
 	r->end_ns = bpf_ktime_get_ns();
 	/* a tuple still without its local port (the ESTABLISHED change was never seen) */
-	if (r->sport == 0 && ctx->sport != 0)
-		fill_tuple(r, ctx);
+	if (r->sport == 0 && local_port(c) != 0)
+		fill_tuple(r, c);
 	/* cgroup and netns were read from the socket at open: a socket's sk_cgrp_data is set
 	 * when it is created (or cloned from its listener) and never changes, nor does its netns */
 	fill_counters(r, sk);
 	/* closing from any state past the handshake means it was established, even when the
 	 * ESTABLISHED transition itself was missed (a nested tracepoint the kernel skipped) */
-	if (ctx->oldstate != TCP_SYN_SENT && ctx->oldstate != TCP_SYN_RECV)
+	if (c->oldstate != TCP_SYN_SENT && c->oldstate != TCP_SYN_RECV)
 		r->established = 1;
-	r->seq_flags = seq_flags(r, sk, ctx->oldstate);
+	r->seq_flags = seq_flags(r, sk, c->oldstate);
 	err = BPF_CORE_READ(sk, sk_err);
 	r->sk_err = err;
-	r->outcome = outcome(r, err, ctx->oldstate);
+	r->outcome = outcome(r, err, c->oldstate);
 	bpf_ringbuf_submit(r, wakeup_flags());
 	bpf_map_delete_elem(&flow_starts, &key);
 	return 0;
@@ -331,25 +403,90 @@ int flow_accept(struct trace_event_raw_sys_exit *ctx)
 	return on_accepted(ctx->ret);
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int flow_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+static __always_inline int on_change(const struct change *c, __u16 protocol)
 {
-	int oldstate = ctx->oldstate, newstate = ctx->newstate;
-	__u64 key = (__u64)ctx->skaddr;
+	int oldstate = c->oldstate, newstate = c->newstate;
+	__u64 key = (__u64)c->sk;
 
-	if (ctx->protocol != IPPROTO_TCP)
+	if (protocol != IPPROTO_TCP)
 		return 0;
-	if (ctx->family != AF_INET && ctx->family != AF_INET6)
+	if (c->family != AF_INET && c->family != AF_INET6)
 		return 0;
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE))
 		return 0; /* listening sockets are not flows */
 	if (newstate == TCP_SYN_SENT)
-		return on_open(ctx, key, FLOW_DIR_OUTBOUND);
+		return on_open(c, key, FLOW_DIR_OUTBOUND);
 	if (newstate == TCP_SYN_RECV && oldstate == TCP_LISTEN)
-		return on_open(ctx, key, FLOW_DIR_INBOUND);
+		return on_open(c, key, FLOW_DIR_INBOUND);
 	if (newstate == TCP_ESTABLISHED)
-		return on_established(ctx, key);
+		return on_established(c, key);
 	if (newstate == TCP_CLOSE)
-		return on_close(ctx, key);
+		return on_close(c, key);
 	return 0;
+}
+
+/* trace_inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
+static __always_inline int on_raw(struct bpf_raw_tracepoint_args *ctx, __u32 scratch)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+	struct change c = {
+		.tp = NULL,
+		.sk = sk,
+		.oldstate = (int)ctx->args[1],
+		.newstate = (int)ctx->args[2],
+		.family = BPF_CORE_READ(sk, __sk_common.skc_family),
+		.scratch = scratch,
+	};
+
+	return on_change(&c, BPF_CORE_READ(sk, sk_protocol));
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int flow_set_state_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0;
+	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &zero);
+
+	if (!running)
+		return 0;
+	/* first and last: a change that interrupts this run finds it set */
+	__sync_fetch_and_add(running, 1);
+	on_raw(ctx, SCRATCH_FIRST);
+	__sync_fetch_and_sub(running, 1);
+	return 0;
+}
+
+/*
+ * The same tracepoint, attached after flow_set_state_raw: the kernel calls it for every change
+ * too, skipping it only while it runs on that CPU itself. A change that finds the first program
+ * running on this CPU interrupted it, so the kernel skipped the first for it: handle it here.
+ * Otherwise the first program handled it (or, in the few instructions the kernel runs around
+ * the first program's body, skipped it unseen: counted, not handled, see the loader).
+ */
+SEC("raw_tracepoint/inet_sock_set_state")
+int flow_set_state_second(struct bpf_raw_tracepoint_args *ctx)
+{
+	__u32 zero = 0, one = 1;
+	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &zero);
+	__u64 *handled = bpf_map_lookup_elem(&flow_nesting, &one);
+
+	if (!running || !handled || *running == 0)
+		return 0;
+	__sync_fetch_and_add(handled, 1);
+	return on_raw(ctx, SCRATCH_SECOND);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int flow_set_state(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	struct change c = {
+		.tp = ctx,
+		.sk = (struct sock *)ctx->skaddr,
+		.oldstate = ctx->oldstate,
+		.newstate = ctx->newstate,
+		.family = ctx->family,
+		.scratch = SCRATCH_FIRST,
+	};
+
+	return on_change(&c, ctx->protocol);
 }
