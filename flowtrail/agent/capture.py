@@ -444,8 +444,9 @@ class Capture:
                     f"cannot attach {name} to its syscall exit tracepoint: {exc}" + self._log_tail()
                 ) from exc
         where = TRACEPOINT[1] if mode == RAW_TRACEPOINT else ":".join(TRACEPOINT)
-        # the second copy first: it acts only while the first runs, and then must be there
-        for name in reversed(programs):
+        # in this order: the kernel calls a tracepoint's programs in the order they were
+        # attached, and the second copy must run after the first for each change
+        for name in programs:
             try:
                 link = obj.attach(name)
             except OSError as exc:

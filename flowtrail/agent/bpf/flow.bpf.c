@@ -103,12 +103,17 @@ struct {
 
 /*
  * Per CPU: [0] how many runs of the first raw program are in progress (0 or 1), [1] the changes
- * the second copy handled because the first was skipped. Read by the loader: the first
- * program's recursion misses less [1] are the changes no program handled.
+ * the second copy handled because the first was skipped, [2 + level] set by the first program
+ * when it runs for a change at that level (0: task context, 1: softirq), cleared by the second.
+ * Read by the loader: the first program's recursion misses less [1] are the changes no program
+ * handled.
  */
+#define NEST_RUNNING 0
+#define NEST_HANDLED 1
+#define NEST_SEEN 2
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 4);
 	__type(key, __u32);
 	__type(value, __u64);
 } flow_nesting SEC(".maps");
@@ -441,12 +446,62 @@ static __always_inline int on_raw(struct bpf_raw_tracepoint_args *ctx, __u32 scr
 	return on_change(&c, BPF_CORE_READ(sk, sk_protocol));
 }
 
+/*
+ * The level of this change on this CPU: 1 in a softirq, 0 in task context, -1 unknown. x86-64
+ * runs every softirq on the CPU's interrupt stack and a task's changes on the task's own stack,
+ * where the tracepoint's arguments (ctx) are.
+ */
+#define TASK_STACK_BOUND (32 << 10) /* x86-64 task stacks: 16 KiB, 32 KiB with KASAN */
+static __always_inline int change_level(struct bpf_raw_tracepoint_args *ctx)
+{
+#if defined(__TARGET_ARCH_x86)
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 stack = (__u64)BPF_CORE_READ(task, stack), at = (__u64)ctx;
+
+	return at >= stack && at < stack + TASK_STACK_BOUND ? 0 : 1;
+#else
+	return -1;
+#endif
+}
+
+/*
+ * The pair: this program and flow_set_state_second (attached after it) both run for every
+ * change; the kernel skips one only while that same one runs on this CPU in task context and a
+ * softirq making a change interrupts it. Then the second must take the change over.
+ *
+ * Where the level is known, by level: the first notes "seen" for the level of every change it
+ * runs for, the second clears it and handles the change only when it was not noted. A softirq
+ * is never interrupted by another change and task-context runs on one CPU never overlap, so per
+ * level the first and the second run for one change before the next. When the first starts in
+ * task context it also clears the softirq level's note: one left by a change that came while
+ * the second ran in task context (the kernel skipped the second for it, the first handled it).
+ * Left: a change in the few instructions the kernel runs before the first's body, just after
+ * such a leftover note: skipped by the first, left by the second, counted.
+ * Elsewhere: the first marks that it is running, and the second handles a change only when it
+ * finds the mark (the change interrupted the first's body); a change in the few instructions
+ * around the first's body is then skipped by both, counted.
+ * Counted: the first program's recursion misses less what the second handled.
+ */
 SEC("raw_tracepoint/inet_sock_set_state")
 int flow_set_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 zero = 0;
-	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &zero);
+	__u32 key = NEST_RUNNING;
+	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &key), *seen, *seen_softirq;
+	int level = change_level(ctx);
 
+	if (level >= 0) {
+		key = NEST_SEEN + level;
+		seen = bpf_map_lookup_elem(&flow_nesting, &key);
+		key = NEST_SEEN + 1;
+		seen_softirq = bpf_map_lookup_elem(&flow_nesting, &key);
+		if (!seen || !seen_softirq)
+			return 0;
+		if (level == 0)
+			*seen_softirq = 0;
+		*seen = 1;
+		on_raw(ctx, SCRATCH_FIRST);
+		return 0;
+	}
 	if (!running)
 		return 0;
 	/* first and last: a change that interrupts this run finds it set */
@@ -456,22 +511,29 @@ int flow_set_state_raw(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/*
- * The same tracepoint, attached after flow_set_state_raw: the kernel calls it for every change
- * too, skipping it only while it runs on that CPU itself. A change that finds the first program
- * running on this CPU interrupted it, so the kernel skipped the first for it: handle it here.
- * Otherwise the first program handled it (or, in the few instructions the kernel runs around
- * the first program's body, skipped it unseen: counted, not handled, see the loader).
- */
 SEC("raw_tracepoint/inet_sock_set_state")
 int flow_set_state_second(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 zero = 0, one = 1;
-	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &zero);
-	__u64 *handled = bpf_map_lookup_elem(&flow_nesting, &one);
+	__u32 key = NEST_RUNNING;
+	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &key), *seen, *handled;
+	int level = change_level(ctx);
 
-	if (!running || !handled || *running == 0)
+	key = NEST_HANDLED;
+	handled = bpf_map_lookup_elem(&flow_nesting, &key);
+	if (!running || !handled)
 		return 0;
+	if (level >= 0) {
+		key = NEST_SEEN + level;
+		seen = bpf_map_lookup_elem(&flow_nesting, &key);
+		if (!seen)
+			return 0;
+		if (*seen) {
+			*seen = 0; /* the first handled it */
+			return 0;
+		}
+	} else if (*running == 0) {
+		return 0;
+	}
 	__sync_fetch_and_add(handled, 1);
 	return on_raw(ctx, SCRATCH_SECOND);
 }
