@@ -151,7 +151,7 @@ def assert_each_connection_whole(
     outs = Counter((r["remote_port"], r["local_port"]) for r in out)
     ins = Counter((r["local_port"], r["remote_port"]) for r in inb)
     short = {"client ends": made - outs, "server ends": made - ins}
-    assert outs == made and ins == made, (short, counted)
+    assert outs == made and ins == made, f"missing: {short}; counted: {counted}"
     assert all(r["outcome"] == "established" for r in out + inb)
     missed = [r for r in out + inb if r["established_ns"] is None]
     assert not missed, f"an ESTABLISHED change missed: {missed}"
