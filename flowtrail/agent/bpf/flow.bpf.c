@@ -451,7 +451,10 @@ static __always_inline int on_raw(struct bpf_raw_tracepoint_args *ctx, __u32 scr
  * runs every softirq on the CPU's interrupt stack and a task's changes on the task's own stack,
  * where the tracepoint's arguments (ctx) are.
  */
-#define TASK_STACK_BOUND (32 << 10) /* x86-64 task stacks: 16 KiB, 32 KiB with KASAN */
+/* x86-64 THREAD_SIZE: 16 KiB, doubled with KASAN. A bound any larger could reach the next
+ * mapping (an interrupt stack) and take a softirq for task context. */
+extern bool CONFIG_KASAN __kconfig __weak;
+#define TASK_STACK_BOUND (CONFIG_KASAN ? 32 << 10 : 16 << 10)
 static __always_inline int change_level(struct bpf_raw_tracepoint_args *ctx)
 {
 #if defined(__TARGET_ARCH_x86)
