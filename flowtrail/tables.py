@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import os
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,15 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _INT_RE = r"^[+-]?[0-9]+$"
 
 
-def read_table(path: str | os.PathLike[str], table: Table) -> pa.Table:
-    """Read one contract table from a file and validate it; raises ContractError."""
+def read_table(
+    path: str | os.PathLike[str], table: Table, *, dictionaries: Collection[str] = ()
+) -> pa.Table:
+    """Read one contract table from a file and validate it; raises ContractError.
+
+    `dictionaries`: text columns to keep dictionary-encoded, as Parquet stores columns of
+    repeating values (names, addresses, enums): no string is made per row, and validation
+    checks each distinct value once. Other formats, and other columns, are read as text.
+    """
     p = Path(path)
     name = str(p)
     if not p.exists():
@@ -41,7 +48,9 @@ def read_table(path: str | os.PathLike[str], table: Table) -> pa.Table:
     suffix = p.suffix.lower()
     try:
         if suffix in PARQUET_SUFFIXES:
-            data = pq.read_table(p)
+            data = pq.read_table(p, read_dictionary=list(dictionaries) or None)
+            if dictionaries:
+                data = data.unify_dictionaries()  # one dictionary per column, not per row group
         elif suffix in CSV_SUFFIXES:
             # Known columns are read as text and cast here, so a bad value is reported by row.
             # Only an empty cell is null: "NA", "null", "NaN" are values (a workload may be
@@ -63,11 +72,17 @@ def read_table(path: str | os.PathLike[str], table: Table) -> pa.Table:
         raise
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         raise ContractError(f"cannot read {table.name} table: {exc}", path=name) from exc
-    return validate(data, table, path=name)
+    return validate(data, table, path=name, dictionaries=dictionaries)
 
 
-def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Table:
-    """Cast known columns to contract types and check their values; extra columns untouched."""
+def validate(
+    data: pa.Table, table: Table, *, path: str | None = None, dictionaries: Collection[str] = ()
+) -> pa.Table:
+    """Cast known columns to contract types and check their values; extra columns untouched.
+
+    Text columns named in `dictionaries` that are dictionary-encoded text stay so (each
+    distinct value checked once); any other dictionary column is decoded.
+    """
     names = data.column_names
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -82,6 +97,12 @@ def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Tab
             continue
         idx = names.index(col.name)
         given = data.column(idx)
+        if col.name in dictionaries and _text_dictionary(given, col):
+            _check_values(given, col, path)
+            field = pa.field(col.name, given.type, nullable=True)
+            if data.schema.field(idx) != field:
+                data = data.set_column(idx, field, given)
+            continue
         arr = _coerce(given, col, path)
         _check_values(arr, col, path)
         if arr is not given or data.schema.field(idx) != col.field:
@@ -89,6 +110,17 @@ def validate(data: pa.Table, table: Table, *, path: str | None = None) -> pa.Tab
     for earlier, later in table.ordered:
         _check_order(data, earlier, later, path)
     return data
+
+
+def _text_dictionary(arr: pa.ChunkedArray, col: Column) -> bool:
+    """Whether `arr` is dictionary-encoded text of a text column, with no null among the
+    dictionary's values (a row is null only by its index: null_count tells)."""
+    return (
+        pa.types.is_dictionary(arr.type)
+        and pa.types.is_string(col.type)
+        and arr.type.value_type == col.type
+        and all(chunk.dictionary.null_count == 0 for chunk in arr.chunks)
+    )
 
 
 def _check_order(data: pa.Table, earlier: str, later: str, path: str | None) -> None:
@@ -172,7 +204,9 @@ def _first_failing_cast(arr: pa.ChunkedArray, want: pa.DataType) -> int:
 def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
     if col.required and arr.null_count:
         _raise_first(pc.is_null(arr), "required value is missing (null)", path, col, arr)
-    if col.kind in (Kind.PORT, Kind.TIME, Kind.COUNT):
+    if pa.types.is_dictionary(arr.type):
+        _check_distinct(arr, col, path)
+    elif col.kind in (Kind.PORT, Kind.TIME, Kind.COUNT):
         # One min/max pass; the row at fault is looked for only when there is one.
         low, high = _min_max(arr)
         if low is None or high is None:  # all null
@@ -185,8 +219,7 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
     elif col.kind is Kind.ENUM:
         bad = pc.invert(pc.is_in(arr, value_set=_choice_set(col.choices)))
         bad = pc.and_(bad, pc.is_valid(arr))
-        allowed = " or ".join(repr(c) for c in col.choices)
-        _raise_first(bad, f"must be {allowed}", path, col, arr)
+        _raise_first(bad, _choice_problem(col), path, col, arr)
     elif col.kind is Kind.IP:
         bad_values = invalid_ips(arr)
         if bad_values:
@@ -199,6 +232,45 @@ def _check_values(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
             if problem:
                 mask = pc.is_in(arr, value_set=pa.array([value]))
                 _raise_first(mask, problem, path, col, arr)
+
+
+def _check_distinct(arr: pa.ChunkedArray, col: Column, path: str | None) -> None:
+    """_check_values of dictionary-encoded text: each dictionary value is checked once; where
+    some are bad, the first row holding one is reported, as for plain text (a value no row
+    holds is no error)."""
+    if col.kind not in (Kind.ENUM, Kind.IP, Kind.CIDR):
+        return
+    values = _dictionary_values(arr)
+    if col.kind is Kind.ENUM:
+        bad = values.filter(pc.invert(pc.is_in(values, value_set=_choice_set(col.choices))))
+    elif col.kind is Kind.IP:
+        bad = pa.array(invalid_ips(values), pa.string())
+    else:
+        bad = pa.array([v for v in values.to_pylist() if _cidr_problem(v)], pa.string())
+    if not len(bad):
+        return
+    m = pc.fill_null(pc.is_in(arr, value_set=bad), False).to_numpy(zero_copy_only=False)
+    if not m.any():
+        return
+    row = int(np.flatnonzero(m)[0])
+    value = arr[row].as_py()
+    problem = {Kind.ENUM: _choice_problem(col), Kind.IP: _ip_problem(value)}
+    message = problem.get(col.kind) or _cidr_problem(value)
+    raise ContractError(f"{message} (value {value!r})", path=path, row=row + 1, column=col.name)
+
+
+def _dictionary_values(arr: pa.ChunkedArray) -> pa.Array:
+    """The distinct values of a dictionary-encoded column's dictionaries (chunks read from one
+    file share theirs: each is taken once)."""
+    parts: list[pa.Array] = []
+    for chunk in arr.chunks:
+        if not parts or not chunk.dictionary.equals(parts[-1]):
+            parts.append(chunk.dictionary)
+    return pc.unique(pa.chunked_array(parts, arr.type.value_type))
+
+
+def _choice_problem(col: Column) -> str:
+    return "must be " + " or ".join(repr(c) for c in col.choices)
 
 
 @functools.cache
@@ -268,17 +340,42 @@ def _raise_first(
     raise ContractError(f"{message} (value {shown!r})", path=path, row=row + 1, column=col.name)
 
 
+# Rows per Parquet row group: pyarrow's default, and the unit a table with dictionary columns
+# is decoded in while it is written.
+ROW_GROUP_ROWS = 1 << 20
+
+
 def write_table(data: pa.Table, path: str | os.PathLike[str]) -> None:
-    """Write Parquet atomically: a reader never sees a half-written file at `path`."""
+    """Write Parquet atomically: a reader never sees a half-written file at `path`.
+
+    Dictionary-encoded columns are written as their values (a reader gets the types the
+    contract gives them), decoded one row group at a time, so the whole table is never held
+    as text.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    plain = decoded_schema(data.schema)
     try:
-        pq.write_table(data, tmp, compression="snappy")
+        if plain == data.schema:
+            pq.write_table(data, tmp, compression="snappy")
+        else:
+            with pq.ParquetWriter(tmp, plain, compression="snappy") as writer:
+                for start in range(0, max(data.num_rows, 1), ROW_GROUP_ROWS):
+                    part = data.slice(start, ROW_GROUP_ROWS).cast(plain)
+                    writer.write_table(part, row_group_size=ROW_GROUP_ROWS)
         os.replace(tmp, p)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def decoded_schema(schema: pa.Schema) -> pa.Schema:
+    """`schema` with each dictionary column typed as its values."""
+    fields = [
+        f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema
+    ]
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def write_batches(

@@ -34,6 +34,8 @@ from flowtrail.jit import compiled
 I64 = npt.NDArray[np.int64]
 I32 = npt.NDArray[np.int32]
 I8 = npt.NDArray[np.int8]
+U64 = npt.NDArray[np.uint64]
+B = npt.NDArray[np.bool_]
 
 
 @dataclass
@@ -101,60 +103,99 @@ def _tuple_hash(a_key, a_port, b_key, b_port):  # type: ignore[no-untyped-def]
 
 
 @compiled
-def _peer_candidates(lk, lp, rk_, rp, pair, evidence, arr_t, owner, exporter, tol):  # type: ignore[no-untyped-def]
-    """Per flow, the rows the pairing rule admits as its other end: CSR (ptr, row) plus each
-    candidate's arrival tick, owner and exporter, laid out for the sweep to read in order.
+def _connection_keys(lk, lp, rk_, rp, row_bits):  # type: ignore[no-untyped-def]
+    """Per row: the hash of its connection's 4-tuple, the same whichever end wrote the row,
+    in the high bits, and the row number in the low `row_bits` (sorted, rows of one
+    connection come together, in arrival order)."""
+    shift = np.uint64(row_bits)
+    out = np.empty(len(lk), np.uint64)
+    for i in range(len(lk)):
+        if lk[i] < rk_[i] or (lk[i] == rk_[i] and lp[i] <= rp[i]):
+            h = _tuple_hash(lk[i], lp[i], rk_[i], rp[i])
+        else:
+            h = _tuple_hash(rk_[i], rp[i], lk[i], lp[i])
+        out[i] = ((h >> shift) << shift) | np.uint64(i)
+    return out
 
-    A chained hash table of the evidence rows by 4-tuple; each flow probes its reversed
-    4-tuple and checks the tuple exactly (a hash collision never pairs) and the pair times.
-    """
-    n = len(lk)
-    size = 16
-    while size < 2 * np.count_nonzero(evidence):
-        size *= 2
-    m = np.uint64(size - 1)
-    # slot: (hash, first row of its chain), side by side: one cache miss per probe
-    table = np.full((size, 2), -1, np.int64)
-    nxt = np.full(n, -1, np.int64)
-    for i in range(n - 1, -1, -1):  # chains in arrival order
-        if not evidence[i]:
-            continue
-        h = np.int64(_tuple_hash(lk[i], lp[i], rk_[i], rp[i]))
-        s = np.uint64(h) & m
-        while table[s, 1] >= 0 and table[s, 0] != h:
-            s = (s + np.uint64(1)) & m
-        table[s, 0] = h
-        nxt[i] = table[s, 1]
-        table[s, 1] = i
+
+@compiled
+def _match_groups(keys, row_bits, lk, lp, rk_, rp, pair, evidence, tol):  # type: ignore[no-untyped-def]
+    """Over rows in `keys` order (the per-row arrays given in that order too): CSR (ptr, the
+    position of each candidate) of the rows the pairing rule admits as each row's other end.
+    Only rows of one group (one connection's hash) are compared, and the tuple exactly: a
+    hash collision never pairs."""
+    n = len(keys)
+    shift = np.uint64(row_bits)
     ptr = np.zeros(n + 1, np.int64)
     out = np.empty(max(16, n), np.int64)
     cnt = 0
+    a = 0
+    while a < n:
+        b = a + 1
+        while b < n and (keys[b] >> shift) == (keys[a] >> shift):
+            b += 1
+        for x in range(a, b):
+            for y in range(a, b):
+                if (
+                    evidence[y] and lk[y] == rk_[x] and lp[y] == rp[x] and rk_[y] == lk[x]
+                    and rp[y] == lp[x] and abs(pair[y] - pair[x]) <= tol
+                ):  # fmt: skip
+                    if cnt == len(out):
+                        grown = np.empty(2 * cnt, np.int64)
+                        grown[:cnt] = out
+                        out = grown
+                    out[cnt] = y
+                    cnt += 1
+            ptr[x + 1] = cnt
+        a = b
+    return ptr, out[:cnt]
+
+
+@compiled
+def _by_row(order, ptr, found, arr_t, owner, exporter):  # type: ignore[no-untyped-def]
+    """_match_groups' CSR by row (arrival order) instead of position, with each candidate's
+    row, arrival tick, owner and exporter, laid out for the sweep to read in order."""
+    n = len(order)
+    pos = np.empty(n, np.int64)
+    for x in range(n):
+        pos[order[x]] = x
+    r_ptr = np.zeros(n + 1, np.int64)
+    rows = np.empty(len(found), np.int64)
+    c_t = np.empty(len(found), np.int64)
+    c_owner = np.empty(len(found), np.int32)
+    c_exp = np.empty(len(found), np.int32)
+    cnt = 0
     for i in range(n):
-        h = np.int64(_tuple_hash(rk_[i], rp[i], lk[i], lp[i]))
-        s = np.uint64(h) & m
-        while table[s, 1] >= 0 and table[s, 0] != h:
-            s = (s + np.uint64(1)) & m
-        r = table[s, 1]
-        while r >= 0:
-            if (
-                lk[r] == rk_[i] and lp[r] == rp[i] and rk_[r] == lk[i] and rp[r] == lp[i]
-                and abs(pair[r] - pair[i]) <= tol
-            ):  # fmt: skip
-                if cnt == len(out):
-                    grown = np.empty(2 * cnt, np.int64)
-                    grown[:cnt] = out
-                    out = grown
-                out[cnt] = r
-                cnt += 1
-            r = nxt[r]
-        ptr[i + 1] = cnt
-    rows = out[:cnt]
-    c_t = np.empty(cnt, np.int64)
-    c_owner = np.empty(cnt, np.int32)
-    c_exp = np.empty(cnt, np.int32)
-    for j in range(cnt):
-        c_t[j], c_owner[j], c_exp[j] = arr_t[rows[j]], owner[rows[j]], exporter[rows[j]]
-    return ptr, rows, c_t, c_owner, c_exp
+        x = pos[i]
+        for j in range(ptr[x], ptr[x + 1]):
+            r = order[found[j]]
+            rows[cnt] = r
+            c_t[cnt], c_owner[cnt], c_exp[cnt] = arr_t[r], owner[r], exporter[r]
+            cnt += 1
+        r_ptr[i + 1] = cnt
+    return r_ptr, rows, c_t, c_owner, c_exp
+
+
+def peer_candidates(
+    lk: U64, lp: I32, rk_: U64, rp: I32, pair: I64, evidence: B, arr_t: I64, owner: I32,
+    exporter: I32, tol: int,
+) -> tuple[I64, I64, I64, I32, I32]:  # fmt: skip
+    """Per flow, the rows the pairing rule admits as its other end, in arrival order: CSR
+    (ptr, row) plus each candidate's arrival tick, owner and exporter.
+
+    Rows sorted by their connection's hash (one sort of plain integers) bring both ends of
+    every connection together; each group is then matched in cache, instead of probing a
+    hash table at random per row.
+    """
+    row_bits = max(len(lk) - 1, 1).bit_length()
+    keys = _connection_keys(lk, lp, rk_, rp, row_bits)
+    keys.sort()
+    order = (keys & np.uint64((1 << row_bits) - 1)).astype(np.int64)
+    ptr, found = _match_groups(
+        keys, row_bits, lk[order], lp[order], rk_[order], rp[order], pair[order],
+        evidence[order], tol,
+    )  # fmt: skip
+    return _by_row(order, ptr, found, arr_t, owner, exporter)  # type: ignore[no-any-return]
 
 
 def batch_decisions(
@@ -196,11 +237,10 @@ def batch_decisions(
     trl, trr, n_tr = _dense_ids(local_key, translating, remote_key)
 
     if s.use_peers and evidence.any():
-        c_ptr, _c_row, c_t, c_owner, c_exp = _peer_candidates(
+        c_ptr, c_row, c_t, c_owner, c_exp = peer_candidates(
             local_key, local_port, remote_key, remote_port, pair, evidence, arr_t, owner,
             exporter, s.peer_tolerance_ns,
         )  # fmt: skip
-        c_row = _c_row
     else:
         c_ptr, c_row = np.zeros(n + 1, np.int64), np.empty(0, np.int64)
         c_t, c_owner, c_exp = c_row, np.empty(0, np.int32), np.empty(0, np.int32)

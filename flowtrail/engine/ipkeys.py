@@ -131,7 +131,7 @@ class IpKeys:
         texts = pc.binary_join_element_wise(
             pa.scalar(prefix), pc.cast(pc.take(scope, taken), pa.string()), "|", ""
         )
-        texts = pc.binary_join_element_wise(texts, pc.take(values, taken), "")
+        texts = pc.binary_join_element_wise(texts, pc.cast(pc.take(values, taken), pa.string()), "")
         encoded = pc.dictionary_encode(texts)
         idx = encoded.indices.to_numpy(zero_copy_only=False)
         first = np.full(len(encoded.dictionary), -1, np.int64)

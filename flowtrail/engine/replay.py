@@ -34,10 +34,17 @@ from flowtrail.errors import ContractError
 from flowtrail.schema import (
     ATTRIBUTION_COLUMNS,
     DEFAULT_RECEIVE_DELAY_NS,
+    FLOWS,
     LISTENING,
     SOURCES,
     UNATTRIBUTED_REASON,
     UNATTRIBUTED_REASONS,
+)
+
+# The flows table's text columns whose values repeat (names, addresses, enums): `flowtrail
+# attribute` reads them as the dictionaries Parquet stores them in.
+REPEATING_TEXT = tuple(
+    c.name for c in FLOWS.columns if c.type == pa.string() and c.name != "flow_id"
 )
 
 I64 = npt.NDArray[np.int64]
@@ -382,26 +389,37 @@ def _region_summary(
     if regions is None or regions.num_rows == 0:
         return {}
     rmap = RegionMap(regions)
-    remote_region = rmap.lookup(remote_key, ipkeys)
     col = _col(flows, "region")
     fallback = default_region or ""
-    exporter_region = (
-        pc.fill_null(col, fallback) if col is not None else pa.array([fallback] * flows.num_rows)
-    )
-    remote_names = pc.take(
-        pa.array([*rmap.names, None], type=pa.string()),
-        pa.array(np.where(remote_region < 0, len(rmap.names), remote_region)),
-    )
-    pairs = pa.table({"from": exporter_region, "to": remote_names})
-    counts = pairs.group_by(["from", "to"]).aggregate([([], "count_all")]).to_pylist()
+    # Rows counted per (exporter's region, remote address) first: the prefixes are matched
+    # once per distinct address, not per row.
+    if col is None:
+        names: list[str | None] = [fallback]
+        codes = pa.array(np.zeros(flows.num_rows, np.int32))
+    else:
+        encoded = col.combine_chunks()
+        if not pa.types.is_dictionary(encoded.type):
+            encoded = pc.dictionary_encode(encoded)
+        names = [*encoded.dictionary.to_pylist(), fallback]
+        codes = pc.fill_null(encoded.indices, len(names) - 1)
+    pairs = pa.table({"from": codes, "key": remote_key})
+    counts = pairs.group_by(["from", "key"]).aggregate([([], "count_all")])
+    keys = np.asarray(counts.column("key").to_numpy(), np.uint64)
+    source = np.asarray(counts.column("from").to_numpy(), np.int64)
+    rows = np.asarray(counts.column("count_all").to_numpy(), np.int64)
+    to = rmap.lookup(keys, ipkeys).astype(np.int64)
+    known = to >= 0
+    unknown = int(rows[~known].sum())
+    # then per (exporter's region, remote region): a handful of pairs
+    pair, at = np.unique(source[known] * len(rmap.names) + to[known], return_inverse=True)
+    per_pair = np.zeros(len(pair), np.int64)
+    np.add.at(per_pair, at, rows[known])
     handed: dict[str, int] = {}
-    unknown = 0
-    for row in counts:
-        if row["to"] is None:
-            unknown += row["count_all"]
-        elif row["from"] != row["to"]:
-            key = f"{row['from'] or '?'}->{row['to']}"
-            handed[key] = handed.get(key, 0) + row["count_all"]
+    for p, count in zip(pair.tolist(), per_pair.tolist(), strict=True):
+        came_from, went_to = names[p // len(rmap.names)], rmap.names[p % len(rmap.names)]
+        if came_from != went_to:
+            key = f"{came_from or '?'}->{went_to}"
+            handed[key] = handed.get(key, 0) + count
     return {"handed_to_other_region": dict(sorted(handed.items())), "remote_in_no_region": unknown}
 
 

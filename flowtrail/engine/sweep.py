@@ -48,7 +48,7 @@ def _emit(ts, te, to, tx, cnt, a, b, o, x):  # type: ignore[no-untyped-def]
 
 
 @compiled
-def insert_claim(rs, re, ro, rx, kstart, kcap, kbase, klen, used, k, s, e, o, x):  # type: ignore[no-untyped-def]
+def insert_claim(rs, re, ro, rx, kstart, kcap, kbase, klen, used, k, s, e, o, x, scratch):  # type: ignore[no-untyped-def]
     """Add one claim (owner o on exporter x over [s, e)) to address k's runs.
 
     Each address's runs are what OwnershipRanges keeps: sorted, non-overlapping, maximal
@@ -75,10 +75,13 @@ def insert_claim(rs, re, ro, rx, kstart, kcap, kbase, klen, used, k, s, e, o, x)
     while j < top and rs[j] < e:
         j += 1
     size = 2 * (j - i) + 3
-    ts = np.empty(size, np.int64)
-    te = np.empty(size, np.int64)
-    to = np.empty(size, np.int32)
-    tx = np.empty(size, np.int32)
+    if size <= len(scratch[0]):  # the new runs, built aside: no allocation per claim
+        ts, te, to, tx = scratch
+    else:
+        ts = np.empty(size, np.int64)
+        te = np.empty(size, np.int64)
+        to = np.empty(size, np.int32)
+        tx = np.empty(size, np.int32)
     cnt = 0
     cur = s
     for q in range(i, j):
@@ -208,6 +211,10 @@ def run(  # type: ignore[no-untyped-def]
     re = np.empty(cap, np.int64)
     ro = np.empty(cap, np.int32)
     rx = np.empty(cap, np.int32)
+    scratch = (
+        np.empty(64, np.int64), np.empty(64, np.int64), np.empty(64, np.int32),
+        np.empty(64, np.int32),
+    )  # fmt: skip
     kstart = np.zeros(nkeys, np.int64)
     kcap = np.zeros(nkeys, np.int64)
     kbase = np.zeros(nkeys, np.int64)
@@ -268,7 +275,7 @@ def run(  # type: ignore[no-untyped-def]
             if ck[p] >= 0:
                 rs, re, ro, rx, used = insert_claim(
                     rs, re, ro, rx, kstart, kcap, kbase, klen, used, ck[p], start[p], end[p],
-                    owner[p], exporter[p],
+                    owner[p], exporter[p], scratch,
                 )  # fmt: skip
                 if use_peers:
                     peer_added += 1

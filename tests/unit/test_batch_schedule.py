@@ -12,17 +12,20 @@ networks), and short retentions that evict.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flowtrail.engine import replay as replay_mod
 from flowtrail.engine.attributor import Settings
-from flowtrail.engine.replay import replay
+from flowtrail.engine.replay import REPEATING_TEXT, ReplayResult, replay
 from flowtrail.sim.scenarios import SCENARIOS
 from flowtrail.sim.simulation import simulate
+from flowtrail.tables import write_table
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -219,3 +222,24 @@ def test_random_inputs_decide_identically() -> None:
     # Only fallbacks onto events the feed may have forgotten go to the streaming engine;
     # these cases are built to forget (short retentions, events minutes late).
     assert own >= cases // 4
+
+
+def test_dictionary_encoded_input_decides_and_writes_identically(tmp_path: Path) -> None:
+    """`flowtrail attribute` reads names, addresses and enums as the dictionaries Parquet
+    stores them in, and writes them back as text: the file it writes holds what the
+    streaming engine decides on the same rows read as plain text."""
+    for seed in range(25):
+        flows, events, settings, tick = random_input(seed)
+        path = tmp_path / "flows.parquet"
+        pq.write_table(flows, path)
+        plain = pq.read_table(path)  # as read_table gives them, unvalidated (random rows)
+        encoded = pq.read_table(path, read_dictionary=REPEATING_TEXT).unify_dictionaries()
+        assert pa.types.is_dictionary(encoded.schema.field("local_ip").type)
+        stream = replay(plain, events, settings=settings, tick_ns=tick, schedule="stream")
+        batch = replay(encoded, events, settings=settings, tick_ns=tick, schedule="batch")
+        write_table(batch.table, tmp_path / "out.parquet")
+        written = ReplayResult(pq.read_table(tmp_path / "out.parquet"), batch.summary)
+        try:
+            assert_same(stream, written)
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {exc}") from None

@@ -161,3 +161,48 @@ def test_large_string_dictionary_and_narrow_ints_are_accepted() -> None:
     assert out.schema.field("state").type == pa.string()
     assert out.schema.field("start_ns").type == pa.int64()
     assert out.column("exporter").to_pylist() == ["h1"] * 3
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"remote_ip": "10.0.0.999"},
+        {"local_ip": "2001:DB8::1"},
+        {"direction": "sideways"},
+        {"exporter": None},
+    ],
+)
+def test_dictionary_columns_report_what_text_columns_report(
+    tmp_path: Path, change: dict[str, object]
+) -> None:
+    rows = flow_rows(5)
+    rows[3].update(change)
+    rows[4].update(change)
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    texts = [c.name for c in FLOWS.columns if c.type == pa.string()]
+    with pytest.raises(ContractError) as plain:
+        read_table(path, FLOWS)
+    with pytest.raises(ContractError) as encoded:
+        read_table(path, FLOWS, dictionaries=texts)
+    assert str(encoded.value) == str(plain.value)
+    assert "row 4" in str(plain.value)
+
+
+def test_dictionary_columns_stay_encoded_and_are_written_as_text(tmp_path: Path) -> None:
+    rows = flow_rows(4)
+    table = pa.Table.from_pylist(rows)
+    # A dictionary value no row holds is no error (a writer may keep one).
+    ips = pa.DictionaryArray.from_arrays(
+        pa.array([0, 1, 0, 1], pa.int32()), pa.array(["10.0.0.1", "10.0.0.2", "not an ip"])
+    )
+    table = table.set_column(table.schema.get_field_index("local_ip"), "local_ip", ips)
+    path = tmp_path / "f.parquet"
+    pq.write_table(table, path)
+    got = read_table(path, FLOWS, dictionaries=("local_ip", "exporter"))
+    assert pa.types.is_dictionary(got.schema.field("local_ip").type)
+    assert got.column("local_ip").to_pylist() == ["10.0.0.1", "10.0.0.2"] * 2
+    write_table(got, tmp_path / "out.parquet")
+    back = pq.read_table(tmp_path / "out.parquet")
+    assert back.schema.field("local_ip").type == pa.string()
+    assert back.equals(read_table(path, FLOWS).cast(back.schema))
