@@ -73,7 +73,7 @@ def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
     slot_key = np.empty(size, np.uint64)
     slot_id = np.full(size, -1, np.int64)
     m = np.uint64(size - 1)
-    ids = np.full(len(keys), -1, np.int64)
+    ids = np.full(len(keys), -1, np.int32)
     count = 0
     for i in range(len(keys)):
         if not mask[i]:
@@ -85,7 +85,7 @@ def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
             slot_key[s], slot_id[s] = keys[i], count
             count += 1
         ids[i] = slot_id[s]
-    out = np.full(len(queries), -1, np.int64)
+    out = np.full(len(queries), -1, np.int32)
     for i in range(len(queries)):
         s = _mix(queries[i]) & m
         while slot_id[s] >= 0:
@@ -250,7 +250,7 @@ def batch_decisions(
     e_assign = np.empty(0, bool)
     e_owner = np.empty(0, np.int32)
     e_seen = np.empty(0, np.int64)
-    e_lo = e_hi = np.zeros(n, np.int64)
+    e_lo = e_hi = np.zeros(n, np.int32)  # int32 per flow: the sweep's largest inputs
     eb_start = eb_end = np.empty(0, np.int64)
     n_events = 0
     if events is not None and events.num_rows:
@@ -272,8 +272,8 @@ def batch_decisions(
         e_seen = grid(ev_recv[by], tick_ns)
         eb_start = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).astype(np.int64)
         eb_end = np.append(eb_start[1:], len(key)).astype(np.int64)
-        e_lo = np.searchsorted(key, remote_key, side="left").astype(np.int64)
-        e_hi = np.searchsorted(key, remote_key, side="right").astype(np.int64)
+        e_lo = np.searchsorted(key, remote_key, side="left").astype(np.int32)
+        e_hi = np.searchsorted(key, remote_key, side="right").astype(np.int32)
         ticks = np.union1d(ticks, e_seen)
 
     use_events = s.use_events and n_events > 0

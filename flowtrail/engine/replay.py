@@ -132,7 +132,7 @@ def received_times(flows: pa.Table) -> I64:
 
 def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any]:
     """The engine's view of a contract flows table as plain arrays, keyed as FlowArrays.build
-    takes them (remote side NAT-resolved)."""
+    takes them but for `row` (remote side NAT-resolved)."""
     nat_ip = _col(flows, "nat_remote_ip")
     nat_port = _col(flows, "nat_remote_port")
     exporter = flows.column("exporter")
@@ -148,7 +148,6 @@ def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any
     n = flows.num_rows
     translating = _col(flows, "local_translating")
     return {
-        "row": np.arange(n, dtype=np.int64),
         "local_key": scopes.local_keys(flows, ipkeys),
         "local_port": np.asarray(flows.column("local_port").to_numpy(), dtype=np.int32),
         "remote_key": scopes.remote_keys(flows, ipkeys, remote_ip),
@@ -168,7 +167,7 @@ def flow_columns(flows: pa.Table, ipkeys: IpKeys, names: Names) -> dict[str, Any
 
 def flow_arrays(flows: pa.Table, ipkeys: IpKeys, names: Names) -> FlowArrays:
     """The engine's view of a contract flows table (remote side NAT-resolved)."""
-    return FlowArrays.build(**flow_columns(flows, ipkeys, names))
+    return FlowArrays.build(row=np.arange(flows.num_rows), **flow_columns(flows, ipkeys, names))
 
 
 def listening_rows(flows: pa.Table) -> npt.NDArray[np.bool_]:
@@ -242,15 +241,16 @@ def replay(
         counts["unattributed"] = unattributed_by_reason(source, reason)
         waited = decided - received
     else:
-        fa = FlowArrays.build(**cols)
+        fa = FlowArrays.build(row=np.arange(len(received)), **cols)
         if progress is not None and schedule == "batch":
             progress("replay: this input needs the streaming schedule")
         owner, source, decided, waited, reason, counts = _stream(
             fa, events, ipkeys, names, settings, tick_ns, progress
         )
 
-    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
     heard = cols["listening"]
+    cols.clear()  # the engine's view of the rows: freed before the output is built
+    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
     if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
         out = out.filter(pa.array(~heard))
         source, waited = source[~heard], waited[~heard]
