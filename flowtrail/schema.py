@@ -167,6 +167,9 @@ FLOWS = Table(
     ),
     ordered=(("start_ns", "end_ns"), ("start_ns", "established_ns")),
 )
+# The flows' text columns whose values repeat (names, addresses, enums; not flow_id): what a
+# reader may keep dictionary-encoded, as Parquet stores them.
+FLOWS_REPEATING_TEXT = tuple(c.name for c in FLOWS.columns if c.type == S and c.name != "flow_id")
 
 EVENTS = Table(
     "events",

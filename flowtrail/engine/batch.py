@@ -208,7 +208,8 @@ def batch_decisions(
 ) -> BatchDecisions | None:
     """Decide every flow as the streaming replay does; None where it must do it itself.
 
-    `cols`: replay.flow_columns of the flows table.
+    `cols`: replay.flow_columns of the flows table. Once it has read them, it drops all but
+    received, remote_key and listening (to the caller: rebuild them to fall back).
     """
     s = settings
     if s.method != "heartbeat" or cols["listening"].any():
@@ -285,6 +286,12 @@ def batch_decisions(
         ],
         np.int64,
     )  # fmt: skip
+    n_evidence = int(np.count_nonzero(evidence))
+    # What the sweep does not read goes now: the rows' columns are not held twice over the
+    # sweep (the caller builds them again in the rare case it must fall back).
+    del local_key, remote_key, local_port, remote_port, pair, translating, evidence
+    for name in [c for c in cols if c not in ("received", "remote_key", "listening")]:
+        del cols[name]
     out_owner = np.full(n, -1, np.int32)
     out_source = np.full(n, UNATTRIBUTED, np.int8)
     out_reason = np.zeros(n, np.int8)
@@ -310,7 +317,7 @@ def batch_decisions(
         decided=out_decided,
         counters={
             "flows_in": n,
-            "evidence_rows": int(np.count_nonzero(evidence)),
+            "evidence_rows": n_evidence,
             "listening_rows": 0,
             "events_in": n_events,
             "waited_flows": int(counters[sweep.C_WAITED]),

@@ -120,13 +120,18 @@ def attribute(
     """
     if tick <= 0:
         raise click.BadParameter("must be positive", param_hint="--tick")
-    from flowtrail.engine.attributor import Settings
-    from flowtrail.engine.replay import REPEATING_TEXT, replay, stderr_progress
-    from flowtrail.schema import EVENTS, FLOWS, REGIONS
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flowtrail.schema import EVENTS, FLOWS, FLOWS_REPEATING_TEXT, REGIONS
     from flowtrail.tables import read_table, write_table
 
     out = make_parent("--out", out_path)
-    flows = read_table(flows_path, FLOWS, dictionaries=REPEATING_TEXT)
+    with ThreadPoolExecutor(1) as pool:  # Parquet decodes without the GIL: the engine loads
+        reading = pool.submit(read_table, flows_path, FLOWS, dictionaries=FLOWS_REPEATING_TEXT)
+        from flowtrail.engine.attributor import Settings
+        from flowtrail.engine.replay import replay, stderr_progress
+
+        flows = reading.result()
     return_freed_memory()
     events = read_table(events_path, EVENTS) if events_path else None
     regions = read_table(regions_path, REGIONS) if regions_path else None

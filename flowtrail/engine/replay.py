@@ -34,17 +34,10 @@ from flowtrail.errors import ContractError
 from flowtrail.schema import (
     ATTRIBUTION_COLUMNS,
     DEFAULT_RECEIVE_DELAY_NS,
-    FLOWS,
     LISTENING,
     SOURCES,
     UNATTRIBUTED_REASON,
     UNATTRIBUTED_REASONS,
-)
-
-# The flows table's text columns whose values repeat (names, addresses, enums): `flowtrail
-# attribute` reads them as the dictionaries Parquet stores them in.
-REPEATING_TEXT = tuple(
-    c.name for c in FLOWS.columns if c.type == pa.string() and c.name != "flow_id"
 )
 
 I64 = npt.NDArray[np.int64]
@@ -241,6 +234,8 @@ def replay(
         counts["unattributed"] = unattributed_by_reason(source, reason)
         waited = decided - received
     else:
+        if "local_key" not in cols:  # the batch schedule read them and let them go
+            cols = flow_columns(flows, ipkeys, names)
         fa = FlowArrays.build(row=np.arange(len(received)), **cols)
         if progress is not None and schedule == "batch":
             progress("replay: this input needs the streaming schedule")

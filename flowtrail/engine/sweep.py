@@ -151,6 +151,12 @@ def insert_claim(rs, re, ro, rx, kstart, kcap, kbase, klen, used, k, s, e, o, x,
 
 @compiled
 def _heap_push(hk, hv, size, key, value):  # type: ignore[no-untyped-def]
+    """Push (key, value); returns the heap's arrays (doubled when full) and its size."""
+    if size == len(hk):
+        grown_k = np.empty(2 * size, np.int64)
+        grown_v = np.empty(2 * size, np.int64)
+        grown_k[:size], grown_v[:size] = hk, hv
+        hk, hv = grown_k, grown_v
     i = size
     hk[i], hv[i] = key, value
     while i > 0:
@@ -160,7 +166,7 @@ def _heap_push(hk, hv, size, key, value):  # type: ignore[no-untyped-def]
         hk[parent], hk[i] = hk[i], hk[parent]
         hv[parent], hv[i] = hv[i], hv[parent]
         i = parent
-    return size + 1
+    return hk, hv, size + 1
 
 
 @compiled
@@ -227,8 +233,8 @@ def run(  # type: ignore[no-untyped-def]
     deadline = np.empty(n, np.int64)
     conflict = np.zeros(n, np.bool_)
     extended = np.zeros(n, np.bool_)
-    hk = np.empty(max(n, 1), np.int64)
-    hv = np.empty(max(n, 1), np.int64)
+    hk = np.empty(1024, np.int64)  # flows waiting on for the event feed: grows as they come
+    hv = np.empty(1024, np.int64)
     hsize = 0
     woken_at = np.full(n, -1, np.int64)
     cand = np.empty(max(n, 16), np.int64)
@@ -389,7 +395,7 @@ def run(  # type: ignore[no-untyped-def]
                         deadline[p] = d
                         extended[p] = True
                         counters[C_WAITED_FOR_EVENTS] += 1
-                        hsize = _heap_push(hk, hv, hsize, d, p)
+                        hk, hv, hsize = _heap_push(hk, hv, hsize, d, p)
                     if pass_no == 0 and ci >= n_retry:
                         counters[C_WAITED] += 1
                     continue

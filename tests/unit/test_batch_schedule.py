@@ -22,7 +22,8 @@ import pytest
 
 from flowtrail.engine import replay as replay_mod
 from flowtrail.engine.attributor import Settings
-from flowtrail.engine.replay import REPEATING_TEXT, ReplayResult, replay
+from flowtrail.engine.replay import ReplayResult, replay
+from flowtrail.schema import FLOWS_REPEATING_TEXT
 from flowtrail.sim.scenarios import SCENARIOS
 from flowtrail.sim.simulation import simulate
 from flowtrail.tables import write_table
@@ -233,7 +234,7 @@ def test_dictionary_encoded_input_decides_and_writes_identically(tmp_path: Path)
         path = tmp_path / "flows.parquet"
         pq.write_table(flows, path)
         plain = pq.read_table(path)  # as read_table gives them, unvalidated (random rows)
-        encoded = pq.read_table(path, read_dictionary=REPEATING_TEXT).unify_dictionaries()
+        encoded = pq.read_table(path, read_dictionary=FLOWS_REPEATING_TEXT).unify_dictionaries()
         assert pa.types.is_dictionary(encoded.schema.field("local_ip").type)
         stream = replay(plain, events, settings=settings, tick_ns=tick, schedule="stream")
         batch = replay(encoded, events, settings=settings, tick_ns=tick, schedule="batch")
