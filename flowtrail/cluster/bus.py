@@ -64,6 +64,11 @@ FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed 
 REASON = "Flowtrail-Reason"  # dead letters: why the batch was put aside
 NODE = "Flowtrail-Node"  # dead letters: the node (incarnation) that put it aside
 PIECE = "Flowtrail-Piece"  # dead letters: "i/n" when a body too big for one message is split
+# Split by connection (NodeConfig.partitions): a runs message on the evidence stream names the
+# rows messages of its batch, "<P>:<p>=<seq>,...", P the region's partition count and seq the
+# rows stream's sequence of partition p's rows; and its rows' largest received_ns (the clock).
+ROWS = "Flowtrail-Rows"
+RECEIVED = "Flowtrail-Received"
 WORK_DURABLE = "collectors"
 JETSTREAM_NOT_ENABLED = 10039  # a 503 like an election's, but retrying never helps
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -270,6 +275,25 @@ class Bus:
     def evidence_stream(self, region: str) -> str:
         return f"{self.config.prefix}_evidence_{check_region(region)}"
 
+    def rows_subject(self, region: str, partition: int) -> str:
+        return f"{self.config.prefix}.rows.{check_region(region)}.{partition}"
+
+    def rows_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_rows_{check_region(region)}"
+
+    def members_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_members_{check_region(region)}"
+
+    def member_subject(self, region: str, incarnation: str) -> str:
+        # hex: an incarnation may hold characters a subject token may not
+        return f"{self.config.prefix}.members.{check_region(region)}.{incarnation.encode().hex()}"
+
+    def progress_stream(self, region: str) -> str:
+        return f"{self.config.prefix}_progress_{check_region(region)}"
+
+    def progress_subject(self, region: str, partition: int) -> str:
+        return f"{self.config.prefix}.progress.{check_region(region)}.{partition}"
+
     # -- connection ----------------------------------------------------------------------
 
     @property
@@ -387,6 +411,99 @@ class Bus:
                         f"{exc} (an existing stream keeps its settings: --replicas, "
                         "--evidence-retention and --nats-prefix must match it, or delete it)"
                     ) from exc
+
+    async def ensure_partition_streams(
+        self, region: str, partitions: int, member_ttl_ns: int, attempts: int = 50
+    ) -> None:
+        """The streams of a region split by connection (docs/cluster.md):
+
+        - rows (`<prefix>.rows.<region>.<p>`): each batch's rows, one message per partition,
+          kept as long as evidence (runs messages point at them by sequence);
+        - members (`<prefix>.members.<region>.<node>`): one message per live node, renewed
+          well within `member_ttl_ns`, the stream's max age: a node that stops renewing
+          (kill -9) drops out when its last message expires;
+        - progress (`<prefix>.progress.<region>.<p>`): per partition, the evidence sequence
+          below which every decided row was written, so a node taking a partition over does
+          not write those rows again.
+        The partition count is kept in the rows stream's description; a node configured with
+        another count is refused (partitions would be owned twice or never).
+        """
+        c = self.config
+        described = f"partitions={partitions}"
+        for name, subject, age, per_subject, description in (
+            (
+                self.rows_stream(region),
+                f"{c.prefix}.rows.{region}.*",
+                c.evidence_retention_ns,
+                -1,
+                described,
+            ),
+            (
+                self.members_stream(region),
+                f"{c.prefix}.members.{region}.*",
+                member_ttl_ns,
+                1,
+                None,
+            ),
+            (self.progress_stream(region), f"{c.prefix}.progress.{region}.*", 0, 1, None),
+        ):
+            cfg = StreamConfig(
+                name=name,
+                subjects=[subject],
+                storage=StorageType.FILE,
+                num_replicas=c.replicas,
+                max_age=age / SECOND,
+                max_msgs_per_subject=per_subject,
+                duplicate_window=min(c.duplicate_window_ns, age or c.duplicate_window_ns) / SECOND,
+                discard=DiscardPolicy.OLD,
+                description=description,
+            )
+            try:
+                await self._retry(lambda cfg=cfg: self.js.add_stream(cfg), attempts, name)
+            except InputError as exc:
+                raise InputError(
+                    f"{exc} (an existing stream keeps its settings: --partitions, "
+                    "--member-ttl, --replicas and --evidence-retention must match it)"
+                ) from exc
+
+    async def get_rows(self, region: str, seq: int) -> bytes | None:
+        """A rows message by its sequence; None once it has aged out of the stream."""
+        stream = self.rows_stream(region)
+
+        async def get() -> bytes | None:
+            try:
+                msg = await self.js.get_msg(stream, seq)
+            except NotFoundError:
+                return None
+            return bytes(msg.data or b"")
+
+        got: bytes | None = await self._retry(get, 50, f"rows {seq} of {stream}")
+        return got
+
+    async def members(self, region: str) -> list[str]:
+        """The incarnations of the region's live nodes (their member messages not expired)."""
+        stream = self.members_stream(region)
+        info = await self._retry(
+            lambda: self.js.stream_info(stream, subjects_filter=">"), 50, f"members of {region}"
+        )
+        subjects = info.state.subjects or {}
+        return sorted(bytes.fromhex(s.rsplit(".", 1)[1]).decode() for s in subjects)
+
+    async def progress(self, region: str, partitions: int) -> list[int]:
+        """Per partition, the evidence sequence below which its rows were written (0: none)."""
+        done = [0] * partitions
+        for p in range(partitions):
+            subject = self.progress_subject(region, p)
+
+            async def last(subject: str = subject) -> int:
+                try:
+                    msg = await self.js.get_msg(self.progress_stream(region), subject=subject)
+                except NotFoundError:
+                    return 0
+                return int(msg.data or b"0")
+
+            done[p] = await self._retry(last, 50, f"progress of {subject}")
+        return done
 
     async def _retry(self, call: Any, attempts: int, what: str) -> Any:
         delay = 0.1

@@ -168,6 +168,16 @@ def _bus_config(
     help="Publish a wall-clock mark every second so a quiet region still decides "
     "[default: on, off with --trust-received].",
 )
+@click.option(
+    "--partitions", type=click.IntRange(0, 4096), default=0, show_default=True,
+    help="Split the region by connection into this many partitions, each decided by one "
+    "node, every node learning only compacted ownership runs (docs/cluster.md); the same "
+    "on every node of a region. 0: every node learns every row of the region.",
+)  # fmt: skip
+@click.option(
+    "--member-ttl", type=DURATION, default="10s", show_default=True,
+    help="With --partitions: a node silent this long is gone and its partitions move on.",
+)  # fmt: skip
 @click.option("--trust-received", is_flag=True, help="Keep senders' received_ns (replays).")
 @click.option("--status-file", type=click.Path(), help="Write the node's counters here (JSON).")
 def cluster_node(
@@ -184,6 +194,8 @@ def cluster_node(
     carry_events: int | None,
     peer_slack: int,
     clock_marks: bool | None,
+    partitions: int,
+    member_ttl: int,
     trust_received: bool,
     status_file: str | None,
     **nats: Any,
@@ -236,6 +248,8 @@ def cluster_node(
         trust_received=trust_received,
         clock_marks=clock_marks,
         carry_events_ns=carry_events,
+        partitions=partitions,
+        member_ttl_ns=member_ttl,
     )
     where = parse_listen(listen, "--listen") if listen else None
     with writing("--out", out):

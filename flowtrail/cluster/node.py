@@ -24,6 +24,7 @@ the cluster decides like one node replaying the same input (tests/cluster/test_n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -49,6 +50,8 @@ from flowtrail.cluster.bus import (
     OWNER,
     PIECE,
     REASON,
+    RECEIVED,
+    ROWS,
     SECOND,
     Bus,
     check_region,
@@ -56,6 +59,9 @@ from flowtrail.cluster.bus import (
     encode,
     stream_time_ns,
 )
+from flowtrail.cluster.connkey import partitions as partition_of
+from flowtrail.cluster.owners import owned_by
+from flowtrail.cluster.runs import RUNS, compact, learn_runs
 from flowtrail.collector.sink import refuses_rows
 from flowtrail.engine import scopes
 from flowtrail.engine.attributor import Settings
@@ -118,9 +124,20 @@ class NodeConfig:
     # so they never age out of the evidence stream: a node started later still knows them.
     # None: a third of the bus's evidence retention; 0: never.
     carry_events_ns: int | None = None
+    # Split by connection (docs/cluster.md): rows go to one of this many partitions by their
+    # connection key, each decided by one node; every node learns the region's ownership
+    # from compacted runs. Every node of a region must use the same count. 0: the broadcast
+    # design (every node learns every raw row of the region).
+    partitions: int = 0
+    # A node whose member message is this old is gone: its partitions go to the others.
+    member_ttl_ns: int = 10 * SECOND
 
     def __post_init__(self) -> None:
         check_region(self.region)
+        if not 0 <= self.partitions <= 4096:
+            raise ContractError(f"partitions {self.partitions}: must be 0..4096")
+        if self.member_ttl_ns < SECOND:
+            raise ContractError(f"member ttl {self.member_ttl_ns} ns: must be at least 1 s")
         if self.tick_ns <= 0:
             raise ContractError(f"tick {self.tick_ns} ns: must be positive")
         if self.carry_events_ns is not None and self.carry_events_ns < 0:
@@ -178,6 +195,20 @@ class ClusterNode:
         self._carrying: set[asyncio.Task[None]] = set()
         self._status: dict[str, object] = {}
         self._status_at = 0.0  # monotonic time of the last snapshot (loop liveness)
+        # Split by connection (config.partitions > 0): which partitions this node decides,
+        # and where a takeover starts writing (see _learn_rows, _decide_partitioned).
+        parts = config.partitions
+        self._members: list[str] = []
+        self._owned: frozenset[int] = frozenset()
+        self._owned_next: frozenset[int] = frozenset()  # gained ones wait for a rebuild
+        self._rebuild = False
+        self._skip_below = np.zeros(parts, np.int64)  # evidence seq written by a former owner
+        self._done_put = np.zeros(parts, np.int64)  # progress last published
+        self._progress_at = 0.0
+        self._pending: dict[int, list[object]] = {}  # tag -> [rows left, batch id]
+        self._learning_seq = 0  # the evidence message being learned
+        self._member_beats = 0
+        self._evidence_sub: JetStreamContext.PushSubscription | None = None
         self.stats: dict[str, int] = {
             "batches_taken": 0,
             "batches_redelivered": 0,
@@ -212,6 +243,15 @@ class ClusterNode:
             "batches_dead_lettered": 0,
             "rows_dead_lettered": 0,
             "dead_letter_failures": 0,
+            # split by connection
+            "runs_learned": 0,  # ownership run records learned (every node: the region's)
+            "rows_messages_read": 0,  # rows messages of owned partitions fetched
+            "rows_missing": 0,  # rows messages aged out before they could be read
+            "rows_already_written": 0,  # decided again after a takeover, written before
+            "rows_not_owned": 0,  # decided while the partition moved away: not written
+            "rebuilds": 0,  # state rebuilt from the evidence stream after gaining partitions
+            "member_failures": 0,
+            "progress_failures": 0,
         }
 
     @property
@@ -259,6 +299,8 @@ class ClusterNode:
             "unattributed": dict(c.unattributed),
             "ownership_ranges_evicted": c.evicted_segments,
             "events_forgotten": c.evicted_events,  # older than the retention, superseded
+            "partitions_owned": len(self._owned),
+            "members": len(self._members),
             **self.stats,
         }
         self._status_at = time.monotonic()
@@ -276,7 +318,10 @@ class ClusterNode:
         # The stream's newest message now: once read, the node has rebuilt its state.
         self._catch_up_seq = await self.bus.evidence_last_seq(self.config.region)
         self.caught_up = self._catch_up_seq == 0
+        if self.config.partitions:
+            await self._join()
         evidence = await self.bus.evidence_consumer(self.config.region, self.config.since_ns)
+        self._evidence_sub = evidence
         self.ready.set()
         tasks = [
             asyncio.create_task(self._take_loop(work, stop)),
@@ -286,6 +331,8 @@ class ClusterNode:
         ]
         if self.config.marks:
             tasks.append(asyncio.create_task(self._clock_loop(stop)))
+        if self.config.partitions:
+            tasks.append(asyncio.create_task(self._member_loop(stop)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -304,7 +351,7 @@ class ClusterNode:
                 task.cancel()
             await asyncio.gather(*tasks, *self._carrying, return_exceptions=True)
             await self._hand_back()
-            await evidence.unsubscribe()
+            await self._evidence_sub.unsubscribe()
             self._snapshot()
 
     async def _hand_back(self) -> None:
@@ -382,7 +429,10 @@ class ClusterNode:
             await self._split_back(msg, table, batch_id, headers)
             return
         try:
-            await self._route(msg, table, batch_id, evidence_id, headers)
+            if self.config.partitions:
+                await self._route_partitioned(msg, table, batch_id, headers)
+            else:
+                await self._route(msg, table, batch_id, evidence_id, headers)
         except ExportError as exc:
             self.stats["publish_failures"] += 1
             held = self._held.get(evidence_id)
@@ -426,10 +476,10 @@ class ClusterNode:
         self.stats["batches_split"] += 1
         await self._settle(msg.ack(), "ack")
 
-    async def _route(
-        self, msg: Msg, table: pa.Table, batch_id: str, evidence_id: str, headers: dict[str, str]
-    ) -> None:
-        """Forward other regions' rows, publish the batch as evidence, hold it until stored."""
+    async def _forward(
+        self, msg: Msg, table: pa.Table, batch_id: str, headers: dict[str, str]
+    ) -> tuple[pa.Table, npt.NDArray[np.bool_]]:
+        """Stamp the batch, forward other regions' rows; the batch and which rows stay here."""
         meta = msg.metadata
         self.stats["batches_taken"] += 1
         self.stats["batches_redelivered"] += int(meta.num_delivered > 1)
@@ -438,20 +488,69 @@ class ClusterNode:
         keep = self.config.trust_received or FORWARDED_FROM in headers
         table = self._stamp(table, stream_time_ns(msg), keep)
         if FORWARDED_FROM in headers or table.num_rows == 0:
-            owned = np.ones(table.num_rows, bool)
-        else:
-            where = remote_regions(table, self.regions, self._ipkeys)
-            owned = (where == self._region_id) | (where < 0)
-            for rid in np.unique(where[~owned]):
-                part = table.filter(pa.array(where == rid))
-                other = self.regions.names[int(rid)]
-                await self.bus.publish(
-                    self.bus.work_subject(other),
-                    encode(part),
-                    f"{batch_id}>{other}",
-                    {FORWARDED_FROM: self.config.region},
+            return table, np.ones(table.num_rows, bool)
+        where = remote_regions(table, self.regions, self._ipkeys)
+        owned = (where == self._region_id) | (where < 0)
+        for rid in np.unique(where[~owned]):
+            part = table.filter(pa.array(where == rid))
+            other = self.regions.names[int(rid)]
+            await self.bus.publish(
+                self.bus.work_subject(other),
+                encode(part),
+                f"{batch_id}>{other}",
+                {FORWARDED_FROM: self.config.region},
+            )
+            self.stats["rows_forwarded"] += part.num_rows
+        return table, np.asarray(owned, np.bool_)
+
+    async def _route_partitioned(
+        self, msg: Msg, table: pa.Table, batch_id: str, headers: dict[str, str]
+    ) -> None:
+        """Split by connection: forward, then the batch's rows to their partitions' subjects
+        (one message each, every row: the ones forwarded away stay here as peer rows), then
+        its ownership runs to the evidence stream naming those messages; then ack.
+
+        Ids are the batch's, not this node's: a batch redelivered after a kill is published
+        again under the same ids and JetStream keeps the first copy (its pub ack names it),
+        so its rows are decided once.
+        """
+        table, owned = await self._forward(msg, table, batch_id, headers)
+        region = self.config.region
+        forwarded_in = FORWARDED_FROM in headers
+        # Rows forwarded in: their local side belongs to the region they came from.
+        claims = self._local_here(table) if forwarded_in else None
+        runs = compact(table, claims)
+        count = self.config.partitions
+        part = partition_of(table, count)
+        marked = table.append_column(OWNED_COLUMN, pa.array(owned))
+        used = np.unique(part).tolist()
+        # Concurrently: each is a round trip to the stream's leader and its replicas.
+        acks = await asyncio.gather(
+            *(
+                self.bus.publish(
+                    self.bus.rows_subject(region, p),
+                    encode(marked.filter(pa.array(part == p))),
+                    f"{batch_id}#{p}",
                 )
-                self.stats["rows_forwarded"] += part.num_rows
+                for p in used
+            )
+        )
+        refs = [f"{p}={ack.seq}" for p, ack in zip(used, acks, strict=True)]
+        received = int(pc.max(table.column("received_ns")).as_py()) if table.num_rows else 0
+        evidence_headers = {OWNER: self.incarnation, ROWS: f"{count}:{','.join(refs)}"}
+        evidence_headers[RECEIVED] = str(received)
+        if forwarded_in:
+            evidence_headers[FORWARDED_FROM] = headers[FORWARDED_FROM]
+        await self.bus.publish(
+            self.bus.evidence_subject(region), encode(runs), batch_id, evidence_headers
+        )
+        await self._settle(msg.ack(), "ack")  # its rows are in the streams: durable
+
+    async def _route(
+        self, msg: Msg, table: pa.Table, batch_id: str, evidence_id: str, headers: dict[str, str]
+    ) -> None:
+        """Forward other regions' rows, publish the batch as evidence, hold it until stored."""
+        table, owned = await self._forward(msg, table, batch_id, headers)
         if owned.any():
             mine = table if owned.all() else table.filter(pa.array(owned))
             self._held[evidence_id] = _Held(msg, int(owned.sum()), rows=mine)
@@ -504,10 +603,12 @@ class ClusterNode:
     async def _learn_loop(
         self, sub: JetStreamContext.PushSubscription, stop: asyncio.Event
     ) -> None:
-        next_msg = sub.next_msg
         while not stop.is_set():
+            if self._rebuild:
+                await self._restart_learning()
+            sub = self._evidence_sub or sub
             try:
-                msg: Msg = await next_msg(timeout=self.config.poll_s)
+                msg: Msg = await sub.next_msg(timeout=self.config.poll_s)
             except TimeoutError:
                 if not self.caught_up:
                     await self._check_caught_up(sub)
@@ -549,6 +650,10 @@ class ClusterNode:
             return
         if EVENTS in headers:
             await self._learn_events(msg)
+            return
+        if ROWS in headers:
+            self._learning_seq = meta.sequence.stream
+            await self._learn_rows(msg, headers)
             return
         try:
             table = decode(msg.data)
@@ -739,7 +844,215 @@ class ClusterNode:
             self.stats["event_carry_failures"] += 1
             log.warning("carrying standing events forward: %s", exc)
 
+    # -- split by connection: membership, rows of owned partitions, progress ----------------
+
+    async def _join(self) -> None:
+        """Announce this node, learn who else is there and which partitions are ours, and
+        where former owners stopped writing them."""
+        region, count = self.config.region, self.config.partitions
+        await self.bus.ensure_partition_streams(region, count, self.config.member_ttl_ns)
+        info = await self.bus.js.stream_info(self.bus.rows_stream(region))
+        if info.config.description != f"partitions={count}":
+            raise ContractError(
+                f"region {region} is split into {info.config.description!r}, this node into "
+                f"partitions={count}: every node of a region must use the same --partitions"
+            )
+        await self._renew_membership()
+        self._owned = self._owned_next
+        self._rebuild = False
+        self._skip_below = np.asarray(await self.bus.progress(region, count), np.int64)
+        self._done_put = self._skip_below.copy()
+
+    async def _renew_membership(self) -> None:
+        region = self.config.region
+        self._member_beats += 1
+        await self.bus.publish(
+            self.bus.member_subject(region, self.incarnation),
+            self.incarnation.encode(),
+            f"member-{self.incarnation}-{self._member_beats}",
+        )
+        members = await self.bus.members(region)
+        if self.incarnation not in members:  # our message not visible yet: we are here
+            members = sorted([*members, self.incarnation])
+        self._members = members
+        now_owned = owned_by(self.incarnation, members, self.config.partitions)
+        lost = self._owned - now_owned
+        if lost:
+            # Stop deciding them at once; the new owner writes from its takeover on.
+            log.info("%s: partitions %s moved to other nodes", self.incarnation, sorted(lost))
+            self._owned = self._owned - lost
+            count = self.config.partitions
+            for tag in [t for t in self._pending if t % count in lost]:
+                del self._pending[tag]
+        self._owned_next = now_owned
+        if now_owned - self._owned:
+            self._rebuild = True
+
+    async def _member_loop(self, stop: asyncio.Event) -> None:
+        """Renew this node's member message well within the TTL; follow the others'."""
+        every = self.config.member_ttl_ns / SECOND / 4
+        while not stop.is_set():
+            await asyncio.sleep(every)
+            try:
+                await self._renew_membership()
+            except ExportError as exc:  # NATS away: others may take our partitions meanwhile
+                self.stats["member_failures"] += 1
+                log.warning("membership: %s", exc)
+
+    async def _restart_learning(self) -> None:
+        """Gained partitions: their peer rows and waiting flows are only in the streams, so
+        the engine starts again and reads the retained evidence from the start (as a
+        restarted node does), deciding its partitions' rows; rows a former owner wrote
+        (below its progress mark) are decided but not written again."""
+        self._rebuild = False
+        gained = sorted(self._owned_next - self._owned)
+        log.info("%s: taking partitions %s over: rebuilding", self.incarnation, gained)
+        self.stats["rebuilds"] += 1
+        region = self.config.region
+        if self._evidence_sub is not None:
+            with contextlib.suppress(Exception):  # a lost connection: the sub is gone anyway
+                await self._evidence_sub.unsubscribe()
+            self._evidence_sub = None
+        self.engine = StreamingAttribution(self.config.settings)
+        self._tick = None
+        self._carry_round = None
+        self._pending.clear()
+        self._learning_seq = 0  # nothing learned yet: no progress to claim
+        self._owned = self._owned_next
+        self._skip_below = np.asarray(
+            await self.bus.progress(region, self.config.partitions), np.int64
+        )
+        self._done_put = np.maximum(self._done_put, self._skip_below)
+        self._catch_up_seq = await self.bus.evidence_last_seq(region)
+        self.caught_up = self._catch_up_seq == 0
+        self._evidence_sub = await self.bus.evidence_consumer(region, self.config.since_ns)
+
+    async def _learn_rows(self, msg: Msg, headers: dict[str, str]) -> None:
+        """A batch's ownership runs (every node learns them) and, for the partitions this
+        node owns, the batch's rows in them, fetched by sequence from the rows stream."""
+        count = self.config.partitions
+        try:
+            runs = decode(msg.data)
+            runs = runs.select(RUNS.names).cast(RUNS)
+            declared, _, refs = headers[ROWS].partition(":")
+            pairs = [(int(p), int(q)) for p, q in (r.split("=") for r in refs.split(",") if r)]
+            received = int(headers[RECEIVED])
+        except (*UNREADABLE, KeyError, TypeError) as exc:
+            self.stats["evidence_bad"] += 1
+            log.warning("skipping runs %s: %r", headers.get(MSG_ID, "?"), exc)
+            return
+        if declared != str(count):
+            self.stats["evidence_bad"] += 1
+            log.error("runs %s: split %s ways, not %d", headers.get(MSG_ID, "?"), declared, count)
+            return
+        await self._advance(received)
+        now = self.now
+        assert now is not None
+        learn_runs(self.engine, runs, now)
+        self.stats["runs_learned"] += runs.num_rows
+        mine = [(p, q) for p, q in pairs if p in self._owned]
+        if not mine:
+            return
+        region = self.config.region
+        payloads = await asyncio.gather(*(self.bus.get_rows(region, q) for _, q in mine))
+        batch_id = headers.get(MSG_ID, "")
+        for (p, _), payload in zip(mine, payloads, strict=True):
+            if payload is None:
+                self.stats["rows_missing"] += 1
+                log.warning("rows of %s#%d aged out of the rows stream", batch_id, p)
+                continue
+            try:
+                rows = decode(payload)
+                decide = np.asarray(
+                    rows.column(OWNED_COLUMN).to_numpy(zero_copy_only=False), np.bool_
+                )
+                rows = rows.drop_columns([OWNED_COLUMN])
+            except (*UNREADABLE, KeyError) as exc:
+                self.stats["evidence_bad"] += 1
+                log.warning("skipping rows %s#%d: %r", batch_id, p, exc)
+                continue
+            self.stats["rows_messages_read"] += 1
+            tag = self._learning_seq * count + p
+            if decide.any():
+                flows = rows if decide.all() else rows.filter(pa.array(decide))
+                flows = flows.append_column(
+                    _SEQ_COLUMN, pa.array(np.full(flows.num_rows, tag, np.int64))
+                )
+                # Claims came in the runs: these rows are peers and flows to decide only.
+                self.engine.submit_flows(flows, now, np.zeros(flows.num_rows, np.bool_))
+                self._pending[tag] = [flows.num_rows, batch_id]
+                self.stats["rows_submitted"] += flows.num_rows
+            if not decide.all():  # forwarded to another region: a peer row here
+                self.engine.submit_evidence(rows.filter(pa.array(~decide)), now)
+                self.stats["rows_evidence"] += int(np.count_nonzero(~decide))
+
+    async def _decide_partitioned(self, now: int) -> None:
+        outs = self.engine.tick(now)
+        if outs:
+            await self._write_partitioned(outs, now)
+        await self._publish_progress()
+
+    async def _write_partitioned(self, outs: list[pa.Table], now: int) -> None:
+        count = self.config.partitions
+        table = pa.concat_tables(outs, promote_options="permissive")
+        tag = np.asarray(table.column(_SEQ_COLUMN).to_numpy(), np.int64)
+        part = tag % count
+        owned = np.isin(part, np.fromiter(self._owned, np.int64, len(self._owned)))
+        again = owned & (tag // count < self._skip_below[part])
+        write = owned & ~again
+        self.stats["rows_not_owned"] += int(np.count_nonzero(~owned))
+        self.stats["rows_already_written"] += int(np.count_nonzero(again))
+        kept = table.filter(pa.array(write))
+        kept_tag = tag[write]
+        try:
+            await self._write(kept.drop_columns([_SEQ_COLUMN]))
+        except Exception:  # one batch may spoil the whole write: each alone
+            for t in np.unique(kept_tag).tolist():
+                one = kept.filter(pa.array(kept_tag == t)).drop_columns([_SEQ_COLUMN])
+                batch = str(self._pending.get(t, [0, "?"])[1])
+                await self._write_alone(f"{batch}#{t % count}", [one], now)
+        tags, counts = np.unique(tag, return_counts=True)
+        for t, c in zip(tags.tolist(), counts.tolist(), strict=True):
+            entry = self._pending.get(t)
+            if entry is None:
+                continue
+            left = int(entry[0]) - c  # type: ignore[call-overload]
+            if left <= 0:
+                del self._pending[t]
+            else:
+                entry[0] = left
+
+    async def _publish_progress(self, every_s: float = 1.0) -> None:
+        """Per owned partition, the evidence sequence below which every decided row is
+        written, at most once a second: where a node taking the partition over starts."""
+        if time.monotonic() - self._progress_at < every_s or not self._owned:
+            return
+        self._progress_at = time.monotonic()
+        count = self.config.partitions
+        done = np.full(count, self._learning_seq, np.int64)
+        if self._pending:
+            tags = np.fromiter(self._pending, np.int64, len(self._pending))
+            np.minimum.at(done, tags % count, tags // count)
+        done = np.maximum(done, self._skip_below)
+        region = self.config.region
+        for p in sorted(self._owned):
+            value = int(done[p])
+            if value <= self._done_put[p]:
+                continue
+            try:
+                await self.bus.publish(
+                    self.bus.progress_subject(region, p), str(value).encode(), f"done-{p}-{value}"
+                )
+            except ExportError as exc:  # a lower mark only means more is written again
+                self.stats["progress_failures"] += 1
+                log.warning("progress of partition %d: %s", p, exc)
+                return
+            self._done_put[p] = value
+
     async def _decide(self, now: int) -> None:
+        if self.config.partitions:
+            await self._decide_partitioned(now)
+            return
         outs = self.engine.tick(now)
         if not outs:
             return
