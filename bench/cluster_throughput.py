@@ -1,5 +1,10 @@
 """Throughput of cluster mode: `python bench/cluster_throughput.py --rows 500000 --nodes 1 2`.
 
+With `--partitions N` the nodes split the region by connection (docs/cluster.md) and the
+report adds what that design is about: evidence bytes per flow (the stream every node
+reads), rows-stream bytes per flow, and each node's CPU spent learning ownership runs,
+per row of the region.
+
 Not a test (pytest does not collect it). For each node count: starts a 3-server NATS lab and
 that many node processes (`python -m flowtrail.cluster`, one region, Parquet sink, no
 events), publishes the `churny` simulator's rows in 10,000-row batches as fast as JetStream
@@ -45,7 +50,9 @@ def _peak_rss_mib(pid: int) -> int:
     return -1
 
 
-async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str, object]:
+async def _run(
+    lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int, partitions: int
+) -> dict[str, object]:
     bus = Bus(BusConfig(servers=lab.urls))
     await bus.connect()
     await bus.ensure_streams(["r"])
@@ -56,11 +63,19 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
             args += ["--nats", url]
         args += ["--region", "r", "--name", f"n{i}", "--regions", str(tmp / "regions.parquet")]
         args += ["--sink", "parquet", "--out", str(tmp / "out"), "--trust-received"]
-        args += ["--no-events"]
+        args += ["--no-events", "--partitions", str(partitions)]
         args += ["--status-file", str(tmp / f"n{i}.json")]
         procs.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
     for proc in procs:
         assert proc.stdout is not None and b"ready" in proc.stdout.readline()
+    while partitions:  # every node sees the others before rows come
+        try:
+            status = [json.loads((tmp / f"n{i}.json").read_text()) for i in range(nodes)]
+        except (OSError, ValueError):
+            status = []
+        if status and all(s["members"] == nodes for s in status):
+            break
+        await asyncio.sleep(0.1)
     cpu_before = [_cpu_s(p.pid) for p in procs]
     n = flows.num_rows
     began = time.monotonic()
@@ -80,7 +95,13 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
     rss = [_peak_rss_mib(p.pid) for p in procs]
     cpu = [round(_cpu_s(p.pid) - c, 2) for p, c in zip(procs, cpu_before, strict=True)]
     stop_all(procs, grace_s=20)
+    evidence = await bus.evidence_state("r")
+    rows_bytes = 0
+    if partitions:
+        info = await bus.js.stream_info(bus.rows_stream("r"))
+        rows_bytes = int(info.state.bytes)
     await bus.close()
+    learn_ns = [s.get("learn_runs_cpu_ns", 0) for s in status]
     return {
         "rows": n,
         "nodes": nodes,
@@ -90,6 +111,11 @@ async def _run(lab: NatsLab, tmp: Path, flows: pa.Table, nodes: int) -> dict[str
         "rows_per_node": [s["rows_written"] for s in status],
         "cpu_s_per_node": cpu,
         "peak_rss_mib": rss,
+        "partitions": partitions,
+        "evidence_bytes_per_flow": round(int(evidence.bytes) / n, 1),
+        "rows_stream_bytes_per_flow": round(rows_bytes / n, 1),
+        "learn_runs_us_per_region_row": [round(x / 1000 / n, 4) for x in learn_ns],
+        "cpu_us_per_decided_row": round(sum(cpu) * 1e6 / n, 2),
     }
 
 
@@ -97,6 +123,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rows", type=int, default=500_000, help="simulated flows to publish")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 2], help="node counts to run")
+    p.add_argument("--partitions", type=int, default=0, help="split by connection (0: not)")
     args = p.parse_args()
     sim = simulate("churny", 7, flows=args.rows)
     flows = sim.flows.sort_by("received_ns")
@@ -109,7 +136,7 @@ def main() -> None:
             tmp = Path(d)
             write_table(regions, tmp / "regions.parquet")
             with NatsLab(tmp / "nats") as lab:
-                report = asyncio.run(_run(lab, tmp, flows, nodes))
+                report = asyncio.run(_run(lab, tmp, flows, nodes, args.partitions))
         rate = float(report["rows_per_s"])  # type: ignore[arg-type]
         first = first or rate
         report["ratio_to_first"] = round(rate / first, 3)
