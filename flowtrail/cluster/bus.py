@@ -17,6 +17,9 @@ Per region three streams (file storage, replicated):
   no sink can hold, a broken contract, unreadable Arrow) or whose decided rows the sink
   refused, with the reason in a header. Acked in the work stream once moved here, so no
   node takes them again; kept as long as work batches, for inspection.
+
+A region split by connection (`--partitions`) has three more: rows, members and progress
+(see `Bus.ensure_partition_streams`).
 """
 
 from __future__ import annotations

@@ -19,6 +19,13 @@ that took the batch) and clock marks, which every node publishes once per tick o
 region. Control-plane events come on the evidence stream too. Every node sees the same
 evidence in the same order, so its decisions do not depend on which node took which batch:
 the cluster decides like one node replaying the same input (tests/cluster/test_node.py).
+
+With `NodeConfig.partitions` the region is split by connection instead (docs/cluster.md):
+the taker publishes a batch's rows to their partitions' subjects of the rows stream and only
+its compacted ownership runs to the evidence stream, then acks; every node learns the runs
+and decides only the rows of the partitions it owns (owners.py, members stream), fetched by
+the sequences the runs message names; a node that gains partitions rebuilds from the
+streams. The sinks, dead letters, clock, events and forwarding are the same.
 """
 
 from __future__ import annotations
