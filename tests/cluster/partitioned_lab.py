@@ -26,13 +26,15 @@ COLUMNS = ("remote_workload", "remote_source", "attributed_ns")
 PARTITIONS = 8
 
 
-def start_node(lab: NatsLab, tmp: Path, region: str, name: str) -> subprocess.Popen[bytes]:
+def start_node(
+    lab: NatsLab, tmp: Path, region: str, name: str, member_ttl: str
+) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "flowtrail.cluster"]
     for url in lab.urls:
         args += ["--nats", url]
     args += ["--region", region, "--name", name, "--regions", str(tmp / "regions.parquet")]
     args += ["--sink", "parquet", "--out", str(tmp / "out"), "--ack-wait", "2s"]
-    args += ["--partitions", str(PARTITIONS), "--member-ttl", "3s"]
+    args += ["--partitions", str(PARTITIONS), "--member-ttl", member_ttl]
     args += ["--trust-received", "--no-events", "--status-file", str(tmp / f"{name}.json")]
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 (the child owns it)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log)
@@ -70,9 +72,15 @@ def run_cluster(
     survivors: list[str],
     trouble: Callable[[dict[str, subprocess.Popen[bytes]], int, int], Awaitable[None]]
     | None = None,
+    member_ttl: str = "10s",
 ) -> pa.Table:
     """Start `nodes` (name -> region), feed `flows`, move the clocks on until every flow is
-    written and each region's partitions are all owned by `survivors`; every row written."""
+    written and each region's partitions are all owned by `survivors`; every row written.
+
+    `member_ttl`: a node that has not renewed its member message for this long is taken for
+    dead. A short one makes a kill test quick, but on a loaded machine a live node stalled
+    past it loses its partitions for a moment (a rebuild elsewhere, rows written twice).
+    """
     write_table(regions, tmp / "regions.parquet")
     region_names = sorted(set(regions.column("region").to_pylist()))
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -84,7 +92,7 @@ def run_cluster(
         try:
             await feeder.ensure_streams(region_names)
             for name, region in nodes.items():
-                procs[name] = start_node(lab, tmp, region, name)
+                procs[name] = start_node(lab, tmp, region, name, member_ttl)
             for name, proc in procs.items():
                 await asyncio.to_thread(ready_line, proc, tmp / f"{name}.log", 60, name)
             # Every node sees its region's members before rows come.

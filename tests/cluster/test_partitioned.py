@@ -2,7 +2,8 @@
 like one node replaying the input, row for row: 1, 2 and 4 nodes in us-east (one in
 eu-west), and two us-east nodes of which one is killed -9 mid-run while a NATS server is
 killed and restarted. Rows go to partitions' subjects, ownership runs to the evidence
-stream, and each node decides only the partitions it owns (members stream, 3 s TTL).
+stream, and each node decides only the partitions it owns (members stream; a 10 s TTL,
+3 s in the kill test).
 """
 
 from __future__ import annotations
@@ -80,7 +81,14 @@ def test_partition_owner_killed_mid_run(nats_lab: NatsLab, tmp_path: Path) -> No
             events.append(f"nats server n1 restarted at second {i}/{seconds}")
 
     written = run_cluster(
-        nats_lab, tmp_path, sim.flows, sim.regions, nodes, ["east-1", "west-0"], trouble
+        nats_lab,
+        tmp_path,
+        sim.flows,
+        sim.regions,
+        nodes,
+        ["east-1", "west-0"],
+        trouble,
+        member_ttl="3s",
     )
     assert len(events) == 2, events
     survivor = status(tmp_path, "east-1")
