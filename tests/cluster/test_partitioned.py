@@ -57,11 +57,13 @@ def test_partitioned_nodes_equal_single_node_replay(
     east = [status(tmp_path, m) for m in nodes if m.startswith("east")]
     assert sum(s["partitions_owned"] for s in east) == PARTITIONS
     assert all(s["rows_written"] > 0 for s in east), [s["rows_written"] for s in east]
-    # Every us-east node learned the same ownership runs, whatever it decides.
-    assert len({s["runs_learned"] for s in east}) == 1 and east[0]["runs_learned"] > 0
+    # Every us-east node learned the region's ownership runs, whatever it decides. (Not
+    # an equal count: with the cap on shares a node joining can move a partition between
+    # two others, which rebuild and learn the first runs again.)
+    assert all(s["runs_learned"] > 0 for s in east)
     assert sum(status(tmp_path, m)["rows_forwarded"] for m in nodes) > 0
     for s in east:
-        assert s["rows_missing"] == 0 and s["evidence_bad"] == 0 and s["rebuilds"] == 0, s
+        assert s["rows_missing"] == 0 and s["evidence_bad"] == 0, s
 
 
 def test_partition_owner_killed_mid_run(nats_lab: NatsLab, tmp_path: Path) -> None:
