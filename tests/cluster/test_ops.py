@@ -108,8 +108,12 @@ def test_readiness_health_metrics_and_clock_marks(nats_lab: NatsLab, tmp_path: P
                 60,
                 "lonely rows decided by the clock marks alone",
             )
-            await asyncio.sleep(2)
-            out["stored_marks"] = await _stored_marks(feeder)
+            # At least two marks stored (the bound below is checked once they are), waited
+            # for, not slept for.
+            deadline = time.monotonic() + 30
+            while (stored := await _stored_marks(feeder)) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            out["stored_marks"] = stored
             out["seconds"] = time.monotonic() - began
             out["published"] = sum(n.stats["clock_marks_published"] for n in nodes)
             out["metrics"] = _get(ops.port, "/metrics")[1]
