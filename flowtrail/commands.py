@@ -70,7 +70,7 @@ COMMANDS: dict[str, Entry] = {
     ),
     "serve": Entry(
         "flowtrail.query.serve", "serve",
-        "Serve the query API and web console over a Parquet lake (a cluster's shared output).",
+        "Serve the query API (/api/*) and the web console (/) over a Parquet lake.",
     ),
     "query": Entry(
         "flowtrail.query.command", "query",
