@@ -1,9 +1,9 @@
-"""Node processes splitting a region by connection, over a real 3-server NATS cluster, decide
-like one node replaying the input, row for row: 4 nodes in us-east (one in eu-west), and two
-us-east nodes of which one is killed -9 mid-run while a NATS server is killed and restarted
-(1, 2 and 4 partitioned nodes without NATS: tests/unit/test_cluster_partitioned.py). Rows go to partitions' subjects, ownership runs to the evidence
-stream, and each node decides only the partitions it owns (members stream; a 10 s TTL,
-3 s in the kill test).
+"""Node processes splitting a region by connection, over a real 3-server NATS cluster, decide like
+one node replaying the input, row for row: 4 nodes in us-east (one in eu-west), and two us-east
+nodes of which one is killed -9 mid-run while a NATS server is killed and restarted (1, 2 and 4
+partitioned nodes without NATS: tests/unit/test_cluster_partitioned.py). Rows go to partitions'
+subjects, ownership runs to the evidence stream, and each node decides only the partitions it
+owns (members stream; a 10 s TTL, 3 s in the kill test).
 """
 
 from __future__ import annotations
