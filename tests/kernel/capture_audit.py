@@ -41,10 +41,14 @@ class AuditedCapture(Capture):
         return int(value.value)
 
     def detach(self) -> None:
-        """Stop the program; the ring, the maps and the counters stay readable."""
+        """Stop the programs (the state-change program, its second copy and the accept
+        programs); the ring, the maps and the counters stay readable."""
         if self._link is not None:
             self._link.destroy()
             self._link = None
+        for link in self._extra_links:
+            link.destroy()
+        self._extra_links = []
 
     def start_entries(self) -> np.ndarray:
         """The start map's records, in any state (sockets open, or whose close was missed)."""
