@@ -1,4 +1,4 @@
-"""The interchange contract's tables, defined once (docs/contract.md, version 5).
+"""The interchange contract's tables, defined once (docs/contract.md, version 6).
 
 Every other module derives its Arrow schemas, validation and documentation from these
 definitions, so a column is named, typed and explained in exactly one place.
@@ -20,7 +20,7 @@ from flowtrail.vocabulary import OUTCOMES as OUTCOMES
 from flowtrail.vocabulary import SOURCES as SOURCES
 from flowtrail.vocabulary import STATES as STATES
 
-CONTRACT_VERSION = 5
+CONTRACT_VERSION = 6
 
 
 class Kind(Enum):
@@ -214,6 +214,47 @@ TRUTH = Table(
     ),
 )
 
+# Contract version 6: DNS answers local workloads received, each a time-ranged claim that a
+# name stood for an address as that workload saw it (docs/dns.md). One row per address record
+# at the end of a query's CNAME chain.
+DNS_ANSWERS = Table(
+    "dns_answers",
+    (
+        Column("exporter", S, True, "the host or agent that saw the answer"),
+        Column("region", S, False, "the exporter's region (default: the collector's)"),
+        Column("observed_ns", I64, True, "when the answer reached the host", Kind.TIME),
+        Column(
+            "local_workload",
+            S,
+            False,
+            "the workload that received it (named as flows name local_workload); null = the "
+            "host itself or unknown",
+        ),
+        Column(
+            "network",
+            S,
+            False,
+            "the address space the answered address is in (as flows' network); null = default",
+        ),
+        Column("query_name", S, True, "the name asked for: lower case, no trailing dot"),
+        Column(
+            "cname_chain",
+            S,
+            False,
+            "the CNAME targets from query_name to the address record's owner, in order, "
+            "joined by spaces; null when the answer named query_name directly",
+        ),
+        Column("address", S, True, "an A or AAAA record's address", Kind.IP),
+        Column(
+            "ttl_s",
+            I32,
+            True,
+            "seconds the answer may be used: the smallest TTL along its chain",
+            Kind.COUNT,
+        ),
+    ),
+)
+
 ATTRIBUTION_COLUMNS = (
     Column("remote_workload", S, False, "owner of the (NAT-resolved) remote address at start_ns"),
     Column("remote_source", S, True, "heartbeat, event or unattributed", Kind.ENUM, SOURCES),
@@ -247,6 +288,8 @@ UNATTRIBUTED_REASON = Column(
     UNATTRIBUTED_REASONS,
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED)}
+TABLES: dict[str, Table] = {
+    t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED, DNS_ANSWERS)
+}
 
 DEFAULT_RECEIVE_DELAY_NS = 60 * 1_000_000_000
