@@ -22,8 +22,8 @@
  * close). A raw tracepoint program has a guard of its own (prog->active), so only a run of
  * itself on that CPU can make it skip one: a softirq interrupting it in process context (a
  * hardware interrupt's exit runs pending softirqs). For that case a second copy of the raw
- * program, attached after it, takes over: it handles a change only while the first is inside
- * its run on that CPU (so the kernel skipped the first for this change), and counts it.
+ * program, attached after it, takes over: it handles a change only when the first did not
+ * mark that change as its own (so the kernel skipped the first for it), and counts it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -101,22 +101,30 @@ struct {
 	__type(value, struct flow_record);
 } flow_scratch SEC(".maps");
 
-/*
- * Per CPU: [0] how many runs of the first raw program are in progress (0 or 1), [1] the changes
- * the second copy handled because the first was skipped, [2 + level] set by the first program
- * when it runs for a change at that level (0: task context, 1: softirq), cleared by the second.
- * Read by the loader: the first program's recursion misses less [1] are the changes no program
- * handled.
- */
-#define NEST_RUNNING 0
+/* Per CPU: [1] the changes the second copy handled because the first was skipped for them. Read
+ * by the loader: the first program's recursion misses less these are the changes no program
+ * handled. ([0] is unused: the index stays as loaders read it.) */
 #define NEST_HANDLED 1
-#define NEST_SEEN 2
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 4);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u64);
 } flow_nesting SEC(".maps");
+
+/* Per CPU and level (0: task context, 1: softirq): the change the first program last ran for,
+ * so the second can tell a change the first handled from one the kernel skipped it for. */
+struct nest_mark {
+	__u64 sk;
+	__u32 oldstate;
+	__u32 newstate;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct nest_mark);
+} flow_nest_marks SEC(".maps");
 
 static __always_inline void count_drop(__u32 reason)
 {
@@ -430,15 +438,24 @@ static __always_inline int on_change(const struct change *c, __u16 protocol)
 	return 0;
 }
 
-/* trace_inet_sock_set_state(const struct sock *sk, int oldstate, int newstate) */
-static __always_inline int on_raw(struct bpf_raw_tracepoint_args *ctx, __u32 scratch)
+/* trace_inet_sock_set_state(const struct sock *sk, int oldstate, int newstate): the arguments
+ * are read once, into a nest_mark, as the verifier refuses loads through an offset ctx pointer
+ * (which the compiler makes of repeated reads) */
+static __always_inline void raw_args(struct bpf_raw_tracepoint_args *ctx, struct nest_mark *a)
 {
-	struct sock *sk = (struct sock *)ctx->args[0];
+	a->sk = ctx->args[0];
+	a->oldstate = (__u32)ctx->args[1];
+	a->newstate = (__u32)ctx->args[2];
+}
+
+static __always_inline int on_raw(const struct nest_mark *a, __u32 scratch)
+{
+	struct sock *sk = (struct sock *)a->sk;
 	struct change c = {
 		.tp = NULL,
 		.sk = sk,
-		.oldstate = (int)ctx->args[1],
-		.newstate = (int)ctx->args[2],
+		.oldstate = (int)a->oldstate,
+		.newstate = (int)a->newstate,
 		.family = BPF_CORE_READ(sk, __sk_common.skc_family),
 		.scratch = scratch,
 	};
@@ -447,15 +464,15 @@ static __always_inline int on_raw(struct bpf_raw_tracepoint_args *ctx, __u32 scr
 }
 
 /*
- * The level of this change on this CPU: 1 in a softirq, 0 in task context, -1 unknown. x86-64
- * runs every softirq on the CPU's interrupt stack and a task's changes on the task's own stack,
- * where the tracepoint's arguments (ctx) are.
+ * The level of this change on this CPU: 1 in a softirq, 0 in task context. x86-64 runs every
+ * softirq on the CPU's interrupt stack and a task's changes on the task's own stack, where the
+ * tracepoint's arguments (ctx) are. Elsewhere 0 for all: see flow_set_state_second.
  */
 /* x86-64 THREAD_SIZE: 16 KiB, doubled with KASAN. A bound any larger could reach the next
  * mapping (an interrupt stack) and take a softirq for task context. */
 extern bool CONFIG_KASAN __kconfig __weak;
 #define TASK_STACK_BOUND (CONFIG_KASAN ? 32 << 10 : 16 << 10)
-static __always_inline int change_level(struct bpf_raw_tracepoint_args *ctx)
+static __always_inline __u32 change_level(struct bpf_raw_tracepoint_args *ctx)
 {
 #if defined(__TARGET_ARCH_x86)
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -463,7 +480,7 @@ static __always_inline int change_level(struct bpf_raw_tracepoint_args *ctx)
 
 	return at >= stack && at < stack + TASK_STACK_BOUND ? 0 : 1;
 #else
-	return -1;
+	return 0;
 #endif
 }
 
@@ -472,73 +489,47 @@ static __always_inline int change_level(struct bpf_raw_tracepoint_args *ctx)
  * change; the kernel skips one only while that same one runs on this CPU in task context and a
  * softirq making a change interrupts it. Then the second must take the change over.
  *
- * Where the level is known, by level: the first notes "seen" for the level of every change it
- * runs for, the second clears it and handles the change only when it was not noted. A softirq
- * is never interrupted by another change and task-context runs on one CPU never overlap, so per
- * level the first and the second run for one change before the next. When the first starts in
- * task context it also clears the softirq level's note: one left by a change that came while
- * the second ran in task context (the kernel skipped the second for it, the first handled it).
- * Left: a change in the few instructions the kernel runs before the first's body, just after
- * such a leftover note: skipped by the first, left by the second, counted.
- * Elsewhere: the first marks that it is running, and the second handles a change only when it
- * finds the mark (the change interrupted the first's body); a change in the few instructions
- * around the first's body is then skipped by both, counted.
- * Counted: the first program's recursion misses less what the second handled.
+ * The first marks, per level, which change it runs for (socket and states), before anything
+ * else; the second handles a change only when the mark at its level is not that change, and
+ * clears a mark it matched. A softirq is never interrupted by another change and task-context
+ * runs on one CPU never overlap, so at each level the first's mark for a change is read by the
+ * second's run for that same change, unless the first was skipped: then the mark is an older
+ * change's (or none), wherever in the first's run the softirq came, and the second handles it.
+ * A change that interrupts the second leaves its mark behind (the kernel skipped the second);
+ * a later change never matches it, as one socket never makes the same change twice in a row.
+ * Where the level is unknown (not x86-64) both levels share mark 0: a softirq interrupting the
+ * second before it reads the mark would make the second handle the change it runs for again,
+ * counted (a second open as stale_start, a second close as untracked_close), never lost.
  */
 SEC("raw_tracepoint/inet_sock_set_state")
 int flow_set_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 key = NEST_RUNNING;
-	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &key), *seen, *seen_softirq;
-	int level = change_level(ctx);
+	__u32 level = change_level(ctx);
+	struct nest_mark *mark = bpf_map_lookup_elem(&flow_nest_marks, &level), args;
 
-	if (level >= 0) {
-		key = NEST_SEEN + level;
-		seen = bpf_map_lookup_elem(&flow_nesting, &key);
-		key = NEST_SEEN + 1;
-		seen_softirq = bpf_map_lookup_elem(&flow_nesting, &key);
-		if (!seen || !seen_softirq)
-			return 0;
-		if (level == 0)
-			*seen_softirq = 0;
-		*seen = 1;
-		on_raw(ctx, SCRATCH_FIRST);
-		return 0;
-	}
-	if (!running)
-		return 0;
-	/* first and last: a change that interrupts this run finds it set */
-	__sync_fetch_and_add(running, 1);
-	on_raw(ctx, SCRATCH_FIRST);
-	__sync_fetch_and_sub(running, 1);
-	return 0;
+	raw_args(ctx, &args);
+	if (mark)
+		*mark = args;
+	return on_raw(&args, SCRATCH_FIRST);
 }
 
 SEC("raw_tracepoint/inet_sock_set_state")
 int flow_set_state_second(struct bpf_raw_tracepoint_args *ctx)
 {
-	__u32 key = NEST_RUNNING;
-	__u64 *running = bpf_map_lookup_elem(&flow_nesting, &key), *seen, *handled;
-	int level = change_level(ctx);
+	__u32 level = change_level(ctx), key = NEST_HANDLED;
+	struct nest_mark *mark = bpf_map_lookup_elem(&flow_nest_marks, &level), args;
+	__u64 *handled = bpf_map_lookup_elem(&flow_nesting, &key);
 
-	key = NEST_HANDLED;
-	handled = bpf_map_lookup_elem(&flow_nesting, &key);
-	if (!running || !handled)
+	if (!mark || !handled)
 		return 0;
-	if (level >= 0) {
-		key = NEST_SEEN + level;
-		seen = bpf_map_lookup_elem(&flow_nesting, &key);
-		if (!seen)
-			return 0;
-		if (*seen) {
-			*seen = 0; /* the first handled it */
-			return 0;
-		}
-	} else if (*running == 0) {
+	raw_args(ctx, &args);
+	if (mark->sk == args.sk && mark->oldstate == args.oldstate &&
+	    mark->newstate == args.newstate) {
+		mark->sk = 0; /* the first handled it */
 		return 0;
 	}
 	__sync_fetch_and_add(handled, 1);
-	return on_raw(ctx, SCRATCH_SECOND);
+	return on_raw(&args, SCRATCH_SECOND);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
