@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from flowtrail.errors import InputError
 from flowtrail.query.api import PARAMS, parse_time
+from flowtrail.query.external import check_external_group
 from flowtrail.query.output import FORMATS
 from flowtrail.query.queries import (
     MAX_BUCKETS,
@@ -104,9 +105,10 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
     fmt = got.get("format", "json")
     if fmt not in API_FORMATS:
         raise ParamError("format", f"{fmt!r}: choose {' or '.join(API_FORMATS)}")
-    known = got.get("known_only", "false").lower()
-    if known not in _TRUE + _FALSE:
-        raise ParamError("known_only", f"{known!r}: use true or false")
+    for flag in ("known_only", "group_external"):
+        value = got.get(flag, "false").lower()
+        if value not in _TRUE + _FALSE:
+            raise ParamError(flag, f"{value!r}: use true or false")
     by = got.get("by", "workload")
     if by not in TALKER_KEYS:
         raise ParamError("by", f"{by!r}: choose {' or '.join(TALKER_KEYS)}")
@@ -128,6 +130,18 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
         for side in ("caller", "callee"):
             if side in got and unnamed in (side, "both"):
                 raise ParamError("unnamed", f"{unnamed!r} and {side}={got[side]!r}: choose one")
+    for side in ("caller", "callee"):
+        group = got.get(f"{side}_external")
+        if group is not None:
+            try:
+                check_external_group(group, f"{side}_external")
+            except InputError as exc:
+                raise ParamError(f"{side}_external", str(exc).split(" ", 1)[1]) from None
+            if side in got:
+                named = f"{group!r} and {side}={got[side]!r}"
+                raise ParamError(
+                    f"{side}_external", f"{named}: a side with a name has no external group"
+                )
     source = got.get("source")
     if source is not None and source not in SOURCES:
         raise ParamError("source", f"{source!r}: choose {', '.join(SOURCES)}")

@@ -4,7 +4,8 @@
 
 Parameter names are the CLI's flags without dashes (`since`, `until`, `workload`, `ip`, `port`,
 `source`, `exporter`, `outcome`, `caller`, `callee`, `unnamed`, `by`, `limit`, `offset`,
-`buckets`, `known_only`); values are text as they arrive in a URL.
+`buckets`, `known_only`, `group_external`, `caller_external`, `callee_external`); values
+are text as they arrive in a URL.
 Unknown names and bad values raise InputError naming them, so a web layer can answer 400.
 """
 
@@ -32,7 +33,7 @@ from flowtrail.units import parse_time_ns
 
 WINDOW_PARAMS = ("since", "until")
 PARAMS: dict[str, tuple[str, ...]] = {
-    "dependencies": (*WINDOW_PARAMS, "workload", "known_only"),
+    "dependencies": (*WINDOW_PARAMS, "workload", "known_only", "group_external"),
     "top-talkers": (*WINDOW_PARAMS, "by", "limit"),
     "flows": (
         *WINDOW_PARAMS,
@@ -45,6 +46,8 @@ PARAMS: dict[str, tuple[str, ...]] = {
         "caller",
         "callee",
         "unnamed",
+        "caller_external",
+        "callee_external",
         "limit",
         "offset",
     ),
@@ -113,6 +116,7 @@ def run_query(
                 source=source,
                 workload=params.get("workload"),
                 known_only=_flag(params, "known_only"),
+                group_external=_flag(params, "group_external"),
             )
         if name == "top-talkers":
             by = params.get("by", "workload")
@@ -128,6 +132,8 @@ def run_query(
                 caller=params.get("caller"),
                 callee=params.get("callee"),
                 unnamed=params.get("unnamed"),
+                caller_external=params.get("caller_external"),
+                callee_external=params.get("callee_external"),
             )
             offset = _int(params, "offset") or 0
             return flows(con, window, source=source, where=where, limit=limit or 100, offset=offset)

@@ -147,15 +147,24 @@ def query() -> None:
 @_source_options
 @click.option("--workload", help="Only edges where this workload calls or is called.")
 @click.option("--known-only", is_flag=True, help="Leave out edges with an unnamed side.")
-def dependencies_command(source: Source, workload: str | None, known_only: bool) -> None:
+@click.option(
+    "--group-external",
+    is_flag=True,
+    help="Split edges with an unnamed side by its address group (IPv4 /24, IPv6 /48), in "
+    "the columns caller_external and callee_external.",
+)
+def dependencies_command(
+    source: Source, workload: str | None, known_only: bool, group_external: bool
+) -> None:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs)."""
     from flowtrail.query.queries import dependencies
 
     source.run(
         lambda con, w, rel: dependencies(
-            con, w, source=rel, workload=workload, known_only=known_only
+            con, w, source=rel, workload=workload, known_only=known_only,
+            group_external=group_external,
         )
-    )
+    )  # fmt: skip
 
 
 @query.command("top-talkers")
@@ -193,6 +202,17 @@ def top_talkers_command(source: Source, by: str, limit: int) -> None:
     type=click.Choice(UNNAMED_SIDES),
     help="This side (or both) has no workload: an edge to or from unattributed traffic.",
 )
+@click.option(
+    "--caller-external",
+    metavar="NET",
+    help="The caller has no workload and its address is in this group (a /24 or /48, as "
+    "dependencies --group-external lists it).",
+)
+@click.option(
+    "--callee-external",
+    metavar="NET",
+    help="The callee has no workload and its address is in this group (a /24 or /48).",
+)
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many rows.")
 def flows_command(
@@ -206,6 +226,8 @@ def flows_command(
     caller: str | None,
     callee: str | None,
     unnamed: str | None,
+    caller_external: str | None,
+    callee_external: str | None,
     limit: int,
     offset: int,
 ) -> None:
@@ -213,8 +235,9 @@ def flows_command(
     from flowtrail.query.queries import FlowFilter, flows
 
     where = FlowFilter(
-        workload, ip, port, remote_source, exporter, outcome, caller, callee, unnamed
-    )
+        workload, ip, port, remote_source, exporter, outcome, caller, callee, unnamed,
+        caller_external, callee_external,
+    )  # fmt: skip
     source.run(
         lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit, offset=offset)
     )

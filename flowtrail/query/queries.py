@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from flowtrail import pairing
 from flowtrail.errors import InputError
+from flowtrail.query.external import check_external_group, external_group_sql
 from flowtrail.schema import ATTRIBUTED
 from flowtrail.store.columns import query_arrow
 from flowtrail.tables import invalid_ips
@@ -203,7 +204,7 @@ def _connections(
         yield f"""
     o AS (SELECT * FROM {name} WHERE side = 0),
     i AS (SELECT * FROM {name} WHERE side = 1),
-    a AS (SELECT caller, callee, rid FROM {name} WHERE side = 2),
+    a AS (SELECT caller, callee, caller_ip, callee_ip, rid FROM {name} WHERE side = 2),
     ends AS (SELECT * FROM {name}),
     c AS (
         SELECT o.rid AS client_rid, i.rid AS server_rid,
@@ -229,13 +230,16 @@ def dependencies(
     source: str = "flows",
     workload: str | None = None,
     known_only: bool = False,
+    group_external: bool = False,
     pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
 ) -> pa.Table:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs), and
     the attempts that never established (`failed_attempts`).
 
     A null caller or callee is a side nobody could name; `known_only` drops such edges,
-    `workload` keeps the edges touching that workload.
+    `workload` keeps the edges touching that workload. `group_external` splits the edges with
+    an unnamed side by that side's address group (flowtrail/query/external.py), in the extra
+    columns `caller_external` and `callee_external` (null for a named side).
     """
     where, params = ["TRUE"], []
     if known_only:
@@ -243,16 +247,27 @@ def dependencies(
     if workload is not None:
         where.append("(caller = ? OR callee = ?)")
         params += [workload, workload]
+    ext_columns = ext_names = ext_order = ""
+    if group_external:
+        ext_columns = ", ".join(
+            f"CASE WHEN {side} IS NULL THEN {external_group_sql(side + '_ip')} END"
+            f" AS {side}_external"
+            for side in ("caller", "callee")
+        )
+        ext_names = "caller_external, callee_external,"
+        ext_order = ", caller_external NULLS LAST, callee_external NULLS LAST"
+    else:
+        ext_columns = "NULL AS caller_external, NULL AS callee_external"
     with _connections(con, source, window, pair_tolerance_ns) as ctes:
         sql = f"""
         WITH {ctes},
         e AS (
-            SELECT caller, callee, FALSE AS attempt, both_ends, to_callee, to_caller,
-                   retransmits, srtt_us FROM c
+            SELECT caller, callee, {ext_columns}, FALSE AS attempt, both_ends, to_callee,
+                   to_caller, retransmits, srtt_us FROM c
             UNION ALL
-            SELECT caller, callee, TRUE, FALSE, 0, 0, 0, NULL FROM a
+            SELECT caller, callee, {ext_columns}, TRUE, FALSE, 0, 0, 0, NULL FROM a
         )
-        SELECT caller, callee,
+        SELECT caller, callee, {ext_names}
                count(*) FILTER (WHERE NOT attempt)::BIGINT AS flows,
                sum(both_ends::INTEGER)::BIGINT AS seen_both_ends,
                sum(to_callee)::BIGINT AS bytes_to_callee,
@@ -262,9 +277,9 @@ def dependencies(
                quantile_cont(srtt_us, 0.99) AS rtt_p99_us,
                count(*) FILTER (WHERE attempt)::BIGINT AS failed_attempts
         FROM e WHERE {" AND ".join(where)}
-        GROUP BY caller, callee
+        GROUP BY ALL
         ORDER BY bytes_to_callee + bytes_to_caller DESC, flows DESC, failed_attempts DESC,
-                 caller NULLS LAST, callee NULLS LAST
+                 caller NULLS LAST, callee NULLS LAST {ext_order}
         """
         return query_arrow(con, sql, params)
 
@@ -321,6 +336,10 @@ class FlowFilter:
     caller: str | None = None
     callee: str | None = None
     unnamed: str | None = None  # one of UNNAMED_SIDES
+    # An unnamed side's address group (flowtrail/query/external.py): that side has no name
+    # and its address is in the group, as dependencies(group_external=True) splits edges.
+    caller_external: str | None = None
+    callee_external: str | None = None
 
     def __post_init__(self) -> None:
         if self.ip is not None and invalid_ips(pa.array([self.ip])):
@@ -334,9 +353,19 @@ class FlowFilter:
             raise InputError(f"--outcome {self.outcome!r}: choose {choices}")
         if self.unnamed is not None and self.unnamed not in UNNAMED_SIDES:
             raise InputError(f"--unnamed {self.unnamed!r}: choose {', '.join(UNNAMED_SIDES)}")
-        for side, name in (("caller", self.caller), ("callee", self.callee)):
+        for side, name, group in (
+            ("caller", self.caller, self.caller_external),
+            ("callee", self.callee, self.callee_external),
+        ):
             if name is not None and self.unnamed in (side, "both"):
                 raise InputError(f"--{side} {name!r} and --unnamed {self.unnamed}: choose one")
+            if group is not None:
+                check_external_group(group, f"--{side}-external")
+                if name is not None:
+                    raise InputError(
+                        f"--{side} {name!r} and --{side}-external {group!r}: a side with a "
+                        "name has no external group; choose one"
+                    )
 
     def sql(self) -> tuple[str, list[Any]]:
         where: list[str] = []
@@ -364,16 +393,27 @@ class FlowFilter:
 
     @property
     def edge(self) -> bool:
-        return self.caller is not None or self.callee is not None or self.unnamed is not None
+        return any(
+            v is not None
+            for v in (
+                self.caller, self.callee, self.unnamed, self.caller_external, self.callee_external
+            )
+        )  # fmt: skip
 
     def edge_sql(self) -> tuple[str, list[Any]]:
         """The edge's condition on a relation with `caller` and `callee` columns."""
         where: list[str] = []
         params: list[Any] = []
-        for side, name in (("caller", self.caller), ("callee", self.callee)):
+        for side, name, group in (
+            ("caller", self.caller, self.caller_external),
+            ("callee", self.callee, self.callee_external),
+        ):
             if name is not None:
                 where.append(f"{side} = ?")
                 params.append(name)
+            elif group is not None:
+                where.append(f"{side} IS NULL AND {external_group_sql(side + '_ip')} = ?")
+                params.append(group)
             elif self.unnamed in (side, "both"):
                 where.append(f"{side} IS NULL")
         return (" AND ".join(where) or "TRUE"), params

@@ -7,7 +7,8 @@ import { apiUrl, el, fmtBytes, fmtInt, fmtUs, fmtUtc, getJSON, table } from "./u
 
 const PAGE = 100;
 const FILTERS = {
-  fw: "workload", fc: "caller", fe: "callee", fun: "unnamed", fip: "ip", fport: "port",
+  fw: "workload", fc: "caller", fe: "callee", fun: "unnamed", fcx: "caller_external",
+  fex: "callee_external", fip: "ip", fport: "port",
   fout: "outcome", fsrc: "source", fexp: "exporter",
 };
 let newestEnd = null; // end_ns of page 0's first row (for the pin)

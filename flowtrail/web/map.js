@@ -3,9 +3,10 @@
 // Layout, by hand: cycles are broken by a depth-first search in name order, every workload goes
 // to the layer after its furthest caller, and each layer is ordered by the mean position of
 // its neighbours (a few sweeps each way). Order starts from the previous drawing's, so a
-// refresh that adds an edge moves little. A side nobody could name is one node,
-// "unattributed", never left out. Many workloads are drawn by group (the part of the name
-// before its last "/", else before ":"), each group one node.
+// refresh that adds an edge moves little. A side nobody could name is never left out: it is
+// drawn as the network its addresses are in (the API's caller_external/callee_external), one
+// node per network, dashed. Many workloads are drawn by group (the part of the name before its
+// last "/", else before ":"), each group one node; many networks as one "(external)" node.
 
 import { state, update, windowParams } from "./console.js";
 import {
@@ -13,6 +14,8 @@ import {
 } from "./util.js";
 
 const UNNAMED = "(unattributed)";
+const EXTERNAL = "(external)"; // the group of every network node
+const AUTO_GROUP_EXTERNAL_OVER = 12; // networks; more are drawn as one node in "auto"
 const NODE_W = 168;
 const NODE_H = 42;
 const COL_W = 226;
@@ -24,12 +27,17 @@ let edges = []; // the API's rows, as last loaded
 let prevOrder = new Map(); // node key → y index in the last drawing
 let drawn = null; // { nodes: Map, links: Map }
 
-// A drawn node's id: "w:<workload>", "u:" for the unnamed side, "g:<group>" for a group.
-const idOf = (name) => (name === null ? "u:" : `w:${name}`);
-const labelOf = (name) => (name === null ? UNNAMED : name);
+// An edge's side, and the node drawn for it: "w:<workload>", "x:<network>" for an unnamed
+// side whose addresses are in that network, "u:" for one without (never from this API, which
+// is asked to group them); "g:<group>" is a group's node.
+const keyOf = (name, external) => (name !== null ? `w:${name}` : external ? `x:${external}` : "u:");
+const isNamed = (key) => key.startsWith("w:");
+const labelOf = (key) => (key === "u:" ? UNNAMED : key.slice(2));
 
-export function groupOf(name) {
-  if (name === null) return UNNAMED;
+export function groupOf(key) {
+  if (key === "u:") return UNNAMED;
+  if (key.startsWith("x:")) return EXTERNAL;
+  const name = key.slice(2);
   const slash = name.lastIndexOf("/");
   if (slash > 0) return name.slice(0, slash);
   const colon = name.indexOf(":");
@@ -69,8 +77,13 @@ export async function loadMap(signal) {
   document.getElementById("map-search").value = state.q;
   document.getElementById("map-group").value = state.group;
   document.getElementById("map-known").checked = state.known === "1";
-  const params = { ...windowParams(), known_only: state.known === "1" ? "true" : "" };
+  const params = { ...windowParams(), known_only: state.known === "1" ? "true" : "",
+    group_external: "true" };
   edges = await getJSON(apiUrl("dependencies", params), signal);
+  for (const e of edges) {
+    e.s = keyOf(e.caller, e.caller_external);
+    e.t = keyOf(e.callee, e.callee_external);
+  }
   const t0 = performance.now();
   draw();
   const t1 = performance.now();
@@ -88,12 +101,12 @@ function grouped(workloads) {
   return workloads.size > AUTO_GROUP_OVER && groups.size < workloads.size;
 }
 
-// Nodes and links to draw: per workload, or per group when grouping.
+// Nodes and links to draw: per workload (and network), or per group when grouping.
 function graph() {
   const workloads = new Set();
   for (const e of edges) {
-    workloads.add(e.caller);
-    workloads.add(e.callee);
+    workloads.add(e.s);
+    workloads.add(e.t);
   }
   const byGroup = grouped(workloads);
   const members = new Map();
@@ -102,28 +115,36 @@ function graph() {
     if (!members.has(g)) members.set(g, []);
     members.get(g).push(w);
   }
+  // Networks are one node when grouping, or in "auto" when there are many.
+  const externals = members.get(EXTERNAL)?.length ?? 0;
+  const externalGrouped = byGroup
+    || (state.group === "auto" && externals > AUTO_GROUP_EXTERNAL_OVER);
   // A group of one is drawn as its workload.
   const nodeOf = (w) => {
-    if (!byGroup || members.get(groupOf(w)).length === 1) return idOf(w);
-    return `g:${groupOf(w)}`;
+    const g = groupOf(w);
+    const on = g === EXTERNAL ? externalGrouped : byGroup;
+    if (!on || members.get(g).length === 1) return w;
+    return `g:${g}`;
   };
   const nodes = new Map();
   for (const w of workloads) {
     const id = nodeOf(w);
     if (!nodes.has(id)) {
       const isGroup = id.startsWith("g:");
+      const g = groupOf(w);
       nodes.set(id, {
-        id, name: isGroup ? null : w, group: groupOf(w), isGroup,
-        label: isGroup ? `${groupOf(w)}/* (${members.get(groupOf(w)).length})` : labelOf(w),
-        unnamed: w === null, members: isGroup ? members.get(groupOf(w)) : [w],
+        id, key: isGroup ? null : w, group: g, isGroup,
+        label: isGroup ? `${g}${g === EXTERNAL ? "" : "/*"} (${members.get(g).length})`
+          : labelOf(w),
+        unnamed: !isNamed(w), external: g === EXTERNAL, members: isGroup ? members.get(g) : [w],
         inFlows: 0, outFlows: 0, failed: 0,
       });
     }
   }
   const links = new Map();
   for (const e of edges) {
-    const s = nodeOf(e.caller);
-    const t = nodeOf(e.callee);
+    const s = nodeOf(e.s);
+    const t = nodeOf(e.t);
     const id = `${s}\u2192${t}`;
     if (!links.has(id)) {
       links.set(id, { id, s, t, rows: [], flows: 0, failed: 0, bytes: 0 });
@@ -304,20 +325,22 @@ function draw() {
       g.append(svg("text", { x: mid.x, y: mid.y - 4, class: "elabel" }, text));
     }
     bindSelect(g, l.rows.length === 1 && !nodes.get(l.s).isGroup && !nodes.get(l.t).isGroup
-      ? ["e", l.rows[0].caller, l.rows[0].callee] : ["l", l.s, l.t]);
+      ? ["e", l.rows[0].s, l.rows[0].t] : ["l", l.s, l.t]);
     edgeLayer.append(g);
   }
   for (const [id, n] of nodes) {
     const p = at.get(id);
     // What fits the box in 13 px bold; the whole name is in the tooltip and the panel.
     const short = n.label.length > 21 ? `${n.label.slice(0, 20)}…` : n.label;
-    const sub = `${fmtInt(n.inFlows)} in · ${fmtInt(n.outFlows)} out`
+    const sub = `${n.external ? "unnamed · " : ""}${fmtInt(n.inFlows)} in · ${fmtInt(n.outFlows)} out`
       + (n.failed ? ` · ${fmtInt(n.failed)}✕` : "");
     const g = svg("g", {
-      class: `node hue${hueOf(n.group)}${n.unnamed ? " unk" : ""}${n.isGroup ? " grp" : ""}`,
+      class: `node hue${hueOf(n.group)}${n.unnamed || n.external ? " unk" : ""}`
+        + `${n.external ? " ext" : ""}${n.isGroup ? " grp" : ""}`,
       transform: `translate(${p.x},${p.y})`, tabindex: 0, role: "button",
       dataset: { id, name: n.label },
-      "aria-label": `${n.isGroup ? "group " : ""}${n.label}: ${fmtInt(n.inFlows)} connections `
+      "aria-label": `${n.isGroup ? "group " : ""}${n.external ? "unnamed addresses " : ""}`
+        + `${n.label}: ${fmtInt(n.inFlows)} connections `
         + `in, ${fmtInt(n.outFlows)} out, ${fmtInt(n.failed)} failed attempts out`,
     },
     svg("title", {}, n.label),
@@ -325,7 +348,7 @@ function draw() {
     svg("rect", { width: 5, height: NODE_H - 12, x: 6, y: 6, rx: 2, class: "stripe" }),
     svg("text", { x: 18, y: 18, class: "nlabel" }, short),
     svg("text", { x: 18, y: 33, class: "nsub" }, sub));
-    bindSelect(g, n.isGroup ? ["g", n.group] : ["n", n.name]);
+    bindSelect(g, n.isGroup ? ["g", n.group] : ["n", n.key]);
     nodeLayer.append(g);
   }
   // Fit the canvas's width when that keeps text readable (down to 75 %); else scroll.
@@ -393,22 +416,29 @@ function highlight() {
 }
 
 function selectedId(sel) {
-  if (sel[0] === "n") return idOf(sel[1]);
+  if (sel[0] === "n") return sel[1];
   if (sel[0] === "g") return `g:${sel[1]}`;
-  if (sel[0] === "e") return `${idOf(sel[1])}\u2192${idOf(sel[2])}`;
+  if (sel[0] === "e") return `${sel[1]}\u2192${sel[2]}`;
   if (sel[0] === "l") return `${sel[1]}\u2192${sel[2]}`;
   return null;
 }
 
-// The flows explorer's filter for one edge (caller and callee, or the side with no name).
-export function edgeFilter(caller, callee) {
-  const unnamed = caller === null && callee === null ? "both"
-    : caller === null ? "caller" : callee === null ? "callee" : "";
-  return { fc: caller ?? "", fe: callee ?? "", fun: unnamed };
+// The flows explorer's filter for one edge: each side's workload, or the network of a side
+// with no name (or, without one, that the side has no name).
+export function edgeFilter(e) {
+  const side = (key) => ({
+    name: isNamed(key) ? key.slice(2) : "", net: key.startsWith("x:") ? key.slice(2) : "",
+    unnamed: key === "u:",
+  });
+  const c = side(e.s);
+  const t = side(e.t);
+  const unnamed = c.unnamed && t.unnamed ? "both"
+    : c.unnamed ? "caller" : t.unnamed ? "callee" : "";
+  return { fc: c.name, fe: t.name, fcx: c.net, fex: t.net, fun: unnamed };
 }
 
-const FLOW_FILTERS = { fw: "", fc: "", fe: "", fun: "", fip: "", fport: "", fout: "", fsrc: "",
-  fexp: "", page: "0", pin: "" };
+const FLOW_FILTERS = { fw: "", fc: "", fe: "", fun: "", fcx: "", fex: "", fip: "", fport: "",
+  fout: "", fsrc: "", fexp: "", page: "0", pin: "" };
 
 function linkButton(text, changes) {
   return el("button", { type: "button", class: "link",
@@ -417,8 +447,8 @@ function linkButton(text, changes) {
 }
 
 const EDGE_COLUMNS = [
-  { label: "Caller", value: (e) => nameCell(e.caller) },
-  { label: "Callee", value: (e) => nameCell(e.callee) },
+  { label: "Caller", value: (e) => nameCell(e.s) },
+  { label: "Callee", value: (e) => nameCell(e.t) },
   { label: "Connections", num: true, value: (e) => fmtInt(e.flows) },
   { label: "Failed attempts", num: true, value: (e) => fmtInt(e.failed_attempts) },
   { label: "Bytes →", num: true, value: (e) => fmtBytes(e.bytes_to_callee) },
@@ -428,8 +458,8 @@ const EDGE_COLUMNS = [
   { label: "RTT p99", num: true, value: (e) => fmtUs(e.rtt_p99_us) },
 ];
 
-function nameCell(name) {
-  return name === null ? el("span", { class: "unk-name" }, UNNAMED) : name;
+function nameCell(key) {
+  return isNamed(key) ? labelOf(key) : el("span", { class: "unk-name" }, labelOf(key));
 }
 
 const EDGE_ROWS = 100; // the table's first rows (by bytes); the rest on request
@@ -439,17 +469,17 @@ function renderEdgeTable() {
   const cols = [
     { label: "Edge", value: (e) => el("button", { type: "button", class: "link",
       onclick: () => {
-        update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+        update({ sel: JSON.stringify(["e", e.s, e.t]) }, { reload: false });
         renderPanel();
         document.getElementById("map-panel").focus();
-      } }, `${labelOf(e.caller)} → ${labelOf(e.callee)}`) },
+      } }, `${labelOf(e.s)} → ${labelOf(e.t)}`) },
     ...EDGE_COLUMNS.slice(2),
   ];
   const shown = allEdgeRows ? edges : edges.slice(0, EDGE_ROWS);
   const node = document.getElementById("edge-table");
   table(node, cols, shown, {
     empty: "No edges in this window.",
-    rowAttrs: (e) => ({ dataset: { caller: labelOf(e.caller), callee: labelOf(e.callee) } }),
+    rowAttrs: (e) => ({ dataset: { caller: labelOf(e.s), callee: labelOf(e.t) } }),
   });
   if (shown.length < edges.length) {
     node.tBodies[0].append(el("tr", {}, el("td", { colspan: cols.length },
@@ -501,9 +531,9 @@ function summary() {
   ]);
 }
 
-async function edgePanel(panel, caller, callee, signal) {
-  const e = edges.find((x) => x.caller === caller && x.callee === callee);
-  const title = `${labelOf(caller)} → ${labelOf(callee)}`;
+async function edgePanel(panel, s, t, signal) {
+  const e = edges.find((x) => x.s === s && x.t === t);
+  const title = `${labelOf(s)} → ${labelOf(t)}`;
   if (!e) {
     panel.replaceChildren(el("h2", {}, title), el("p", { class: "empty" },
       "No such edge in this window."));
@@ -526,11 +556,11 @@ async function edgePanel(panel, caller, callee, signal) {
     el("p", { class: "hint" }, "Each connection's latest row from every end that captured "
       + "it (seen at both ends: two rows), and the failed attempts."),
     el("div", { class: "table-wrap" }, list),
-    el("p", {}, linkButton("All of this edge's flows →", edgeFilter(caller, callee))),
+    el("p", {}, linkButton("All of this edge's flows →", edgeFilter(e))),
   );
-  const f = edgeFilter(caller, callee);
+  const f = edgeFilter(e);
   const rows = await getJSON(apiUrl("flows", { ...windowParams(), caller: f.fc, callee: f.fe,
-    unnamed: f.fun, limit: 50 }), signal);
+    caller_external: f.fcx, callee_external: f.fex, unnamed: f.fun, limit: 50 }), signal);
   table(list, [
     { label: "Ended (UTC)", value: (r) => el("span", { title: fmtUtc(r.end_ns) },
       fmtUtc(r.end_ns).slice(11)), cls: "time" },
@@ -550,31 +580,37 @@ function peerRows(match) {
   return edges.filter(match);
 }
 
-function nodePanel(panel, name) {
-  const out = peerRows((e) => e.caller === name);
-  const inn = peerRows((e) => e.callee === name);
+function nodePanel(panel, key) {
+  const out = peerRows((e) => e.s === key);
+  const inn = peerRows((e) => e.t === key);
   const sum = (rows, f) => rows.reduce((s, e) => s + f(e), 0);
-  const all = [...out, ...inn.filter((e) => e.caller !== name)];
+  const all = [...out, ...inn.filter((e) => e.s !== key)];
   const conns = sum(all, (e) => e.flows);
-  const unnamedPeer = sum(all.filter((e) => (e.caller === name ? e.callee : e.caller) === null),
-    (e) => e.flows);
+  const unnamedPeer = sum(all.filter((e) => !isNamed(e.s === key ? e.t : e.s)), (e) => e.flows);
   const peerTable = el("table");
   table(peerTable, [
     { label: "Peer", value: (e) => el("button", { type: "button", class: "link", onclick: () => {
-      update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+      update({ sel: JSON.stringify(["e", e.s, e.t]) }, { reload: false });
       renderPanel();
-    } }, e.caller === name ? `→ ${labelOf(e.callee)}` : `← ${labelOf(e.caller)}`) },
+    } }, e.s === key ? `→ ${labelOf(e.t)}` : `← ${labelOf(e.s)}`) },
     { label: "Conns", num: true, value: (e) => fmtInt(e.flows) },
     { label: "Failed", num: true, value: (e) => fmtInt(e.failed_attempts) },
     { label: "Bytes", num: true, value: (e) => fmtBytes(e.bytes_to_callee + e.bytes_to_caller) },
   ], all);
-  const flowsLink = name === null
-    ? linkButton("Its unattributed flows →", { fsrc: "unattributed" })
-    : linkButton("Its flows →", { fw: name });
+  const net = key.startsWith("x:") ? key.slice(2) : "";
+  let flowsLinks = [linkButton("Its flows →", { fw: labelOf(key) })];
+  if (key === "u:") flowsLinks = [linkButton("Its unattributed flows →", { fsrc: "unattributed" })];
+  if (net) {
+    flowsLinks = [
+      inn.length ? linkButton("Its flows as callee →", { fex: net }) : null,
+      out.length ? linkButton("Its flows as caller →", { fcx: net }) : null,
+    ].filter(Boolean);
+  }
   fill(panel,
-    el("h2", {}, labelOf(name)),
-    name === null ? el("p", { class: "hint" }, "Traffic whose other side nobody could name: "
-      + "no heartbeat or event owned the address at the time. Its edges list its flows.") : null,
+    el("h2", {}, labelOf(key)),
+    !isNamed(key) ? el("p", { class: "hint" }, `${net ? `Addresses in ${net} that ` : "Traffic "
+      + "whose other side "}no workload owned: no heartbeat or event named them at the time. `
+      + "Its edges list their flows.") : null,
     stats([
       ["Calls out", `${plural(sum(out, (e) => e.flows), "connection")} to `
         + `${plural(out.length, "callee")}`],
@@ -585,22 +621,24 @@ function nodePanel(panel, name) {
       ["Bytes sent / received", `${fmtBytes(sum(out, (e) => e.bytes_to_callee)
         + sum(inn, (e) => e.bytes_to_caller))} / ${fmtBytes(sum(out, (e) => e.bytes_to_caller)
         + sum(inn, (e) => e.bytes_to_callee))}`],
-      ["Peer unnamed", name === null ? "–"
+      ["Peer unnamed", !isNamed(key) ? "–"
         : `${plural(unnamedPeer, "connection")} (${fmtPct(conns ? (100 * unnamedPeer) / conns : null)})`],
     ]),
     el("h3", {}, "Peers"),
     el("div", { class: "table-wrap" }, peerTable),
-    el("p", {}, flowsLink),
+    el("p", {}, ...flowsLinks),
   );
 }
 
 function groupPanel(panel, group) {
   const inGroup = (w) => groupOf(w) === group;
-  const rows = edges.filter((e) => inGroup(e.caller) || inGroup(e.callee));
-  const members = [...new Set(rows.flatMap((e) => [e.caller, e.callee]).filter(inGroup))].sort();
+  const rows = edges.filter((e) => inGroup(e.s) || inGroup(e.t));
+  const members = [...new Set(rows.flatMap((e) => [e.s, e.t]).filter(inGroup))].sort();
   panel.replaceChildren(
-    el("h2", {}, `${group}/*`),
-    el("p", { class: "hint" }, `${members.length} workloads drawn as one node.`),
+    el("h2", {}, group === EXTERNAL ? group : `${group}/*`),
+    el("p", { class: "hint" }, group === EXTERNAL
+      ? `${members.length} networks of addresses no workload owned, drawn as one node.`
+      : `${members.length} workloads drawn as one node.`),
     el("ul", { class: "members" }, members.map((m) => el("li", {}, el("button", {
       type: "button", class: "link",
       onclick: () => update({ group: "off", sel: JSON.stringify(["n", m]) }),
@@ -617,9 +655,9 @@ function linkPanel(panel, id) {
   const t = el("table");
   table(t, [
     { label: "Edge", value: (e) => el("button", { type: "button", class: "link", onclick: () => {
-      update({ sel: JSON.stringify(["e", e.caller, e.callee]) }, { reload: false });
+      update({ sel: JSON.stringify(["e", e.s, e.t]) }, { reload: false });
       renderPanel();
-    } }, `${labelOf(e.caller)} → ${labelOf(e.callee)}`) },
+    } }, `${labelOf(e.s)} → ${labelOf(e.t)}`) },
     ...EDGE_COLUMNS.slice(2, 5),
   ], l.rows);
   panel.replaceChildren(

@@ -126,3 +126,28 @@ def simulated_flows(now_ns: int, flows: int = 6_000, seed: int = 3) -> pa.Table:
             table = table.set_column(table.column_names.index(name), name, moved)
     keep = [n for n in table.column_names if not n.startswith("sim_")]
     return table.select(keep)
+
+
+EXTERNAL_NETWORKS = [f"10.9.{k}.0/24" for k in range(13)]
+
+
+def external_flows(now_ns: int) -> pa.Table:
+    """web calling addresses no workload owns, within the last 5 minutes: two connections to
+    two addresses of 198.51.100.0/24, one to 2001:db8:1::/48, and one to each of the 13
+    networks 10.9.k.0/24 (15 networks in all)."""
+    t = now_ns - MINUTE
+    remotes = ["198.51.100.7", "198.51.100.9", "2001:db8:1::5"]
+    remotes += [net.replace(".0/24", ".1") for net in EXTERNAL_NETWORKS]
+    rows = [
+        _row(
+            n,
+            t - n * SECOND,
+            remote_ip=ip,
+            local_ip="2001:db8:ffff::1" if ":" in ip else "10.0.0.1",
+            local_workload="web",
+            remote_workload=None,
+            remote_source="unattributed",
+        )
+        for n, ip in enumerate(remotes)
+    ]
+    return pa.Table.from_pylist(rows, schema=ATTRIBUTED.schema)

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from browser_driver import make_driver, quit_driver
-from console_data import MINUTE, known_flows, simulated_flows
+from console_data import EXTERNAL_NETWORKS, MINUTE, external_flows, known_flows, simulated_flows
 from up_process import UpWithFlows
 
 pytestmark = pytest.mark.slow
@@ -90,17 +90,18 @@ def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
         shutil.copy(path, Path(__file__).resolve().parents[2] / "docs" / name)
 
 
-def label(name: str | None) -> str:
-    return "(unattributed)" if name is None else name
+def label(edge: dict[str, Any], side: str) -> str:
+    """How the map names an edge's side: its workload, else its address's network."""
+    return str(edge[side] if edge[side] is not None else edge[f"{side}_external"])
 
 
 def test_map_nodes_edges_and_numbers(page: Any, up: UpWithFlows) -> None:
     open_console(page, up)
-    assert node_names(page) == {"web", "api", "db", "(unattributed)"}  # cron is 2 h old
+    assert node_names(page) == {"web", "api", "db", "203.0.113.0/24"}  # cron is 2 h old
     want = {
         ("web", "api"): (3, 0),
         ("api", "db"): (2, 1),
-        ("(unattributed)", "web"): (2, 0),
+        ("203.0.113.0/24", "web"): (2, 0),
     }
     drawn = {
         (e.get_attribute("data-s"), e.get_attribute("data-t")): (
@@ -112,21 +113,22 @@ def test_map_nodes_edges_and_numbers(page: Any, up: UpWithFlows) -> None:
     assert drawn == {
         ("w:web", "w:api"): (3, 0),
         ("w:api", "w:db"): (2, 1),
-        ("u:", "w:web"): (2, 0),
+        ("x:203.0.113.0/24", "w:web"): (2, 0),
     }
     # The edge table shows the API's numbers, as a person reads them.
-    api = up.get_json("/api/dependencies?since=15m")
+    api = up.get_json("/api/dependencies?since=15m&group_external=true")
     rows = page.find_elements("css selector", "#edge-table tbody tr")
     assert len(rows) == len(api) == 3
     for row, edge in zip(rows, api, strict=True):
-        key = (label(edge["caller"]), label(edge["callee"]))
+        key = (label(edge, "caller"), label(edge, "callee"))
         assert (row.get_attribute("data-caller"), row.get_attribute("data-callee")) == key
         cells = [td.text for td in row.find_elements("css selector", "td")]
         assert cells[1:3] == [str(edge["flows"]), str(edge["failed_attempts"])]
         assert (edge["flows"], edge["failed_attempts"]) == want[key]
-    # The unattributed side is a node of its own, drawn apart.
+    # The unattributed side is a node of its own, drawn apart: the network of its addresses.
     unk = page.find_element("css selector", "#map-canvas .node.unk")
-    assert unk.get_attribute("data-name") == "(unattributed)"
+    assert unk.get_attribute("data-name") == "203.0.113.0/24"
+    assert "ext" in unk.get_attribute("class").split()
 
 
 def test_click_edge_lists_exactly_its_flows(page: Any, up: UpWithFlows, tmp_path: Path) -> None:
@@ -144,9 +146,11 @@ def test_click_edge_lists_exactly_its_flows(page: Any, up: UpWithFlows, tmp_path
     assert page.find_element("css selector", "#map-panel h2").text == "api → db"
     assert "sel=" in page.current_url  # the selection is in the link
     # The unattributed edge lists its flows too.
-    page.find_element("css selector", '.edge[data-s="u:"][data-t="w:web"] .elabel').click()
+    page.find_element(
+        "css selector", '.edge[data-s="x:203.0.113.0/24"][data-t="w:web"] .elabel'
+    ).click()
     wait(page, lambda d: d.find_element("css selector", "#map-panel h2").text
-         == "(unattributed) → web", "the unattributed edge's panel")  # fmt: skip
+         == "203.0.113.0/24 → web", "the unattributed edge's panel")  # fmt: skip
     wait(page, lambda d: {e.get_attribute("data-flow-id") for e in d.find_elements(
         "css selector", "#edge-flows tbody tr[data-flow-id]")} == {"20", "21"},
         "the unattributed edge's flows")  # fmt: skip
@@ -245,7 +249,7 @@ def test_time_window_changes_the_result_and_the_url_keeps_it(page: Any, up: UpWi
     before = mark(page)
     Select(page.find_element("id", "win")).select_by_value("24h")
     settled(page, before)
-    assert node_names(page) == {"web", "api", "db", "cron", "(unattributed)"}
+    assert node_names(page) == {"web", "api", "db", "cron", "203.0.113.0/24"}
     edge = page.find_element("css selector", '.edge[data-s="w:cron"][data-t="w:api"]')
     assert edge.get_attribute("data-flows") == "1"
     assert parse_qs(urlsplit(page.current_url).query)["win"] == ["24h"]
@@ -296,9 +300,9 @@ def test_screenshots_of_a_simulated_fleet(
     """Each view over a simulated fleet at 1280×800, light and dark; the map draws every
     workload the API names."""
     browser.get_log("browser")
-    open_console(browser, sim_up, "sel=%5B%22n%22%2C%22orders%22%5D")
-    edges = sim_up.get_json("/api/dependencies?since=15m")
-    want = {label(e[k]) for e in edges for k in ("caller", "callee")}
+    open_console(browser, sim_up, "sel=%5B%22n%22%2C%22w%3Aorders%22%5D")
+    edges = sim_up.get_json("/api/dependencies?since=15m&group_external=true")
+    want = {label(e, k) for e in edges for k in ("caller", "callee")}
     assert node_names(browser) == want and len(want) > 20
     screenshot(browser, tmp_path, "console-map.png")
     open_console(browser, sim_up, "view=flows")
@@ -315,3 +319,65 @@ def test_screenshots_of_a_simulated_fleet(
         assert js(dark, "return getComputedStyle(document.body).backgroundColor") != light
     finally:
         quit_driver(dark)
+
+
+def press_enter_on(driver: Any, element: Any) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    js(driver, "arguments[0].focus()", element)
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
+
+
+@pytest.fixture(scope="module")
+def ext_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpWithFlows]:
+    u = UpWithFlows(tmp_path_factory.mktemp("external") / "data", external_flows(time.time_ns()))
+    yield u
+    u.close()
+
+
+def test_external_addresses_are_grouped_by_network(
+    browser: Any, ext_up: UpWithFlows, tmp_path: Path
+) -> None:
+    """Addresses no workload owns are one node per network, shown as such, whose edge and
+    node list exactly their flows; beyond 12 networks, "auto" draws them as one node."""
+    browser.get_log("browser")
+    open_console(browser, ext_up, "group=off")
+    nets = {"198.51.100.0/24", "2001:db8:1::/48", *EXTERNAL_NETWORKS}
+    assert node_names(browser) == {"web", *nets}  # not a node per address
+    for net in nets:
+        node = browser.find_element("css selector", f'.node[data-id="x:{net}"]')
+        assert {"unk", "ext"} <= set(node.get_attribute("class").split()), net
+    edge = browser.find_element("css selector", '.edge[data-s="w:web"][data-t="x:198.51.100.0/24"]')
+    assert edge.get_attribute("data-flows") == "2"  # two addresses, one edge
+    screenshot(browser, tmp_path, "console-external.png")
+    # The edge's flows: exactly the two connections, as the API lists them. (Opened by
+    # keyboard: 15 edges fan out of web, and a click lands on whichever is drawn on top.)
+    press_enter_on(browser, edge)
+    wait(browser, lambda d: {e.get_attribute("data-flow-id") for e in d.find_elements(
+        "css selector", "#edge-flows tbody tr[data-flow-id]")} == {"0", "1"},
+        "the network edge's flows")  # fmt: skip
+    api = ext_up.get_json("/api/flows?since=15m&caller=web&callee_external=198.51.100.0/24")
+    assert {r["flow_id"] for r in api} == {"0", "1"}
+    # The node's panel links to its flows in the flows view.
+    press_enter_on(
+        browser, browser.find_element("css selector", '.node[data-id="x:2001:db8:1::/48"]')
+    )
+    wait(browser, lambda d: d.find_element("css selector", "#map-panel h2").text
+         == "2001:db8:1::/48", "the network's panel")  # fmt: skip
+    before = mark(browser)
+    next(
+        b for b in browser.find_elements("css selector", "#map-panel button.link")
+        if b.text.startswith("Its flows as callee")
+    ).click()  # fmt: skip
+    settled(browser, before)
+    rows = browser.find_elements("css selector", "#flow-table tbody tr[data-flow-id]")
+    assert [r.get_attribute("data-flow-id") for r in rows] == ["2"]
+    assert parse_qs(urlsplit(browser.current_url).query)["fex"] == ["2001:db8:1::/48"]
+    # Auto grouping: 15 networks are one node "(external)" that lists them.
+    open_console(browser, ext_up)
+    assert node_names(browser) == {"web", "(external) (15)"}
+    browser.find_element("css selector", '.node[data-id="g:(external)"]').click()
+    wait(browser, lambda d: len(d.find_elements("css selector", "#map-panel .members li")) == 15,
+         "the group's networks")  # fmt: skip
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
