@@ -9,7 +9,8 @@ by remote address, so the map has ~200 workloads), end times spread evenly over 
 opens the console in headless chromium (Debian's, through Selenium) at 1280×800. For each
 view it reports, per fresh page load, the time from navigation start until the view is drawn
 (the page's own performance.now() when its first load finished: HTML, scripts, every API
-answer it waits for, and drawing), and the same view's API answers alone, timed over HTTP.
+answer it waits for, and drawing), the page's drawing alone (the map and its edge table, as
+the page reports it), and the same view's API answers alone, timed over HTTP, with their size.
 
 Views: the map with the default window (15m; auto grouping draws one node per namespace once
 there are more than 40 workloads), the map of every workload (`group=off`), and the flows
@@ -84,15 +85,16 @@ def fleet(rows: int, span_ns: int, now_ns: int) -> pa.Table:
     return out.slice(out.num_rows - rows)  # the oldest rows are the ones left out
 
 
-def api_ms(port: int, path: str) -> float:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+def api_ms(port: int, path: str) -> tuple[float, int]:
+    """The answer's time (ms) and size (bytes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
     try:
         t = time.perf_counter()
         conn.request("GET", path)
         r = conn.getresponse()
-        r.read()
+        body = r.read()
         assert r.status == 200, (path, r.status)
-        return (time.perf_counter() - t) * 1000
+        return (time.perf_counter() - t) * 1000, len(body)
     finally:
         conn.close()
 
@@ -123,8 +125,12 @@ def main() -> None:
     port = api.start()
     base = f"http://127.0.0.1:{port}"
     views = {
-        "map (15m, grouped)": ("/?refresh=0", ["/api/dependencies?since=15m"]),
-        "map (15m, every workload)": ("/?refresh=0&group=off", ["/api/dependencies?since=15m"]),
+        # As the map asks: unnamed sides split by network.
+        "map (15m, grouped)": ("/?refresh=0", ["/api/dependencies?since=15m&group_external=true"]),
+        "map (15m, every workload)": (
+            "/?refresh=0&group=off",
+            ["/api/dependencies?since=15m&group_external=true"],
+        ),
         "flows, first page": ("/?refresh=0&view=flows", ["/api/flows?since=15m&limit=100"]),
     }
     driver = start_browser()
@@ -132,21 +138,27 @@ def main() -> None:
         driver.get(f"{base}/?refresh=0")  # warm: numba's pairing kernel, DuckDB's caches
         wait_loaded(driver, timeout_s=120)
         for name, (page, calls) in views.items():
-            page_ms, api_times, nodes = [], [], 0
+            page_ms, api_times, draw, size, nodes = [], [], [], 0, 0
             for _ in range(args.runs):
                 driver.get("about:blank")
                 driver.get(base + page)
                 wait_loaded(driver, timeout_s=120)
                 page_ms.append(float(driver.execute_script("return document.body.dataset.pageMs")))
+                drawn = driver.execute_script("return document.body.dataset.drawMs || ''")
+                draw.append(sum(int(x) for x in str(drawn).split("+") if x))
                 nodes = int(driver.execute_script(
                     "return document.querySelectorAll('#map-canvas .node').length "
                     "+ document.querySelectorAll('#flow-table tbody tr').length"))  # fmt: skip
-                api_times.append(sum(api_ms(port, c) for c in calls))
+                answers = [api_ms(port, c) for c in calls]
+                api_times.append(sum(ms for ms, _ in answers))
+                size = sum(n for _, n in answers)
             print(json.dumps({
                 "view": name,
                 "page_ms_median": round(statistics.median(page_ms)),
                 "page_ms_max": round(max(page_ms)),
                 "api_ms_median": round(statistics.median(api_times)),
+                "api_bytes": size,
+                "draw_ms_median": round(statistics.median(draw)),
                 "drawn": nodes,
                 "runs": args.runs,
             }), flush=True)  # fmt: skip

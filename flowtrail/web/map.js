@@ -16,6 +16,9 @@ import {
 const UNNAMED = "(unattributed)";
 const EXTERNAL = "(external)"; // the group of every network node
 const AUTO_GROUP_EXTERNAL_OVER = 12; // networks; more are drawn as one node in "auto"
+// Edges drawn at most (besides those with failed attempts or an unnamed side, always drawn):
+// beyond, the drawing costs seconds and shows a hairball; the table below lists every edge.
+const MAX_DRAWN_EDGES = 600;
 const NODE_W = 168;
 const NODE_H = 42;
 const COL_W = 226;
@@ -254,10 +257,11 @@ function draw() {
     });
   });
   const maxFlows = Math.max(1, ...[...links.values()].map((l) => l.flows + l.failed));
+  const shown = drawnLinks(nodes, links);
   const root = svg("svg", {
     class: "map", width, height, viewBox: `0 0 ${width} ${height}`, role: "group",
     "aria-label": `Service map: ${nodes.size} ${byGroup ? "nodes (grouped)" : "workloads"}, `
-      + `${links.size} edges`,
+      + `${shown.length < links.size ? `${shown.length} of ` : ""}${links.size} edges drawn`,
   });
   root.append(svg("defs", {},
     svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 9,
@@ -269,7 +273,7 @@ function draw() {
   const edgeLayer = svg("g", { class: "edges" });
   const nodeLayer = svg("g", { class: "nodes" });
   const showLabels = links.size <= 40; // beyond, numbers show on hover and in the panel
-  const sortedLinks = [...links.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+  const sortedLinks = shown.sort((a, b) => (a.id < b.id ? -1 : 1));
   for (const l of sortedLinks) {
     const a = at.get(l.s);
     const b = at.get(l.t);
@@ -358,9 +362,26 @@ function draw() {
   root.setAttribute("height", Math.ceil(height * scale));
   root.setAttribute("viewBox", `0 0 ${width} ${Math.ceil(height)}`);
   root.append(edgeLayer, nodeLayer);
-  canvas.replaceChildren(root);
+  const note = shown.length < links.size ? el("p", { class: "hint map-note", id: "map-note" },
+    `Drawn: ${fmtInt(shown.length)} of ${fmtInt(links.size)} edges, those with the most `
+    + "connections and every one with failed attempts or an unnamed side. The table below "
+    + "lists them all; Group or Find narrows the map.") : null;
+  canvas.replaceChildren(...(note ? [note, root] : [root]));
   drawn = { nodes, links };
   highlight();
+}
+
+// The links to draw: all, or beyond MAX_DRAWN_EDGES those with the most connections, plus
+// every one with failed attempts or an unnamed side (never left out).
+function drawnLinks(nodes, links) {
+  const all = [...links.values()];
+  if (all.length <= MAX_DRAWN_EDGES) return all;
+  const odd = (n) => n.unnamed || n.external;
+  const must = (l) => l.failed > 0 || odd(nodes.get(l.s)) || odd(nodes.get(l.t));
+  const rest = all.filter((l) => !must(l))
+    .sort((a, b) => b.flows - a.flows || (a.id < b.id ? -1 : 1));
+  const kept = all.filter(must);
+  return [...kept, ...rest.slice(0, Math.max(0, MAX_DRAWN_EDGES - kept.length))];
 }
 
 function bindSelect(g, sel) {

@@ -151,3 +151,21 @@ def external_flows(now_ns: int) -> pa.Table:
         for n, ip in enumerate(remotes)
     ]
     return pa.Table.from_pylist(rows, schema=ATTRIBUTED.schema)
+
+
+def many_edges_flows(now_ns: int) -> pa.Table:
+    """702 edges within the last 5 minutes: c0..c34 → s0..s19 one connection each (the first
+    100 of them two), web → an unnamed address one connection, c0 → z one refused attempt."""
+    t = now_ns - MINUTE
+    rows = []
+    for i in range(700):
+        for _ in range(2 if i < 100 else 1):
+            n = len(rows)
+            rows.append(_row(n, t - n * 1000, local_port=10000 + n, local_workload=f"c{i % 35}",
+                             remote_workload=f"s{i // 35}"))  # fmt: skip
+    n = len(rows)
+    rows.append(_row(n, t, local_port=10000 + n, local_workload="web", remote_workload=None,
+                     remote_ip="203.0.113.9", remote_source="unattributed"))  # fmt: skip
+    rows.append(_row(n + 1, t, local_port=10001 + n, local_workload="c0", remote_workload="z",
+                     outcome="refused"))  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=ATTRIBUTED.schema)

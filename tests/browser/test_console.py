@@ -18,7 +18,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from browser_driver import make_driver, quit_driver
-from console_data import EXTERNAL_NETWORKS, MINUTE, external_flows, known_flows, simulated_flows
+from console_data import (
+    EXTERNAL_NETWORKS,
+    MINUTE,
+    external_flows,
+    known_flows,
+    many_edges_flows,
+    simulated_flows,
+)
 from up_process import UpWithFlows
 
 pytestmark = pytest.mark.slow
@@ -380,4 +387,34 @@ def test_external_addresses_are_grouped_by_network(
     browser.find_element("css selector", '.node[data-id="g:(external)"]').click()
     wait(browser, lambda d: len(d.find_elements("css selector", "#map-panel .members li")) == 15,
          "the group's networks")  # fmt: skip
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+@pytest.fixture(scope="module")
+def many_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpWithFlows]:
+    u = UpWithFlows(tmp_path_factory.mktemp("many") / "data", many_edges_flows(time.time_ns()))
+    yield u
+    u.close()
+
+
+def test_many_edges_draw_the_largest_and_never_hide_unnamed_or_failed(
+    browser: Any, many_up: UpWithFlows, tmp_path: Path
+) -> None:
+    """Beyond 600 edges the map draws those with the most connections and every one with
+    failed attempts or an unnamed side, says so, and the table still lists every edge."""
+    browser.get_log("browser")
+    open_console(browser, many_up, "group=off")
+    edges = many_up.get_json("/api/dependencies?since=15m&group_external=true")
+    assert len(edges) == 702
+    drawn = {
+        (e.get_attribute("data-s"), e.get_attribute("data-t"))
+        for e in browser.find_elements("css selector", "#map-canvas .edge")
+    }
+    assert len(drawn) == 600
+    assert ("w:web", "x:203.0.113.0/24") in drawn and ("w:c0", "w:z") in drawn
+    doubles = {(f"w:{e['caller']}", f"w:{e['callee']}") for e in edges if e["flows"] == 2}
+    assert len(doubles) == 100 and doubles <= drawn
+    assert "600 of 702 edges" in browser.find_element("id", "map-note").text
+    assert "Edges (702;" in browser.find_element("css selector", "#map-edges summary").text
+    screenshot(browser, tmp_path, "console-many-edges.png")
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
