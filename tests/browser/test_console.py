@@ -398,7 +398,7 @@ def many_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpWithFlows]:
 
 
 def test_many_edges_draw_the_largest_and_never_hide_unnamed_or_failed(
-    browser: Any, many_up: UpWithFlows, tmp_path: Path
+    browser: Any, many_up: UpWithFlows
 ) -> None:
     """Beyond 600 edges the map draws those with the most connections and every one with
     failed attempts or an unnamed side, says so, and the table still lists every edge."""
@@ -416,5 +416,4 @@ def test_many_edges_draw_the_largest_and_never_hide_unnamed_or_failed(
     assert len(doubles) == 100 and doubles <= drawn
     assert "600 of 702 edges" in browser.find_element("id", "map-note").text
     assert "Edges (702;" in browser.find_element("css selector", "#map-edges summary").text
-    screenshot(browser, tmp_path, "console-many-edges.png")
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
