@@ -1,4 +1,5 @@
-"""`flowtrail agent`: capture this host's TCP connections and export named flow records."""
+"""`flowtrail agent`: capture this host's TCP connections (and the DNS answers its workloads
+receive) and export named flow records (and `dns_answers` rows)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # Arrow loads when the agent runs, not for `--help`
     import pyarrow as pa
 
     from flowtrail.addressranges import Network
+    from flowtrail.agent.exporter import Exporter
 
 
 def parse_duration(text: str, flag: str) -> float:
@@ -70,7 +72,7 @@ def register_network_sinks(region: str | None, ca_fingerprint: str | None = None
     """`--sink collector` (--out https://HOST:PORT) and `--sink nats` (--out nats://HOST:PORT
     and --region R). Their modules (ssl and HTTP; nats-py and asyncio: ~15 MB resident) load
     only when one of them is chosen."""
-    from flowtrail.agent.exporter import Exporter, register_exporter
+    from flowtrail.agent.exporter import register_exporter
 
     def collector(target: str | None) -> Exporter:
         from flowtrail.collector.client import CollectorExporter
@@ -84,6 +86,32 @@ def register_network_sinks(region: str | None, ca_fingerprint: str | None = None
 
     register_exporter("collector", collector)
     register_exporter("nats", nats)
+
+
+def dns_exporter(
+    kind: str, target: str | None, region: str | None, ca_fingerprint: str | None
+) -> Exporter:
+    """Where `dns_answers` batches go for a given --sink: beside the flows (parquet: files
+    `dns_answers-<batch>.parquet` in --out DIR), as their own table (collector: POST
+    /v1/dns_answers; nats: `<prefix>.dns_answers.<region>`). A sink that cannot take the table
+    gets an exporter that always fails, so the batches are spooled and counted."""
+    from flowtrail.agent.exporter import NullExporter, ParquetDir, Refusing, TableExporter
+
+    if kind == "parquet" and target:
+        return ParquetDir(target, prefix="dns_answers")
+    if kind == "none":
+        return NullExporter()
+    if kind == "collector":
+        from flowtrail.collector.client import CollectorExporter
+
+        return TableExporter(
+            CollectorExporter.from_environment(target, ca_fingerprint), "dns_answers"
+        )
+    if kind == "nats":
+        from flowtrail.cluster.agent_sink import NatsExporter
+
+        return NatsExporter.from_environment(target, region, table="dns_answers")
+    return Refusing(kind, "dns_answers")
 
 
 HEADER = (
@@ -259,6 +287,15 @@ def _printer(out: TextIO) -> Callable[[pa.Table, pa.Table], None]:
 )
 @click.option("--no-snapshots", is_flag=True, help="Do not emit `active` rows.")
 @click.option(
+    "--no-dns",
+    is_flag=True,
+    help="Do not capture DNS answers. By default every DNS answer (from port 53, UDP or TCP) "
+    "a local socket receives, in any network namespace, is parsed into `dns_answers` rows "
+    "(query name, CNAME chain, address, TTL, the receiving workload) exported beside the flows "
+    "at each interval: files dns_answers-*.parquet in --out DIR, their own table for the "
+    "network sinks, spooled like flows when undeliverable. See docs/dns.md.",
+)
+@click.option(
     "--no-listeners",
     is_flag=True,
     help="Do not emit `listening` rows (listening sockets as heartbeats for their addresses; "
@@ -339,6 +376,7 @@ def agent(
     ringbuf: str,
     netns_specs: tuple[str, ...],
     no_snapshots: bool,
+    no_dns: bool,
     no_listeners: bool,
     no_nat: bool,
     network: str | None,
@@ -355,7 +393,8 @@ def agent(
     sock:inet_sock_set_state tracepoint. Every closed connection becomes a row of the
     contract's `flows` table with local_workload named by the identity resolvers (or null);
     connections open longer than one interval also get `active` snapshot rows, and listening
-    sockets `listening` rows (heartbeats for their addresses).
+    sockets `listening` rows (heartbeats for their addresses). Every DNS answer a local
+    workload receives becomes `dns_answers` rows, named the same way (off: --no-dns).
     Stop with Ctrl-C or SIGTERM: the last batch is flushed before exit.
 
     \b
@@ -396,9 +435,10 @@ def agent(
     register_network_sinks(region, ca_fingerprint)
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
+    dns_export = None if no_dns else dns_exporter(kind, out_dir, region, ca_fingerprint)
     if kind == "parquet" and out_dir:
         make_dir("--out", out_dir)
-    spool = None
+    spool = dns_spool = None
     if kind != "none":
         # A URL is no place for a spool: a collector's batches wait in ./flowtrail-agent.spool.
         beside_out = f"{out_dir.rstrip('/')}.spool" if out_dir and kind == "parquet" else None
@@ -406,6 +446,10 @@ def agent(
         if where:
             with writing("--spool", where):
                 spool = Spool(where, parse_size(spool_max, "--spool-max"))
+                if dns_export is not None:
+                    # its own queue (a subdirectory the flows' spool does not read), bounded
+                    # alike: DNS batches waiting never push flows out, nor flows them
+                    dns_spool = Spool(f"{where}/dns_answers", parse_size(spool_max, "--spool-max"))
     registry = Registry(identity_file)
     order = parse_resolvers(resolvers) if resolvers else (registry.resolvers or None)
     identity = IdentityChain.build(
@@ -438,15 +482,45 @@ def agent(
             f" {capture.fallback_reason}",
             err=True,
         )
+    dns_capture = None
+    if dns_export is not None:
+        from flowtrail.agent.dns_capture import DnsCapture
+
+        dns_capture = DnsCapture()
+        try:
+            dns_capture.start()
+        except BaseException:
+            capture.close()
+            raise
+        click.echo(
+            f"flowtrail agent: DNS answers from cgroup_skb/ingress on {dns_capture.cgroup_root}"
+            " (--no-dns: off)",
+            err=True,
+        )
     stop = threading.Event()
     stop_on_signals(stop)
     if to_stdout:
         print(HEADER, flush=True)
     delivery = Delivery(exporter, spool)
+    exporter_id = exporter_name or socket.gethostname()
+    dns = None
+    if dns_capture is not None and dns_export is not None:
+        from flowtrail.agent.dns_answers import DnsAnswers
+
+        dns = DnsAnswers(
+            dns_capture,
+            Delivery(dns_export, dns_spool),
+            identity,
+            exporter=exporter_id,
+            region=region,
+            network=network,
+            netns=only_netns,
+            batch_rows=batch_rows,
+        )
     runner = Agent(
         capture,
         AgentConfig(
-            exporter=exporter_name or socket.gethostname(),
+            exporter=exporter_id,
             region=region,
             interval_s=interval_s,
             batch_rows=batch_rows,
@@ -466,6 +540,7 @@ def agent(
         if no_listeners or capture.clock is None
         else ListenerWatch(netns, only_netns, capture.clock.now_epoch_ns),
         on_closed=_printer(sys.stdout) if to_stdout else None,
+        dns=dns,
     )
     identity.refresh()
     scrape = None
@@ -506,21 +581,36 @@ def agent(
             api.stop()
         summary = runner.metrics()
         capture.close()
-        close_exporter = getattr(exporter, "close", None)
-        if callable(close_exporter):
-            close_exporter()  # network sinks: their connection (after the last flush)
+        if dns_capture is not None:
+            dns_capture.close()
+        for sink_exporter in (exporter, dns_export):
+            close_exporter = getattr(sink_exporter, "close", None)
+            if callable(close_exporter):
+                close_exporter()  # network sinks: their connection (after the last flush)
         if metrics_file:
             _write_metrics(summary, metrics_file)
         click.echo(
             "flowtrail agent: "
             + ", ".join(
                 f"{k}={summary[k]}"
-                for k in ("captured_rows", "exported_rows", "active_rows", "dropped_malformed_rows")
+                for k in (
+                    "captured_rows",
+                    "exported_rows",
+                    "active_rows",
+                    "dropped_malformed_rows",
+                    "dns_rows",
+                )
                 if k in summary
             )
             + "; capture drops: "
             + ", ".join(
                 f"{k[13:]}={v}" for k, v in summary.items() if k.startswith("capture_drop_")
+            )
+            + (
+                "; DNS drops: "
+                + ", ".join(f"{k[9:]}={v}" for k, v in summary.items() if k.startswith("dns_drop_"))
+                if dns is not None
+                else ""
             ),
             err=True,
         )

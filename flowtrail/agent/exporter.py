@@ -87,6 +87,33 @@ class NullExporter:
         return None
 
 
+class TableExporter:
+    """One contract table through an exporter that sends several: `export(table, batch_id,
+    kind)` (the collector client)."""
+
+    def __init__(self, inner: Exporter, kind: str) -> None:
+        self.inner, self.kind, self.name = inner, kind, inner.name
+
+    def export(self, table: pa.Table, batch_id: str) -> None:
+        self.inner.export(table, batch_id, self.kind)  # type: ignore[call-arg]
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+
+class Refusing:
+    """For a sink that cannot take a table: every export fails, so its batches wait in the
+    spool (counted, bounded) instead of being dropped unsaid."""
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name, self.kind = name, kind
+
+    def export(self, table: pa.Table, batch_id: str) -> None:
+        raise ExportError(f"--sink {self.name} cannot take the {self.kind} table")
+
+
 EXPORTERS: dict[str, Callable[[str | None], Exporter]] = {}
 
 

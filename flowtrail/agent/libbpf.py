@@ -98,6 +98,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_program__attach": (_P, [_P]),
+    "bpf_program__attach_cgroup": (_P, [_P, ctypes.c_int]),
     "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, ctypes.POINTER(ctypes.c_uint32)]),
@@ -237,6 +238,14 @@ class BpfObject:
         link = lib().bpf_program__attach(self._prog(prog_name))
         if not link:
             raise _errno_error(f"bpf_program__attach({prog_name})")
+        return Link(int(link))
+
+    def attach_cgroup(self, prog_name: str, cgroup_fd: int) -> Link:
+        """Attach a cgroup program (a BPF link: other programs on that cgroup stay, and the
+        program detaches when the link is destroyed or the process exits)."""
+        link = lib().bpf_program__attach_cgroup(self._prog(prog_name), cgroup_fd)
+        if not link:
+            raise _errno_error(f"bpf_program__attach_cgroup({prog_name})")
         return Link(int(link))
 
     def prog_fd(self, prog_name: str) -> int:

@@ -7,8 +7,12 @@ and `listening` rows of listening sockets (heartbeats for servers nobody calls) 
 to the Delivery as one batch. Every second the agent also learns the cgroups of live
 sockets and rescans the cgroup tree, so a cgroup removed before export still has its name.
 
+With DNS capture on, the DNS answers workloads received are parsed and named on each pass of the
+loop and exported at the same interval boundaries, as `dns_answers` batches of their own
+(flowtrail.agent.dns_answers).
+
 Everything that moves is counted in `Agent.metrics()`; capture's own drops appear there as
-`capture_drop_<reason>`.
+`capture_drop_<reason>`, the DNS side's as `dns_drop_<reason>`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pyarrow.compute as pc
 from flowtrail.agent.assemble import AGENT_SCHEMA, assemble, check_raw, valid_rows
 from flowtrail.agent.capture import RAW_TRACEPOINT, Capture
 from flowtrail.agent.conntrack import NatResolver
+from flowtrail.agent.dns_answers import DnsAnswers
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.listeners import ListenerWatch
@@ -88,6 +93,7 @@ class Agent:
         scopes: ScopeMarker | None = None,
         listeners: ListenerWatch | None = None,
         on_closed: OnClosed | None = None,
+        dns: DnsAnswers | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if config.interval_s <= 0:
@@ -103,6 +109,7 @@ class Agent:
         self.scopes = scopes
         self.listeners = listeners
         self.on_closed = on_closed
+        self.dns = dns
         self.clock_ns = clock_ns
         self._held: list[pa.Table] = []
         self._held_rows = 0
@@ -289,6 +296,8 @@ class Agent:
             parts.append(self.snapshot(now_ns))
         parts.append(self.listening())
         self.counters["intervals"] += 1
+        if self.dns is not None:
+            self.dns.flush()
         table = pa.concat_tables(parts) if parts else AGENT_SCHEMA.empty_table()
         if table.num_rows:
             self._submit(table)
@@ -333,6 +342,8 @@ class Agent:
                 self._polled_rows += part.num_rows
 
     def _do_due(self) -> None:
+        if self.dns is not None:
+            self.dns.poll()
         now = self.clock_ns()
         if self._polled and (
             now >= self._next_resolve or self._polled_rows >= self.config.resolve_rows
@@ -351,6 +362,8 @@ class Agent:
             self._next_flush = now + self._interval_ns
         else:
             self.delivery.retry()
+            if self.dns is not None:
+                self.dns.delivery.retry()
 
     def step(self) -> None:
         """Poll once and do whatever is due (single-threaded use; `run` reads in a thread)."""
@@ -366,6 +379,8 @@ class Agent:
                 break
             self._accept(batch)
         self._ingest_polled()
+        if self.dns is not None:
+            self.dns.poll()
 
     def _read_loop(self, stop: threading.Event) -> None:
         """Only empties the ring buffer into memory, so slow work (a Parquet write, a conntrack
@@ -413,6 +428,8 @@ class Agent:
                 self._ingest_polled()
             self.flush(snapshots=False)
             self.delivery.retry(force=True)
+            if self.dns is not None:
+                self.dns.delivery.retry(force=True)
         if self._reader_error is not None:
             raise self._reader_error
 
@@ -429,6 +446,8 @@ class Agent:
         if self.listeners is not None:
             out.update(self.listeners.stats)
         out.update(self.delivery.metrics())
+        if self.dns is not None:
+            out.update(self.dns.metrics())
         try:
             for reason, count in self.capture.stats().items():
                 out[f"capture_drop_{reason}"] = count

@@ -82,7 +82,12 @@ class NatsExporter:
 
     name = "nats"
 
-    def __init__(self, config: BusConfig, region: str, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, config: BusConfig, region: str, *, timeout_s: float = 10.0, table: str = "flows"
+    ) -> None:
+        """`table`: flows go to the region's work stream; another contract table (the agent's
+        `dns_answers`) to `<prefix>.<table>.<region>`, for whatever stream takes it (none: the
+        export fails and the agent spools the batch)."""
         if timeout_s <= 0:
             raise InputError(f"nats sink timeout {timeout_s}: must be positive")
         self.region = check_region(region)
@@ -107,7 +112,11 @@ class NatsExporter:
         }
         self.config = replace(config, connect_options={**callbacks, **config.connect_options})
         self._bus = Bus(self.config)
-        self.subject = self._bus.work_subject(self.region)
+        self.subject = (
+            self._bus.work_subject(self.region)
+            if table == "flows"
+            else f"{self.config.prefix}.{table}.{self.region}"
+        )
         self._connected = False
         self._lost = False  # the client closed for good (it stopped reconnecting)
         self._closed = False
@@ -119,7 +128,9 @@ class NatsExporter:
         self._thread.start()
 
     @classmethod
-    def from_environment(cls, target: str | None, region: str | None) -> NatsExporter:
+    def from_environment(
+        cls, target: str | None, region: str | None, table: str = "flows"
+    ) -> NatsExporter:
         """Factory for the agent's exporter registry: servers from --out, region from
         --region, credentials and CA from FLOWTRAIL_NATS_CREDS / FLOWTRAIL_NATS_CAFILE, a
         client certificate from FLOWTRAIL_NATS_CERT / FLOWTRAIL_NATS_KEY."""
@@ -142,7 +153,7 @@ class NatsExporter:
             tls_cert_file=cert,
             tls_key_file=key,
         )
-        return cls(config, region)
+        return cls(config, region, table=table)
 
     # -- nats-py callbacks (run in the sink's loop thread) ---------------------------------
 

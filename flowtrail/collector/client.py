@@ -40,6 +40,9 @@ def ipc_bytes(table: pa.Table) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+KIND_PATHS = {"flows": "/v1/flows", "events": "/v1/events", "dns_answers": "/v1/dns_answers"}
+
+
 class CollectorExporter:
     name = "collector"
 
@@ -156,7 +159,9 @@ class CollectorExporter:
         return resp.status, answer if isinstance(answer, dict) else {"answer": answer}
 
     def export(self, table: pa.Table, batch_id: str, kind: str = "flows") -> None:
-        path = "/v1/flows" if kind == "flows" else "/v1/events"
+        """POST one batch of a table (`flows`, `events` or `dns_answers`) to its path. A
+        collector without that path answers 404: an ExportError, so the agent spools it."""
+        path = KIND_PATHS[kind]
         try:
             status, answer = self._post(path, ipc_bytes(table), batch_id)
         except http.client.HTTPException as exc:
