@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from flowtrail.agent.capture import Capture
 from flowtrail.agent.conntrack import NatResolver
+from flowtrail.agent.dns_answers import DnsAnswers
+from flowtrail.agent.dns_capture import DnsCapture
 from flowtrail.agent.exporter import Delivery
 from flowtrail.agent.identity import IdentityChain
 from flowtrail.agent.listeners import ListenerWatch
@@ -34,6 +36,7 @@ def running_agent(
     netns: frozenset[int] | None = None,
     listeners: bool = False,
     identity: IdentityChain | None = None,
+    dns: Delivery | None = None,
 ) -> Iterator[Agent]:
     """An agent exporting as `exporter` in region `lab`, every `interval_s`, until the block ends.
 
@@ -45,20 +48,26 @@ def running_agent(
     `listeners`: export `listening` rows too (off by default: they would match tests that
     pick connection rows out by port).
 
+    `dns`: capture DNS answers too, their `dns_answers` batches going through this Delivery.
+
     On exit it is stopped (its shutdown flushes the last batch through `delivery`) and the
     capture is closed, even when the block raised.
     """
     capture = Capture()
     capture.start()
+    dns_capture = DnsCapture() if dns is not None else None
     stopped = True
     try:
+        if dns_capture is not None:
+            dns_capture.start()
         index = NetnsIndex()
+        identity = identity or IdentityChain.build(host_workload=HOST_WORKLOAD)
         agent = Agent(
             capture,
             AgentConfig(
                 exporter=exporter, region=REGION, interval_s=interval_s, poll_ms=100, netns=netns
             ),
-            identity or IdentityChain.build(host_workload=HOST_WORKLOAD),
+            identity,
             delivery,
             nat=NatResolver(index),
             snapshotter=Snapshotter(index),
@@ -66,6 +75,11 @@ def running_agent(
             listeners=ListenerWatch(index, netns, capture.clock.now_epoch_ns)
             if listeners and capture.clock is not None
             else None,
+            dns=None
+            if dns is None or dns_capture is None
+            else DnsAnswers(
+                dns_capture, dns, identity, exporter=exporter, region=REGION, netns=netns
+            ),
         )
         stop = threading.Event()
         thread = threading.Thread(target=agent.run, args=(stop,), name="lab-agent", daemon=True)
@@ -81,3 +95,5 @@ def running_agent(
     finally:
         if stopped:  # never under a thread still polling it
             capture.close()
+            if dns_capture is not None:
+                dns_capture.close()

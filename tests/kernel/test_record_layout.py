@@ -1,7 +1,8 @@
-"""The Python view of `struct flow_record` matches the compiled object's BTF, byte for byte.
+"""The Python views of `struct flow_record` and `struct dns_record` match the compiled objects'
+BTF, byte for byte.
 
-Reads the BTF of the shipped flow.bpf.o through libbpf (btf__parse_elf), the same library that
-loads it; and checks the shipped object is built from the sources beside it.
+Reads the BTF of the shipped flow.bpf.o and dns.bpf.o through libbpf (btf__parse_elf), the same
+library that loads them; and checks the shipped objects are built from the sources beside them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ import pytest
 
 from flowtrail.agent import libbpf
 from flowtrail.agent.capture import DROP_REASONS, FLOW_DTYPE, FLOW_FIELDS, OBJECT_PATH
+from flowtrail.agent.dns_capture import (
+    CAPTURE_MAX,
+    DNS_DTYPE,
+    DNS_FIELDS,
+    DNS_OBJECT_PATH,
+    KERNEL_DROP_REASONS,
+)
 from flowtrail.schema import OUTCOMES
 
 pytestmark = pytest.mark.kernel
@@ -62,3 +70,24 @@ def test_shipped_object_is_built_from_current_sources() -> None:
         [str(REPO / "scripts" / "build-bpf"), "--check"], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_dns_record_dtype_matches_btf() -> None:
+    """The DNS capture's header (bpf/dns.h), checked against dns.bpf.o's BTF likewise."""
+    size, members = libbpf.struct_layout(str(DNS_OBJECT_PATH), "dns_record")
+    assert DNS_DTYPE.itemsize == size
+    padding = {name for name in members if name.startswith("_pad")}
+    assert [f[0] for f in DNS_FIELDS] == [m for m in members if m not in padding]
+    for name in DNS_DTYPE.names:
+        fmt, offset = DNS_DTYPE.fields[name][:2]
+        assert (offset, fmt.itemsize) == members[name], name
+
+
+def test_dns_header_constants_match_python() -> None:
+    text = (DNS_OBJECT_PATH.parent / "dns.h").read_text()
+    body = re.search(r"enum dns_drop_reason \{(.*?)\};", text, re.S)
+    assert body is not None
+    names = re.findall(r"DNS_DROP_(\w+) = (\d+)", body.group(1))
+    reasons = [(n.lower(), int(v)) for n, v in names if not n.startswith("_")]
+    assert reasons == [(r, i) for i, r in enumerate(KERNEL_DROP_REASONS)]
+    assert re.search(rf"#define DNS_CAPTURE_MAX {CAPTURE_MAX}\b", text)
