@@ -30,6 +30,7 @@ from flowtrail.errors import CapabilityError
 DNS_OBJECT_PATH = BPF_DIR / "dns.bpf.o"
 PROGRAM = "dns_ingress"
 DEFAULT_DNS_RINGBUF_BYTES = 1 << 20
+POLL_LIMIT = 8192  # packets taken by one poll at most (the rest wait for the next)
 CAPTURE_MAX = 2048  # DNS_CAPTURE_MAX (bpf/dns.h)
 
 # struct dns_record (bpf/dns.h), byte for byte: (member, numpy format, byte offset).
@@ -82,9 +83,13 @@ def empty_packets() -> DnsPackets:
 
 
 class _Collector:
-    """libbpf's per-record callback: copy the bytes, nothing more (parsing comes after)."""
+    """libbpf's per-record callback: copy the bytes, nothing more (parsing comes after).
 
-    def __init__(self) -> None:
+    At most `limit` records a round: libbpf's poll would otherwise go on for as long as a
+    flood keeps the ring from running empty, holding up the agent loop that called it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.buf = bytearray()
         self.starts: list[int] = []
         self.bad_size = 0
@@ -99,7 +104,7 @@ class _Collector:
             self.buf += bytes(pad)
         self.starts.append(len(self.buf))
         self.buf += ctypes.string_at(data, size)
-        return 0
+        return libbpf.STOP if len(self.starts) >= self.limit else 0
 
     def take(self, clock: MonotonicClock) -> DnsPackets:
         if not self.starts:
@@ -127,6 +132,7 @@ class DnsCapture:
         cgroup_root: str = CGROUP2_ROOT,
         object_path: str | Path = DNS_OBJECT_PATH,
         btf_path: str = DEFAULT_BTF,
+        poll_limit: int = POLL_LIMIT,
     ) -> None:
         _check_power_of_two_pages("dns ringbuf_bytes", ringbuf_bytes)
         self.ringbuf_bytes = ringbuf_bytes
@@ -138,7 +144,7 @@ class DnsCapture:
         self._link: libbpf.Link | None = None
         self._ring: libbpf.RingBuffer | None = None
         self._drops_fd = -1
-        self._collector = _Collector()
+        self._collector = _Collector(poll_limit)
 
     def start(self) -> None:
         """Load and attach; CapabilityError saying what is missing."""
@@ -215,7 +221,8 @@ class DnsCapture:
         return self._link is not None
 
     def poll(self, timeout_ms: int = 0) -> DnsPackets:
-        """Packets since the last poll (waiting up to timeout_ms for the first one)."""
+        """Packets since the last poll, at most poll_limit (waiting up to timeout_ms for the
+        first one)."""
         if self._ring is None or self.clock is None:
             raise RuntimeError("DnsCapture is not started")
         self._ring.poll(timeout_ms)

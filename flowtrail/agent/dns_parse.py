@@ -29,7 +29,6 @@ PROBLEMS = (TRUNCATED, MALFORMED, SERVER_TRUNCATED)
 
 _HEADER = struct.Struct(">HHHHHH")
 _RR = struct.Struct(">HHIH")
-_PRINTABLE = frozenset(range(0x21, 0x7F)) - {ord(".")}
 
 
 class Answer(NamedTuple):
@@ -45,16 +44,47 @@ class DnsError(Exception):
         self.reason = reason
 
 
+# printable bytes other than the dot: labels made only of these read as they are
+_PLAIN = bytes(range(0x21, 0x7F)).replace(b".", b"")
+_PLAIN_AND_DOT = bytes(range(0x21, 0x7F))
+_PLAIN_SET = frozenset(_PLAIN)
+_NAMES: dict[bytes, str] = {}
+
+
 def _label_text(label: bytes) -> str:
     """Presentation form, lower case: unusual bytes (and dots inside a label) as \\DDD."""
-    if all(b in _PRINTABLE for b in label):
-        return label.decode("ascii").lower()
-    return "".join(chr(b).lower() if b in _PRINTABLE else f"\\{b:03d}" for b in label)
+    return "".join(chr(b).lower() if b in _PLAIN_SET else f"\\{b:03d}" for b in label)
 
 
-def read_name(msg: bytes | memoryview, pos: int) -> tuple[str, int]:
-    """The name at `pos` (lower case, no trailing dot) and the offset just after it."""
-    labels: list[str] = []
+def _name_text(labels: list[bytes]) -> str:
+    """The labels as one lower-case name; the text is cached per name (names repeat)."""
+    raw = b".".join(labels)
+    text = _NAMES.get(raw)
+    if text is not None:
+        return text
+    if raw.count(b".") != len(labels) - 1 or raw.translate(None, _PLAIN_AND_DOT):
+        # a dot inside a label, or bytes that need escaping: not cached (rare, and `raw`
+        # would not tell such a name from one with more labels)
+        return ".".join(_label_text(label) for label in labels)
+    text = raw.decode("ascii").lower()
+    if len(_NAMES) >= 65536:
+        _NAMES.clear()
+    _NAMES[raw] = text
+    return text
+
+
+def read_name(msg: bytes, pos: int, seen: dict[int, str] | None = None) -> tuple[str, int]:
+    """The name at `pos` (lower case, no trailing dot) and the offset just after it.
+
+    `seen` (one per message): names already read, by offset. A name that is only a pointer
+    to one of them (most owners in an answer are) is taken from there, unparsed again."""
+    if seen is not None and pos + 1 < len(msg) and msg[pos] >= 0xC0:
+        target = (msg[pos] & 0x3F) << 8 | msg[pos + 1]
+        known = seen.get(target)
+        if known is not None and target < pos:
+            return known, pos + 2
+    start = pos
+    labels: list[bytes] = []
     end = -1  # where the name ends in the record (after the first pointer)
     size = 0
     floor = pos  # a pointer must point below the name it is found in: no loops possible
@@ -63,7 +93,21 @@ def read_name(msg: bytes | memoryview, pos: int) -> tuple[str, int]:
         if pos >= n:
             raise DnsError(TRUNCATED)
         length = msg[pos]
-        if length & 0xC0 == 0xC0:
+        if length == 0:
+            text = _name_text(labels)
+            if seen is not None:
+                seen[start] = text
+            return text, pos + 1 if end < 0 else end
+        if length < 0x40:
+            size += length + 1
+            nxt = pos + 1 + length
+            if size > MAX_NAME:
+                raise DnsError(MALFORMED)
+            if nxt > n:
+                raise DnsError(TRUNCATED)
+            labels.append(msg[pos + 1 : nxt])
+            pos = nxt
+        elif length >= 0xC0:
             if pos + 1 >= n:
                 raise DnsError(TRUNCATED)
             target = (length & 0x3F) << 8 | msg[pos + 1]
@@ -72,20 +116,8 @@ def read_name(msg: bytes | memoryview, pos: int) -> tuple[str, int]:
             if end < 0:
                 end = pos + 2
             pos = floor = target
-            continue
-        if length & 0xC0:
+        else:
             raise DnsError(MALFORMED)  # 0x40 / 0x80: obsolete extended label types
-        if length == 0:
-            if end < 0:
-                end = pos + 1
-            return ".".join(labels), end
-        size += length + 1
-        if size > MAX_NAME:
-            raise DnsError(MALFORMED)
-        if pos + 1 + length > n:
-            raise DnsError(TRUNCATED)
-        labels.append(_label_text(bytes(msg[pos + 1 : pos + 1 + length])))
-        pos += 1 + length
 
 
 _ADDRESS_TEXT: dict[bytes, str] = {}
@@ -120,7 +152,8 @@ def is_response(msg: bytes | memoryview) -> bool:
     return len(msg) >= 3 and bool(msg[2] & 0x80)
 
 
-def _parse(msg: bytes | memoryview) -> list[Answer]:
+def _parse(view: bytes | memoryview) -> list[Answer]:
+    msg = bytes(view)  # indexing and slicing bytes is the cheapest Python has
     if len(msg) < _HEADER.size:
         raise DnsError(TRUNCATED)
     _id, flags, qdcount, ancount, _ns, _ar = _HEADER.unpack_from(msg, 0)
@@ -132,7 +165,8 @@ def _parse(msg: bytes | memoryview) -> list[Answer]:
         return []  # NXDOMAIN, SERVFAIL, ...; or no answer records (NODATA)
     if qdcount != 1:
         raise DnsError(MALFORMED)
-    qname, pos = read_name(msg, _HEADER.size)
+    seen: dict[int, str] = {}
+    qname, pos = read_name(msg, _HEADER.size, seen)
     if pos + 4 > len(msg):
         raise DnsError(TRUNCATED)
     pos += 4  # qtype, qclass
@@ -140,7 +174,7 @@ def _parse(msg: bytes | memoryview) -> list[Answer]:
     addresses: dict[str, list[tuple[str, int]]] = {}
     n = len(msg)
     for _ in range(ancount):
-        owner, pos = read_name(msg, pos)
+        owner, pos = read_name(msg, pos, seen)
         if pos + _RR.size > n:
             raise DnsError(TRUNCATED)
         rtype, rclass, ttl, rdlength = _RR.unpack_from(msg, pos)
@@ -154,9 +188,9 @@ def _parse(msg: bytes | memoryview) -> list[Answer]:
             if rtype in (TYPE_A, TYPE_AAAA):
                 if rdlength != (4 if rtype == TYPE_A else 16):
                     raise DnsError(MALFORMED)
-                addresses.setdefault(owner, []).append((_address(bytes(msg[pos:end])), ttl))
+                addresses.setdefault(owner, []).append((_address(msg[pos:end]), ttl))
             elif rtype == TYPE_CNAME:
-                target, after = read_name(msg, pos)
+                target, after = read_name(msg, pos, seen)
                 if after != end:
                     raise DnsError(MALFORMED)
                 cnames[owner] = (target, ttl)

@@ -345,6 +345,11 @@ def prog_stats(prog_fd: int) -> dict[str, int]:
     }
 
 
+# a sample callback's return value that stops a poll round on purpose (libbpf stops at any
+# negative value and returns it; this errno is one libbpf itself never gives back from a poll)
+STOP = -errno_mod.ECANCELED
+
+
 class RingBuffer:
     """libbpf's ring_buffer over one BPF_MAP_TYPE_RINGBUF map, calling `callback(data, size)`."""
 
@@ -359,11 +364,15 @@ class RingBuffer:
         self._ptr: int | None = ptr
 
     def poll(self, timeout_ms: int) -> int:
-        """Wait up to timeout_ms for data, then consume all there is; returns records consumed."""
+        """Wait up to timeout_ms for data, then consume all there is; returns records consumed.
+
+        A callback returning STOP ends the round early (its record is consumed, the rest
+        stay for the next poll): how a reader bounds one round against a producer that never
+        lets the ring run empty. Such a round returns 0."""
         if self._ptr is None:
             raise ValueError("ring buffer is closed")
         n = int(lib().ring_buffer__poll(self._ptr, timeout_ms))
-        if n < 0 and n != -errno_mod.EINTR:
+        if n < 0 and n not in (-errno_mod.EINTR, STOP):
             raise _errno_error("ring_buffer__poll", -n)
         return max(n, 0)
 

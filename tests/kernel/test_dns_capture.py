@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from flowtrail.agent.dns_capture import DnsCapture
 from flowtrail.agent.exporter import Delivery, ParquetDir
 from flowtrail.agent.runner import Agent
 from flowtrail.lab import Lab, Place
@@ -259,3 +260,28 @@ def test_agent_command_writes_dns_answers_beside_flows_unless_no_dns(
     ]
     assert summary["dns_rows"] == summary["dns_exported_rows"] == table.num_rows
     assert "DNS drops: ringbuf_full=0" in err
+
+
+def test_one_poll_takes_at_most_its_limit_and_leaves_the_rest(lab: DnsLab) -> None:
+    """A flood must not hold the agent loop in one endless poll: each poll stops at its
+    limit, the packets past it wait in the ring for the next one."""
+    with DnsCapture(poll_limit=5) as capture:
+        port = lab.net.port()
+        receiver = lab.run(lab.svc, Receive("127.0.0.1", port, 12))
+        assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+        sender = lab.run(lab.svc, Send("127.0.0.1", "127.0.0.1", port, ["00"] * 12))
+        assert sender.communicate(timeout=30)[0].strip() == "sent"
+        assert receiver.communicate(timeout=30)[0].strip() == "got 12"
+        ns = lab.net.client.netns_inode()
+        sizes: list[int] = []
+        mine: list[int] = []
+
+        def poll() -> int:
+            packets = capture.poll(0)
+            sizes.append(len(packets))
+            here = packets.headers[packets.headers["netns_ino"] == ns]
+            mine.extend(int(p) for p in here["dport"])
+            return len(mine)
+
+        assert until(poll, lambda n: n >= 12, 30) == 12
+        assert max(sizes) == 5 and mine == [port] * 12
