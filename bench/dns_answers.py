@@ -6,8 +6,10 @@
    agent` does) while a generator process in a network namespace of its own sends DNS answers
    from 127.0.0.1:53 to a UDP socket there as fast as it can (each answer: a two-link CNAME
    chain, then two A records: two rows). This process runs the agent's DNS side (DnsAnswers:
-   ring buffer, parsing, naming by the identity chain, Parquet export every second) and
-   reports its user and system CPU per answer row and per packet, the rows exported and every
+   ring buffer, parsing, naming by the identity chain, Parquet export every second), polled
+   every 0.25 s as the agent's loop does, and
+   reports its user and system CPU per answer row and per packet (`--rate`: answers per
+   second; by default as many as the generator can send), the rows exported and every
    drop counter. With kernel.bpf_stats_enabled set for the run (restored after), also the
    program's mean run time: over every packet any local socket received, DNS or not.
 2. The same pipeline alone (no kernel) on synthetic packets, by packets per poll.
@@ -49,7 +51,8 @@ import ctypes, os, socket, sys, threading, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
 assert ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) == 0
 os.system("ip link set lo up")
-msg, seconds = bytes.fromhex(sys.argv[2]), float(sys.argv[3])
+msg, seconds, rate = bytes.fromhex(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+sport = int(sys.argv[5])
 rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 rx.bind(("127.0.0.1", 0))
 rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
@@ -58,13 +61,17 @@ def drain():
         rx.recv(4096)
 threading.Thread(target=drain, daemon=True).start()
 tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-tx.bind(("127.0.0.1", 53))
-dest, sent, end = rx.getsockname(), 0, time.monotonic() + seconds
+tx.bind(("127.0.0.1", sport))
+dest, sent, start = rx.getsockname(), 0, time.monotonic()
+end = start + seconds
 print("ready", flush=True)
-while time.monotonic() < end:
-    for _ in range(200):
+while (now := time.monotonic()) < end:
+    if rate and sent >= rate * (now - start):
+        time.sleep(0.002)
+        continue
+    for _ in range(20):
         tx.sendto(msg, dest)
-    sent += 200
+    sent += 20
 print(sent, flush=True)
 """
 
@@ -90,7 +97,7 @@ def cpu() -> tuple[float, float]:
     return r.ru_utime, r.ru_stime
 
 
-def under_load(seconds: float) -> dict[str, object]:
+def under_load(seconds: float, rate: int, sport: int = 53) -> dict[str, object]:
     ns = f"ftbench-dns-{uuid.uuid4().hex[:8]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     stats_before = STATS_SYSCTL.read_text().strip()
@@ -106,7 +113,7 @@ def under_load(seconds: float) -> dict[str, object]:
             )
             gen = subprocess.Popen(
                 [sys.executable, "-c", GENERATOR, f"/run/netns/{ns}",
-                 answer_message().hex(), str(seconds)],
+                 answer_message().hex(), str(seconds), str(rate), str(sport)],
                 stdout=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert gen.stdout is not None and gen.stdout.readline().strip() == "ready"
@@ -116,9 +123,10 @@ def under_load(seconds: float) -> dict[str, object]:
             next_flush = w0 + 1
 
             def loop() -> None:
+                # as the agent's main loop does: a poll every 0.25 s, a flush every second
                 nonlocal next_flush
-                while not stop.is_set():
-                    dns.poll(100)
+                while not stop.wait(0.25):
+                    dns.poll()
                     if time.monotonic() >= next_flush:
                         dns.flush()
                         next_flush += 1
@@ -146,6 +154,7 @@ def under_load(seconds: float) -> dict[str, object]:
     rows, packets = int(m["dns_rows"]), int(m["dns_packets"])
     return {
         "seconds": round(wall, 2),
+        "rate_asked": rate or "as fast as it can",
         "answers_sent": sent,
         "packets_read": packets,
         "packets_per_s": round(packets / wall),
@@ -226,13 +235,24 @@ def flows_alone(rows_per_round: int, rows_total: int) -> dict[str, object]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rate", type=int, default=0, help="answers/s the generator sends (0: max)")
     ap.add_argument("--rows", type=int, default=200_000, help="synthetic rows per pipeline run")
     ap.add_argument("--no-kernel", action="store_true", help="the pipelines alone")
+    ap.add_argument(
+        "--source-port",
+        type=int,
+        default=53,
+        help="send from this port instead: not DNS, so the program only looks and lets go "
+        "(its cost on every other packet a socket receives)",
+    )
     args = ap.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])
     report: dict[str, object] = {}
     if not args.no_kernel:
-        report["under_load"] = under_load(args.seconds)
+        report["under_load"] = under_load(args.seconds, args.rate, args.source_port)
+    if args.source_port != 53:
+        print(json.dumps(report, indent=1))
+        return
     report["dns_pipeline_alone"] = [pipeline_alone(n, args.rows) for n in (50, 500, 5000)]
     try:
         report["flow_pipeline_alone"] = [flows_alone(n, args.rows) for n in (500, 20000)]
