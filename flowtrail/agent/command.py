@@ -389,12 +389,13 @@ def agent(
 ) -> None:
     """Capture this host's TCP connections with eBPF and export named flow records.
 
-    Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), kernel BTF and the
-    sock:inet_sock_set_state tracepoint. Every closed connection becomes a row of the
-    contract's `flows` table with local_workload named by the identity resolvers (or null);
-    connections open longer than one interval also get `active` snapshot rows, and listening
-    sockets `listening` rows (heartbeats for their addresses). Every DNS answer a local
-    workload receives becomes `dns_answers` rows, named the same way (off: --no-dns).
+    Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN), kernel BTF, the
+    sock:inet_sock_set_state tracepoint and, for DNS capture, cgroup v2. Every closed
+    connection becomes a row of the contract's `flows` table with local_workload named by the
+    identity resolvers (or null); connections open longer than one interval also get `active`
+    snapshot rows, and listening sockets `listening` rows (heartbeats for their addresses).
+    Every DNS answer a local workload receives becomes `dns_answers` rows, named the same way
+    (off: --no-dns).
     Stop with Ctrl-C or SIGTERM: the last batch is flushed before exit.
 
     \b
