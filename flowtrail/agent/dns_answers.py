@@ -186,4 +186,9 @@ class DnsAnswers:
             out[f"dns_drop_{reason}"] = count
         out["dns_held_rows"] = self._held_rows
         out.update({f"dns_{k}": v for k, v in self.delivery.metrics().items()})
+        # the sink's own counters: a collector that refuses a batch (HTTP 400) is not a
+        # failure to retry, so only these say those rows are gone
+        sink = getattr(self.delivery.exporter, "stats", None)
+        if isinstance(sink, dict):
+            out.update({f"dns_sink_{k}": int(v) for k, v in sink.items()})
         return out

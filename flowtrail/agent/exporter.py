@@ -94,6 +94,12 @@ class TableExporter:
     def __init__(self, inner: Exporter, kind: str) -> None:
         self.inner, self.kind, self.name = inner, kind, inner.name
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """The inner exporter's own counters (a collector's refusals among them), if any."""
+        stats = getattr(self.inner, "stats", None)
+        return dict(stats) if isinstance(stats, dict) else {}
+
     def export(self, table: pa.Table, batch_id: str) -> None:
         self.inner.export(table, batch_id, self.kind)  # type: ignore[call-arg]
 
