@@ -12,6 +12,8 @@
  * Kept: UDP datagrams and TCP segments with source port 53 and a payload. The program copies
  * at most DNS_CAPTURE_MAX payload bytes and never drops or changes a packet (it returns 1).
  * IPv6 packets whose next header is not UDP or TCP directly (extension headers) are not seen.
+ * The program runs with bottom halves off (softirq, or a loopback delivery in process context
+ * with BHs disabled), so runs never nest on a CPU and one scratch record per CPU is enough.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -67,6 +69,43 @@ static __always_inline void count_drop(__u32 reason)
 		__sync_fetch_and_add(n, 1);
 }
 
+/*
+ * Every packet any local socket receives comes here, so the common case (not from port 53) is
+ * decided from the packet's linear data without a helper call: 1 = certainly not DNS, 0 = maybe
+ * (from port 53, or headers not in the linear data: the careful path below decides).
+ */
+static __always_inline int surely_not_dns(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u8 proto, *l4;
+	__u16 *ports;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data;
+
+		if ((void *)(ip + 1) > end)
+			return 0;
+		proto = ip->protocol;
+		l4 = data + ip->ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data;
+
+		if ((void *)(ip6 + 1) > end)
+			return 0;
+		proto = ip6->nexthdr;
+		l4 = (__u8 *)(ip6 + 1);
+	} else {
+		return 1;
+	}
+	if (proto != IPPROTO_UDP && proto != IPPROTO_TCP)
+		return 1;
+	ports = (__u16 *)l4;
+	if ((void *)(ports + 1) > end)
+		return 0;
+	return ports[0] != bpf_htons(DNS_PORT);
+}
+
 SEC("cgroup_skb/ingress")
 int dns_ingress(struct __sk_buff *skb)
 {
@@ -77,6 +116,8 @@ int dns_ingress(struct __sk_buff *skb)
 	__u16 sport, dport;
 	__u8 proto;
 
+	if (surely_not_dns(skb))
+		return 1;
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		struct iphdr ip;
 
