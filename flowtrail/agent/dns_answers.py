@@ -65,6 +65,7 @@ class DnsAnswers:
         self.on_rows = on_rows
         self._held: list[pa.Table] = []
         self._held_rows = 0
+        self._last_packets = 0
         self.counters = {
             "dns_packets": 0,  # from port 53, received by a local socket
             "dns_responses_without_address": 0,  # negative, NODATA, queries: no rows, no loss
@@ -77,6 +78,7 @@ class DnsAnswers:
     def poll(self, timeout_ms: int = 0) -> int:
         """Take the captured packets, parse them and hold their rows; returns rows added."""
         packets = self.capture.poll(timeout_ms)
+        self._last_packets = len(packets)
         if len(packets) == 0:
             return 0
         self.counters["dns_packets"] += len(packets)
@@ -159,6 +161,14 @@ class DnsAnswers:
         return pa.Table.from_arrays(
             [pc.cast(columns[f.name], f.type) for f in DNS_SCHEMA], schema=DNS_SCHEMA
         )
+
+    def drain(self, max_polls: int = 64) -> None:
+        """Take everything the capture still holds (at shutdown): poll until a poll finds
+        nothing, a bounded number of times (a flood never lets the ring run empty)."""
+        for _ in range(max_polls):
+            self.poll()
+            if self._last_packets == 0:
+                return
 
     def flush(self) -> int:
         """The held rows as one batch to the Delivery (else give the spool its retry)."""

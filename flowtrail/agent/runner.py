@@ -380,7 +380,7 @@ class Agent:
             self._accept(batch)
         self._ingest_polled()
         if self.dns is not None:
-            self.dns.poll()
+            self.dns.drain()
 
     def _read_loop(self, stop: threading.Event) -> None:
         """Only empties the ring buffer into memory, so slow work (a Parquet write, a conntrack

@@ -32,14 +32,15 @@ def answer(name: str, address: bytes, ttl: int = 60) -> bytes:
 class Packets:
     """Stands in for DnsCapture: hands out what `add` queued, as DnsPackets."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 1 << 30) -> None:
+        self.limit = limit  # packets one poll takes at most, as DnsCapture's poll_limit
         self.queue: list[tuple[bytes, int, int, int]] = []
 
     def add(self, msg: bytes, *, netns: int = HOST_NS, proto: int = 17, msg_len: int = 0) -> None:
         self.queue.append((msg, netns, proto, msg_len or len(msg)))
 
     def poll(self, timeout_ms: int = 0) -> DnsPackets:
-        items, self.queue = self.queue, []
+        items, self.queue = self.queue[: self.limit], self.queue[self.limit :]
         headers = np.zeros(len(items), DNS_DTYPE)
         data, starts = b"", []
         for i, (msg, netns, proto, msg_len) in enumerate(items):
@@ -114,3 +115,12 @@ def test_a_sink_that_cannot_take_the_table_spools_and_counts(tmp_path: Path) -> 
         0, 1, 1,
     )  # fmt: skip
     assert "cannot take the dns_answers table" in (dns.delivery.last_error or "")
+
+
+def test_drain_takes_what_several_polls_hold(tmp_path: Path) -> None:
+    source, dns = make(tmp_path)
+    source.limit = 3
+    for i in range(8):
+        source.add(answer(f"n{i}.test", bytes([10, 0, 0, i])))
+    dns.drain()
+    assert (dns.counters["dns_rows"], source.queue) == (8, [])

@@ -3,6 +3,7 @@ can be bad (counted by reason, never raised)."""
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
@@ -138,3 +139,31 @@ def test_tcp_segments_hold_whole_messages_or_say_so() -> None:
     assert [bytes(m) for m in msgs] == [one, two] and whole
     msgs, whole = tcp_messages(framed[:-1])
     assert [bytes(m) for m in msgs] == [one] and not whole
+
+
+def test_mutated_answers_never_raise() -> None:
+    """Random byte changes, cuts and insertions into a real-shaped answer (a CNAME chain, two
+    A records, compression): each gives answers or a reason, never an exception."""
+    rng = random.Random(11)
+    q = "www.shop.test"
+    first = rr(QNAME_AT, CNAME, 300, encode_name("lb.cdn.test"))
+    target_at = 12 + len(encode_name(q)) + 4 + 12
+    base = response(q, [first] + [rr(struct.pack(">H", 0xC000 | target_at), A, 60,
+                                     bytes([192, 0, 2, i])) for i in (1, 2)])  # fmt: skip
+    assert len(parse_response(base)[0]) == 2
+    seen = set()
+    for _ in range(5000):
+        msg = bytearray(base)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.random()
+            if op < 0.6 and msg:
+                msg[rng.randrange(len(msg))] = rng.randrange(256)
+            elif op < 0.8 and msg:
+                del msg[rng.randrange(len(msg)) :]
+            else:
+                msg.insert(rng.randrange(len(msg) + 1), rng.randrange(256))
+        answers, problem = parse_response(bytes(msg))
+        assert problem is None or not answers
+        assert all(a.ttl_s >= 0 for a in answers)
+        seen.add(problem)
+    assert seen == {None, TRUNCATED, MALFORMED, SERVER_TRUNCATED}
