@@ -4,7 +4,8 @@ real cluster node.
 Unit level: `NatsExporter` publishes to the region's work stream (read back equal through a
 durable consumer), a re-sent batch id is stored once while the same id from another agent is
 not, a batch over max_payload is split, a missing stream is an ExportError that says so (and
-Delivery spools the batch until the stream exists), and with every NATS server stopped an
+Delivery spools the batch until the stream exists), `dns_answers` batches go to a subject of
+their own (spooled until a stream takes it), and with every NATS server stopped an
 export fails within its timeout, then works again once the servers are back.
 
 End to end (root, real eBPF): `flowtrail agent --sink nats` exports every second while the
@@ -158,6 +159,37 @@ def test_missing_stream_is_an_export_error_and_the_batch_waits_in_the_spool(
         assert delivery.retry(force=True) == 1
     ((msg_id, got),) = _read_work(nats_lab)
     assert msg_id == "agent-a:early" and got.equals(table)
+
+
+@pytest.mark.cluster
+def test_dns_answers_go_to_their_own_subject_and_wait_until_a_stream_takes_it(
+    nats_lab: NatsLab, tmp_path: Path
+) -> None:
+    """Never into the flows' work stream: `<prefix>.dns_answers.<region>`, spooled while no
+    stream takes that subject."""
+    _create_streams(nats_lab, REGION)
+    table = pa.table({"exporter": ["agent-a"] * 3, "query_name": ["a.test", "b.test", "c.test"]})
+    config = BusConfig(servers=nats_lab.urls, publish_timeout_s=2.0, publish_attempts=3)
+    with NatsExporter(config, REGION, table="dns_answers") as sink:
+        assert sink.subject == "flowtrail.dns_answers.us-east"
+        delivery = Delivery(sink, Spool(tmp_path / "spool", 1 << 20), backoff_s=0.01)
+        delivery.submit(table, "d1")
+        assert "no JetStream stream takes flowtrail.dns_answers.us-east" in (
+            delivery.last_error or ""
+        )
+        assert delivery.metrics()["spooled_rows"] == 3
+
+        async def add(bus: Bus) -> None:
+            await bus.js.add_stream(name="dns-test", subjects=["flowtrail.dns_answers.>"])
+
+        with_bus(_config(nats_lab), add)
+        assert delivery.retry(force=True) == 1
+    assert _messages(nats_lab) == 0  # the flows' work stream holds none of it
+
+    async def count(bus: Bus) -> int:
+        return int((await bus.js.stream_info("dns-test")).state.messages)
+
+    assert with_bus(_config(nats_lab), count) == 1
 
 
 @pytest.mark.cluster
