@@ -95,12 +95,10 @@ def dns_exporter(
     `dns_answers-<batch>.parquet` in --out DIR), as their own table (collector: POST
     /v1/dns_answers; nats: `<prefix>.dns_answers.<region>`). A sink that cannot take the table
     gets an exporter that always fails, so the batches are spooled and counted."""
-    from flowtrail.agent.exporter import NullExporter, ParquetDir, Refusing, TableExporter
+    from flowtrail.agent.exporter import ParquetDir, Refusing, TableExporter
 
     if kind == "parquet" and target:
         return ParquetDir(target, prefix="dns_answers")
-    if kind == "none":
-        return NullExporter()
     if kind == "collector":
         from flowtrail.collector.client import CollectorExporter
 
@@ -436,7 +434,10 @@ def agent(
     register_network_sinks(region, ca_fingerprint)
     kind = sink or ("parquet" if out_dir else "none")
     exporter = make_exporter(kind, out_dir)
-    dns_export = None if no_dns else dns_exporter(kind, out_dir, region, ca_fingerprint)
+    # nothing exported (--stdout alone): no DNS capture, its rows would only be thrown away
+    dns_export = (
+        None if no_dns or kind == "none" else dns_exporter(kind, out_dir, region, ca_fingerprint)
+    )
     if kind == "parquet" and out_dir:
         make_dir("--out", out_dir)
     spool = dns_spool = None
