@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import click
 
 from flowtrail import units
-from flowtrail.errors import InputError
+from flowtrail.errors import CapabilityError, InputError
 from flowtrail.outputs import make_dir, writing
 from flowtrail.stop_signals import stop_on_signals
 
@@ -491,14 +491,19 @@ def agent(
         dns_capture = DnsCapture()
         try:
             dns_capture.start()
+        except CapabilityError as exc:
+            # flows are the agent's job: a host that cannot capture DNS still exports them
+            dns_capture = None
+            click.echo(f"flowtrail agent: DNS capture off: {exc}", err=True)
         except BaseException:
             capture.close()
             raise
-        click.echo(
-            f"flowtrail agent: DNS answers from cgroup_skb/ingress on {dns_capture.cgroup_root}"
-            " (--no-dns: off)",
-            err=True,
-        )
+        else:
+            click.echo(
+                "flowtrail agent: DNS answers from cgroup_skb/ingress on"
+                f" {dns_capture.cgroup_root} (--no-dns: off)",
+                err=True,
+            )
     stop = threading.Event()
     stop_on_signals(stop)
     if to_stdout:
