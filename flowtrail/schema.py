@@ -288,6 +288,17 @@ UNATTRIBUTED_REASON = Column(
     UNATTRIBUTED_REASONS,
 )
 
+# Contract version 6: the name the flow's workload resolved for the address it connected to
+# (docs/dns.md), beside remote_workload, never in its place. Optional for readers, kept with
+# the columns beyond ATTRIBUTED (in `extra`), as unattributed_reason is.
+REMOTE_DNS = Column(
+    "remote_dns",
+    S,
+    False,
+    "the query name(s) of the DNS answers this flow's workload received for remote_ip, "
+    "valid at start_ns (several: sorted, joined by ','); null = none",
+)
+
 TABLES: dict[str, Table] = {
     t.name: t for t in (FLOWS, EVENTS, REGIONS, TRUTH, ATTRIBUTED, DNS_ANSWERS)
 }

@@ -175,6 +175,13 @@ def _listen(text: str) -> tuple[str, int]:
 )
 @click.option("--no-events", is_flag=True, help="There is no event feed: do not wait for one.")
 @click.option(
+    "--dns-grace",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="How long past its TTL a DNS answer still names its address (remote_dns).",
+)
+@click.option(
     "--tick",
     type=DURATION,
     default="1s",
@@ -212,14 +219,15 @@ def collector(
     max_body: int, max_connections: int, max_connections_per_peer: int, header_timeout: int,
     idle_timeout: int, max_rows: int, rate: float, burst: float | None, max_future: int,
     max_age: int, max_wait: int, max_skew: int, event_lag: int, retention: int,
-    no_events: bool, tick: int, keep_log: int, quarantine_max: int, no_fsync: bool,
-    port_file: Path | None,
+    no_events: bool, dns_grace: int, tick: int, keep_log: int, quarantine_max: int,
+    no_fsync: bool, port_file: Path | None,
 ) -> None:  # fmt: skip
     """Receive flow batches from agents, attribute remote workloads, store the results.
 
     \b
     Agents POST Arrow IPC streams to https://HOST:PORT/v1/flows with
-    'Authorization: Bearer TOKEN'; the control plane's feed goes to /v1/events.
+    'Authorization: Bearer TOKEN'; the control plane's feed goes to /v1/events, the
+    DNS answers agents saw to /v1/dns_answers (with their flows token).
     A batch is acknowledged (200) only once it is in the write-ahead log on disk.
     GET /metrics (Prometheus) and /healthz on the same port.
 
@@ -247,6 +255,7 @@ def collector(
             event_lag_ns=event_lag,
             retention_ns=retention,
             use_events=not no_events,
+            dns_grace_ns=dns_grace,
         ),
         rate_rows_per_s=rate,
         burst_rows=burst if burst is not None else 2 * rate,

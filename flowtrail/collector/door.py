@@ -12,9 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowtrail.engine.dnsnames import check_answers
 from flowtrail.errors import ContractError
 from flowtrail.incoming import ExtraColumnError, validate_incoming
-from flowtrail.schema import EVENTS, FLOWS, Table
+from flowtrail.schema import DNS_ANSWERS, EVENTS, FLOWS, Table
 
 RESERVED_PREFIX = "__flowtrail"
 ROW_ID = "__flowtrail_row"  # the collector's own row handle, never stored
@@ -55,7 +56,7 @@ def check(
     kind: str, data: pa.Table, exporter: str, now_ns: int, limits: Limits, where: str
 ) -> pa.Table:
     """Validate one batch of `kind` sent by `exporter`; returns it cast to contract types."""
-    table: Table = FLOWS if kind == "flows" else EVENTS
+    table: Table = {"flows": FLOWS, "dns_answers": DNS_ANSWERS}.get(kind, EVENTS)
     if data.num_rows > limits.max_rows:
         raise Refusal(
             413,
@@ -81,6 +82,13 @@ def check(
     if kind == "flows":
         _check_exporter(data, exporter, where)
         _check_flow_times(data, now_ns, limits, where)
+    elif kind == "dns_answers":
+        try:
+            check_answers(data, where)
+        except ContractError as exc:
+            raise Refusal(400, "contract", str(exc), quarantine=True) from exc
+        _check_exporter(data, exporter, where)
+        _check_times(data, "observed_ns", now_ns, limits, where)
     else:
         _check_times(data, "time_ns", now_ns, limits, where)
     return data

@@ -1,4 +1,5 @@
-"""HTTPS in front of the collector: POST /v1/flows and /v1/events, GET /metrics and /healthz.
+"""HTTPS in front of the collector: POST /v1/flows, /v1/events and /v1/dns_answers, GET
+/metrics and /healthz.
 
 stdlib only (http.server + ssl): the body is one Arrow IPC stream, so HTTP needs no framing
 of its own. Connections are admitted, timed and closed by `flowtrail.httpguard` (TLS in each
@@ -15,7 +16,7 @@ from typing import Any
 from flowtrail.collector.service import Answer, Collector
 from flowtrail.httpguard import ConnectionLimits, GuardedHandler, GuardedServer
 
-PATHS = {"/v1/flows": "flows", "/v1/events": "events"}
+PATHS = {"/v1/flows": "flows", "/v1/events": "events", "/v1/dns_answers": "dns_answers"}
 BATCH_HEADER = "X-Flowtrail-Batch"
 MAX_BATCH_ID = 200
 

@@ -45,7 +45,10 @@ from flowtrail.schema import FLOWS
 log = logging.getLogger(__name__)
 
 SECOND = 1_000_000_000
-KINDS = ("flows", "events")
+KINDS = ("flows", "events", "dns_answers")
+# What a token must be allowed to send to send each kind: DNS answers come from the agents
+# that send flows, with the same token.
+KIND_OF_TOKEN = {"flows": "flows", "events": "events", "dns_answers": "flows"}
 IN_FLIGHT, DURABLE = 0, 1
 # A logged batch was acknowledged: replay re-checks its contract types but not limits that a
 # changed configuration may have narrowed since (that would drop acknowledged rows).
@@ -207,6 +210,8 @@ class Collector:
                 seg.outstanding += data.num_rows
                 ends[rec.segment] = first + data.num_rows
                 next_row = max(next_row, ends[rec.segment])
+            elif kind == "dns_answers":
+                self._submit_dns(data)
             else:
                 self._submit_events(data, received)
             self.metrics.rows_replayed.labels(kind).inc(data.num_rows)
@@ -245,7 +250,7 @@ class Collector:
         if ident is None:
             self.metrics.refused.labels("unauthenticated").inc()
             return Answer(401, {"error": "missing or unknown bearer token"})
-        if kind not in ident.kinds:
+        if KIND_OF_TOKEN.get(kind, kind) not in ident.kinds:
             self.metrics.refused.labels("forbidden_kind").inc()
             return Answer(
                 403, {"error": f"exporter {ident.exporter!r} may not send {kind} (token kinds)"}
@@ -332,6 +337,8 @@ class Collector:
         self._note_segment(done.segment, done.first_row, now)
         if kind == "flows":
             self._submit_flows(data, done.first_row, now, segment=done.segment)
+        elif kind == "dns_answers":
+            self._submit_dns(data)
         else:
             self._submit_events(data, now)
         self.metrics.rows_in.labels(kind).inc(rows)
@@ -404,6 +411,10 @@ class Collector:
     def _submit_events(self, data: pa.Table, received: int) -> None:
         with self._engine_lock:
             self.engine.submit_events(data, received)
+
+    def _submit_dns(self, data: pa.Table) -> None:
+        with self._engine_lock:
+            self.engine.submit_dns(data)
 
     # -- decisions -----------------------------------------------------------------------
     def tick(self, now: int) -> int:

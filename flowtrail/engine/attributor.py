@@ -26,6 +26,7 @@ import numpy.typing as npt
 from flowtrail import pairing
 from flowtrail.engine import ownership as own
 from flowtrail.engine import verdict
+from flowtrail.engine.dnsnames import DEFAULT_GRACE_NS
 from flowtrail.engine.events import UNKNOWN, EventFeed
 from flowtrail.engine.ownership import OwnershipRanges
 from flowtrail.engine.peers import PeerIndex
@@ -68,6 +69,8 @@ class Settings:
     # Peer rows are kept this long beyond max_wait (collector clock): the other end's row may
     # come that much later. In a cluster node this index, not the ranges, sets the memory.
     peer_slack_ns: int = 600 * SECOND
+    # A DNS answer names its address this long past its TTL (docs/dns.md, "Naming").
+    dns_grace_ns: int = DEFAULT_GRACE_NS
 
     @property
     def guard_ns(self) -> int:

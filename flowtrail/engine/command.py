@@ -11,6 +11,7 @@ from flowtrail.outputs import make_parent, writing
 from flowtrail.units import DURATION
 
 if TYPE_CHECKING:  # the engine (numpy, numba, Arrow) loads when it runs, not for `--help`
+    from flowtrail.engine.dnsnames import DnsNames
     from flowtrail.engine.replay import ReplayResult
 
 
@@ -34,6 +35,20 @@ if TYPE_CHECKING:  # the engine (numpy, numba, Arrow) loads when it runs, not fo
     "regions_path",
     type=click.Path(dir_okay=False),
     help="Prefix → region table; the summary counts flows each region hands to another.",
+)
+@click.option(
+    "--dns",
+    "dns_path",
+    type=click.Path(dir_okay=False),
+    help="DNS answers workloads received (the dns_answers table): names remote addresses "
+    "as remote_dns, beside remote_workload (docs/dns.md).",
+)
+@click.option(
+    "--dns-grace",
+    type=DURATION,
+    default="30s",
+    show_default=True,
+    help="How long past its TTL a DNS answer still names its address.",
 )
 @click.option(
     "--method",
@@ -101,6 +116,8 @@ def attribute(
     flows_path: str,
     events_path: str | None,
     regions_path: str | None,
+    dns_path: str | None,
+    dns_grace: int,
     method: str,
     max_wait: int,
     max_skew: int,
@@ -115,8 +132,8 @@ def attribute(
     """Name the remote workload of every flow, replaying rows in received_ns order.
 
     Writes every input row once, unchanged, plus remote_workload, remote_source,
-    attributed_ns and unattributed_reason (docs/contract.md), then prints a summary. A
-    wrong remote_workload is a defect; null is an honest "don't know".
+    attributed_ns, unattributed_reason and remote_dns (docs/contract.md), then prints a
+    summary. A wrong remote_workload is a defect; null is an honest "don't know".
     """
     if tick <= 0:
         raise click.BadParameter("must be positive", param_hint="--tick")
@@ -135,6 +152,7 @@ def attribute(
     return_freed_memory()
     events = read_table(events_path, EVENTS) if events_path else None
     regions = read_table(regions_path, REGIONS) if regions_path else None
+    dns = read_dns(dns_path, dns_grace) if dns_path else None
     if retention <= max_wait:
         raise click.BadParameter("must be longer than --max-wait", param_hint="--retention")
     settings = Settings(
@@ -147,12 +165,28 @@ def attribute(
     result = replay(
         flows, events, regions, settings=settings, tick_ns=tick, default_region=default_region,
         progress=None if quiet else stderr_progress, flows_path=flows_path,
-        events_path=events_path,
+        events_path=events_path, dns=dns,
     )  # fmt: skip
     return_freed_memory()
     with writing("--out", out):
         write_table(result.table, out)
     click.echo(json.dumps(result.summary, indent=2) if as_json else format_summary(result))
+
+
+def read_dns(path: str, grace_ns: int) -> DnsNames:
+    """The answers of a dns_answers file, checked (a bad row is a ContractError naming the
+    file, the row and the column) and indexed."""
+    from flowtrail.engine.dnsnames import DnsNames, check_answers
+    from flowtrail.engine.replay import check_clock_range
+    from flowtrail.schema import DNS_ANSWERS
+    from flowtrail.tables import read_table
+
+    answers = read_table(path, DNS_ANSWERS)
+    check_answers(answers, path)
+    check_clock_range(answers, ("observed_ns",), path)
+    dns = DnsNames(grace_ns)
+    dns.add(answers)
+    return dns
 
 
 def return_freed_memory() -> None:
@@ -186,6 +220,12 @@ def format_summary(result: ReplayResult) -> str:
     ]
     for reason, count in s["unattributed_by_reason"].items():
         lines.append(f"  {reason:<16}{count:>10,}")
+    if "dns" in s:
+        d = s["dns"]
+        lines.append(
+            f"dns names         {d['named_flows']:>10,} flows ({d['named_unattributed']:,} of "
+            f"them unattributed), from {d['answers']:,} answers"
+        )
     lines += [
         f"waited            {s['flows_that_waited']:>10,} flows; decided after "
         f"p50 {s['wait_seconds_p50']:.1f}s, p99 {s['wait_seconds_p99']:.1f}s, "

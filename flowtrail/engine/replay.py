@@ -27,6 +27,7 @@ from flowtrail import pairing
 from flowtrail.engine import scopes
 from flowtrail.engine.attributor import REASONS, Attributor, Decisions, FlowArrays, Settings
 from flowtrail.engine.batch import batch_decisions, unattributed_by_reason
+from flowtrail.engine.dnsnames import DnsNames
 from flowtrail.engine.ipkeys import IpKeys, Names
 from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.verdict import EVENT, HEARTBEAT, UNATTRIBUTED
@@ -35,6 +36,7 @@ from flowtrail.schema import (
     ATTRIBUTION_COLUMNS,
     DEFAULT_RECEIVE_DELAY_NS,
     LISTENING,
+    REMOTE_DNS,
     SOURCES,
     UNATTRIBUTED_REASON,
     UNATTRIBUTED_REASONS,
@@ -67,16 +69,19 @@ def with_attribution(
     source: npt.NDArray[np.int8],
     decided: I64,
     reason: npt.NDArray[np.int8],
+    dns: pa.Array | None = None,
 ) -> pa.Table:
-    """`table` with the attribution columns (and unattributed_reason) appended, replacing any
-    input columns of those names."""
+    """`table` with the attribution columns (and unattributed_reason, remote_dns) appended,
+    replacing any input columns of those names. `dns`: remote_dns per row; None: all null."""
     values = (
         owner,
         pc.take(SOURCE_NAMES, pa.array(source.astype(np.int32))),
         pa.array(decided, pa.int64()),
         pc.take(REASON_NAMES, pa.array(reason.astype(np.int32))),
+        pa.nulls(table.num_rows, pa.string()) if dns is None else dns,
     )
-    for col, column in zip((*ATTRIBUTION_COLUMNS, UNATTRIBUTED_REASON), values, strict=True):
+    added = (*ATTRIBUTION_COLUMNS, UNATTRIBUTED_REASON, REMOTE_DNS)
+    for col, column in zip(added, values, strict=True):
         if col.name in table.column_names:
             table = table.drop_columns([col.name])
         table = table.append_column(col.field, column)
@@ -202,8 +207,12 @@ def replay(
     flows_path: str | None = None,
     events_path: str | None = None,
     schedule: str = "batch",
+    dns: DnsNames | None = None,
 ) -> ReplayResult:
     """`flows_path`, `events_path`: where the tables came from, for error messages.
+
+    `dns`: the DNS answers that name remote addresses (remote_dns); offline every answer
+    given counts as known when each flow is decided.
 
     `schedule`: "batch" (batch.py: every row known in advance, one compiled pass) or
     "stream" (the engine ticked as a live collector ticks it). Both give the same answers;
@@ -245,7 +254,8 @@ def replay(
 
     heard = cols["listening"]
     cols.clear()  # the engine's view of the rows: freed before the output is built
-    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason)
+    named = dns.names_for(flows) if dns is not None else None
+    out = with_attribution(flows, names.to_arrow(owner), source, decided, reason, named)
     if heard.any():  # listeners' heartbeats: learnt from, not flows to write out
         out = out.filter(pa.array(~heard))
         source, waited = source[~heard], waited[~heard]
@@ -253,6 +263,8 @@ def replay(
     elapsed = time.perf_counter() - began
     summary = _summary(settings, counts, len(source), source, waited, elapsed)
     summary["cpu_seconds"] = round(time.process_time() - began_cpu, 3)
+    if dns is not None:
+        summary["dns"] = _dns_summary(dns, named, heard, source)
     if heard.any():
         flows, remote_key = flows.filter(pa.array(~heard)), remote_key[~heard]
     summary["regions"] = _region_summary(flows, remote_key, ipkeys, regions, default_region)
@@ -370,6 +382,23 @@ def _summary(
         "listening_rows": counts["listening_rows"],
         "events": counts["events_in"],
         "seconds": round(elapsed, 3),
+    }
+
+
+def _dns_summary(
+    dns: DnsNames, named: pa.Array | None, heard: npt.NDArray[np.bool_], source: I8
+) -> dict[str, int]:
+    """How many answers were given and how many written flows a DNS name names, in all and
+    among the unattributed."""
+    has = np.zeros(len(heard), bool)
+    if named is not None:
+        has = np.asarray(pc.is_valid(named).to_numpy(zero_copy_only=False), bool)
+    has = has[~heard]
+    return {
+        "answers": dns.answers_in,
+        "runs": len(dns),
+        "named_flows": int(np.count_nonzero(has)),
+        "named_unattributed": int(np.count_nonzero(has & (source == UNATTRIBUTED))),
     }
 
 

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.engine.attributor import Attributor, Decisions, Settings
+from flowtrail.engine.dnsnames import DnsNames
 from flowtrail.engine.ipkeys import IpKeys, Names
 from flowtrail.engine.replay import _int64, flow_arrays, with_attribution
 from flowtrail.schema import FLOWS
@@ -60,6 +61,8 @@ class StreamingAttribution:
         self._firsts = np.empty(0, np.int64)  # sorted first handles of live batches
         self._unread: list[_Unread] = []
         self._unread_rows = 0
+        self.dns = DnsNames(self.engine.settings.dns_grace_ns)
+        self._next_dns_evict: int | None = None
 
     @property
     def waiting(self) -> int:
@@ -157,10 +160,27 @@ class StreamingAttribution:
             received if received is not None else np.full(events.num_rows, now, np.int64),
         )
 
+    def submit_dns(self, answers: pa.Table) -> None:
+        """Validated dns_answers rows: they name the remote addresses of flows decided from
+        now on (docs/dns.md, "Naming"). A flow decided before the answer that names it came
+        keeps remote_dns null: decisions are written once."""
+        self.dns.add(answers)
+
     def tick(self, now: int) -> list[pa.Table]:
         """Decide what can be decided at `now`; one attributed table per batch touched."""
         self.read()
+        self._evict_dns(now)
         return self._tables(self.engine.tick(now))
+
+    def _evict_dns(self, now: int) -> None:
+        """Answers no flow can still be named by go with the ownership that would be evicted."""
+        retention = self.engine.settings.retention_ns
+        period = max(retention // 10, 1_000_000_000)
+        if self._next_dns_evict is None:
+            self._next_dns_evict = now + period
+        if now >= self._next_dns_evict:
+            self.dns.evict(now - retention)
+            self._next_dns_evict = now + period
 
     def _tables(self, d: Decisions) -> list[pa.Table]:
         """Each touched batch's decided rows with their attribution, in order of submission.
@@ -198,8 +218,9 @@ class StreamingAttribution:
             )
             taken = table.take(pa.array(rows[lo:hi] - shift))
             done = with_attribution(
-                taken, owner_names.slice(lo, hi - lo), source[lo:hi], decided[lo:hi], reason[lo:hi]
-            )
+                taken, owner_names.slice(lo, hi - lo), source[lo:hi], decided[lo:hi],
+                reason[lo:hi], self.dns.names_for(taken),
+            )  # fmt: skip
             for b, a, z in zip(
                 part, starts[run.start : run.stop], stops[run.start : run.stop], strict=True
             ):
