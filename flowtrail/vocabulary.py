@@ -18,5 +18,7 @@ ATTEMPTS = ("refused", "timeout", "failed", "abandoned")  # it never did
 # Query choices: outcome groups, what top talkers group by, output formats.
 OUTCOME_GROUPS = {"connected": CONNECTED, "attempts": ATTEMPTS}
 TALKER_KEYS = ("workload", "ip")
+# dependencies --by: workloads only, or also a DNS-named side's name or domain (docs/dns.md)
+DEPENDENCY_KEYS = ("workload", "name", "domain")
 UNNAMED_SIDES = ("caller", "callee", "both")  # flows --unnamed: which side has no name
 FORMATS = ("table", "json", "csv")

@@ -18,6 +18,7 @@ from flowtrail.query.api import PARAMS, parse_time
 from flowtrail.query.external import check_external_group
 from flowtrail.query.output import FORMATS
 from flowtrail.query.queries import (
+    DEPENDENCY_KEYS,
     MAX_BUCKETS,
     MAX_NS,
     MAX_OFFSET,
@@ -110,8 +111,9 @@ def parse_request(endpoint: str, query: str, now_ns: int) -> ApiRequest:
         if value not in _TRUE + _FALSE:
             raise ParamError(flag, f"{value!r}: use true or false")
     by = got.get("by", "workload")
-    if by not in TALKER_KEYS:
-        raise ParamError("by", f"{by!r}: choose {' or '.join(TALKER_KEYS)}")
+    keys = DEPENDENCY_KEYS if endpoint == "dependencies" else TALKER_KEYS
+    if by not in keys:
+        raise ParamError("by", f"{by!r}: choose {' or '.join(keys)}")
     if "limit" in got:
         _int("limit", got["limit"], 1, MAX_LIMIT)
     ip = got.get("ip")

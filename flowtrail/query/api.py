@@ -3,7 +3,7 @@
     run_query(cursor, "dependencies", {"since": "1h", "known_only": "true"}) -> pa.Table
 
 Parameter names are the CLI's flags without dashes (`since`, `until`, `workload`, `ip`, `port`,
-`source`, `exporter`, `outcome`, `caller`, `callee`, `unnamed`, `by`, `limit`, `offset`,
+`source`, `exporter`, `outcome`, `caller`, `callee`, `unnamed`, `name`, `by`, `limit`, `offset`,
 `buckets`, `known_only`, `group_external`, `caller_external`, `callee_external`); values
 are text as they arrive in a URL.
 Unknown names and bad values raise InputError naming them, so a web layer can answer 400.
@@ -33,7 +33,7 @@ from flowtrail.units import parse_time_ns
 
 WINDOW_PARAMS = ("since", "until")
 PARAMS: dict[str, tuple[str, ...]] = {
-    "dependencies": (*WINDOW_PARAMS, "workload", "known_only", "group_external"),
+    "dependencies": (*WINDOW_PARAMS, "workload", "known_only", "group_external", "by"),
     "top-talkers": (*WINDOW_PARAMS, "by", "limit"),
     "flows": (
         *WINDOW_PARAMS,
@@ -48,6 +48,7 @@ PARAMS: dict[str, tuple[str, ...]] = {
         "unnamed",
         "caller_external",
         "callee_external",
+        "name",
         "limit",
         "offset",
     ),
@@ -117,6 +118,7 @@ def run_query(
                 workload=params.get("workload"),
                 known_only=_flag(params, "known_only"),
                 group_external=_flag(params, "group_external"),
+                by=params.get("by", "workload"),
             )
         if name == "top-talkers":
             by = params.get("by", "workload")
@@ -134,6 +136,7 @@ def run_query(
                 unnamed=params.get("unnamed"),
                 caller_external=params.get("caller_external"),
                 callee_external=params.get("callee_external"),
+                name=params.get("name"),
             )
             offset = _int(params, "offset") or 0
             return flows(con, window, source=source, where=where, limit=limit or 100, offset=offset)

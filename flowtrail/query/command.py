@@ -13,6 +13,7 @@ import click
 
 from flowtrail.errors import FlowtrailError, InputError
 from flowtrail.vocabulary import (
+    DEPENDENCY_KEYS,
     FORMATS,
     OUTCOME_GROUPS,
     OUTCOMES,
@@ -153,8 +154,16 @@ def query() -> None:
     help="Split edges with an unnamed side by its address group (IPv4 /24, IPv6 /48), in "
     "the columns caller_external and callee_external.",
 )
+@click.option(
+    "--by",
+    type=click.Choice(DEPENDENCY_KEYS),
+    default="workload",
+    show_default=True,
+    help="name: also split edges by the DNS name of a side no workload owns (remote_dns); "
+    "domain: by its last two labels.",
+)
 def dependencies_command(
-    source: Source, workload: str | None, known_only: bool, group_external: bool
+    source: Source, workload: str | None, known_only: bool, group_external: bool, by: str
 ) -> None:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs)."""
     from flowtrail.query.queries import dependencies
@@ -162,7 +171,7 @@ def dependencies_command(
     source.run(
         lambda con, w, rel: dependencies(
             con, w, source=rel, workload=workload, known_only=known_only,
-            group_external=group_external,
+            group_external=group_external, by=by,
         )
     )  # fmt: skip
 
@@ -213,6 +222,7 @@ def top_talkers_command(source: Source, by: str, limit: int) -> None:
     metavar="NET",
     help="The callee has no workload and its address is in this group (a /24 or /48).",
 )
+@click.option("--name", help="One of the remote side's DNS names (remote_dns) equals this.")
 @click.option("--limit", type=int, default=100, show_default=True, help="At most this many rows.")
 @click.option("--offset", type=int, default=0, show_default=True, help="Skip this many rows.")
 def flows_command(
@@ -228,6 +238,7 @@ def flows_command(
     unnamed: str | None,
     caller_external: str | None,
     callee_external: str | None,
+    name: str | None,
     limit: int,
     offset: int,
 ) -> None:
@@ -236,7 +247,7 @@ def flows_command(
 
     where = FlowFilter(
         workload, ip, port, remote_source, exporter, outcome, caller, callee, unnamed,
-        caller_external, callee_external,
+        caller_external, callee_external, name,
     )  # fmt: skip
     source.run(
         lambda con, w, rel: flows(con, w, source=rel, where=where, limit=limit, offset=offset)

@@ -42,6 +42,7 @@ from flowtrail.schema import ATTRIBUTED
 from flowtrail.store.columns import query_arrow
 from flowtrail.tables import invalid_ips
 from flowtrail.vocabulary import CONNECTED, OUTCOMES, SOURCES
+from flowtrail.vocabulary import DEPENDENCY_KEYS as DEPENDENCY_KEYS
 from flowtrail.vocabulary import OUTCOME_GROUPS as OUTCOME_GROUPS
 from flowtrail.vocabulary import TALKER_KEYS as TALKER_KEYS
 from flowtrail.vocabulary import UNNAMED_SIDES as UNNAMED_SIDES
@@ -55,6 +56,18 @@ MAX_OFFSET = 1_000_000  # paging deeper than this is a job for a narrower filter
 MAX_BUCKETS = 500
 UNRECORDED_REASON = "(not recorded)"
 REASON_KEY = "unattributed_reason"  # an extra column a collector may add per unattributed row
+# remote_dns (docs/dns.md): stored among the extra columns, as unattributed_reason is
+REMOTE_DNS_SQL = "json_extract_string(extra, '$.remote_dns')"
+
+
+def _domains_sql(names: str) -> str:
+    """The registrable part of each of the comma-joined DNS names in `names`, taken as the
+    last two labels (no public-suffix list: `a.b.co.uk` gives `co.uk`), distinct, sorted,
+    comma-joined; null stays null."""
+    return (
+        f"array_to_string(list_sort(list_distinct(list_transform(string_split({names}, ','), "
+        "lambda x: array_to_string(string_split(x, '.')[-2:], '.')))), ',')"
+    )
 
 
 @dataclass(frozen=True)
@@ -90,13 +103,14 @@ _ROW_COLUMNS = ", ".join((
 ))  # fmt: skip
 
 
-def _latest_rows_sql(source: str, window: Window) -> str:
+def _latest_rows_sql(source: str, window: Window, dns: bool = False) -> str:
     """Each (exporter, flow_id)'s latest row in the window (of an active snapshot and the close
-    at one time, the close), with the columns _ends_sql reads."""
+    at one time, the close), with the columns _ends_sql reads (and remote_dns with `dns`)."""
     # Only connections with several rows in the window are ranked: ranking every row makes
     # DuckDB sort the whole window with its payload, several times slower over 1M rows.
+    columns = f"{_ROW_COLUMNS}, {REMOTE_DNS_SQL} AS remote_dns" if dns else _ROW_COLUMNS
     return f"""
-        WITH r AS (SELECT {_ROW_COLUMNS} FROM {source} WHERE {window.sql()}),
+        WITH r AS (SELECT {columns} FROM {source} WHERE {window.sql()}),
         several AS (
             SELECT exporter, flow_id FROM r GROUP BY exporter, flow_id HAVING count(*) > 1
         )
@@ -109,15 +123,22 @@ def _latest_rows_sql(source: str, window: Window) -> str:
     """
 
 
-def _ends_sql(source: str, window: Window, keys: bool = False) -> str:
+def _ends_sql(source: str, window: Window, keys: bool = False, names: str | None = None) -> str:
     """One row per exporter's connection or attempt in the window, as its caller and callee see
     it (the client's view NAT-resolved): `side` 0 a client row, 1 a server row, 2 an attempt;
     `tuple_hash` of (caller ip:port, callee ip:port). `keys`: with the stored row's key
-    (exporter, flow_id, row_end_ns, row_state), to find the row again."""
+    (exporter, flow_id, row_end_ns, row_state), to find the row again. `names` ("name" or
+    "domain"): with `caller_dns` and `callee_dns`, the remote side's DNS name(s) or domain(s)."""
     connected = f"{OUTCOME_SQL} IN {_sql_list(CONNECTED)}"
     key_columns = "exporter, flow_id, end_ns AS row_end_ns, state AS row_state," if keys else ""
+    if names is not None:
+        label = "remote_dns" if names == "name" else _domains_sql("remote_dns")
+        key_columns += (
+            f"CASE WHEN direction = 'inbound' THEN {label} END AS caller_dns, "
+            f"CASE WHEN direction = 'outbound' THEN {label} END AS callee_dns,"
+        )
     return f"""
-    WITH w AS ({_latest_rows_sql(source, window)}),
+    WITH w AS ({_latest_rows_sql(source, window, names is not None)}),
     e AS (
         SELECT {key_columns}
                CASE WHEN NOT ({connected}) THEN 2 WHEN direction = 'outbound' THEN 0 ELSE 1 END
@@ -151,10 +172,11 @@ def _ends(
     window: Window,
     tolerance_ns: int,
     keys: bool = False,
+    names: str | None = None,
 ) -> pa.Table:
     """The window's ends (see _ends_sql) with `rid` (row number) and `partner` (the rid of the
     server row a client row is paired with by flowtrail/pairing.py's rule, else -1)."""
-    ends = query_arrow(con, _ends_sql(source, window, keys))
+    ends = query_arrow(con, _ends_sql(source, window, keys, names))
     side = np.asarray(ends.column("side").to_numpy(), np.int64)
     group = np.asarray(ends.column("tuple_hash").to_numpy(), np.uint64).view(np.int64)
     at = np.asarray(ends.column("pair_ns").fill_null(0).to_numpy(), np.int64)
@@ -190,8 +212,10 @@ def _connections(
     window: Window,
     tolerance_ns: int,
     keys: bool = False,
+    names: str | None = None,
 ) -> Iterator[str]:
-    """CTEs `c` (one row per connection) and `a` (attempts); see the module doc.
+    """CTEs `c` (one row per connection) and `a` (attempts); see the module doc. With `names`
+    ("name" or "domain"), both also hold `caller_dns` and `callee_dns` (_ends_sql).
 
     The window's ends are read and paired first, and registered on `con` under a name of their
     own for as long as the block runs.
@@ -199,15 +223,22 @@ def _connections(
     if tolerance_ns < 0:
         raise InputError(f"pair tolerance {tolerance_ns} ns: must not be negative")
     name = f"_flowtrail_ends_{uuid.uuid4().hex}"
-    con.register(name, _ends(con, source, window, tolerance_ns, keys))
+    con.register(name, _ends(con, source, window, tolerance_ns, keys, names))
+    dns_a = ", caller_dns, callee_dns" if names is not None else ""
+    dns_c = (
+        "coalesce(o.caller_dns, i.caller_dns) AS caller_dns, "
+        "coalesce(o.callee_dns, i.callee_dns) AS callee_dns,"
+        if names is not None
+        else ""
+    )
     try:
         yield f"""
     o AS (SELECT * FROM {name} WHERE side = 0),
     i AS (SELECT * FROM {name} WHERE side = 1),
-    a AS (SELECT caller, callee, caller_ip, callee_ip, rid FROM {name} WHERE side = 2),
+    a AS (SELECT caller, callee, caller_ip, callee_ip, rid{dns_a} FROM {name} WHERE side = 2),
     ends AS (SELECT * FROM {name}),
     c AS (
-        SELECT o.rid AS client_rid, i.rid AS server_rid,
+        SELECT o.rid AS client_rid, i.rid AS server_rid, {dns_c}
                coalesce(o.caller, i.caller) AS caller,
                coalesce(o.callee, i.callee) AS callee,
                coalesce(o.caller_ip, i.caller_ip) AS caller_ip,
@@ -232,6 +263,7 @@ def dependencies(
     known_only: bool = False,
     group_external: bool = False,
     pair_tolerance_ns: int = DEFAULT_PAIR_TOLERANCE_NS,
+    by: str = "workload",
 ) -> pa.Table:
     """Caller → callee edges: connections, bytes each way, retransmits, RTT p50/p99 (µs), and
     the attempts that never established (`failed_attempts`).
@@ -239,11 +271,24 @@ def dependencies(
     A null caller or callee is a side nobody could name; `known_only` drops such edges,
     `workload` keeps the edges touching that workload. `group_external` splits the edges with
     an unnamed side by that side's address group (flowtrail/query/external.py), in the extra
-    columns `caller_external` and `callee_external` (null for a named side).
+    columns `caller_external` and `callee_external` (null for a named side). `by` "name" or
+    "domain" also splits edges by the DNS name(s) (`caller_name`, `callee_name`) or their
+    domains (`caller_domain`, `callee_domain`) of a side no workload owns (docs/dns.md): a side
+    with a workload keeps it and no DNS column (ownership wins), and `known_only` counts a DNS
+    name as a name.
     """
+    if by not in DEPENDENCY_KEYS:
+        raise InputError(f"--by {by!r}: choose {' or '.join(DEPENDENCY_KEYS)}")
+    names = None if by == "workload" else by
     where, params = ["TRUE"], []
     if known_only:
-        where.append("caller IS NOT NULL AND callee IS NOT NULL")
+        if names is None:
+            where.append("caller IS NOT NULL AND callee IS NOT NULL")
+        else:
+            where.append(
+                "coalesce(caller, caller_dns) IS NOT NULL AND coalesce(callee, callee_dns) "
+                "IS NOT NULL"
+            )
     if workload is not None:
         where.append("(caller = ? OR callee = ?)")
         params += [workload, workload]
@@ -258,16 +303,25 @@ def dependencies(
         ext_order = ", caller_external NULLS LAST, callee_external NULLS LAST"
     else:
         ext_columns = "NULL AS caller_external, NULL AS callee_external"
-    with _connections(con, source, window, pair_tolerance_ns) as ctes:
+    # Ownership wins: a side some workload owns is named by it alone.
+    dns = (
+        ", CASE WHEN caller IS NULL THEN caller_dns END AS caller_dns, "
+        "CASE WHEN callee IS NULL THEN callee_dns END AS callee_dns"
+        if names
+        else ""
+    )
+    out = f", caller_dns AS caller_{by}, callee_dns AS callee_{by}" if names else ""
+    dns_order = f", caller_{by} NULLS LAST, callee_{by} NULLS LAST" if names else ""
+    with _connections(con, source, window, pair_tolerance_ns, names=names) as ctes:
         sql = f"""
         WITH {ctes},
         e AS (
             SELECT caller, callee, {ext_columns}, FALSE AS attempt, both_ends, to_callee,
-                   to_caller, retransmits, srtt_us FROM c
+                   to_caller, retransmits, srtt_us{dns} FROM c
             UNION ALL
-            SELECT caller, callee, {ext_columns}, TRUE, FALSE, 0, 0, 0, NULL FROM a
+            SELECT caller, callee, {ext_columns}, TRUE, FALSE, 0, 0, 0, NULL{dns} FROM a
         )
-        SELECT caller, callee, {ext_names}
+        SELECT caller, callee{out}, {ext_names}
                count(*) FILTER (WHERE NOT attempt)::BIGINT AS flows,
                sum(both_ends::INTEGER)::BIGINT AS seen_both_ends,
                sum(to_callee)::BIGINT AS bytes_to_callee,
@@ -279,7 +333,7 @@ def dependencies(
         FROM e WHERE {" AND ".join(where)}
         GROUP BY ALL
         ORDER BY bytes_to_callee + bytes_to_caller DESC, flows DESC, failed_attempts DESC,
-                 caller NULLS LAST, callee NULLS LAST {ext_order}
+                 caller NULLS LAST, callee NULLS LAST {ext_order}{dns_order}
         """
         return query_arrow(con, sql, params)
 
@@ -340,6 +394,7 @@ class FlowFilter:
     # and its address is in the group, as dependencies(group_external=True) splits edges.
     caller_external: str | None = None
     callee_external: str | None = None
+    name: str | None = None  # one of the remote side's DNS names (remote_dns) equals this
 
     def __post_init__(self) -> None:
         if self.ip is not None and invalid_ips(pa.array([self.ip])):
@@ -385,6 +440,9 @@ class FlowFilter:
         if self.exporter is not None:
             where.append("exporter = ?")
             params.append(self.exporter)
+        if self.name is not None:
+            where.append(f"list_contains(string_split({REMOTE_DNS_SQL}, ','), ?)")
+            params.append(self.name)
         if self.outcome is not None:
             values = OUTCOME_GROUPS.get(self.outcome, (self.outcome,))
             where.append(f"{OUTCOME_SQL} IN ({', '.join('?' for _ in values)})")
@@ -438,7 +496,7 @@ def flows(
     if not 0 <= offset <= MAX_OFFSET:
         raise InputError(f"--offset {offset}: must be 0..{MAX_OFFSET}")
     cond, params = where.sql()
-    columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names)
+    columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names) + f", {REMOTE_DNS_SQL} AS remote_dns"
     page = f"ORDER BY end_ns DESC, exporter, flow_id, state LIMIT {int(limit)} OFFSET {int(offset)}"
     if not where.edge:
         sql = f"SELECT {columns} FROM {source} WHERE {window.sql()} AND {cond} {page}"

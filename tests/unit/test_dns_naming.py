@@ -18,33 +18,7 @@ from flowtrail.engine.dnsnames import DnsNames, check_answers
 from flowtrail.engine.replay import replay
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.errors import ContractError
-from flowtrail.schema import DNS_ANSWERS, FLOWS
-from flowtrail.tables import validate
-
-S = 1_000_000_000
-STRIPE = "203.0.113.10"
-
-
-def flows_table(rows: list[dict[str, Any]]) -> pa.Table:
-    base = {"exporter": "h1", "direction": "outbound", "state": "closed", "bytes_sent": 1,
-            "bytes_received": 1, "local_ip": "10.0.0.1", "local_workload": "billing",
-            "remote_ip": STRIPE, "remote_port": 443}  # fmt: skip
-    full = [{**base, "flow_id": f"f{i}", "local_port": 40000 + i, **r} for i, r in enumerate(rows)]
-    for r in full:
-        r.setdefault("end_ns", r["start_ns"] + S)
-        r.setdefault("received_ns", r["end_ns"] + S)
-    return validate(_table(full), FLOWS)
-
-
-def _table(rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows to a table with every key any row has (from_pylist reads the first row's only)."""
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    return pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in rows])
-
-
-def answers_table(rows: list[dict[str, Any]]) -> pa.Table:
-    base = {"exporter": "h1", "local_workload": "billing", "address": STRIPE, "ttl_s": 60}
-    return validate(_table([{**base, **r} for r in rows]), DNS_ANSWERS)
+from tests.unit.dns_tables import STRIPE, S, answers_table, flows_table, table
 
 
 def named(flows: pa.Table, answers: pa.Table, grace_ns: int = 30 * S) -> list[str | None]:
@@ -252,7 +226,7 @@ def test_a_malformed_answers_file_is_a_clear_error_and_writes_nothing(
 ) -> None:
     good = {"exporter": "h1", "local_workload": "billing", "query_name": "api.stripe.com",
             "address": STRIPE, "ttl_s": 60, "observed_ns": 0}  # fmt: skip
-    bad = _table([good, good, {**good, **row}])
+    bad = table([good, good, {**good, **row}])
     path = tmp_path / "dns.parquet"
     pq.write_table(bad, path)
     flows = tmp_path / "flows.parquet"
