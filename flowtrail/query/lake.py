@@ -22,7 +22,7 @@ import duckdb
 from flowtrail.errors import InputError
 from flowtrail.query.queries import Window
 from flowtrail.schema import ATTRIBUTED
-from flowtrail.store.columns import quote, sql_type
+from flowtrail.store.columns import EXTRA, quote, sql_type
 from flowtrail.store.lake import HOUR_NS
 
 ROW_IDENTITY = ("exporter", "flow_id", "state", "end_ns")
@@ -102,6 +102,7 @@ class LakeSource:
         files = files_in_window(self.root, window)
         if not files:
             empty = ", ".join(f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in ATTRIBUTED.columns)
+            empty += f", NULL::VARCHAR AS {EXTRA}"
             con.execute(f"CREATE OR REPLACE TEMP VIEW lake_window AS SELECT {empty} LIMIT 0")
             return "lake_window"
         listed = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
@@ -131,11 +132,16 @@ class LakeSource:
 
 def with_current_columns(con: duckdb.DuckDBPyConnection, relation: str) -> str:
     """`relation`, or a view of it with the contract's columns it lacks as nulls: a store or
-    lake written under an older contract version answers the queries too (read-only here)."""
+    lake written under an older contract version answers the queries too (read-only here).
+    So does a file without `extra` (nothing beyond the contract's columns): the queries read
+    unattributed_reason and remote_dns from there."""
     have = {r[0] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
     missing = [c for c in ATTRIBUTED.columns if c.name not in have]
-    if not missing:
+    if not missing and EXTRA in have:
         return relation
-    nulls = ", ".join(f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in missing)
+    nulls = ", ".join(
+        [f"NULL::{sql_type(c)} AS {quote(c.name)}" for c in missing]
+        + ([] if EXTRA in have else [f"NULL::VARCHAR AS {EXTRA}"])
+    )
     con.execute(f"CREATE OR REPLACE TEMP VIEW current_flows AS SELECT *, {nulls} FROM {relation}")
     return "current_flows"
