@@ -10,7 +10,7 @@ import { ApiError } from "./util.js";
 const DEFAULTS = {
   view: "map", win: "15m", from: "", to: "", refresh: "30",
   q: "", group: "auto", known: "", sel: "",
-  fw: "", fc: "", fe: "", fun: "", fcx: "", fex: "", fip: "", fport: "", fout: "", fsrc: "", fexp: "",
+  fw: "", fc: "", fe: "", fun: "", fcx: "", fex: "", fip: "", fport: "", fout: "", fsrc: "", fexp: "", fname: "",
   page: "0", pin: "",
 };
 const WINDOWS = { "5m": 300, "15m": 900, "1h": 3600, "24h": 86400 };

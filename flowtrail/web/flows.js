@@ -9,7 +9,7 @@ const PAGE = 100;
 const FILTERS = {
   fw: "workload", fc: "caller", fe: "callee", fun: "unnamed", fcx: "caller_external",
   fex: "callee_external", fip: "ip", fport: "port",
-  fout: "outcome", fsrc: "source", fexp: "exporter",
+  fout: "outcome", fsrc: "source", fexp: "exporter", fname: "name",
 };
 let newestEnd = null; // end_ns of page 0's first row (for the pin)
 
@@ -50,9 +50,14 @@ export function flowParams() {
   return params;
 }
 
-function side(workload, ip, port, nat) {
-  return el("span", { class: "end" },
-    workload === null ? el("span", { class: "unk-name" }, "unnamed") : el("b", {}, workload),
+// A side's name: its workload; else, for the remote side, the DNS name(s) its workload resolved
+// for the address (remote_dns, docs/dns.md), marked as such: ownership wins, DNS only fills in.
+function side(workload, ip, port, nat, dns = null) {
+  const name = workload !== null ? el("b", {}, workload)
+    : dns ? el("span", { class: "dns-name", title: "named by DNS (remote_dns): no workload owns it" },
+      `${dns} (DNS)`)
+      : el("span", { class: "unk-name" }, "unnamed");
+  return el("span", { class: "end" }, name,
     el("span", { class: "addr" }, ` ${ip}:${port}${nat ? ` → ${nat}` : ""}`));
 }
 
@@ -60,10 +65,10 @@ const COLUMNS = [
   { label: "End (UTC)", cls: "time", value: (r) => fmtUtc(r.end_ns) },
   { label: "Caller", value: (r) => (r.direction === "outbound"
     ? side(r.local_workload, r.local_ip, r.local_port, null)
-    : side(r.remote_workload, r.remote_ip, r.remote_port, null)) },
+    : side(r.remote_workload, r.remote_ip, r.remote_port, null, r.remote_dns)) },
   { label: "Callee", value: (r) => (r.direction === "outbound"
     ? side(r.remote_workload, r.remote_ip, r.remote_port,
-      r.nat_remote_ip ? `${r.nat_remote_ip}:${r.nat_remote_port}` : null)
+      r.nat_remote_ip ? `${r.nat_remote_ip}:${r.nat_remote_port}` : null, r.remote_dns)
     : side(r.local_workload, r.local_ip, r.local_port, null)) },
   { label: "Captured by", value: (r) => `${r.exporter} · ${r.direction === "outbound" ? "caller" : "callee"}` },
   { label: "Named by", value: (r) => el("span", { class: `src ${r.remote_source}` }, r.remote_source) },
