@@ -172,11 +172,18 @@ class NatsExporter:
 
     # -- the exporter interface ------------------------------------------------------------
 
-    def export(self, table: pa.Table, batch_id: str) -> None:
+    def export(self, table: pa.Table, batch_id: str, kind: str = "flows") -> None:
+        """`kind`: flows (to the work stream) or dns_answers (to the evidence stream, which
+        every node of the region reads: docs/dns.md)."""
         if table.num_rows == 0:
             return  # nothing to deliver (and no exporter name to prefix the id with)
-        msg_id = f"{_exporter_name(table)}:{batch_id}"
-        self._call(self._send(table, msg_id), f"publish {msg_id} to {self.subject}")
+        if kind not in ("flows", "dns_answers"):
+            raise ExportError(f"NATS sink: cannot send {kind!r} (flows or dns_answers)")
+        # flows' ids as before (a re-send dedups alike); answers' apart from them and events'
+        tag = "" if kind == "flows" else "dns:"
+        msg_id = f"{_exporter_name(table)}:{tag}{batch_id}"
+        subject = self.subject if kind == "flows" else self._bus.evidence_subject(self.region)
+        self._call(self._send(table, msg_id, kind), f"publish {msg_id} to {subject}")
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Close the connection and stop the loop thread; idempotent."""
@@ -228,7 +235,7 @@ class NatsExporter:
                 # a failed delivery to spool and retry, never a reason to stop capturing.
                 raise ExportError(f"NATS: {what}: {type(exc).__name__}: {exc}") from exc
 
-    async def _send(self, table: pa.Table, msg_id: str) -> None:
+    async def _send(self, table: pa.Table, msg_id: str, kind: str = "flows") -> None:
         if self._lost or not self._connected:
             if self._connected:
                 await self._bus.close()
@@ -236,11 +243,14 @@ class NatsExporter:
             self._connected = False
             await self._bus.connect()
             self._connected = True
-        await self._publish(table, msg_id)
+        await self._publish(table, msg_id, kind)
 
-    async def _publish(self, table: pa.Table, msg_id: str) -> None:
+    async def _publish(self, table: pa.Table, msg_id: str, kind: str = "flows") -> None:
         try:
-            ack = await self._bus.publish(self.subject, encode(table), msg_id)
+            if kind == "dns_answers":
+                ack = await self._bus.publish_dns_answers(self.region, table, msg_id)
+            else:
+                ack = await self._bus.publish(self.subject, encode(table), msg_id)
         except InputError as exc:  # JetStream refused the message (HTTP-400-like)
             raise ExportError(str(exc)) from exc
         except ExportError as exc:
@@ -248,8 +258,8 @@ class NatsExporter:
             if isinstance(cause, nats.errors.MaxPayloadError) and table.num_rows > 1:
                 self.stats["split_batches"] += 1
                 half = table.num_rows // 2
-                await self._publish(table.slice(0, half), f"{msg_id}.a")
-                await self._publish(table.slice(half), f"{msg_id}.b")
+                await self._publish(table.slice(0, half), f"{msg_id}.a", kind)
+                await self._publish(table.slice(half), f"{msg_id}.b", kind)
                 return
             if isinstance(cause, NoStreamResponseError | nats.errors.NoRespondersError):
                 await self._explain_missing_stream(exc)

@@ -63,6 +63,7 @@ MSG_ID = "Nats-Msg-Id"
 OWNER = "Flowtrail-Owner"  # evidence: the node (incarnation) that decides this batch's rows
 CLOCK = "Flowtrail-Clock"  # evidence: a clock mark (ns), no rows
 EVENTS = "Flowtrail-Events"  # evidence: a control-plane `events` table, not flows
+DNS = "Flowtrail-Dns"  # evidence: an agent's `dns_answers` table, not flows
 FORWARDED_FROM = "Flowtrail-Forwarded-From"  # work: rows another region handed over
 REASON = "Flowtrail-Reason"  # dead letters: why the batch was put aside
 NODE = "Flowtrail-Node"  # dead letters: the node (incarnation) that put it aside
@@ -563,6 +564,13 @@ class Bus:
         """A control-plane `events` table onto a region's evidence stream (dedup by id)."""
         return await self.publish(
             self.evidence_subject(region), encode(events), batch_id, {EVENTS: "1"}
+        )
+
+    async def publish_dns_answers(self, region: str, answers: pa.Table, batch_id: str) -> PubAck:
+        """An agent's `dns_answers` table onto a region's evidence stream (dedup by id): every
+        node learns them, as it learns events."""
+        return await self.publish(
+            self.evidence_subject(region), encode(answers), batch_id, {DNS: "1"}
         )
 
     @property

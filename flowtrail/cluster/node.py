@@ -50,6 +50,7 @@ from nats.js.client import JetStreamContext
 
 from flowtrail.cluster.bus import (
     CLOCK,
+    DNS,
     EVENTS,
     FORWARDED_FROM,
     MSG_ID,
@@ -72,14 +73,15 @@ from flowtrail.cluster.runs import RUNS, compact, learn_runs
 from flowtrail.collector.sink import refuses_rows
 from flowtrail.engine import scopes
 from flowtrail.engine.attributor import Settings
+from flowtrail.engine.dnsnames import check_answers
 from flowtrail.engine.ipkeys import IpKeys
 from flowtrail.engine.regions import RegionMap
 from flowtrail.engine.replay import split_listening
 from flowtrail.engine.stream import StreamingAttribution
 from flowtrail.errors import ContractError, ExportError
 from flowtrail.incoming import validate_incoming
+from flowtrail.schema import DNS_ANSWERS, FLOWS
 from flowtrail.schema import EVENTS as EVENTS_TABLE
-from flowtrail.schema import FLOWS
 
 log = logging.getLogger("flowtrail.cluster")
 
@@ -243,6 +245,9 @@ class ClusterNode:
             "events_carried": 0,
             "event_carry_failures": 0,
             "events_bad": 0,
+            "dns_messages": 0,  # agents' DNS answers (docs/dns.md)
+            "dns_rows": 0,
+            "dns_bad": 0,
             "evidence_bad": 0,
             "batches_split": 0,
             # work batches refused (bad, or the sink refused their rows), moved to the
@@ -659,6 +664,9 @@ class ClusterNode:
         if EVENTS in headers:
             await self._learn_events(msg)
             return
+        if DNS in headers:
+            self._learn_dns(msg)
+            return
         if ROWS in headers:
             self._learning_seq = meta.sequence.stream
             await self._learn_rows(msg, headers)
@@ -764,6 +772,21 @@ class ClusterNode:
         assert now is not None
         self.engine.submit_events(table, now)
         self.stats["event_rows"] += table.num_rows
+
+    def _learn_dns(self, msg: Msg) -> None:
+        """An agent's DNS answers: every node holds them, to name the flows it decides
+        (docs/dns.md). They move no clock: an answer only names flows decided after it."""
+        what = f"dns answers {(msg.headers or {}).get(MSG_ID, '?')}"
+        try:
+            table = validate_incoming(decode(msg.data), DNS_ANSWERS, path=what)
+            check_answers(table, what)
+        except (ContractError, *UNREADABLE) as exc:
+            self.stats["dns_bad"] += 1  # refused by every node alike: decisions stay equal
+            log.warning("dropping %s: %s", what, exc)
+            return
+        self.stats["dns_messages"] += 1
+        self.engine.submit_dns(table)
+        self.stats["dns_rows"] += table.num_rows
 
     async def _clock_loop(self, stop: asyncio.Event) -> None:
         """Once per tick, a wall-clock mark, so a region that receives nothing still decides.
