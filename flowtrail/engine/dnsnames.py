@@ -15,8 +15,9 @@ own beside `remote_workload`, never in its place.
 
 Answers are kept as runs: answers of one (workload, address, name) whose validity overlaps
 merge into one [first seen, last valid] run, so a workload re-resolving a name every second
-costs one run, not one per answer. Runs sit in arrays sorted by (who, address, name, start);
-a lookup is one compiled pass of binary searches over them, no Python per flow.
+costs one run, not one per answer. Runs sit in arrays sorted by (who, address, name, start),
+each (who, address) block found through a hash table; a lookup is one compiled pass of a probe
+and short binary searches per flow, no Python per flow.
 """
 
 from __future__ import annotations
@@ -88,33 +89,56 @@ def _merge_runs(who, addr, name, start, end):  # type: ignore[no-untyped-def]
 
 
 @compiled
-def _block(who, addr, q_who, q_addr):  # type: ignore[no-untyped-def]
-    """[lo, hi) of the runs of (q_who, q_addr) in arrays sorted by (who, addr)."""
-    lo, hi = 0, len(who)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if who[mid] < q_who or (who[mid] == q_who and addr[mid] < q_addr):
-            lo = mid + 1
-        else:
-            hi = mid
-    a = lo
-    hi = len(who)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if who[mid] < q_who or (who[mid] == q_who and addr[mid] <= q_addr):
-            lo = mid + 1
-        else:
-            hi = mid
-    return a, lo
+def _mix(x):  # type: ignore[no-untyped-def]
+    """splitmix64's finaliser: neighbouring keys must not probe neighbouring slots."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 @compiled
-def _covering(who, addr, name, start, end, seg_end, q_who, q_addr, t, out, n):  # type: ignore[no-untyped-def]
+def _slot(who, addr, mask):  # type: ignore[no-untyped-def]
+    return _mix(_mix(np.uint64(who)) ^ addr) & mask
+
+
+@compiled
+def _index_blocks(who, addr, heads):  # type: ignore[no-untyped-def]
+    """An open-addressing table: slot → the first run of a (who, addr) block (-1 empty), at
+    most half full. `heads`: each block's first run, in arrays sorted by (who, addr)."""
+    size = 16
+    while size < 2 * len(heads):
+        size *= 2
+    table = np.full(size, -1, np.int64)
+    mask = np.uint64(size - 1)
+    for h in heads:
+        s = _slot(who[h], addr[h], mask)
+        while table[s] >= 0:
+            s = (s + np.uint64(1)) & mask
+        table[s] = h
+    return table
+
+
+@compiled
+def _block(who, addr, block_end, table, q_who, q_addr):  # type: ignore[no-untyped-def]
+    """[lo, hi) of the runs of (q_who, q_addr): one probe of the block table, keys compared
+    exactly (a hash collision never matches)."""
+    mask = np.uint64(len(table) - 1)
+    s = _slot(q_who, q_addr, mask)
+    while table[s] >= 0:
+        h = table[s]
+        if who[h] == q_who and addr[h] == q_addr:
+            return h, block_end[h]
+        s = (s + np.uint64(1)) & mask
+    return 0, 0
+
+
+@compiled
+def _covering(who, addr, name, start, end, seg_end, block_end, table, q_who, q_addr, t, out, n):  # type: ignore[no-untyped-def]
     """Appends to out[n:] the names of (q_who, q_addr)'s runs covering t; returns (out, n).
 
     Inside a block the runs of one name are disjoint and sorted by start: only the last one
     starting at or before t can cover it."""
-    a, b = _block(who, addr, q_who, q_addr)
+    a, b = _block(who, addr, block_end, table, q_who, q_addr)
     i = a
     while i < b:
         e = seg_end[i]
@@ -137,7 +161,7 @@ def _covering(who, addr, name, start, end, seg_end, q_who, q_addr, t, out, n):  
 
 
 @compiled
-def _lookup(who, addr, name, start, end, seg_end, q_who, q_host, q_addr, q_t):  # type: ignore[no-untyped-def]
+def _lookup(who, addr, name, start, end, seg_end, block_end, table, q_who, q_host, q_addr, q_t):  # type: ignore[no-untyped-def]
     """Per query: the names covering its time for its own who, else for its host's who.
     CSR: (ptr, names), each query's names in the runs' order (their text order)."""
     m = len(q_who)
@@ -147,11 +171,11 @@ def _lookup(who, addr, name, start, end, seg_end, q_who, q_host, q_addr, q_t):  
     for q in range(m):
         if q_addr[q] != np.uint64(0xFFFFFFFFFFFFFFFF):
             before = n
-            out, n = _covering(who, addr, name, start, end, seg_end, q_who[q], q_addr[q],
-                               q_t[q], out, n)  # fmt: skip
+            out, n = _covering(who, addr, name, start, end, seg_end, block_end, table,
+                               q_who[q], q_addr[q], q_t[q], out, n)  # fmt: skip
             if n == before and q_host[q] != q_who[q]:
-                out, n = _covering(who, addr, name, start, end, seg_end, q_host[q],
-                                   q_addr[q], q_t[q], out, n)  # fmt: skip
+                out, n = _covering(who, addr, name, start, end, seg_end, block_end, table,
+                                   q_host[q], q_addr[q], q_t[q], out, n)  # fmt: skip
         ptr[q + 1] = n
     return ptr, out[:n]
 
@@ -175,7 +199,8 @@ class DnsNames:
         empty = np.empty(0, np.int64)
         self._who, self._addr = empty, np.empty(0, np.uint64)
         self._name, self._start, self._end = np.empty(0, np.int32), empty, empty
-        self._seg_end = empty
+        self._seg_end = self._block_end = empty
+        self._table = np.full(16, -1, np.int64)
 
     def __len__(self) -> int:
         """Runs held (after merging what was added)."""
@@ -184,7 +209,8 @@ class DnsNames:
 
     @property
     def nbytes(self) -> int:
-        arrays = (self._who, self._addr, self._name, self._start, self._end, self._seg_end)
+        arrays = (self._who, self._addr, self._name, self._start, self._end, self._seg_end,
+                  self._block_end, self._table)  # fmt: skip
         return sum(a.nbytes for a in arrays)
 
     def add(self, answers: pa.Table) -> None:
@@ -237,13 +263,16 @@ class DnsNames:
         self._who, self._addr, self._name, self._start, self._end = who, addr, name, start, end
         n = len(who)
         if n == 0:
-            self._seg_end = np.empty(0, np.int64)
+            self._seg_end = self._block_end = np.empty(0, np.int64)
+            self._table = np.full(16, -1, np.int64)
             return
-        change = np.r_[
-            (who[1:] != who[:-1]) | (addr[1:] != addr[:-1]) | (name[1:] != name[:-1]), True
-        ]
+        block = np.r_[(who[1:] != who[:-1]) | (addr[1:] != addr[:-1]), True]
+        change = block | np.r_[name[1:] != name[:-1], True]
         ends = np.flatnonzero(change) + 1
         self._seg_end = np.repeat(ends, np.diff(np.r_[0, ends])).astype(np.int64)
+        ends = np.flatnonzero(block) + 1
+        self._block_end = np.repeat(ends, np.diff(np.r_[0, ends])).astype(np.int64)
+        self._table = _index_blocks(who, addr, np.r_[0, ends[:-1]].astype(np.int64))
 
     def names_for(self, flows: pa.Table) -> pa.Array:
         """remote_dns for each row of a flows table (string; null where no answer names it)."""
@@ -264,8 +293,8 @@ class DnsNames:
         q_addr = self.ipkeys.keys(flows.column("remote_ip"), exporter, network=network)
         q_t = np.asarray(flows.column("start_ns").to_numpy(), np.int64)
         ptr, found = _lookup(
-            self._who, self._addr, self._name, self._start, self._end, self._seg_end, q_who,
-            q_host, q_addr, q_t,
+            self._who, self._addr, self._name, self._start, self._end, self._seg_end,
+            self._block_end, self._table, q_who, q_host, q_addr, q_t,
         )  # fmt: skip
         if len(found) == 0:
             return pa.nulls(n, pa.string())
