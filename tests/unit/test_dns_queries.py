@@ -134,3 +134,15 @@ def test_cli_dependencies_by_name(store: Path) -> None:
                                     "api.stripe.com", "--format", "csv"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert res.output.count("api.stripe.com") == 2
+
+
+def test_by_name_and_group_external_together(store: Path) -> None:
+    with Store(store) as s:
+        edges = dependencies(s.cursor(), by="name", group_external=True).to_pylist()
+    got = {(e["callee"], e["callee_external"], e["callee_name"]): e["flows"] for e in edges}
+    assert got == {
+        (None, "203.0.113.0/24", "api.stripe.com"): 2,
+        (None, "192.0.2.0/24", "assets.blog.example,static.shop.example"): 1,
+        (None, "198.51.100.0/24", None): 1,
+        ("payments", None, None): 1,
+    }
