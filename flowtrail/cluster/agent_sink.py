@@ -173,8 +173,8 @@ class NatsExporter:
     # -- the exporter interface ------------------------------------------------------------
 
     def export(self, table: pa.Table, batch_id: str, kind: str = "flows") -> None:
-        """`kind`: flows (to the work stream) or dns_answers (to the evidence stream, which
-        every node of the region reads: docs/dns.md)."""
+        """`kind` dns_answers: onto the region's evidence stream, which every cluster node reads
+        and learns answers from (docs/cluster.md), instead of this exporter's subject."""
         if table.num_rows == 0:
             return  # nothing to deliver (and no exporter name to prefix the id with)
         if kind not in ("flows", "dns_answers"):
