@@ -93,8 +93,9 @@ def dns_exporter(
 ) -> Exporter:
     """Where `dns_answers` batches go for a given --sink: beside the flows (parquet: files
     `dns_answers-<batch>.parquet` in --out DIR), as their own table (collector: POST
-    /v1/dns_answers; nats: `<prefix>.dns_answers.<region>`). A sink that cannot take the table
-    gets an exporter that always fails, so the batches are spooled and counted."""
+    /v1/dns_answers; nats: the region's evidence stream, which every cluster node learns
+    from). A sink that cannot take the table gets an exporter that always fails, so the
+    batches are spooled and counted."""
     from flowtrail.agent.exporter import ParquetDir, Refusing, TableExporter
 
     if kind == "parquet" and target:
@@ -108,7 +109,7 @@ def dns_exporter(
     if kind == "nats":
         from flowtrail.cluster.agent_sink import NatsExporter
 
-        return NatsExporter.from_environment(target, region, table="dns_answers")
+        return TableExporter(NatsExporter.from_environment(target, region), "dns_answers")
     return Refusing(kind, "dns_answers")
 
 

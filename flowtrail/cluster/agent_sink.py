@@ -82,12 +82,7 @@ class NatsExporter:
 
     name = "nats"
 
-    def __init__(
-        self, config: BusConfig, region: str, *, timeout_s: float = 10.0, table: str = "flows"
-    ) -> None:
-        """`table`: flows go to the region's work stream; another contract table (the agent's
-        `dns_answers`) to `<prefix>.<table>.<region>`, for whatever stream takes it (none: the
-        export fails and the agent spools the batch)."""
+    def __init__(self, config: BusConfig, region: str, *, timeout_s: float = 10.0) -> None:
         if timeout_s <= 0:
             raise InputError(f"nats sink timeout {timeout_s}: must be positive")
         self.region = check_region(region)
@@ -112,11 +107,7 @@ class NatsExporter:
         }
         self.config = replace(config, connect_options={**callbacks, **config.connect_options})
         self._bus = Bus(self.config)
-        self.subject = (
-            self._bus.work_subject(self.region)
-            if table == "flows"
-            else f"{self.config.prefix}.{table}.{self.region}"
-        )
+        self.subject = self._bus.work_subject(self.region)
         self._connected = False
         self._lost = False  # the client closed for good (it stopped reconnecting)
         self._closed = False
@@ -128,9 +119,7 @@ class NatsExporter:
         self._thread.start()
 
     @classmethod
-    def from_environment(
-        cls, target: str | None, region: str | None, table: str = "flows"
-    ) -> NatsExporter:
+    def from_environment(cls, target: str | None, region: str | None) -> NatsExporter:
         """Factory for the agent's exporter registry: servers from --out, region from
         --region, credentials and CA from FLOWTRAIL_NATS_CREDS / FLOWTRAIL_NATS_CAFILE, a
         client certificate from FLOWTRAIL_NATS_CERT / FLOWTRAIL_NATS_KEY."""
@@ -153,7 +142,7 @@ class NatsExporter:
             tls_cert_file=cert,
             tls_key_file=key,
         )
-        return cls(config, region, table=table)
+        return cls(config, region)
 
     # -- nats-py callbacks (run in the sink's loop thread) ---------------------------------
 
@@ -262,19 +251,24 @@ class NatsExporter:
                 await self._publish(table.slice(half), f"{msg_id}.b", kind)
                 return
             if isinstance(cause, NoStreamResponseError | nats.errors.NoRespondersError):
-                await self._explain_missing_stream(exc)
+                subject = (
+                    self._bus.evidence_subject(self.region)
+                    if kind == "dns_answers"
+                    else self.subject
+                )
+                await self._explain_missing_stream(exc, subject)
             raise
         self.stats["published_batches"] += 1
         self.stats["published_rows"] += table.num_rows
         self.stats["duplicate_batches"] += int(bool(ack.duplicate))
 
-    async def _explain_missing_stream(self, exc: ExportError) -> None:
+    async def _explain_missing_stream(self, exc: ExportError, subject: str) -> None:
         """No responders: usually no stream takes the subject. Say so when that is it."""
         try:
-            await self._bus.js.find_stream_name_by_subject(self.subject)
+            await self._bus.js.find_stream_name_by_subject(subject)
         except NotFoundError:
             raise ExportError(
-                f"NATS: no JetStream stream takes {self.subject}: the region's work stream "
+                f"NATS: no JetStream stream takes {subject}: the region's streams "
                 f"must exist first (a `flowtrail cluster-node --region {self.region}` creates "
                 "it; check --region)"
             ) from exc

@@ -33,10 +33,11 @@ import pytest
 from click.testing import CliRunner
 
 from flowtrail.agent import exporter as exporter_module
+from flowtrail.agent.command import dns_exporter
 from flowtrail.agent.exporter import Delivery, Spool, make_exporter
 from flowtrail.cli import main as cli_main
 from flowtrail.cluster.agent_sink import CAFILE_ENV, NatsExporter, register
-from flowtrail.cluster.bus import Bus, BusConfig
+from flowtrail.cluster.bus import DNS, MSG_ID, Bus, BusConfig, decode
 from flowtrail.cluster.natslab import NatsLab, create_streams_with, read_work_with, with_bus
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
@@ -162,34 +163,34 @@ def test_missing_stream_is_an_export_error_and_the_batch_waits_in_the_spool(
 
 
 @pytest.mark.cluster
-def test_dns_answers_go_to_their_own_subject_and_wait_until_a_stream_takes_it(
+def test_the_agents_dns_answers_reach_the_evidence_stream_once_it_exists(
     nats_lab: NatsLab, tmp_path: Path
 ) -> None:
-    """Never into the flows' work stream: `<prefix>.dns_answers.<region>`, spooled while no
-    stream takes that subject."""
-    _create_streams(nats_lab, REGION)
+    """The agent's DNS exporter for --sink nats: answers go onto the region's evidence stream
+    (which every node learns from), marked as answers, never into the flows' work stream;
+    spooled while the region's streams do not exist yet."""
     table = pa.table({"exporter": ["agent-a"] * 3, "query_name": ["a.test", "b.test", "c.test"]})
-    config = BusConfig(servers=nats_lab.urls, publish_timeout_s=2.0, publish_attempts=3)
-    with NatsExporter(config, REGION, table="dns_answers") as sink:
-        assert sink.subject == "flowtrail.dns_answers.us-east"
+    sink = dns_exporter("nats", ",".join(nats_lab.urls), REGION, None)
+    try:
         delivery = Delivery(sink, Spool(tmp_path / "spool", 1 << 20), backoff_s=0.01)
         delivery.submit(table, "d1")
-        assert "no JetStream stream takes flowtrail.dns_answers.us-east" in (
-            delivery.last_error or ""
-        )
+        assert "no JetStream stream takes flowtrail.evidence.us-east" in (delivery.last_error or "")
         assert delivery.metrics()["spooled_rows"] == 3
-
-        async def add(bus: Bus) -> None:
-            await bus.js.add_stream(name="dns-test", subjects=["flowtrail.dns_answers.>"])
-
-        with_bus(_config(nats_lab), add)
+        _create_streams(nats_lab, REGION)
         assert delivery.retry(force=True) == 1
+    finally:
+        sink.close()  # type: ignore[attr-defined]  # Exporter has no close; this one does
     assert _messages(nats_lab) == 0  # the flows' work stream holds none of it
 
-    async def count(bus: Bus) -> int:
-        return int((await bus.js.stream_info("dns-test")).state.messages)
+    async def last(bus: Bus) -> tuple[dict[str, str], pa.Table]:
+        stream = bus.evidence_stream(REGION)
+        info = await bus.js.stream_info(stream)
+        msg = await bus.js.get_msg(stream, info.state.last_seq)
+        return dict(msg.headers or {}), decode(msg.data)
 
-    assert with_bus(_config(nats_lab), count) == 1
+    headers, got = with_bus(_config(nats_lab), last)
+    assert headers.get(DNS) == "1" and headers.get(MSG_ID) == "agent-a:dns:d1"
+    assert got.equals(table)
 
 
 @pytest.mark.cluster
