@@ -49,14 +49,19 @@ def _open(
     import duckdb
 
     from flowtrail.query.lake import LakeSource, with_current_columns
-    from flowtrail.store.duck import FLOWS_TABLE, check_layout, open_database
+    from flowtrail.store.duck import check_layout, open_database, reading_relation
 
     if (db is None) == (lake is None):
         raise InputError("give exactly one of --db FILE (the store) or --lake DIR")
     if db is not None:
         con = open_database(db, read_only=True)
-        check_layout(con, db)
-        return con, with_current_columns(con, FLOWS_TABLE)
+        try:
+            check_layout(con, db)
+            relation = reading_relation(con, db)
+        except BaseException:
+            con.close()
+            raise
+        return con, with_current_columns(con, relation)
     assert lake is not None
     source = LakeSource(lake)
     con = duckdb.connect()

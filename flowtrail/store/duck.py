@@ -1,4 +1,5 @@
-"""The embedded store: attributed flows in one DuckDB database file.
+"""The embedded store: attributed flows in one DuckDB database file (and, for a store kept
+idempotent per batch, the Parquet segment files beside it).
 
 Why DuckDB: one file, no server, columnar storage that answers the dependency and top-talker
 aggregations quickly, Arrow in and out without copying row by row, and ACID commits with a
@@ -7,11 +8,13 @@ write-ahead log, so a write that returned survives kill -9 and a half-done write
 Writes are idempotent, one of two ways, fixed when the file is created:
 - per row (store format 1): the primary key is a 128-bit hash of (exporter, flow_id, state,
   end_ns), and rows whose key is already stored (or repeated inside the batch) are skipped;
-- per batch (store format 2): a write names its batch, and the rows and the name are
-  committed in one transaction; a batch whose name is stored is skipped whole. No key is
-  computed or indexed per row, which is most of a per-row write's cost. The writer (the
-  collector) records the name in its own log before writing, so after a crash it knows
-  exactly which batches were stored.
+- per batch (store format 3): a write names its batch; its rows become one immutable Parquet
+  segment file (flowtrail/store/segments.py), and the file, the name and the `flows` view
+  over every segment are committed in one DuckDB transaction (flowtrail/store/catalog.py);
+  a batch whose name is stored is skipped whole. No key is computed or indexed per row and
+  DuckDB appends nothing per row. The writer (the collector) records the name in its own log
+  before writing, so after a crash it knows exactly which batches were stored. Format 2 (the
+  same idempotence, rows appended to a DuckDB table) is migrated to 3 in place on opening.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import pyarrow as pa
 from flowtrail.errors import InputError
 from flowtrail.incoming import check_extra_columns
 from flowtrail.schema import ATTRIBUTED, CONTRACT_VERSION
+from flowtrail.store import catalog, segments
 from flowtrail.store.columns import (
     EXTRA,
     create_table_sql,
@@ -45,10 +49,19 @@ META_TABLE = "flowtrail_meta"
 BATCHES_TABLE = "flowtrail_batches"  # names of the batches stored, with when
 DEFAULT_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
 PER_ROW, PER_BATCH = "row", "batch"
-# The stored layouts this code reads and writes, by how writes are made idempotent; a new
-# layout gets a new number.
-STORE_FORMATS = {"1": PER_ROW, "2": PER_BATCH}
-FORMAT_OF = {mode: fmt for fmt, mode in STORE_FORMATS.items()}
+# The stored layouts this code reads, by how writes are made idempotent; a new layout gets a
+# new number. Format 2 (per batch, rows in a DuckDB table) is read as it is and migrated to 3
+# (per batch, Parquet segments) when a Store opens it.
+STORE_FORMATS = {"1": PER_ROW, "2": PER_BATCH, "3": PER_BATCH}
+FORMAT_OF = {PER_ROW: "1", PER_BATCH: "3"}
+SEGMENT_FORMAT = "3"
+# Small segments (a writer of small batches) are merged, 8 of similar size at a time, until
+# they reach this many rows; larger ones are never rewritten (each row is written once).
+MERGE_BELOW_ROWS = 8**5
+MERGE_FAN_IN = 8
+# A file that left the view (merged, expired) is unlinked this much later, so a query that
+# had already started reading it finishes.
+RETIRED_GRACE_NS = 10 * 60 * 1_000_000_000
 
 
 def open_database(
@@ -82,23 +95,45 @@ def open_database(
         raise InputError(f"{label} {p}: not a usable DuckDB database: {exc}") from exc
 
 
-def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> str:
-    """Refuse a database that is not a flowtrail store, or one of another layout; returns how
-    its writes are idempotent (PER_ROW or PER_BATCH)."""
+def store_format(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> str:
+    """The store format of a flowtrail store ("1", "2" or "3"); anything else is refused."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if META_TABLE not in tables or FLOWS_TABLE not in tables:
+    if META_TABLE not in tables or not tables & {FLOWS_TABLE, catalog.BASE_TABLE}:
         raise InputError(f"{label} {path}: not a flowtrail store (no {FLOWS_TABLE!r} table)")
     rows = con.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_format'").fetchall()
     row = rows[0] if rows else None
     if row is None or row[0] not in STORE_FORMATS:
         raise InputError(
             f"{label} {path}: store format {row[0] if row else None!r}, this flowtrail reads "
-            f"{' and '.join(repr(f) for f in STORE_FORMATS)}"
+            f"{', '.join(repr(f) for f in STORE_FORMATS)}"
         )
-    return STORE_FORMATS[row[0]]
+    want = {catalog.BASE_TABLE, catalog.SEGMENTS_TABLE} if row[0] == "3" else {FLOWS_TABLE}
+    if not want <= tables:
+        raise InputError(
+            f"{label} {path}: store format {row[0]!r} without its table(s) "
+            f"{sorted(want - tables)}: not a usable flowtrail store"
+        )
+    return str(row[0])
 
 
-def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
+def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db") -> str:
+    """Refuse a database that is not a flowtrail store, or one of another layout; returns how
+    its writes are idempotent (PER_ROW or PER_BATCH)."""
+    return STORE_FORMATS[store_format(con, path, label)]
+
+
+def reading_relation(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> str:
+    """The relation a reader queries in a store opened with `open_database` (after
+    `check_layout`): a segment store gets a temporary `flows` view over its segments where
+    they are now (the stored view names them where they were written)."""
+    p = Path(path)
+    if store_format(con, str(p)) == SEGMENT_FORMAT:
+        directory = segments.segment_directory(p.absolute())
+        con.execute(catalog.view_sql(con, directory, META_TABLE, temp=True))
+    return FLOWS_TABLE
+
+
+def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str = FLOWS_TABLE) -> None:
     """Bring a store written under an older contract up to this one: its optional columns
     added later (all nullable) are added as null columns, and the contract version noted.
 
@@ -107,7 +142,7 @@ def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
     have = {
         r[0]
         for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [FLOWS_TABLE]
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ?", [table]
         ).fetchall()
     }
     missing = [c for c in ATTRIBUTED.columns if c.name not in have]
@@ -115,7 +150,7 @@ def add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
         return
     con.execute("BEGIN")
     for col in missing:
-        con.execute(f"ALTER TABLE {FLOWS_TABLE} ADD COLUMN {quote(col.name)} {sql_type(col)}")
+        con.execute(f"ALTER TABLE {table} ADD COLUMN {quote(col.name)} {sql_type(col)}")
     con.execute(
         f"UPDATE {META_TABLE} SET value = ? WHERE key = 'contract_version'", [str(CONTRACT_VERSION)]
     )
@@ -157,32 +192,66 @@ class Store:
         }
         self.write_seconds = 0.0
         self._seq = 0
-        self.idempotence = self._init_schema(idempotence)
+        self._segments = segments.segment_directory(self.path.absolute())
+        # The extras' JSON is built on a connection of its own (one thread: a small
+        # projection), so that building it needs no lock.
+        self._scratch = duckdb.connect()
+        self._scratch.execute("SET threads = 1")
+        try:
+            self.format = self._init_schema(idempotence)
+        except BaseException:
+            self._con.close()
+            self._scratch.close()
+            raise
+        self.idempotence = STORE_FORMATS[self.format]
 
     def _init_schema(self, idempotence: str) -> str:
         con = self._con
         tables = con.execute("SELECT count(*) FROM duckdb_tables()").fetchall()[0][0]
         if tables == 0:  # a new file: lay it out; any other database is only checked
+            fmt = FORMAT_OF[idempotence]
             con.execute("BEGIN")
             con.execute(f"CREATE TABLE {META_TABLE} (key VARCHAR PRIMARY KEY, value VARCHAR)")
-            con.execute(create_table_sql(FLOWS_TABLE, with_key=idempotence == PER_ROW))
             con.execute(
                 f"INSERT INTO {META_TABLE} VALUES ('store_format', "
-                f"'{FORMAT_OF[idempotence]}'), ('contract_version', '{CONTRACT_VERSION}')"
+                f"'{fmt}'), ('contract_version', '{CONTRACT_VERSION}')"
             )
+            if fmt == SEGMENT_FORMAT:
+                catalog.lay_out(con, META_TABLE)
+            else:
+                con.execute(create_table_sql(FLOWS_TABLE, with_key=True))
             con.execute("COMMIT")
-        try:
-            mode = check_layout(con, str(self.path), "store")
-        except InputError:
-            con.close()
-            raise
-        add_missing_columns(con)
+        fmt = store_format(con, str(self.path), "store")
+        if fmt == "2":  # per batch, rows in a DuckDB table: kept there, new ones in segments
+            con.execute("BEGIN")
+            catalog.migrate_batch_table(con, META_TABLE)
+            con.execute("COMMIT")
+            fmt = SEGMENT_FORMAT
+        add_missing_columns(con, catalog.BASE_TABLE if fmt == SEGMENT_FORMAT else FLOWS_TABLE)
         # Stores made before batch names existed gain the (empty) table of names.
         con.execute(
             f"CREATE TABLE IF NOT EXISTS {BATCHES_TABLE} "
             "(name VARCHAR PRIMARY KEY, stored_rows BIGINT, stored_ns BIGINT)"
         )
-        return mode
+        if fmt == SEGMENT_FORMAT:
+            self._open_segments()
+        return fmt
+
+    def _open_segments(self) -> None:
+        """Nobody reads yet: files the catalog does not name (cut off before their commit,
+        or retired) go, and the view is made over the segments where they are now."""
+        con = self._con
+        try:
+            self._segments.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"store {self.path}: cannot create {self._segments}: {exc}") from exc
+        known = {s[1] for s in catalog.segments(con)}
+        for stray in segments.stray_files(self._segments, known):
+            stray.unlink(missing_ok=True)
+        con.execute("BEGIN")
+        con.execute(f"DELETE FROM {catalog.RETIRED_TABLE}")
+        con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+        con.execute("COMMIT")
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -194,9 +263,12 @@ class Store:
     def has(self, name: str) -> bool:
         """Was a batch of this name stored (and not yet aged out by retention)?"""
         with self._lock:
-            rows = self._con.execute(
-                f"SELECT count(*) FROM {BATCHES_TABLE} WHERE name = ?", [name]
-            ).fetchall()
+            return self._has(name)
+
+    def _has(self, name: str) -> bool:
+        rows = self._con.execute(
+            f"SELECT count(*) FROM {BATCHES_TABLE} WHERE name = ?", [name]
+        ).fetchall()
         return bool(rows[0][0])
 
     def write(self, table: pa.Table) -> int:
@@ -220,17 +292,11 @@ class Store:
         if self.validate_rows:
             table = validate(table, ATTRIBUTED, path="store write")
             check_extra_columns(table, ATTRIBUTED, path="store write")
-        keyed = self.idempotence == PER_ROW
-        select = projection_sql(table, "b", with_key=keyed)
-        insert = "INSERT OR IGNORE INTO" if keyed else "INSERT INTO"
         began = time.perf_counter()
-        with self._lock:
-            con = self._con
-            con.register("_flowtrail_batch", table)
-            try:
-                stored = self._insert_named(con, insert, select, name, table.num_rows)
-            finally:  # after the transaction ended: an aborted one refuses even this
-                con.unregister("_flowtrail_batch")
+        if self.format == SEGMENT_FORMAT:
+            stored = self._write_segment(table, name)
+        else:
+            stored = self._write_keyed(table, name)
         self.write_seconds += time.perf_counter() - began
         self.stats["batches"] += 1
         self.stats["rows_in"] += table.num_rows
@@ -239,21 +305,30 @@ class Store:
         self.stats["write_seconds_total"] = int(self.write_seconds)
         return stored
 
+    def _write_keyed(self, table: pa.Table, name: str) -> int:
+        """Per row: one INSERT OR IGNORE keyed by row_key, with the name, in one commit."""
+        select = projection_sql(table, "b", with_key=True)
+        with self._lock:
+            con = self._con
+            con.register("_flowtrail_batch", table)
+            try:
+                return self._insert_named(con, select, name, table.num_rows)
+            finally:  # after the transaction ended: an aborted one refuses even this
+                con.unregister("_flowtrail_batch")
+
     def _insert_named(
-        self, con: duckdb.DuckDBPyConnection, insert: str, select: str, name: str, rows: int
+        self, con: duckdb.DuckDBPyConnection, select: str, name: str, rows: int
     ) -> int:
         """One transaction: the batch's rows (unless its name is stored) and its name."""
         con.execute("BEGIN")
         try:
-            seen = con.execute(
-                f"SELECT count(*) FROM {BATCHES_TABLE} WHERE name = ?", [name]
-            ).fetchall()[0][0]
             stored = 0
-            if not seen:
+            if not self._has(name):
                 if rows:
                     # DuckDB reports the rows actually inserted (duplicates excluded).
                     got = con.execute(
-                        f"{insert} {FLOWS_TABLE} BY NAME SELECT {select} FROM _flowtrail_batch b"
+                        f"INSERT OR IGNORE INTO {FLOWS_TABLE} BY NAME "
+                        f"SELECT {select} FROM _flowtrail_batch b"
                     ).fetchall()
                     stored = int(got[0][0])
                 con.execute(
@@ -261,12 +336,94 @@ class Store:
                 )
             con.execute("COMMIT")
         except BaseException:
-            # A COMMIT that failed (a full disk) has ended the transaction already; the
-            # error to report is the first one.
-            with contextlib.suppress(duckdb.Error):
-                con.execute("ROLLBACK")
+            _rollback(con)
             raise
         return stored
+
+    def _write_segment(self, table: pa.Table, name: str) -> int:
+        """Per batch: the rows as a new segment file, then its name, the batch's name and the
+        view in one commit. A crash before the commit leaves a file nobody names (removed at
+        the next open); after it, both."""
+        with self._lock:
+            if self._has(name):
+                return 0
+        rows = segments.stored_table(table, self._scratch)
+        with self._lock:
+            con = self._con
+            if self._has(name):  # another thread wrote it meanwhile
+                return 0
+            file = None
+            if rows.num_rows:
+                file, lo, hi = segments.write_segment(self._segments, rows)
+            con.execute("BEGIN")
+            try:
+                if file is not None:
+                    con.execute(
+                        f"INSERT INTO {catalog.SEGMENTS_TABLE} SELECT coalesce(max(seq), 0) + 1, "
+                        f"?, ?, ?, ? FROM {catalog.SEGMENTS_TABLE}",
+                        [file, rows.num_rows, lo, hi],
+                    )
+                con.execute(
+                    f"INSERT INTO {BATCHES_TABLE} VALUES (?, ?, ?)",
+                    [name, rows.num_rows, time.time_ns()],
+                )
+                if file is not None:
+                    con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+                con.execute("COMMIT")
+            except BaseException:
+                _rollback(con)
+                if file is not None:
+                    (self._segments / file).unlink(missing_ok=True)
+                raise
+            if file is not None:
+                self._merge_small_segments()
+        return int(rows.num_rows)
+
+    def _merge_small_segments(self) -> None:
+        """Once 8 small segments of one size class (within a factor of 8) exist, they are
+        rewritten as one: a writer of small batches leaves few files for queries to open,
+        and each row is rewritten at most a few times on its way to MERGE_BELOW_ROWS."""
+        con = self._con
+        classes: dict[int, list[tuple[int, str, int, int, int]]] = {}
+        for seg in catalog.segments(con):
+            if seg[2] < MERGE_BELOW_ROWS:
+                classes.setdefault(seg[2].bit_length() // 3, []).append(seg)
+        group = next((g for g in classes.values() if len(g) >= MERGE_FAN_IN), None)
+        if group is None:
+            return
+        merged = segments.read_segments(self._segments, [s[1] for s in group])
+        file, lo, hi = segments.write_segment(self._segments, merged)
+        now = time.time_ns()
+        con.execute("BEGIN")
+        try:
+            seqs = [s[0] for s in group]
+            con.execute(f"DELETE FROM {catalog.SEGMENTS_TABLE} WHERE list_contains(?, seq)", [seqs])
+            con.execute(
+                f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?)",
+                [min(seqs), file, merged.num_rows, lo, hi],
+            )
+            con.executemany(
+                f"INSERT INTO {catalog.RETIRED_TABLE} VALUES (?, ?)", [[s[1], now] for s in group]
+            )
+            con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            (self._segments / file).unlink(missing_ok=True)
+            raise
+        self._unlink_retired(now)
+
+    def _unlink_retired(self, now_ns: int) -> None:
+        """Files retired more than the grace period ago: no query can still be reading them."""
+        con = self._con
+        cut = now_ns - RETIRED_GRACE_NS
+        old = con.execute(
+            f"SELECT file FROM {catalog.RETIRED_TABLE} WHERE retired_ns < ?", [cut]
+        ).fetchall()
+        for (file,) in old:
+            (self._segments / file).unlink(missing_ok=True)
+        if old:
+            con.execute(f"DELETE FROM {catalog.RETIRED_TABLE} WHERE retired_ns < ?", [cut])
 
     def _count(self) -> int:
         return int(self._con.execute(f"SELECT count(*) FROM {FLOWS_TABLE}").fetchall()[0][0])
@@ -276,17 +433,54 @@ class Store:
 
         Batch names written before the cutoff go too: a writer re-checks names only for
         batches it wrote recently (the collector: its log, minutes), never a retention ago.
+        In a segment store the rows are gone from the view at once; a segment's file goes
+        once all of its rows are past the cut (after the grace period of retired files).
         """
         if self.retention_ns is None:
             return 0
         cutoff = now_ns - self.retention_ns
         with self._lock:
-            rows = self._con.execute(
-                f"DELETE FROM {FLOWS_TABLE} WHERE end_ns < ?", [cutoff]
-            ).fetchall()
-            deleted = int(rows[0][0])
-            self._con.execute(f"DELETE FROM {BATCHES_TABLE} WHERE stored_ns < ?", [cutoff])
+            if self.format == SEGMENT_FORMAT:
+                deleted = self._expire_segments(cutoff, now_ns)
+            else:
+                rows = self._con.execute(
+                    f"DELETE FROM {FLOWS_TABLE} WHERE end_ns < ?", [cutoff]
+                ).fetchall()
+                deleted = int(rows[0][0])
+                self._con.execute(f"DELETE FROM {BATCHES_TABLE} WHERE stored_ns < ?", [cutoff])
         self.stats["rows_expired"] += deleted
+        return deleted
+
+    def _expire_segments(self, cutoff: int, now_ns: int) -> int:
+        con = self._con
+        before = catalog.visible_from(con, META_TABLE)
+        con.execute("BEGIN")
+        try:
+            deleted = 0
+            if before is None or cutoff > before:
+                deleted = int(
+                    con.execute(
+                        f"SELECT count(*) FROM {FLOWS_TABLE} WHERE end_ns < ?", [cutoff]
+                    ).fetchall()[0][0]
+                )
+                con.execute(f"DELETE FROM {catalog.BASE_TABLE} WHERE end_ns < ?", [cutoff])
+                con.execute(
+                    f"INSERT INTO {catalog.RETIRED_TABLE} SELECT file, ? "
+                    f"FROM {catalog.SEGMENTS_TABLE} WHERE max_end_ns < ?",
+                    [now_ns, cutoff],
+                )
+                con.execute(f"DELETE FROM {catalog.SEGMENTS_TABLE} WHERE max_end_ns < ?", [cutoff])
+                con.execute(
+                    f"UPDATE {META_TABLE} SET value = ? WHERE key = ?",
+                    [str(cutoff), catalog.VISIBLE_FROM],
+                )
+                con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+            con.execute(f"DELETE FROM {BATCHES_TABLE} WHERE stored_ns < ?", [cutoff])
+            con.execute("COMMIT")
+        except BaseException:
+            _rollback(con)
+            raise
+        self._unlink_retired(now_ns)
         return deleted
 
     # -- reading ---------------------------------------------------------------------------
@@ -313,6 +507,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+            self._scratch.close()
 
     def __enter__(self) -> Store:
         return self
@@ -324,3 +519,10 @@ class Store:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    # A COMMIT that failed (a full disk) has ended the transaction already; the error to
+    # report is the first one.
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")

@@ -290,16 +290,28 @@ def test_a_failed_named_write_leaves_neither_rows_nor_name(
         with pytest.raises(ContractError):
             store.write_named(bad, "x")
         assert not store.has("x") and store.count() == 0
-        # Failing inside the transaction (unchecked, a port DuckDB cannot cast): rolled back,
-        # and the store goes on.
+        # Unchecked, a port that cannot be stored as one: refused as the rows' fault, and
+        # the store goes on.
         store.validate_rows = False
         batch = attributed.slice(0, 20)
         i = batch.column_names.index("local_port")
         unreadable = batch.set_column(i, "local_port", pa.array(["x"] * 20))
-        with pytest.raises(duckdb.ConversionException):
+        with pytest.raises(ContractError, match="local_port"):
             store.write_named(unreadable, "y")
         assert not store.has("y") and store.count() == 0
+        # The disk refusing the segment file (its directory gone, a file in its place): the
+        # sink's trouble, nothing stored, and once the directory is back the store goes on.
+        segments = tmp_path / "f.duckdb.segments"
+        segments.rmdir()
+        segments.write_text("in the way")
+        with pytest.raises(OSError):
+            store.write_named(attributed.slice(0, 20), "z")
+        assert not store.has("z") and store.count() == 0
+        segments.unlink()
+        segments.mkdir()
         assert store.write_named(attributed.slice(0, 20), "x") == 20
+        assert store.write_named(attributed.slice(0, 20), "z") == 20
+        assert len(list(segments.iterdir())) == 2  # nothing left behind by the failures
 
 
 def test_retention_forgets_batch_names_written_before_the_cut(

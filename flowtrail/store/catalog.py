@@ -1,0 +1,78 @@
+"""The DuckDB catalog of a segment store (store format 3): which segment files hold rows,
+which batch names were stored, and the `flows` view that reads them.
+
+    flows_table          native DuckDB table: rows stored before segments (a format-2 store
+                         migrated in place keeps its rows here); empty in a new store
+    flowtrail_segments   one row per committed segment file: seq, file, rows, min/max end_ns
+    flowtrail_retired    files no longer in the view (merged or expired), unlinked after a
+                         grace period so that a query already running can finish reading them
+    flowtrail_batches    batch names, as in format 2
+    flows (view)         flows_table and every committed segment, rows with end_ns before
+                         the retention cut hidden
+
+A write commits its segment's row, its batch name and the new view in one transaction, so a
+reader sees a batch whole or not at all, and `has(name)` holds exactly when its rows are
+visible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from flowtrail.store.columns import create_table_sql
+from flowtrail.store.segments import scan_sql
+
+FLOWS_VIEW = "flows"
+BASE_TABLE = "flows_table"
+SEGMENTS_TABLE = "flowtrail_segments"
+RETIRED_TABLE = "flowtrail_retired"
+VISIBLE_FROM = "visible_from_ns"  # meta key: the retention cut (rows before it are hidden)
+
+
+def lay_out(con: duckdb.DuckDBPyConnection, meta_table: str) -> None:
+    """The segment store's own tables (inside the caller's transaction)."""
+    con.execute(create_table_sql(BASE_TABLE, with_key=False))
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS {SEGMENTS_TABLE} (seq BIGINT PRIMARY KEY, "
+        "file VARCHAR UNIQUE, rows BIGINT, min_end_ns BIGINT, max_end_ns BIGINT)"
+    )
+    con.execute(f"CREATE TABLE IF NOT EXISTS {RETIRED_TABLE} (file VARCHAR, retired_ns BIGINT)")
+    con.execute(f"INSERT OR IGNORE INTO {meta_table} VALUES ('{VISIBLE_FROM}', NULL)")
+
+
+def segments(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int, int, int]]:
+    """Committed segments in write order: (seq, file, rows, min_end_ns, max_end_ns)."""
+    rows = con.execute(
+        f"SELECT seq, file, rows, min_end_ns, max_end_ns FROM {SEGMENTS_TABLE} ORDER BY seq"
+    ).fetchall()
+    return [(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
+
+
+def visible_from(con: duckdb.DuckDBPyConnection, meta_table: str) -> int | None:
+    rows = con.execute(f"SELECT value FROM {meta_table} WHERE key = ?", [VISIBLE_FROM]).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+
+def view_sql(
+    con: duckdb.DuckDBPyConnection, directory: Path, meta_table: str, *, temp: bool = False
+) -> str:
+    """CREATE VIEW flows over the native table and the committed segments (absolute paths,
+    from `directory`: where the segments are now, wherever the store was written)."""
+    relation = f"SELECT * FROM {BASE_TABLE}"
+    scan = scan_sql(directory, [s[1] for s in segments(con)])
+    if scan is not None:
+        relation += f" UNION ALL BY NAME SELECT * FROM {scan}"
+    cut = visible_from(con, meta_table)
+    where = f" WHERE end_ns >= {cut}" if cut is not None else ""
+    kind = "TEMP VIEW" if temp else "VIEW"
+    return f"CREATE OR REPLACE {kind} {FLOWS_VIEW} AS SELECT * FROM ({relation}){where}"
+
+
+def migrate_batch_table(con: duckdb.DuckDBPyConnection, meta_table: str) -> None:
+    """A format-2 store (rows in a native `flows` table) becomes format 3 in place: its rows
+    stay where they are, as the view's native part (inside the caller's transaction)."""
+    con.execute(f"ALTER TABLE {FLOWS_VIEW} RENAME TO {BASE_TABLE}")
+    lay_out(con, meta_table)
+    con.execute(f"UPDATE {meta_table} SET value = '3' WHERE key = 'store_format'")
