@@ -18,9 +18,11 @@ visible.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
+from flowtrail.schema import CONTRACT_VERSION
 from flowtrail.store.columns import create_table_sql
 from flowtrail.store.segments import scan_sql
 
@@ -31,23 +33,31 @@ RETIRED_TABLE = "flowtrail_retired"
 VISIBLE_FROM = "visible_from_ns"  # meta key: the retention cut (rows before it are hidden)
 
 
+class Segment(NamedTuple):
+    seq: int  # write order
+    file: str  # name in the segment directory
+    rows: int
+    min_end_ns: int
+    max_end_ns: int
+    contract_version: int  # its columns: the contract's at the time of writing
+
+
 def lay_out(con: duckdb.DuckDBPyConnection, meta_table: str) -> None:
     """The segment store's own tables (inside the caller's transaction)."""
     con.execute(create_table_sql(BASE_TABLE, with_key=False))
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {SEGMENTS_TABLE} (seq BIGINT PRIMARY KEY, "
-        "file VARCHAR UNIQUE, rows BIGINT, min_end_ns BIGINT, max_end_ns BIGINT)"
+        "file VARCHAR UNIQUE, rows BIGINT, min_end_ns BIGINT, max_end_ns BIGINT, "
+        "contract_version INTEGER)"
     )
     con.execute(f"CREATE TABLE IF NOT EXISTS {RETIRED_TABLE} (file VARCHAR, retired_ns BIGINT)")
     con.execute(f"INSERT OR IGNORE INTO {meta_table} VALUES ('{VISIBLE_FROM}', NULL)")
 
 
-def segments(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str, int, int, int]]:
-    """Committed segments in write order: (seq, file, rows, min_end_ns, max_end_ns)."""
-    rows = con.execute(
-        f"SELECT seq, file, rows, min_end_ns, max_end_ns FROM {SEGMENTS_TABLE} ORDER BY seq"
-    ).fetchall()
-    return [(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
+def segments(con: duckdb.DuckDBPyConnection) -> list[Segment]:
+    """Committed segments in write order."""
+    rows = con.execute(f"SELECT * FROM {SEGMENTS_TABLE} ORDER BY seq").fetchall()
+    return [Segment(int(a), str(b), int(c), int(d), int(e), int(f)) for a, b, c, d, e, f in rows]
 
 
 def visible_from(con: duckdb.DuckDBPyConnection, meta_table: str) -> int | None:
@@ -55,19 +65,33 @@ def visible_from(con: duckdb.DuckDBPyConnection, meta_table: str) -> int | None:
     return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
 
-def view_sql(
-    con: duckdb.DuckDBPyConnection, directory: Path, meta_table: str, *, temp: bool = False
-) -> str:
-    """CREATE VIEW flows over the native table and the committed segments (absolute paths,
-    from `directory`: where the segments are now, wherever the store was written)."""
+def view_sql(directory: Path, segs: list[Segment], cut: int | None, *, temp: bool = False) -> str:
+    """CREATE VIEW flows over the native table and the given segments (absolute paths under
+    `directory`: where the segments are now, wherever the store was written), rows before
+    the retention cut `cut` hidden.
+
+    One read_parquet per contract version: within one, every file has the same columns, so
+    DuckDB reads one file's schema to bind the view (with `union_by_name` it would read
+    every file's, per write); across versions, UNION ALL BY NAME gives older files the
+    columns added since as nulls."""
     relation = f"SELECT * FROM {BASE_TABLE}"
-    scan = scan_sql(directory, [s[1] for s in segments(con)])
-    if scan is not None:
+    for version in sorted({s.contract_version for s in segs}):
+        scan = scan_sql(directory, [s.file for s in segs if s.contract_version == version])
         relation += f" UNION ALL BY NAME SELECT * FROM {scan}"
-    cut = visible_from(con, meta_table)
-    where = f" WHERE end_ns >= {cut}" if cut is not None else ""
+    where = f" WHERE end_ns >= {int(cut)}" if cut is not None else ""
     kind = "TEMP VIEW" if temp else "VIEW"
     return f"CREATE OR REPLACE {kind} {FLOWS_VIEW} AS SELECT * FROM ({relation}){where}"
+
+
+def stored_view_sql(
+    con: duckdb.DuckDBPyConnection, directory: Path, meta_table: str, *, temp: bool = False
+) -> str:
+    """view_sql for what the catalog holds now."""
+    return view_sql(directory, segments(con), visible_from(con, meta_table), temp=temp)
+
+
+def new_segment(seq: int, file: str, rows: int, lo: int, hi: int) -> Segment:
+    return Segment(seq, file, rows, lo, hi, CONTRACT_VERSION)
 
 
 def migrate_batch_table(con: duckdb.DuckDBPyConnection, meta_table: str) -> None:

@@ -129,7 +129,7 @@ def reading_relation(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str
     p = Path(path)
     if store_format(con, str(p)) == SEGMENT_FORMAT:
         directory = segments.segment_directory(p.absolute())
-        con.execute(catalog.view_sql(con, directory, META_TABLE, temp=True))
+        con.execute(catalog.stored_view_sql(con, directory, META_TABLE, temp=True))
     return FLOWS_TABLE
 
 
@@ -193,6 +193,8 @@ class Store:
         self.write_seconds = 0.0
         self._seq = 0
         self._segments = segments.segment_directory(self.path.absolute())
+        self._segs: list[catalog.Segment] = []
+        self._cut: int | None = None
         # The extras' JSON is built on a connection of its own (one thread: a small
         # projection), so that building it needs no lock.
         self._scratch = duckdb.connect()
@@ -245,13 +247,19 @@ class Store:
             self._segments.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"store {self.path}: cannot create {self._segments}: {exc}") from exc
-        known = {s[1] for s in catalog.segments(con)}
+        # The catalog, mirrored here: this process is its only writer.
+        self._segs = catalog.segments(con)
+        self._cut = catalog.visible_from(con, META_TABLE)
+        known = {s.file for s in self._segs}
         for stray in segments.stray_files(self._segments, known):
             stray.unlink(missing_ok=True)
         con.execute("BEGIN")
         con.execute(f"DELETE FROM {catalog.RETIRED_TABLE}")
-        con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+        con.execute(self._view_sql(self._segs, self._cut))
         con.execute("COMMIT")
+
+    def _view_sql(self, segs: list[catalog.Segment], cut: int | None) -> str:
+        return catalog.view_sql(self._segments, segs, cut)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -344,38 +352,37 @@ class Store:
         """Per batch: the rows as a new segment file, then its name, the batch's name and the
         view in one commit. A crash before the commit leaves a file nobody names (removed at
         the next open); after it, both."""
-        with self._lock:
-            if self._has(name):
-                return 0
-        rows = segments.stored_table(table, self._scratch)
+        rows = segments.stored_table(table, self._scratch)  # no lock: writers on two threads
         with self._lock:
             con = self._con
-            if self._has(name):  # another thread wrote it meanwhile
+            if self._has(name):
                 return 0
-            file = None
+            segs = self._segs
             if rows.num_rows:
                 file, lo, hi = segments.write_segment(self._segments, rows)
+                seq = max((s.seq for s in segs), default=0) + 1
+                segs = [*segs, catalog.new_segment(seq, file, rows.num_rows, lo, hi)]
             con.execute("BEGIN")
             try:
-                if file is not None:
+                if segs is not self._segs:
                     con.execute(
-                        f"INSERT INTO {catalog.SEGMENTS_TABLE} SELECT coalesce(max(seq), 0) + 1, "
-                        f"?, ?, ?, ? FROM {catalog.SEGMENTS_TABLE}",
-                        [file, rows.num_rows, lo, hi],
+                        f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
+                        [*segs[-1]],
                     )
                 con.execute(
                     f"INSERT INTO {BATCHES_TABLE} VALUES (?, ?, ?)",
                     [name, rows.num_rows, time.time_ns()],
                 )
-                if file is not None:
-                    con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+                if segs is not self._segs:
+                    con.execute(self._view_sql(segs, self._cut))
                 con.execute("COMMIT")
             except BaseException:
                 _rollback(con)
-                if file is not None:
-                    (self._segments / file).unlink(missing_ok=True)
+                if segs is not self._segs:
+                    (self._segments / segs[-1][1]).unlink(missing_ok=True)
                 raise
-            if file is not None:
+            if segs is not self._segs:
+                self._segs = segs
                 self._merge_small_segments()
         return int(rows.num_rows)
 
@@ -384,33 +391,33 @@ class Store:
         rewritten as one: a writer of small batches leaves few files for queries to open,
         and each row is rewritten at most a few times on its way to MERGE_BELOW_ROWS."""
         con = self._con
-        classes: dict[int, list[tuple[int, str, int, int, int]]] = {}
-        for seg in catalog.segments(con):
-            if seg[2] < MERGE_BELOW_ROWS:
-                classes.setdefault(seg[2].bit_length() // 3, []).append(seg)
+        classes: dict[int, list[catalog.Segment]] = {}
+        for seg in self._segs:
+            if seg.rows < MERGE_BELOW_ROWS:
+                classes.setdefault(seg.rows.bit_length() // 3, []).append(seg)
         group = next((g for g in classes.values() if len(g) >= MERGE_FAN_IN), None)
         if group is None:
             return
-        merged = segments.read_segments(self._segments, [s[1] for s in group])
+        merged = segments.read_segments(self._segments, [s.file for s in group])
         file, lo, hi = segments.write_segment(self._segments, merged)
         now = time.time_ns()
+        seqs = [s.seq for s in group]
+        new = catalog.new_segment(min(seqs), file, merged.num_rows, lo, hi)
+        segs = sorted([s for s in self._segs if s.seq not in seqs] + [new])
         con.execute("BEGIN")
         try:
-            seqs = [s[0] for s in group]
             con.execute(f"DELETE FROM {catalog.SEGMENTS_TABLE} WHERE list_contains(?, seq)", [seqs])
-            con.execute(
-                f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?)",
-                [min(seqs), file, merged.num_rows, lo, hi],
-            )
+            con.execute(f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?, ?)", [*new])
             con.executemany(
-                f"INSERT INTO {catalog.RETIRED_TABLE} VALUES (?, ?)", [[s[1], now] for s in group]
+                f"INSERT INTO {catalog.RETIRED_TABLE} VALUES (?, ?)", [[s.file, now] for s in group]
             )
-            con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+            con.execute(self._view_sql(segs, self._cut))
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             (self._segments / file).unlink(missing_ok=True)
             raise
+        self._segs = segs
         self._unlink_retired(now)
 
     def _unlink_retired(self, now_ns: int) -> None:
@@ -453,7 +460,8 @@ class Store:
 
     def _expire_segments(self, cutoff: int, now_ns: int) -> int:
         con = self._con
-        before = catalog.visible_from(con, META_TABLE)
+        before = self._cut
+        segs = [s for s in self._segs if s.max_end_ns >= cutoff]
         con.execute("BEGIN")
         try:
             deleted = 0
@@ -474,12 +482,14 @@ class Store:
                     f"UPDATE {META_TABLE} SET value = ? WHERE key = ?",
                     [str(cutoff), catalog.VISIBLE_FROM],
                 )
-                con.execute(catalog.view_sql(con, self._segments, META_TABLE))
+                con.execute(self._view_sql(segs, cutoff))
             con.execute(f"DELETE FROM {BATCHES_TABLE} WHERE stored_ns < ?", [cutoff])
             con.execute("COMMIT")
         except BaseException:
             _rollback(con)
             raise
+        if before is None or cutoff > before:
+            self._segs, self._cut = segs, cutoff
         self._unlink_retired(now_ns)
         return deleted
 

@@ -13,6 +13,7 @@ rows costs well under 1 µs, and DuckDB reads the files back in place.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from flowtrail.errors import ContractError
 from flowtrail.schema import ATTRIBUTED
-from flowtrail.store.columns import EXTRA, extra_columns, quote
+from flowtrail.store.columns import EXTRA, extra_columns
 
 SUFFIX = ".parquet"
 TEMP_PREFIX = ".tmp-"
@@ -39,6 +40,9 @@ DICTIONARY_COLUMNS = (
 # Statistics only where a reader prunes by them (the time window); computing them for every
 # text column was a fifth of a write.
 STATISTICS_COLUMNS = ["end_ns", "start_ns"]
+# Up to this many distinct values of an extra column are rendered as JSON in Python; more go
+# through DuckDB (a per-row column: one vectorised query beats a Python loop).
+PYTHON_JSON_MAX = 256
 STORED_SCHEMA = pa.schema(
     [pa.field(c.name, c.type) for c in ATTRIBUTED.columns] + [pa.field(EXTRA, pa.string())]
 )
@@ -71,21 +75,61 @@ def stored_table(table: pa.Table, scratch: duckdb.DuckDBPyConnection) -> pa.Tabl
             columns.append(col)
         else:
             columns.append(pa.chunked_array([pa.nulls(n, field.type)]))
-    return pa.Table.from_arrays(columns, schema=STORED_SCHEMA)
+    # `extra` may be dictionary-encoded text: the same column to every reader of the file.
+    return pa.Table.from_arrays(columns, names=STORED_SCHEMA.names)
 
 
 def _extra_json(table: pa.Table, scratch: duckdb.DuckDBPyConnection) -> pa.ChunkedArray:
+    """Each row's extras as a JSON object, exactly as DuckDB's `to_json` of a struct of them
+    renders it. Extras repeat (a reason code, a tag), so each column is dictionary-encoded
+    and only its distinct values are rendered (by DuckDB, one `"name":value` fragment per
+    value); the row's object is the fragments taken by index and joined."""
     extras = extra_columns(table)
     if not extras:
         return pa.chunked_array([pa.nulls(table.num_rows, pa.string())])
-    fields = ", ".join(f"'{n.replace(chr(39), chr(39) * 2)}': {quote(n)}" for n in extras)
+    parts = [_json_fragments(table.column(n), n, scratch) for n in extras]
+    if len(parts) == 1:  # the usual case: the objects stay a dictionary, nothing per row
+        indices, fragments = parts[0]
+        objects = pc.binary_join_element_wise("{", fragments, "}", "")
+        return pa.chunked_array([pa.DictionaryArray.from_arrays(indices, objects)])
+    texts = [pc.take(fragments, indices) for indices, fragments in parts]
+    out = pc.binary_join_element_wise("{", pc.binary_join_element_wise(*texts, ","), "}", "")
+    return pa.chunked_array([out])
+
+
+def _json_fragments(
+    column: pa.ChunkedArray, name: str, scratch: duckdb.DuckDBPyConnection
+) -> tuple[pa.Array, pa.Array]:
+    """The column dictionary-encoded: (indices, `"name":value` per distinct value), the value
+    rendered as DuckDB's to_json renders it (a null as null)."""
+    encoded = pc.dictionary_encode(column, null_encoding="encode").combine_chunks()
+    values = encoded.dictionary
+    if len(values) <= PYTHON_JSON_MAX and _python_renders(values.type):
+        # Few values of a type Python's json renders exactly as DuckDB does (tested against
+        # it): no DuckDB query per write.
+        key = json.dumps(name, ensure_ascii=False)
+        texts = [f"{key}:{json.dumps(v, ensure_ascii=False)}" for v in values.to_pylist()]
+        return encoded.indices, pa.array(texts, pa.string())
     con = scratch.cursor()  # one per call: writers on several threads
     try:
-        con.register("_extras", table.select(extras))
-        got = con.sql(f"SELECT to_json({{{fields}}})::VARCHAR AS j FROM _extras")
-        return _to_arrow(got).column(0)
+        con.register("_extras", pa.table({"v": values}))
+        key = name.replace("'", "''")
+        rendered = _to_arrow(con.sql(f"SELECT to_json({{'{key}': v}})::VARCHAR AS j FROM _extras"))
     finally:
         con.close()
+    # {"name":value} -> "name":value
+    text = rendered.column(0).combine_chunks()
+    return encoded.indices, pc.utf8_slice_codeunits(text, 1, -1)
+
+
+def _python_renders(t: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_integer(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_null(t)
+    )
 
 
 def _to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
@@ -122,8 +166,27 @@ def write_segment(directory: Path, table: pa.Table) -> tuple[str, int, int]:
 
 def read_segments(directory: Path, files: Iterable[str]) -> pa.Table:
     """The rows of several segments, in order (for merging them)."""
-    tables = [pq.read_table(directory / f, schema=STORED_SCHEMA) for f in files]
-    return pa.concat_tables(tables).combine_chunks()
+    tables = []
+    for f in files:
+        # Text kept as dictionaries (as written): no per-row strings made, and the merged
+        # file is written from dictionaries again. One thread: merging runs beside writes.
+        got = pq.read_table(directory / f, read_dictionary=DICTIONARY_COLUMNS, use_threads=False)
+        # A segment written under an older contract lacks the columns added since: nulls.
+        tables.append(
+            pa.Table.from_arrays(
+                [
+                    got.column(c.name)
+                    if c.name in got.column_names
+                    else pa.nulls(got.num_rows, pa.dictionary(pa.int32(), c.type))
+                    if c.name in DICTIONARY_COLUMNS
+                    else pa.nulls(got.num_rows, c.type)
+                    for c in STORED_SCHEMA
+                ],
+                names=STORED_SCHEMA.names,
+            )
+        )
+    # Dictionaries of the parts are unified, the indices remapped (no text copied per row).
+    return pa.concat_tables(tables, promote_options="permissive").unify_dictionaries()
 
 
 def stray_files(directory: Path, known: set[str]) -> list[Path]:
@@ -134,12 +197,10 @@ def stray_files(directory: Path, known: set[str]) -> list[Path]:
     return [p for p in directory.iterdir() if p.is_file() and p.name not in known]
 
 
-def scan_sql(directory: Path, files: list[str]) -> str | None:
-    """A read_parquet over the given segments (absolute paths), or None for none."""
-    if not files:
-        return None
+def scan_sql(directory: Path, files: list[str]) -> str:
+    """A read_parquet over the given segments (absolute paths), all of one schema."""
     paths = ", ".join("'" + str(directory / f).replace("'", "''") + "'" for f in files)
-    return f"read_parquet([{paths}], union_by_name = true)"
+    return f"read_parquet([{paths}])"
 
 
 def _fsync(path: Path) -> None:
