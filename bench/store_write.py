@@ -6,8 +6,12 @@ Attributed rows: the `churny` simulation (seed 0, 300k flows) through the engine
 with distinct flow ids up to --rows. Each mode writes them into a new store in --batch-row
 named writes, validation off (as the collector writes: its door has validated them). CPU is
 the process's user+system time (DuckDB's threads included). Then, on each store, the
-dependency, top-talker and health queries over every row (best of three, wall and CPU), and a
-plain Parquet write of the same batches for the I/O floor.
+dependency, top-talker and health queries over every row and the flows query's first page
+(best of three, wall and CPU), and a plain Parquet write of the same batches for the I/O
+floor. The per-batch store (Parquet segments) also gets a native DuckDB table of the same
+rows in the same database (`flows_native`, the layout of store format 2) and the same
+queries on it, side by side; and a windowed dependency query (the last tenth of the rows'
+time span) on both.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flowtrail.engine.replay import replay
-from flowtrail.query.queries import attribution_health, dependencies, top_talkers
+from flowtrail.query.queries import Window, attribution_health, dependencies, flows, top_talkers
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import PER_BATCH, PER_ROW, Store
 
@@ -57,6 +61,13 @@ def rows_of(work: Path, total: int) -> pa.Table:
     return pa.concat_tables(copies).slice(0, total).combine_chunks()
 
 
+def disk_mb(path: Path) -> float:
+    """The database file and, for a per-batch store, its segment files."""
+    segments = path.with_name(path.name + ".segments")
+    files = [path, *(segments.iterdir() if segments.is_dir() else [])]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
 def best_of(f: object, n: int = 3) -> tuple[float, float]:
     """Best wall and best CPU seconds of n runs (CPU: all of DuckDB's threads)."""
     walls, cpus = [], []
@@ -83,6 +94,7 @@ def main() -> None:
         path = work / f"{mode}.duckdb"
         for p in (path, path.with_name(path.name + ".wal")):
             p.unlink(missing_ok=True)
+        shutil.rmtree(path.with_name(path.name + ".segments"), ignore_errors=True)
         store = Store(path, validate_rows=False, idempotence=mode)
         c0, w0 = cpu(), time.perf_counter()
         for b in batches:
@@ -94,11 +106,25 @@ def main() -> None:
             "write_wall_s": round(w, 2),
             "us_per_row": round(1e6 * c / table.num_rows, 2),
             "rows_per_cpu_s": round(table.num_rows / c),
-            "dependencies_wall_cpu_s": best_of(partial(dependencies, cur)),
-            "top_talkers_wall_cpu_s": best_of(partial(top_talkers, cur)),
-            "health_wall_cpu_s": best_of(partial(attribution_health, cur)),
-            "file_mb": round(path.stat().st_size / 2**20),
+            "file_mb": round(disk_mb(path)),
         }
+        sources = ["flows"]
+        if mode == PER_BATCH:
+            cur.execute("CREATE TABLE flows_native AS SELECT * FROM flows")
+            cur.execute("CHECKPOINT")
+            sources.append("flows_native")
+        lo, hi = cur.execute("SELECT min(end_ns), max(end_ns) + 1 FROM flows").fetchall()[0]
+        recent = Window(hi - (hi - lo) // 10, hi)
+        for source in sources:
+            out[mode][source] = {
+                "dependencies_wall_cpu_s": best_of(partial(dependencies, cur, source=source)),
+                "top_talkers_wall_cpu_s": best_of(partial(top_talkers, cur, source=source)),
+                "health_wall_cpu_s": best_of(partial(attribution_health, cur, source=source)),
+                "flows_page_wall_cpu_s": best_of(partial(flows, cur, source=source)),
+                "dependencies_last_tenth_wall_cpu_s": best_of(
+                    partial(dependencies, cur, recent, source=source)
+                ),
+            }
         cur.close()
         store.close()
         print(json.dumps({mode: out[mode]}), flush=True)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from flowtrail.errors import ContractError
 from flowtrail.schema import ATTRIBUTED
-from flowtrail.store.columns import EXTRA, extra_columns
+from flowtrail.store.columns import EXTRA, RESERVED, extra_columns
 
 SUFFIX = ".parquet"
 TEMP_PREFIX = ".tmp-"
@@ -57,6 +57,9 @@ def stored_table(table: pa.Table, scratch: duckdb.DuckDBPyConnection) -> pa.Tabl
     """A batch in the stored shape: every contract column in contract order with its contract
     type (absent optional columns as nulls), the extra columns folded into one JSON text
     column `extra` (DuckDB's `to_json` over those columns only, on a cursor of `scratch`)."""
+    clash = [n for n in table.column_names if n in RESERVED]
+    if clash:
+        raise ContractError(f"column name(s) {clash} are reserved by the store")
     n = table.num_rows
     columns: list[pa.ChunkedArray] = []
     for field in STORED_SCHEMA:

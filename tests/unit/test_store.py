@@ -37,10 +37,11 @@ def _sorted(t: pa.Table) -> pa.Table:
     return t.sort_by([(k, "ascending") for k in KEY])
 
 
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
 def test_round_trip_keeps_every_contract_column_and_the_extras(
-    tmp_path: Path, attributed: pa.Table
+    tmp_path: Path, attributed: pa.Table, mode: str
 ) -> None:
-    with Store(tmp_path / "f.duckdb") as store:
+    with Store(tmp_path / "f.duckdb", idempotence=mode) as store:
         assert store.write(attributed) == attributed.num_rows
         back = _sorted(store.read())
     want = _sorted(attributed)
@@ -97,12 +98,13 @@ def test_key_parts_cannot_run_together(tmp_path: Path, attributed: pa.Table) -> 
         assert store.write(two) == 2
 
 
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
 def test_retention_deletes_exactly_the_rows_older_than_it(
-    tmp_path: Path, attributed: pa.Table
+    tmp_path: Path, attributed: pa.Table, mode: str
 ) -> None:
     end = np.asarray(attributed.column("end_ns"))
     now = int(np.median(end)) + 2 * HOUR
-    with Store(tmp_path / "f.duckdb", retention_ns=2 * HOUR) as store:
+    with Store(tmp_path / "f.duckdb", retention_ns=2 * HOUR, idempotence=mode) as store:
         store.write(attributed)
         deleted = store.apply_retention(now)
         assert deleted == int((end < now - 2 * HOUR).sum())
@@ -159,21 +161,27 @@ def test_a_store_of_contract_version_1_gains_the_later_columns(
     assert version == [(str(CONTRACT_VERSION),)]
 
 
-def test_missing_optional_columns_are_stored_as_null(tmp_path: Path, attributed: pa.Table) -> None:
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
+def test_missing_optional_columns_are_stored_as_null(
+    tmp_path: Path, attributed: pa.Table, mode: str
+) -> None:
     slim = attributed.select([c.name for c in ATTRIBUTED.columns if c.required]).slice(0, 50)
-    with Store(tmp_path / "f.duckdb") as store:
+    with Store(tmp_path / "f.duckdb", idempotence=mode) as store:
         assert store.write(slim) == 50
         back = store.read()
     assert back.column("srtt_us").null_count == 50
     assert back.column("extra").null_count == 50
 
 
-def test_bad_batches_are_refused_and_store_nothing(tmp_path: Path, attributed: pa.Table) -> None:
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
+def test_bad_batches_are_refused_and_store_nothing(
+    tmp_path: Path, attributed: pa.Table, mode: str
+) -> None:
     batch = attributed.slice(0, 20)
     bad_source = batch.set_column(
         batch.column_names.index("remote_source"), "remote_source", pa.array(["guess"] * 20)
     )
-    with Store(tmp_path / "f.duckdb") as store:
+    with Store(tmp_path / "f.duckdb", idempotence=mode) as store:
         with pytest.raises(ContractError, match=r"row 1.*remote_source"):
             store.write(bad_source)
         with pytest.raises(ContractError, match="missing required"):
@@ -201,13 +209,14 @@ def test_a_database_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
         Store(tmp_path / "r.duckdb", retention_ns=0)
 
 
+@pytest.mark.parametrize("mode", [PER_ROW, PER_BATCH])
 def test_queries_on_cursors_run_while_another_thread_writes(
-    tmp_path: Path, attributed: pa.Table
+    tmp_path: Path, attributed: pa.Table, mode: str
 ) -> None:
     """What the collector and its query API do: one writer thread, readers on cursors."""
     errors: list[BaseException] = []
     seen: list[int] = []
-    with Store(tmp_path / "f.duckdb") as store:
+    with Store(tmp_path / "f.duckdb", idempotence=mode) as store:
         done = threading.Event()
 
         def read() -> None:

@@ -101,6 +101,12 @@ def test_kill_9_mid_write_keeps_whole_acknowledged_batches_only(
                 "SELECT split_part(flow_id, '-', 1), count(*) FROM flows GROUP BY 1"
             ).fetchall()
         )
+        if mode == PER_BATCH:
+            # A segment file renamed into place whose commit the kill cut off (or a temp
+            # file) is gone: the directory holds exactly the committed segments.
+            files = {r[0] for r in cur.execute("SELECT file FROM flowtrail_segments").fetchall()}
+            on_disk = {p.name for p in path.with_name(path.name + ".segments").iterdir()}
+            assert on_disk == files
         cur.close()
     counts = {int(k[1:]): v for k, v in per_batch.items()}
     assert all(counts.get(i) == ROWS for i in acked), (acked, counts)
