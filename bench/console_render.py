@@ -1,6 +1,7 @@
 """Benchmark: the web console's first view over a store of 1M flows, in a real browser.
 
 Usage:  python bench/console_render.py [--rows 1000000] [--span 24h] [--runs 5] [--dir DIR]
+                                       [--idempotence row|batch]
 
 Builds a DuckDB store of `--rows` attributed flows: a simulated churny fleet, attributed by
 the engine, copied with fresh flow ids into 8 namespaces `ns0/ … ns7/` (by capturing host and
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -35,7 +37,7 @@ from flowtrail.api import QueryAPI
 from flowtrail.engine.replay import replay
 from flowtrail.lab.browser import quit_browser, start_browser, wait_loaded
 from flowtrail.sim.simulation import simulate
-from flowtrail.store import Store
+from flowtrail.store import PER_BATCH, PER_ROW, Store
 from flowtrail.units import parse_duration_ns
 
 S = 1_000_000_000
@@ -105,6 +107,12 @@ def main() -> None:
     ap.add_argument("--span", default="15m", help="the stored rows' end times cover this much")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument(
+        "--idempotence",
+        choices=(PER_ROW, PER_BATCH),
+        default=PER_ROW,
+        help="the store's kind: per row (a DuckDB table) or per batch (Parquet segments)",
+    )
     args = ap.parse_args()
     span_ns = parse_duration_ns(args.span)
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="console-bench-"))
@@ -114,12 +122,14 @@ def main() -> None:
     table = fleet(args.rows, span_ns, now - 5 * S)
     built = time.perf_counter() - t
     db.unlink(missing_ok=True)
-    store = Store(db)
+    shutil.rmtree(db.with_name(db.name + ".segments"), ignore_errors=True)
+    store = Store(db, idempotence=args.idempotence)
     t = time.perf_counter()
     store.write(table)
     stored = time.perf_counter() - t
     print(json.dumps({"rows": table.num_rows, "span": args.span, "build_s": round(built, 1),
-                      "store_write_s": round(stored, 1)}), flush=True)  # fmt: skip
+                      "store_write_s": round(stored, 1), "idempotence": args.idempotence}),
+          flush=True)  # fmt: skip
     del table
     api = QueryAPI(store.cursor, "127.0.0.1", 0)
     port = api.start()
