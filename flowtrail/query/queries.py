@@ -499,7 +499,17 @@ def flows(
     columns = ", ".join(f'"{n}"' for n in ATTRIBUTED.names) + f", {REMOTE_DNS_SQL} AS remote_dns"
     page = f"ORDER BY end_ns DESC, exporter, flow_id, state LIMIT {int(limit)} OFFSET {int(offset)}"
     if not where.edge:
-        sql = f"SELECT {columns} FROM {source} WHERE {window.sql()} AND {cond} {page}"
+        # The page's oldest end_ns first (one column read), then the page with that floor:
+        # the floor lets the scan skip every row group (DuckDB table or Parquet segment) older
+        # than the page by its end_ns statistics, instead of reading every column of the
+        # window. Rows tied at the floor are all kept, so the page is the same.
+        floor = con.execute(
+            f"SELECT min(end_ns) FROM (SELECT end_ns FROM {source} WHERE {window.sql()} "
+            f"AND {cond} ORDER BY end_ns DESC LIMIT {int(limit) + int(offset)})",
+            params,
+        ).fetchall()[0][0]
+        newer = f"AND end_ns >= {int(floor)}" if floor is not None else ""
+        sql = f"SELECT {columns} FROM {source} WHERE {window.sql()} AND {cond} {newer} {page}"
         return query_arrow(con, sql, params)
     on_edge, edge_params = where.edge_sql()
     with _connections(con, source, window, DEFAULT_PAIR_TOLERANCE_NS, keys=True) as ctes:
