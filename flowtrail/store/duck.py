@@ -189,7 +189,9 @@ class Store:
             "rows_duplicate": 0,
             "rows_expired": 0,
             "write_seconds_total": 0,
+            "merge_failures": 0,
         }
+        self.last_merge_error: str | None = None
         self.write_seconds = 0.0
         self._seq = 0
         self._segments = segments.segment_directory(self.path.absolute())
@@ -379,11 +381,17 @@ class Store:
             except BaseException:
                 _rollback(con)
                 if segs is not self._segs:
-                    (self._segments / segs[-1][1]).unlink(missing_ok=True)
+                    (self._segments / segs[-1].file).unlink(missing_ok=True)
                 raise
             if segs is not self._segs:
                 self._segs = segs
-                self._merge_small_segments()
+                try:
+                    self._merge_small_segments()
+                except Exception as exc:  # the batch is stored; merging can wait
+                    # Raising would tell the writer its committed batch failed, and it would
+                    # write the rows again under a new name.
+                    self.stats["merge_failures"] += 1
+                    self.last_merge_error = f"{type(exc).__name__}: {exc}"
         return int(rows.num_rows)
 
     def _merge_small_segments(self) -> None:

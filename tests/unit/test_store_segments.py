@@ -169,3 +169,21 @@ def test_a_moved_store_is_read_where_it_is_now(tmp_path: Path, attributed: pa.Ta
     raw = duckdb.connect(str(moved / "m.duckdb"), read_only=True)  # the stored view, too
     assert raw.execute("SELECT count(*) FROM flows").fetchall() == [(110,)]
     raw.close()
+
+
+def test_a_merge_that_fails_does_not_fail_the_stored_write(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    """The write is committed before merging starts: reporting the merge's error would make
+    the writer (the collector) store the same rows again under a new name."""
+    path = tmp_path / "m.duckdb"
+    with Store(path, idempotence=PER_BATCH) as store:
+        for i in range(MERGE_FAN_IN - 1):
+            store.write_named(attributed.slice(i * 50, 50), f"n{i}")
+        victim = sorted(_catalogued(store))[0]
+        (path.with_name(path.name + ".segments") / victim).write_bytes(b"not parquet any more")
+        assert store.write_named(attributed.slice(1000, 50), "last") == 50
+        assert store.has("last")
+        assert store.stats["merge_failures"] == 1
+        assert store.last_merge_error is not None
+        assert len(_catalogued(store)) == MERGE_FAN_IN  # nothing merged, nothing lost
