@@ -570,6 +570,7 @@ class _Up:
                 store.cursor,
                 self.host,
                 port_api,
+                source=store,
                 health=lambda: _health(app),
                 allowed_hosts=api_allow_hosts,
                 tls=tls,

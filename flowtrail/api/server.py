@@ -22,7 +22,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import duckdb
@@ -39,8 +39,9 @@ from flowtrail.httpguard import (
 )
 from flowtrail.opshttp import is_loopback
 from flowtrail.query.api import run_query, window_of
-from flowtrail.query.lake import LakeSource, with_current_columns
+from flowtrail.query.lake import with_current_columns
 from flowtrail.query.output import render
+from flowtrail.query.queries import Window
 from flowtrail.store.duck import FLOWS_TABLE
 from flowtrail.web import CONSOLE_HEADERS, console_file, console_paths
 
@@ -48,6 +49,14 @@ Connect = Callable[[], duckdb.DuckDBPyConnection]
 Health = Callable[[], tuple[bool, dict[str, Any]]]
 Readers = Callable[[str | None], bool]  # Authorization header → a read token?
 CHALLENGE = 'Basic realm="flowtrail", charset="UTF-8"'
+
+
+class WindowedSource(Protocol):
+    """A source that makes each request's relation for its window on the request's cursor,
+    so the query reads only what can hold the window's rows: a lake's partitions
+    (flowtrail/query/lake.py), a segment store's segments (Store.relation)."""
+
+    def relation(self, con: duckdb.DuckDBPyConnection, window: Window) -> str: ...
 
 
 def routes() -> list[str]:
@@ -179,7 +188,7 @@ class _Server(GuardedServer):
         address: tuple[str, int],
         connect: Connect,
         health: Health,
-        source: str | LakeSource,
+        source: str | WindowedSource,
         allowed_hosts: frozenset[str],
         limits: ConnectionLimits | None,
         tls: ssl.SSLContext | None = None,
@@ -206,7 +215,7 @@ class _Server(GuardedServer):
         cur = self.connect()
         try:
             source = self.source
-            if not isinstance(source, str):  # a lake: a view of the window's partitions
+            if not isinstance(source, str):  # a view of what the window overlaps
                 window = window_of(req.params.get("since"), req.params.get("until"), req.now_ns)
                 source = with_current_columns(cur, source.relation(cur, window))
             # The same function `flowtrail query` runs; the parameters were checked already.
@@ -235,7 +244,7 @@ class QueryAPI:
         port: int = 4741,
         *,
         health: Health = _always_ok,
-        source: str | LakeSource = FLOWS_TABLE,
+        source: str | WindowedSource = FLOWS_TABLE,
         allowed_hosts: Iterable[str] = (),
         limits: ConnectionLimits | None = None,
         tls: ssl.SSLContext | None = None,

@@ -44,7 +44,8 @@ class _QueryGroup(click.Group):
 def _open(
     db: str | None, lake: str | None, window: Window
 ) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """A connection and the relation to query: the store's table, or a view over the lake's
+    """A connection and the relation to query: the store's table (or, in a store of Parquet
+    segments, a view over the segments the window overlaps), or a view over the lake's
     partitions that the window overlaps (flowtrail/query/lake.py)."""
     import duckdb
 
@@ -57,7 +58,7 @@ def _open(
         con = open_database(db, read_only=True)
         try:
             check_layout(con, db)
-            relation = reading_relation(con, db)
+            relation = reading_relation(con, db, window)
         except BaseException:
             con.close()
             raise

@@ -45,6 +45,7 @@ from flowtrail.store.columns import (
 from flowtrail.tables import validate
 
 FLOWS_TABLE = "flows"
+WINDOW_VIEW = "flows_in_window"  # a reader's temporary view: the segments its window overlaps
 META_TABLE = "flowtrail_meta"
 BATCHES_TABLE = "flowtrail_batches"  # names of the batches stored, with when
 DEFAULT_RETENTION_NS = 7 * 24 * 3600 * 1_000_000_000
@@ -122,15 +123,21 @@ def check_layout(con: duckdb.DuckDBPyConnection, path: str, label: str = "--db")
     return STORE_FORMATS[store_format(con, path, label)]
 
 
-def reading_relation(con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str]) -> str:
-    """The relation a reader queries in a store opened with `open_database` (after
-    `check_layout`): a segment store gets a temporary `flows` view over its segments where
-    they are now (the stored view names them where they were written)."""
+def reading_relation(
+    con: duckdb.DuckDBPyConnection, path: str | os.PathLike[str], window: catalog.Span
+) -> str:
+    """The relation a query of `window` reads in a store opened with `open_database` (after
+    `check_layout`): in a segment store, a temporary view over the segments whose end_ns
+    span overlaps the window, where they are now (the stored view names them where they
+    were written, and every one of them)."""
     p = Path(path)
-    if store_format(con, str(p)) == SEGMENT_FORMAT:
-        directory = segments.segment_directory(p.absolute())
-        con.execute(catalog.stored_view_sql(con, directory, META_TABLE, temp=True))
-    return FLOWS_TABLE
+    if store_format(con, str(p)) != SEGMENT_FORMAT:
+        return FLOWS_TABLE
+    directory = segments.segment_directory(p.absolute())
+    segs = catalog.in_window(catalog.segments(con), window)
+    cut = catalog.visible_from(con, META_TABLE)
+    con.execute(catalog.view_sql(directory, segs, cut, temp=True, name=WINDOW_VIEW))
+    return WINDOW_VIEW
 
 
 def add_missing_columns(con: duckdb.DuckDBPyConnection, table: str = FLOWS_TABLE) -> None:
@@ -260,8 +267,8 @@ class Store:
         con.execute(self._view_sql(self._segs, self._cut))
         con.execute("COMMIT")
 
-    def _view_sql(self, segs: list[catalog.Segment], cut: int | None) -> str:
-        return catalog.view_sql(self._segments, segs, cut)
+    def _view_sql(self, segs: list[catalog.Segment], cut: int | None, **options: Any) -> str:
+        return catalog.view_sql(self._segments, segs, cut, **options)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -361,16 +368,13 @@ class Store:
                 return 0
             segs = self._segs
             if rows.num_rows:
-                file, lo, hi = segments.write_segment(self._segments, rows)
+                file, span = segments.write_segment(self._segments, rows)
                 seq = max((s.seq for s in segs), default=0) + 1
-                segs = [*segs, catalog.new_segment(seq, file, rows.num_rows, lo, hi)]
+                segs = [*segs, catalog.new_segment(seq, file, rows.num_rows, span)]
             con.execute("BEGIN")
             try:
                 if segs is not self._segs:
-                    con.execute(
-                        f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?, ?)",
-                        [*segs[-1]],
-                    )
+                    catalog.insert(con, segs[-1])
                 con.execute(
                     f"INSERT INTO {BATCHES_TABLE} VALUES (?, ?, ?)",
                     [name, rows.num_rows, time.time_ns()],
@@ -407,15 +411,15 @@ class Store:
         if group is None:
             return
         merged = segments.read_segments(self._segments, [s.file for s in group])
-        file, lo, hi = segments.write_segment(self._segments, merged)
+        file, span = segments.write_segment(self._segments, merged)
         now = time.time_ns()
         seqs = [s.seq for s in group]
-        new = catalog.new_segment(min(seqs), file, merged.num_rows, lo, hi)
+        new = catalog.new_segment(min(seqs), file, merged.num_rows, span)
         segs = sorted([s for s in self._segs if s.seq not in seqs] + [new])
         con.execute("BEGIN")
         try:
             con.execute(f"DELETE FROM {catalog.SEGMENTS_TABLE} WHERE list_contains(?, seq)", [seqs])
-            con.execute(f"INSERT INTO {catalog.SEGMENTS_TABLE} VALUES (?, ?, ?, ?, ?, ?)", [*new])
+            catalog.insert(con, new)
             con.executemany(
                 f"INSERT INTO {catalog.RETIRED_TABLE} VALUES (?, ?)", [[s.file, now] for s in group]
             )
@@ -506,6 +510,20 @@ class Store:
     def count(self) -> int:
         with self._lock:
             return self._count()
+
+    def relation(self, con: duckdb.DuckDBPyConnection, window: catalog.Span) -> str:
+        """What a query of `window` reads on `con` (a `cursor()`): in a segment store, a
+        temporary view over the committed segments whose end_ns span overlaps the window
+        (those alone are opened), taken from the catalog as of one commit; in a per-row
+        store, the table."""
+        if self.format != SEGMENT_FORMAT:
+            return FLOWS_TABLE
+        with self._lock:  # the mirror changes only with a commit, under this lock
+            segs, cut = self._segs, self._cut
+        con.execute(
+            self._view_sql(catalog.in_window(segs, window), cut, temp=True, name=WINDOW_VIEW)
+        )
+        return WINDOW_VIEW
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A query handle for the calling thread (DuckDB cursors are per-thread)."""

@@ -146,9 +146,10 @@ def _to_arrow(rel: duckdb.DuckDBPyRelation) -> pa.Table:
     return table
 
 
-def write_segment(directory: Path, table: pa.Table) -> tuple[str, int, int]:
-    """Write a stored-shape table as a new segment file, durably; returns (file name, min
-    end_ns, max end_ns). The file appears whole under its name or not at all."""
+def write_segment(directory: Path, table: pa.Table) -> tuple[str, tuple[int, int, int, int]]:
+    """Write a stored-shape table as a new segment file, durably; returns (file name, (min
+    end_ns, max end_ns, min start_ns, max start_ns)). The file appears whole under its name
+    or not at all."""
     name = f"{uuid.uuid4().hex}{SUFFIX}"
     tmp = directory / f"{TEMP_PREFIX}{name}"
     try:
@@ -166,8 +167,9 @@ def write_segment(directory: Path, table: pa.Table) -> tuple[str, int, int]:
         tmp.unlink(missing_ok=True)
         raise
     _fsync(directory)
-    bounds = pc.min_max(table.column("end_ns"))
-    return name, int(bounds["min"].as_py()), int(bounds["max"].as_py())
+    end, start = pc.min_max(table.column("end_ns")), pc.min_max(table.column("start_ns"))
+    span = (end["min"].as_py(), end["max"].as_py(), start["min"].as_py(), start["max"].as_py())
+    return name, (int(span[0]), int(span[1]), int(span[2]), int(span[3]))
 
 
 def read_segments(directory: Path, files: Iterable[str]) -> pa.Table:

@@ -5,11 +5,13 @@ migrated in place, a moved store still readable. Real DuckDB, real files."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from flowtrail.engine.replay import replay
@@ -187,3 +189,95 @@ def test_a_merge_that_fails_does_not_fail_the_stored_write(
         assert store.stats["merge_failures"] == 1
         assert store.last_merge_error is not None
         assert len(_catalogued(store)) == MERGE_FAN_IN  # nothing merged, nothing lost
+
+
+def _by_time(attributed: pa.Table, parts: int) -> list[pa.Table]:
+    """The rows in end_ns order, cut into `parts` batches: each batch's segment spans its own
+    stretch of time, as a collector's consecutive writes do."""
+    rows = attributed.sort_by("end_ns")
+    size = -(-rows.num_rows // parts)
+    return [rows.slice(i * size, size) for i in range(parts)]
+
+
+def test_a_window_opens_only_the_segments_it_overlaps(tmp_path: Path, attributed: pa.Table) -> None:
+    """The catalog's end_ns span of each segment decides which files a windowed query reads.
+    Proof that the others are not opened at all: the oldest segment's file is gone, and a
+    window after it still answers (the store's own readers and `flowtrail query --db`), while
+    a window over all time fails."""
+    path = tmp_path / "w.duckdb"
+    batches = _by_time(attributed, 3)
+    recent = Window(pc.min(batches[2]["end_ns"]).as_py() + 1, pc.max(batches[2]["end_ns"]).as_py())
+    with Store(path, idempotence=PER_BATCH) as store:
+        for i, b in enumerate(batches):
+            store.write_named(b, f"t{i}")
+        cur = store.cursor()
+        want = dependencies(cur, recent, source="flows")
+        in_window = cur.execute(f"SELECT count(*) FROM flows WHERE {recent.sql()}").fetchall()
+        oldest = cur.execute(
+            "SELECT file FROM flowtrail_segments ORDER BY max_end_ns LIMIT 1"
+        ).fetchall()[0][0]
+        (path.with_name(path.name + ".segments") / oldest).unlink()
+        relation = store.relation(cur, recent)
+        assert dependencies(cur, recent, source=relation).equals(want)
+        assert cur.execute(f"SELECT count(*) FROM {relation} WHERE {recent.sql()}").fetchall() == (
+            in_window
+        )
+        with pytest.raises(duckdb.Error):
+            cur.execute(f"SELECT count(*) FROM {store.relation(cur, Window())}").fetchall()
+        cur.close()
+    reader, relation = _open(str(path), None, recent)
+    try:
+        assert dependencies(reader, recent, source=relation).equals(want)
+    finally:
+        reader.close()
+    reader, relation = _open(str(path), None, Window())
+    try:
+        with pytest.raises(duckdb.Error):
+            reader.execute(f"SELECT count(*) FROM {relation}").fetchall()
+    finally:
+        reader.close()
+
+
+def test_readers_during_merges_see_every_stored_row_once(
+    tmp_path: Path, attributed: pa.Table
+) -> None:
+    """Small writes on one thread (a merge every MERGE_FAN_IN of them), queries on another:
+    each query sees every batch acknowledged before it began and none twice, through the
+    stored view and through a window's view alike (a merge swaps files in one commit)."""
+    path = tmp_path / "r.duckdb"
+    size, writes = 40, 6 * MERGE_FAN_IN
+    batches = [attributed.slice(i * size, size) for i in range(writes)]
+    acked = [0]
+    failure: list[BaseException] = []
+    with Store(path, idempotence=PER_BATCH) as store:
+
+        def write() -> None:
+            try:
+                for i, b in enumerate(batches):
+                    store.write_named(b, f"r{i}")
+                    acked[0] = (i + 1) * size
+            except BaseException as exc:  # reported by the main thread
+                failure.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        cur = store.cursor()
+        seen = 0
+        try:
+            while writer.is_alive() or seen < writes * size:
+                for windowed in (False, True):
+                    before = acked[0]
+                    # The window's view is the catalog as of now: made after `before`.
+                    relation = store.relation(cur, Window()) if windowed else "flows"
+                    n, distinct = cur.execute(
+                        f"SELECT count(*), count(DISTINCT ({', '.join(KEY)})) FROM {relation}"
+                    ).fetchall()[0]
+                    after = acked[0]
+                    assert n == distinct, "a row seen twice"
+                    assert before <= n <= after + size, (windowed, before, n, after)
+                    seen = n
+        finally:
+            writer.join()
+            cur.close()
+        assert not failure, failure
+        assert len(_catalogued(store)) < writes // 2  # merges ran while the queries did
