@@ -1,17 +1,22 @@
 """Benchmark: Store writes (per-row and per-batch idempotence) and the queries on what they wrote.
 
 Usage:  python bench/store_write.py [--rows 1200000] [--batch 100000] [--dir DIR]
+                                    [--order end|copies] [--modes row,batch]
 
 Attributed rows: the `churny` simulation (seed 0, 300k flows) through the engine, repeated
-with distinct flow ids up to --rows. Each mode writes them into a new store in --batch-row
-named writes, validation off (as the collector writes: its door has validated them). CPU is
-the process's user+system time (DuckDB's threads included). Then, on each store, the
-dependency, top-talker and health queries over every row and the flows query's first page
-(best of three, wall and CPU), and a plain Parquet write of the same batches for the I/O
-floor. The per-batch store (Parquet segments) also gets a native DuckDB table of the same
-rows in the same database (`flows_native`, the layout of store format 2) and the same
-queries on it, side by side; and a windowed dependency query (the last tenth of the rows'
-time span) on both.
+with distinct flow ids up to --rows; `--order end` (the default) sorts them by end_ns, as a
+collector stores them tick after tick (each write's rows end within its own stretch of
+time), `--order copies` keeps the copies one after another (every write spans the whole
+time). Each mode writes them into a new store in --batch-row named writes, validation off
+(as the collector writes: its door has validated them). CPU is the process's user+system
+time (DuckDB's threads included). Then, on each store, the dependency, top-talker and health
+queries over every row, the flows query's first page, and the dependencies, health and
+first page of the last tenth of the rows' time span (best of three, wall and CPU); and a
+plain Parquet write of the same batches for the I/O floor. The per-batch store (Parquet
+segments) is queried three ways, side by side in one process: `flows_window`, the view a
+reader gets for its window (`Store.relation`: only the segments the window overlaps; made
+inside the timed call), `flows`, the stored view over every segment, and `flows_native`, a
+native DuckDB table of the same rows in the same database (the layout of store format 2).
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -79,18 +86,33 @@ def best_of(f: object, n: int = 3) -> tuple[float, float]:
     return round(min(walls), 3), round(min(cpus), 3)
 
 
+Query = Callable[..., pa.Table]
+
+
+def _query(
+    cur: duckdb.DuckDBPyConnection, query: Query, window: Window, source: Callable[[Window], str]
+) -> None:
+    """One query as a reader runs it: its relation made for its window, then the query."""
+    query(cur, window, source=source(window))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_200_000)
     ap.add_argument("--batch", type=int, default=100_000)
     ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--order", choices=("end", "copies"), default="end")
+    ap.add_argument("--modes", default=f"{PER_ROW},{PER_BATCH}")
     args = ap.parse_args()
     work = args.dir or Path(tempfile.mkdtemp(prefix="ft-store-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     table = rows_of(work, args.rows)
+    if args.order == "end":
+        table = table.sort_by("end_ns")
     batches = [table.slice(i, args.batch) for i in range(0, table.num_rows, args.batch)]
     out: dict[str, object] = {"rows": table.num_rows, "batch_rows": args.batch}
-    for mode in (PER_ROW, PER_BATCH):
+    out["order"] = args.order
+    for mode in args.modes.split(","):
         path = work / f"{mode}.duckdb"
         for p in (path, path.with_name(path.name + ".wal")):
             p.unlink(missing_ok=True)
@@ -108,22 +130,30 @@ def main() -> None:
             "rows_per_cpu_s": round(table.num_rows / c),
             "file_mb": round(disk_mb(path)),
         }
-        sources = ["flows"]
+        sources: dict[str, Callable[[Window], str]] = {"flows": lambda w: "flows"}
         if mode == PER_BATCH:
             cur.execute("CREATE TABLE flows_native AS SELECT * FROM flows")
             cur.execute("CHECKPOINT")
-            sources.append("flows_native")
+            sources = {
+                "flows_window": partial(store.relation, cur),
+                "flows": lambda w: "flows",
+                "flows_native": lambda w: "flows_native",
+            }
         lo, hi = cur.execute("SELECT min(end_ns), max(end_ns) + 1 FROM flows").fetchall()[0]
-        recent = Window(hi - (hi - lo) // 10, hi)
-        for source in sources:
-            out[mode][source] = {
-                "dependencies_wall_cpu_s": best_of(partial(dependencies, cur, source=source)),
-                "top_talkers_wall_cpu_s": best_of(partial(top_talkers, cur, source=source)),
-                "health_wall_cpu_s": best_of(partial(attribution_health, cur, source=source)),
-                "flows_page_wall_cpu_s": best_of(partial(flows, cur, source=source)),
-                "dependencies_last_tenth_wall_cpu_s": best_of(
-                    partial(dependencies, cur, recent, source=source)
-                ),
+        everything, recent = Window(), Window(hi - (hi - lo) // 10, hi)
+        queries: dict[str, tuple[Query, Window]] = {
+            "dependencies": (dependencies, everything),
+            "top_talkers": (top_talkers, everything),
+            "health": (attribution_health, everything),
+            "flows_page": (flows, everything),
+            "dependencies_last_tenth": (dependencies, recent),
+            "health_last_tenth": (attribution_health, recent),
+            "flows_page_last_tenth": (flows, recent),
+        }
+        for name, source in sources.items():
+            out[mode][name] = {
+                f"{q}_wall_cpu_s": best_of(partial(_query, cur, query, window, source))
+                for q, (query, window) in queries.items()
             }
         cur.close()
         store.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import duckdb
@@ -14,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from flowtrail.api import QueryAPI
 from flowtrail.engine.replay import replay
 from flowtrail.query.command import _open
 from flowtrail.query.queries import dependencies
@@ -225,6 +228,19 @@ def test_a_window_opens_only_the_segments_it_overlaps(tmp_path: Path, attributed
         with pytest.raises(duckdb.Error):
             cur.execute(f"SELECT count(*) FROM {store.relation(cur, Window())}").fetchall()
         cur.close()
+        # The query API as `flowtrail up` serves it: each request reads its window's view.
+        api = QueryAPI(store.cursor, "127.0.0.1", 0, source=store)
+        api.start()
+        try:
+            span = f"since={recent.since_ns}&until={recent.until_ns}"
+            with urllib.request.urlopen(f"{api.url()}/api/dependencies?{span}") as answer:
+                edges = json.loads(answer.read())
+            assert sum(e["flows"] for e in edges) == pc.sum(want["flows"]).as_py() > 0
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{api.url()}/api/dependencies")
+            assert oldest in refused.value.read().decode()  # all time: the file is asked for
+        finally:
+            api.stop()
     reader, relation = _open(str(path), None, recent)
     try:
         assert dependencies(reader, recent, source=relation).equals(want)
