@@ -110,7 +110,7 @@ def view_sql(
 
     Files are listed newest first (by max end_ns): DuckDB reads them roughly in that order,
     so a newest-first top-N (the flows page, its floor) fills with the newest rows early and
-    rejects the rest cheaply; oldest first it kept replacing its heap (2-3x the CPU)."""
+    rejects the rest cheaply; oldest first it kept replacing its heap (about 3x the CPU)."""
     relation = f"SELECT * FROM {BASE_TABLE}"
     newest_first = sorted(segs, key=lambda s: (-s.max_end_ns, s.seq))
     for version in sorted({s.contract_version for s in segs}):
