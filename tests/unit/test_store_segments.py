@@ -19,7 +19,7 @@ import pytest
 from flowtrail.api import QueryAPI
 from flowtrail.engine.replay import replay
 from flowtrail.query.command import _open
-from flowtrail.query.queries import dependencies
+from flowtrail.query.queries import Window, dependencies
 from flowtrail.schema import ATTRIBUTED
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import PER_BATCH, PER_ROW, Store
@@ -143,7 +143,7 @@ def test_a_format_2_store_is_migrated_in_place(tmp_path: Path, attributed: pa.Ta
     con.execute("INSERT INTO flowtrail_batches VALUES ('old', 200, 1)")
     con.close()
     # Read as it is, untouched, by `flowtrail query`.
-    reader, relation = _open(str(path), None)
+    reader, relation = _open(str(path), None, Window())
     assert reader.execute(f"SELECT count(*) FROM {relation}").fetchall() == [(200,)]
     reader.close()
     with Store(path) as store:
@@ -154,7 +154,7 @@ def test_a_format_2_store_is_migrated_in_place(tmp_path: Path, attributed: pa.Ta
         back = _sorted(store.read())
     assert names == [*ATTRIBUTED.names, "extra"]
     assert back.num_rows == 500
-    reader, relation = _open(str(path), None)
+    reader, relation = _open(str(path), None, Window())
     assert reader.execute(f"SELECT count(*) FROM {relation}").fetchall() == [(500,)]
     reader.close()
 
@@ -165,7 +165,9 @@ def test_a_moved_store_is_read_where_it_is_now(tmp_path: Path, attributed: pa.Ta
         store.write(attributed.slice(0, 100))
     moved = tmp_path / "b"
     (tmp_path / "a").rename(moved)
-    reader, relation = _open(str(moved / "m.duckdb"), None)  # read-only: nothing rewritten
+    reader, relation = _open(
+        str(moved / "m.duckdb"), None, Window()
+    )  # read-only: nothing rewritten
     assert reader.execute(f"SELECT count(*) FROM {relation}").fetchall() == [(100,)]
     reader.close()
     with Store(moved / "m.duckdb") as store:
