@@ -23,7 +23,7 @@ from flowtrail.lab.wait import eventually
 from flowtrail.query.queries import flows
 from flowtrail.store import Store
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
 REGION = "east"
 STRIPE = "203.0.113.10"
@@ -50,12 +50,12 @@ async def _scenario(lab: NatsLab, tmp_path: Path) -> tuple[dict[str, int], list[
             now = time.time_ns()
             await asyncio.to_thread(agent.export, _answers("API.Stripe.com", now), "d0",
                                     "dns_answers")  # fmt: skip
-            await eventually(lambda: node.stats["dns_bad"] >= 1, 20, "the bad answers dropped")
+            await eventually(lambda: node.stats["dns_bad"] >= 1, 60, "the bad answers dropped")
             await asyncio.to_thread(agent.export, _answers("api.stripe.com", now), "d1",
                                     "dns_answers")  # fmt: skip
-            await eventually(lambda: node.stats["dns_rows"] >= 1, 20, "the answers learned")
+            await eventually(lambda: node.stats["dns_rows"] >= 1, 60, "the answers learned")
             await asyncio.to_thread(agent.export, recent_flow(REGION, STRIPE, now), "b1")
-            await eventually(lambda: node.stats["rows_written"] >= 1, 30, "the flow decided")
+            await eventually(lambda: node.stats["rows_written"] >= 1, 60, "the flow decided")
             return dict(node.stats), flows(store.cursor()).to_pylist()
     finally:
         agent.close()
