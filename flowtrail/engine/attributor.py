@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from flowtrail import pairing
 from flowtrail.engine import ownership as own
-from flowtrail.engine import verdict
+from flowtrail.engine import records, verdict
 from flowtrail.engine.dnsnames import DEFAULT_GRACE_NS
 from flowtrail.engine.events import UNKNOWN, EventFeed
 from flowtrail.engine.ownership import OwnershipRanges
@@ -137,11 +137,11 @@ class FlowArrays:
         return len(self.rec)
 
     def take(self, idx: npt.NDArray[np.int64] | npt.NDArray[np.bool_] | slice) -> FlowArrays:
-        return FlowArrays(self.rec[idx])
+        return FlowArrays(self.rec[idx] if isinstance(idx, slice) else records.take(self.rec, idx))
 
     @staticmethod
     def concat(parts: list[FlowArrays]) -> FlowArrays:
-        return FlowArrays(np.concatenate([p.rec for p in parts]))
+        return FlowArrays(records.concat([p.rec for p in parts], FLOW_DTYPE))
 
     @staticmethod
     def empty() -> FlowArrays:
@@ -320,22 +320,26 @@ class Attributor:
     # -- decisions ---------------------------------------------------------------------
     def tick(self, now: int) -> Decisions:
         """Decide every flow that can be decided at collector time `now`."""
-        new = FlowArrays.concat(self._new) if self._new else FlowArrays.empty()
-        self._new = []
-        heard = self._listening(new, now)
-        if len(heard):
-            new = new.take(~new.listening)
+        parts, self._new = self._new, []
         if self.settings.method == "event":
+            new = FlowArrays.concat(parts) if parts else FlowArrays.empty()
+            heard = self._listening(new, now)
+            if len(heard):
+                new = new.take(~new.listening)
             return Decisions.concat([heard, self._decide_baseline(new, now)])
         self._maybe_evict(now)
 
-        # Flows whose wait is over are decided now, with everything known by now.
+        # Flows whose wait is over are decided now, with everything known by now; the new
+        # flows follow them in one array (one copy: the records are wide).
         retry = FlowArrays(self._pending.take_due(now))
-        new.rec["deadline"] = new.received + self.settings.max_wait_ns
-        cand = FlowArrays.concat([retry, new])
+        cand = FlowArrays.concat([retry, *parts])
+        cand.rec["deadline"][len(retry) :] = cand.received[len(retry) :] + self.settings.max_wait_ns
+        heard = self._listening(cand, now)  # only new flows can be listeners' rows
+        if len(heard):
+            cand = cand.take(~cand.listening)
         decisions, still, partners = self._decide(cand, now)
         self.counters.waited_flows += int(np.count_nonzero(still[len(retry) :]))
-        self._pending.add(cand.rec[still])
+        self._pending.add(records.take(cand.rec, still))
         # Waiting flows whose other end's row just arrived are decided now too.
         if self._wake:
             partners = np.concatenate([partners, *self._wake])
@@ -345,7 +349,7 @@ class Attributor:
         if len(woke) == 0:
             return Decisions.concat([heard, decisions])
         more, still, _ = self._decide(woke, now)
-        self._pending.add(woke.rec[still])
+        self._pending.add(records.take(woke.rec, still))
         return Decisions.concat([heard, decisions, more])
 
     @staticmethod

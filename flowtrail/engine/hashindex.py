@@ -57,9 +57,13 @@ class HashMultimap:
     def insert(self, hashes: U64, rows: I64) -> None:
         if len(hashes) == 0:
             return
-        if 2 * (self.count + len(hashes)) > self.capacity:
-            self._grow(2 * (self.count + len(hashes)))
+        self.reserve(len(hashes))
         self._place(hashes, rows)
+
+    def reserve(self, n: int) -> None:
+        """Room for n more entries at a load of at most one half."""
+        if 2 * (self.count + n) > self.capacity:
+            self._grow(2 * (self.count + n))
 
     def _place(self, hashes: U64, rows: I64) -> None:
         kernels.hash_place(

@@ -192,6 +192,50 @@ def event_ranges(time, assign, owner, b_lo, b_hi, moment, guard, now, lag):  # t
 
 
 @compiled
+def tuple_hash_one(a_key, a_port, b_key, b_port):  # type: ignore[no-untyped-def]
+    """peers.tuple_hash of one ordered 4-tuple (the same bits)."""
+    m1 = np.uint64(0x9E3779B97F4A7C15)
+    h = _mix64(a_key * m1 + np.uint64(a_port))
+    return _mix64(h ^ (b_key * m1 + np.uint64(b_port)))
+
+
+@compiled
+def _mix64(h):  # type: ignore[no-untyped-def]
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+@compiled
+def peer_append(store, at, table_hash, table_row, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
+                remote_port, pair, owner, seen, rows, exporter):  # fmt: skip
+    """Write rows as store[at:] records and place each in the hash table, in one pass (the
+    store and the table must have room). `seen`, `exporter`: one value per row, or one for
+    all (length 1)."""
+    mask = len(table_hash) - 1
+    for i in range(len(local_key)):
+        h = tuple_hash_one(local_key[i], local_port[i], remote_key[i], remote_port[i])
+        j = at + i
+        r = store[j]
+        r["hash"] = h
+        r["pair"] = pair[i]
+        r["local_key"] = local_key[i]
+        r["remote_key"] = remote_key[i]
+        r["seen"] = seen[i if len(seen) > 1 else 0]
+        r["row"] = rows[i]
+        r["local_port"] = local_port[i]
+        r["remote_port"] = remote_port[i]
+        r["owner"] = owner[i]
+        r["exporter"] = exporter[i if len(exporter) > 1 else 0]
+        hs = h | np.uint64(1)  # 0 marks an empty slot
+        s = np.int64(hs & np.uint64(mask))
+        while table_hash[s] != 0:
+            s = (s + 1) & mask
+        table_hash[s] = hs
+        table_row[s] = j
+
+
+@compiled
 def peer_match(table_hash, table_row, store, q_hash, local_key, local_port, remote_key,  # type: ignore[no-untyped-def]
                remote_port, pair, tolerance):  # fmt: skip
     """Per query: the owner of the other end's rows the pairing rule admits (-1 none, -2 they

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from flowtrail.engine import kernels
+from flowtrail.engine import kernels, records
 from flowtrail.engine.hashindex import HashMultimap, mix64
 
 U64 = npt.NDArray[np.uint64]
@@ -91,20 +91,21 @@ class PeerIndex:
         if n == 0:
             return
         if self._size + n > len(self._store):
-            grown = np.zeros(max(2 * len(self._store), self._size + n), PEER_DTYPE)
-            grown[: self._size] = self._store[: self._size]
+            grown = np.empty(max(2 * len(self._store), self._size + n), PEER_DTYPE)
+            records.put(grown, 0, self._store[: self._size])  # only [:size] is ever read
             self._store = grown
-        rec = self._store[self._size : self._size + n]
-        rec["hash"] = tuple_hash(local_key, local_port, remote_key, remote_port)
-        rec["pair"], rec["local_key"], rec["remote_key"] = pair, local_key, remote_key
-        rec["local_port"], rec["remote_port"], rec["owner"] = local_port, remote_port, owner
-        rec["seen"] = now
-        rec["row"] = rows
-        rec["exporter"] = 0 if exporter is None else exporter
+        self._table.reserve(n)
+        table_hash, table_row = self._table.arrays
+        # One compiled pass writes the records and indexes them (field by field, numpy
+        # made ten strided passes over the new records and one more to place their hashes).
+        kernels.peer_append(
+            self._store, self._size, table_hash, table_row,
+            local_key, local_port, remote_key, remote_port, pair, owner,
+            np.atleast_1d(np.asarray(now, np.int64)), rows,
+            np.zeros(1, np.int32) if exporter is None else exporter,
+        )  # fmt: skip
+        self._table.count += n
         self._size += n
-        self._table.insert(
-            np.ascontiguousarray(rec["hash"]), np.arange(self._size - n, self._size, dtype=np.int64)
-        )
 
     def evict(self, now: int) -> None:
         """Forget rows first seen more than the retention ago.
@@ -115,9 +116,9 @@ class PeerIndex:
         if self._size < 2 * max(self._compacted_size, 1 << 16):
             return
         live = self._store[: self._size]
-        kept = live[live["seen"] >= now - self.retention_ns]
+        kept = records.take(live, live["seen"] >= now - self.retention_ns)
         self._store = np.zeros(max(2 * len(kept), 1 << 12), PEER_DTYPE)
-        self._store[: len(kept)] = kept
+        records.put(self._store, 0, kept)
         self._size = len(kept)
         self._compacted_size = len(kept)
         self._table.rebuild(

@@ -14,6 +14,8 @@ import heapq
 import numpy as np
 import numpy.typing as npt
 
+from flowtrail.engine import records
+
 Rec = npt.NDArray[np.void]
 I64 = npt.NDArray[np.int64]
 
@@ -36,7 +38,7 @@ class PendingPool:
     def _reset(self, rec: Rec) -> None:
         cap = max(2 * len(rec), 1 << 12)
         self._store = np.zeros(cap, self._dtype)
-        self._store[: len(rec)] = rec
+        records.put(self._store, 0, rec)
         self._alive = np.zeros(cap, bool)
         self._alive[: len(rec)] = True
         self._size = len(rec)
@@ -87,14 +89,15 @@ class PendingPool:
             return
         if self._size + n > len(self._store):
             cap = max(2 * len(self._store), self._size + n)
-            store = np.zeros(cap, self._dtype)
-            store[: self._size] = self._store[: self._size]
+            store = np.empty(cap, self._dtype)  # only [:size] is ever read
+            records.put(store, 0, self._store[: self._size])
             alive = np.zeros(cap, bool)
             alive[: self._size] = self._alive[: self._size]
             self._store, self._alive = store, alive
-        rows = np.arange(self._size, self._size + n, dtype=np.int64)
-        self._store[rows] = rec
-        self._alive[rows] = True
+        a, z = self._size, self._size + n
+        records.put(self._store, a, rec)  # appended as one block: a copy, not a scatter
+        self._alive[a:z] = True
+        rows = np.arange(a, z, dtype=np.int64)
         self._size += n
         self._live += n
         self._index(rec["row"], rows)
@@ -133,9 +136,9 @@ class PendingPool:
         rows = rows[self._alive[rows]]
         self._alive[rows] = False
         self._live -= len(rows)
-        out = self._store[rows]
+        out = records.take(self._store, rows)
         if self._size > (1 << 16) and self._live < self._size // 2:
-            self._reset(self._store[: self._size][self._alive[: self._size]])
+            self._reset(records.take(self._store[: self._size], self._alive[: self._size]))
         return out
 
     def next_deadline(self) -> int | None:

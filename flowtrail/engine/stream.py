@@ -31,10 +31,31 @@ COALESCE_ROWS = 1 << 16
 
 
 @dataclass
-class _Batch:
+class _Held:
+    """Submitted rows not all handed back yet: one batch as it came, or the rows of several
+    still waiting, copied out together (`handles` then says whose rows they are).
+
+    `table` holds the rows whose handles are `handles` (None: consecutive from `first`, a
+    batch as submitted); `alive` marks those not decided yet (None: all). Held rows cover
+    [first, the next held rows' first) of the handles, so a handle finds its rows by one
+    binary search.
+    """
+
     table: pa.Table
-    first: int  # row handle of its first row
+    first: int  # the least handle it may hold
     left: int  # rows not yet decided
+    handles: npt.NDArray[np.int64] | None = None
+    alive: npt.NDArray[np.bool_] | None = None
+
+    @property
+    def fresh(self) -> bool:
+        return self.handles is None
+
+    def held(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """(handles of the rows in `table`, which of them are not decided yet)."""
+        n = self.table.num_rows
+        handles = np.arange(self.first, self.first + n) if self.handles is None else self.handles
+        return handles, np.ones(n, bool) if self.alive is None else self.alive
 
 
 @dataclass
@@ -57,8 +78,9 @@ class StreamingAttribution:
         self.ipkeys = IpKeys()
         self.names = Names()
         self._next = 0
-        self._batches: dict[int, _Batch] = {}
-        self._firsts = np.empty(0, np.int64)  # sorted first handles of live batches
+        self._held: dict[int, _Held] = {}
+        self._firsts = np.empty(0, np.int64)  # sorted first handles of self._held
+        self._batch_firsts = np.empty(0, np.int64)  # of the batches with rows held, sorted
         self._unread: list[_Unread] = []
         self._unread_rows = 0
         self.dns = DnsNames(self.engine.settings.dns_grace_ns)
@@ -88,7 +110,7 @@ class StreamingAttribution:
         n = flows.num_rows
         if n == 0:
             return flows
-        self._batches[self._next] = _Batch(flows, self._next, n)
+        self._held[self._next] = _Held(flows, self._next, n)
         self._unread.append(_Unread(flows, self._next, now, ranges))
         self._next += n
         self._unread_rows += n
@@ -103,7 +125,9 @@ class StreamingAttribution:
         if not self._unread:
             return
         unread, self._unread, self._unread_rows = self._unread, [], 0
-        self._firsts = np.concatenate([self._firsts, [u.first for u in unread]])
+        firsts = np.array([u.first for u in unread], np.int64)
+        self._firsts = np.concatenate([self._firsts, firsts])
+        self._batch_firsts = np.concatenate([self._batch_firsts, firsts])
         for run in _runs_of_one_schema([u.table for u in unread]):
             part = unread[run.start : run.stop]
             table = part[0].table if len(part) == 1 else pa.concat_tables(u.table for u in part)
@@ -185,9 +209,13 @@ class StreamingAttribution:
     def _tables(self, d: Decisions) -> list[pa.Table]:
         """Each touched batch's decided rows with their attribution, in order of submission.
 
-        Made once per tick for all batches of one schema (one take, one set of attribution
-        columns), then cut into per-batch slices: a caller keeps batches apart (a batch its
-        sink refuses is put aside alone).
+        A caller keeps batches apart (a batch its sink refuses is put aside alone), so the
+        result is one table per batch. Rows are taken from what holds them: the batches
+        that came since the last tick together (one take for their decided rows, one for
+        those that wait on, which then are all that is kept of them), and each earlier
+        tick's waiting rows by themselves (copied again only once at most half of them
+        still wait). So a tick copies what it decides and, once or a few times in all,
+        what waits; never every waiting row of every batch a woken flow belongs to.
         """
         if len(d) == 0:
             return []
@@ -204,34 +232,80 @@ class StreamingAttribution:
         cuts = np.flatnonzero(np.diff(which)) + 1
         starts = np.concatenate([[0], cuts]).tolist()
         stops = [*starts[1:], len(rows)]
-        batches = [self._batches[int(f)] for f in self._firsts[which[starts]]]
+        touched = which[starts].tolist()
+        held = [self._held[int(self._firsts[i])] for i in touched]
         out: list[pa.Table] = []
-        for run in _runs_of_one_schema([b.table for b in batches]):
-            part = batches[run.start : run.stop]
-            lo, hi = starts[run.start], stops[run.stop - 1]
-            table = part[0].table if len(part) == 1 else pa.concat_tables(b.table for b in part)
-            # Each batch's rows, as positions in the concatenation of the run's batches.
-            offset = np.cumsum([0, *(b.table.num_rows for b in part[:-1])])
-            shift = np.repeat(
-                np.array([b.first for b in part], np.int64) - offset,
-                np.subtract(stops[run.start : run.stop], starts[run.start : run.stop]),
-            )
-            taken = table.take(pa.array(rows[lo:hi] - shift))
+        merged: list[int] = []
+        finished: list[int] = []
+        for group in _groups(held, touched):
+            part = held[group.start : group.stop]
+            lo, hi = starts[group.start], stops[group.stop - 1]
+            done = self._take(part, rows[lo:hi])
+            merged.extend(h.first for h in part[1:])  # their rows are the first's from now
+            if part[0].left == 0:
+                finished.append(part[0].first)
             done = with_attribution(
-                taken, owner_names.slice(lo, hi - lo), source[lo:hi], decided[lo:hi],
-                reason[lo:hi], self.dns.names_for(taken),
+                done, owner_names.slice(lo, hi - lo), source[lo:hi], decided[lo:hi],
+                reason[lo:hi], self.dns.names_for(done),
             )  # fmt: skip
-            for b, a, z in zip(
-                part, starts[run.start : run.stop], stops[run.start : run.stop], strict=True
-            ):
-                out.append(done.slice(a - lo, z - a))
-                b.left -= z - a
-        finished = [b.first for b in batches if b.left == 0]
+            # one table per batch
+            batch = np.searchsorted(self._batch_firsts, rows[lo:hi], side="right")
+            cut = np.flatnonzero(np.diff(batch)) + 1
+            for a, z in zip([0, *cut.tolist()], [*cut.tolist(), hi - lo], strict=True):
+                out.append(done.slice(a, z - a))
+        for first in merged + finished:
+            del self._held[first]
+        if merged:
+            self._firsts = self._firsts[~np.isin(self._firsts, merged)]
         if finished:
-            for first in finished:
-                del self._batches[first]
-            self._firsts = self._firsts[~np.isin(self._firsts, finished)]
+            # and the batches whose rows were held there are done with
+            gone = np.isin(self._firsts, finished)
+            at = np.searchsorted(self._firsts, self._batch_firsts, side="right") - 1
+            self._batch_firsts = self._batch_firsts[~gone[at]]
+            self._firsts = self._firsts[~gone]
         return out
+
+    @staticmethod
+    def _take(part: list[_Held], rows: npt.NDArray[np.int64]) -> pa.Table:
+        """The decided `rows` (ascending handles) out of `part` (consecutive held rows of one
+        schema); what still waits in them is kept by the first, copied out where that lets
+        much go."""
+        table = part[0].table if len(part) == 1 else pa.concat_tables(h.table for h in part)
+        pairs = [h.held() for h in part]
+        handles = pairs[0][0] if len(part) == 1 else np.concatenate([p[0] for p in pairs])
+        alive = np.concatenate([p[1] for p in pairs])  # a copy: marked below
+        pos = np.searchsorted(handles, rows)
+        alive[pos] = False
+        left = int(np.count_nonzero(alive))
+        every = left == 0 and len(pos) == len(handles)  # all it held, in order: no copy
+        done = table if every else table.take(pa.array(pos))
+        head = part[0]
+        if left == 0:
+            pass
+        elif head.fresh or 2 * left <= len(handles):
+            kept = np.flatnonzero(alive)
+            head.table, head.handles, head.alive = table.take(pa.array(kept)), handles[kept], None
+        else:
+            head.alive = alive
+        head.left = left
+        return done
+
+
+def _groups(held: list[_Held], index: list[int]) -> list[range]:
+    """Touched held rows taken from together: consecutive batches as submitted (fresh, the
+    same schema, nothing held between them); every earlier tick's kept rows alone."""
+    groups: list[range] = []
+    begin = 0
+    for i in range(1, len(held) + 1):
+        if (
+            i == len(held)
+            or not (held[i].fresh and held[begin].fresh)
+            or index[i] != index[i - 1] + 1
+            or not held[i].table.schema.equals(held[begin].table.schema, check_metadata=True)
+        ):
+            groups.append(range(begin, i))
+            begin = i
+    return groups
 
 
 def _runs_of_one_schema(tables: list[pa.Table]) -> list[range]:
