@@ -234,25 +234,34 @@ class StreamingAttribution:
         stops = [*starts[1:], len(rows)]
         touched = which[starts].tolist()
         held = [self._held[int(self._firsts[i])] for i in touched]
-        out: list[pa.Table] = []
         merged: list[int] = []
         finished: list[int] = []
+        taken: list[pa.Table] = []  # per group, its decided rows
         for group in _groups(held, touched):
             part = held[group.start : group.stop]
             lo, hi = starts[group.start], stops[group.stop - 1]
-            done = self._take(part, rows[lo:hi])
+            taken.append(self._take(part, rows[lo:hi]))
             merged.extend(h.first for h in part[1:])  # their rows are the first's from now
             if part[0].left == 0:
                 finished.append(part[0].first)
+        # Attribution appended once per schema, not per group (a tick may touch many), and
+        # the result cut into one table per batch.
+        batch = np.searchsorted(self._batch_firsts, rows, side="right")
+        out: list[pa.Table] = []
+        lo = 0
+        for run in _runs_of_one_schema(taken):
+            done = (
+                pa.concat_tables(taken[run.start : run.stop]) if len(run) > 1 else taken[run.start]
+            )
+            hi = lo + done.num_rows
             done = with_attribution(
                 done, owner_names.slice(lo, hi - lo), source[lo:hi], decided[lo:hi],
                 reason[lo:hi], self.dns.names_for(done),
             )  # fmt: skip
-            # one table per batch
-            batch = np.searchsorted(self._batch_firsts, rows[lo:hi], side="right")
-            cut = np.flatnonzero(np.diff(batch)) + 1
-            for a, z in zip([0, *cut.tolist()], [*cut.tolist(), hi - lo], strict=True):
+            cut = (np.flatnonzero(np.diff(batch[lo:hi])) + 1).tolist()
+            for a, z in zip([0, *cut], [*cut, hi - lo], strict=True):
                 out.append(done.slice(a, z - a))
+            lo = hi
         for first in merged + finished:
             del self._held[first]
         if merged:
