@@ -685,13 +685,25 @@ async def _connect_within(options: dict[str, Any], timeout_s: float) -> Client:
     cancellation that lands while it tidies up after a failed try is swallowed (its _close
     catches CancelledError), so asyncio.wait_for could wait on it for good: seen as a node
     refused by the servers still running 90 s past a 3 s bound. Cancel until it ends.
+    The same when the caller gives up first (the agent's sink bounds each export): a
+    connect left running would open a connection nobody uses once the servers answer.
     """
     nc = Client()
     task = asyncio.ensure_future(nc.connect(**options))
-    done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        await _abandon(nc, task)
+        raise
     if task in done:
         task.result()  # its error, if the servers refused us for good
         return nc
+    await _abandon(nc, task)
+    raise TimeoutError
+
+
+async def _abandon(nc: Client, task: asyncio.Future[None]) -> None:
+    """End a first connect that is no longer wanted, and its client."""
     for _ in range(50):  # ~10 s; should it never end, it is left behind
         task.cancel()
         await asyncio.wait({task}, timeout=0.2)
@@ -708,4 +720,3 @@ async def _connect_within(options: dict[str, Any], timeout_s: float) -> Client:
             closing.result()
     else:
         closing.cancel()
-    raise TimeoutError

@@ -16,6 +16,7 @@ its own connections by port, named by the host workload and the agent's exporter
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import TypeVar
@@ -41,7 +43,7 @@ from flowtrail.cluster.bus import DNS, MSG_ID, Bus, BusConfig, decode
 from flowtrail.cluster.natslab import NatsLab, create_streams_with, read_work_with, with_bus
 from flowtrail.collector.sink import read_parquet_sink
 from flowtrail.errors import ExportError, InputError
-from flowtrail.lab.wait import stop_all
+from flowtrail.lab.wait import stop_all, until
 from flowtrail.schema import FLOWS
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,6 +227,53 @@ def test_export_fails_within_its_timeout_while_nats_is_down_then_recovers(
         assert sink.stats["disconnects"] >= 1 and sink.stats["reconnects"] >= 1
     ids = [i for i, _ in _read_work(nats_lab)]
     assert ids[0] == "agent-a:before" and ids[-1] == "agent-a:after"
+
+
+def _tasks_in(sink: NatsExporter) -> int:
+    """Tasks running in the sink's event loop (besides the one counting them)."""
+
+    async def count() -> int:
+        return len(asyncio.all_tasks()) - 1
+
+    return asyncio.run_coroutine_threadsafe(count(), sink._loop).result(10)
+
+
+def _client_connections(lab: NatsLab) -> int:
+    port = lab.servers[0].monitor_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/connz", timeout=10) as answer:
+        return int(json.load(answer)["num_connections"])
+
+
+@pytest.mark.cluster
+def test_exports_cut_while_connecting_leave_no_connect_behind(tmp_path: Path) -> None:
+    """An agent that starts while NATS is down: each export's first connect is cut at the
+    export's timeout. None may live on: each would go on trying the servers and, once they
+    answer, hold a connection nobody uses."""
+    lab = NatsLab(tmp_path / "nats", size=1)  # not started yet: nothing answers
+    config = BusConfig(servers=lab.urls, replicas=1)
+    sink = NatsExporter(config, REGION, timeout_s=1.0)
+    try:
+        for i in range(3):
+            with pytest.raises(ExportError, match="no answer within 1 s"):
+                sink.export(_flows("agent-a", 1), f"down-{i}")
+        # A cut connect is ended in the sink's loop, just after its export gave up.
+        left = until(lambda: _tasks_in(sink), lambda n: n == 0, timeout_s=30)
+        assert left == 0, f"{left} tasks still running in the sink's loop"
+        lab.start()
+        create_streams_with(config, [REGION])
+        deadline = time.monotonic() + 45
+        while True:
+            try:
+                sink.export(_flows("agent-a", 1), "up")
+                break
+            except ExportError:
+                assert time.monotonic() < deadline, sink.last_error
+                time.sleep(0.2)  # the next try, not a wait for something
+        # One client: the sink's (the stream-creating one closes; the server notices soon).
+        assert until(lambda: _client_connections(lab), lambda n: n <= 1, timeout_s=30) == 1
+    finally:
+        sink.close()
+        lab.stop()
 
 
 def test_close_is_prompt_and_final() -> None:
