@@ -4,7 +4,7 @@ against a real nats-server (one server: the client side is under test, not repli
 
 - A `python -m flowtrail.cluster` node process given --tls-ca/--tls-cert/--tls-key and the
   user:password in its --nats URL becomes ready and stores a batch a Bus publishes over TLS.
-- A node process with a wrong password exits non-zero within its first-connect bound (30 s;
+- A node process with a wrong password exits non-zero at its first-connect bound (10 s;
   started in the background when the module's lab starts, checked last) saying the servers
   refused the credentials.
 - In process (a 3 s connect bound): no CA, no client certificate, a CA that did not sign the
@@ -45,8 +45,8 @@ pytestmark = pytest.mark.timeout(180)
 USER, PASSWORD = "flowtrail", "p@ss:w/rd%"  # characters a URL must escape: decoding is tested
 NODE_REGION, AGENT_REGION = "us-east", "eu-tls"
 CONNECT_BOUND_S = 10  # the refused node's --connect-timeout
-# Its start (imports) and exit on a loaded 2-core machine: a hang would exceed any of this.
-SLACK_S = 60
+# Its start (imports) and exit on a loaded 2-core machine: only a hang exceeds this.
+SLACK_S = 120
 
 
 @dataclass
@@ -267,15 +267,15 @@ def test_node_with_a_wrong_password_exits_nonzero_saying_why(secured: Secured) -
     first-connect bound meanwhile."""
     left = secured.refused_started + CONNECT_BOUND_S + SLACK_S - time.monotonic()
     try:
-        code = secured.refused.wait(max(left, 1))
+        code = secured.refused.wait(max(left, 5))
     except subprocess.TimeoutExpired:
         pytest.fail(f"still running {CONNECT_BOUND_S + SLACK_S} s after start")
-    took = time.monotonic() - secured.refused_started
     log = secured.refused_log.read_text(errors="replace")
     last = log.strip().splitlines()[-1]
     assert code != 0, log[-3000:]
-    assert took < CONNECT_BOUND_S + SLACK_S
-    assert took >= CONNECT_BOUND_S  # it did wait for the servers, not give up at once
+    # It gave up at its own bound (it did wait for the servers, not give up at once). How
+    # long it ran is not measured: this test runs when the module's others are done.
+    assert f"no answer in {CONNECT_BOUND_S} s" in last, last
     assert "Traceback" not in log, log[-3000:]
     port = secured.lab.servers[0].client_port
     assert f"cannot connect to nats://127.0.0.1:{port}" in last, last
