@@ -28,6 +28,7 @@ from flowtrail.engine.replay import replay
 from flowtrail.errors import ExportError
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
+from tests.cluster.test_poison import work_settled
 
 # A budget, not a check: the replay comparisons pace ~500 (heartbeats) and ~1,100 (with
 # events) seconds of received time through R3 streams, one round trip each, and took over
@@ -220,12 +221,7 @@ def test_bad_batches_are_counted_and_harm_nothing(nats_lab: NatsLab, tmp_path: P
             await bus.publish(evidence, b"", "junk-mark", {CLOCK: "soon"})
             await bus.publish_batch(region, good, "good")
             await _decide_all(node, run, good, lambda t: bus.publish_clock(region, t, "end"))
-            # Terminations are not confirmed to the sender: give the server a moment.
-            for _ in range(100):
-                info = await bus.js.consumer_info(bus.work_stream(region), "collectors")
-                if (info.num_pending, info.num_ack_pending) == (0, 0):
-                    break
-                await asyncio.sleep(0.05)
+            info = await work_settled(bus, region)  # terminations are not confirmed
             return node, info.num_pending, info.num_ack_pending
 
     node, pending, ack_pending = asyncio.run(main())

@@ -23,7 +23,7 @@ from flowtrail.cluster.node import NodeConfig
 from flowtrail.engine.attributor import Settings
 from flowtrail.sim.simulation import simulate
 from flowtrail.store import Store
-from tests.cluster.test_poison import REGION, dead_letters, tick, until
+from tests.cluster.test_poison import REGION, dead_letters, tick, until, work_settled
 from tests.unit.batch_strategies import contract_only, hostile
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -86,12 +86,7 @@ def test_a_node_stores_every_good_row_whatever_comes_between(
                 await until(settled, 120, "every batch handled", group)
             finally:
                 marks.cancel()
-            info = await feeder.js.consumer_info(feeder.work_stream(REGION), "collectors")
-            for _ in range(100):  # acks are not confirmed to the node: ask the server
-                if (info.num_pending, info.num_ack_pending) == (0, 0):
-                    break
-                await asyncio.sleep(0.05)
-                info = await feeder.js.consumer_info(feeder.work_stream(REGION), "collectors")
+            info = await work_settled(feeder)
             letters = await dead_letters(feeder)
             assert all(not run.done() for run in group.runs)  # no node went down
             dead = sum(n.stats["batches_dead_lettered"] for n in nodes)
