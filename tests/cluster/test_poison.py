@@ -228,7 +228,14 @@ def test_poison_batches_are_dead_lettered_and_the_region_keeps_storing(
         with Store(tmp_path / f"n{i}.duckdb", retention_ns=None) as s:
             stored.append(s.read())
     out = pa.concat_tables(stored)
-    assert out.num_rows == sum(t.num_rows for t in good)
+    # A good batch redelivered under load (ack_wait is short here) is decided by both nodes:
+    # each store holds its rows once, and readers of several sinks deduplicate by key
+    # (docs/cluster.md). Every good row is stored, nothing else.
+    keys = ["exporter", "flow_id", "state", "end_ns"]
+    for table in stored:
+        assert table.select(keys).group_by(keys).aggregate([]).num_rows == table.num_rows
+    got = {tuple(r.values()) for r in out.select(keys).to_pylist()}
+    assert got == {tuple(r.values()) for t in good for r in t.select(keys).to_pylist()}
     assert set(out.column("exporter").to_pylist()) == set(exporters[:3])
     racks = out.filter(pc.equal(out.column("exporter"), exporters[1])).column("extra")
     assert {json.loads(extra)["rack"] for extra in racks.to_pylist()} == {"r7"}
