@@ -156,15 +156,32 @@ def test_three_nodes_two_regions_equal_single_node_replay(
                 for name in region_names:
                     mark = last + step * 200 * SECOND
                     await feeder.publish_clock(name, mark, f"end-{step}-{name}")
-            await _wait_for(
-                lambda: (
-                    sum(n.stats["rows_written"] for n in nodes) >= flows.num_rows
-                    and all(n.held == 0 for n in nodes)
-                ),
-                60,
-                "every row decided, stored and acked",
-                runs,
-            )
+
+            # The last decisions are CPU work (eight 200 s steps of 1 s ticks with events):
+            # on a loaded machine they outlast any fixed bound, so 60 s without progress
+            # (rows written, data clocks moved) is the stall that fails.
+            def progress() -> tuple[int, ...]:
+                return (
+                    sum(n.stats["rows_written"] for n in nodes),
+                    *(n.now or 0 for n in nodes),
+                )
+
+            def done() -> bool:
+                return sum(n.stats["rows_written"] for n in nodes) >= flows.num_rows and all(
+                    n.held == 0 for n in nodes
+                )
+
+            while not done():
+                seen = progress()
+                try:
+                    await _wait_for(
+                        lambda seen=seen: done() or progress() != seen,
+                        60,
+                        "every row decided, stored and acked",
+                        runs,
+                    )
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: no progress from {seen}") from None
             for run in runs:
                 assert not run.done(), run
         finally:
