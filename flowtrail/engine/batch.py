@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from flowtrail.engine import sweep
 from flowtrail.engine.attributor import REASONS, SECOND, Settings
 from flowtrail.engine.ipkeys import IpKeys, Names
+from flowtrail.engine.kernels import mix64
 from flowtrail.engine.verdict import UNATTRIBUTED, VIA_PEER, VIA_RANGES
 from flowtrail.jit import compiled
 
@@ -56,14 +57,6 @@ def grid(times: I64, step: int) -> I64:
 
 
 @compiled
-def _mix(x):  # type: ignore[no-untyped-def]
-    """splitmix64's finaliser: neighbouring keys must not probe neighbouring slots."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@compiled
 def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
     """Dense ids (0, 1, ...) of the distinct keys[mask]; (ids of keys, ids of queries, count),
     -1 where a key is not among them. One hash table, no sort."""
@@ -78,7 +71,7 @@ def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
     for i in range(len(keys)):
         if not mask[i]:
             continue
-        s = _mix(keys[i]) & m
+        s = mix64(keys[i]) & m
         while slot_id[s] >= 0 and slot_key[s] != keys[i]:
             s = (s + np.uint64(1)) & m
         if slot_id[s] < 0:
@@ -87,7 +80,7 @@ def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
         ids[i] = slot_id[s]
     out = np.full(len(queries), -1, np.int32)
     for i in range(len(queries)):
-        s = _mix(queries[i]) & m
+        s = mix64(queries[i]) & m
         while slot_id[s] >= 0:
             if slot_key[s] == queries[i]:
                 out[i] = slot_id[s]
@@ -98,8 +91,8 @@ def _dense_ids(keys, mask, queries):  # type: ignore[no-untyped-def]
 
 @compiled
 def _tuple_hash(a_key, a_port, b_key, b_port):  # type: ignore[no-untyped-def]
-    h = _mix(a_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(a_port))
-    return _mix(h ^ (b_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(b_port)))
+    h = mix64(a_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(a_port))
+    return mix64(h ^ (b_key * np.uint64(0x9E3779B97F4A7C15) + np.uint64(b_port)))
 
 
 @compiled

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flowtrail.engine.ipkeys import IpKeys, Names
+from flowtrail.engine.kernels import mix64
 from flowtrail.errors import ContractError
 from flowtrail.jit import compiled
 
@@ -95,16 +96,8 @@ def _merge_runs(who, addr, name, start, end):  # type: ignore[no-untyped-def]
 
 
 @compiled
-def _mix(x):  # type: ignore[no-untyped-def]
-    """splitmix64's finaliser: neighbouring keys must not probe neighbouring slots."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@compiled
 def _slot(who, addr, mask):  # type: ignore[no-untyped-def]
-    return _mix(_mix(np.uint64(who)) ^ addr) & mask
+    return mix64(mix64(np.uint64(who)) ^ addr) & mask
 
 
 @compiled

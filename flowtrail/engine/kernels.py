@@ -195,12 +195,13 @@ def event_ranges(time, assign, owner, b_lo, b_hi, moment, guard, now, lag):  # t
 def tuple_hash_one(a_key, a_port, b_key, b_port):  # type: ignore[no-untyped-def]
     """peers.tuple_hash of one ordered 4-tuple (the same bits)."""
     m1 = np.uint64(0x9E3779B97F4A7C15)
-    h = _mix64(a_key * m1 + np.uint64(a_port))
-    return _mix64(h ^ (b_key * m1 + np.uint64(b_port)))
+    h = mix64(a_key * m1 + np.uint64(a_port))
+    return mix64(h ^ (b_key * m1 + np.uint64(b_port)))
 
 
 @compiled
-def _mix64(h):  # type: ignore[no-untyped-def]
+def mix64(h):  # type: ignore[no-untyped-def]
+    """splitmix64's finaliser: neighbouring keys must not probe neighbouring slots."""
     h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return h ^ (h >> np.uint64(31))
