@@ -31,11 +31,13 @@ import pytest
 from flowtrail.agent.dns_capture import DnsCapture
 from flowtrail.agent.exporter import Delivery, ParquetDir
 from flowtrail.agent.runner import Agent
-from flowtrail.lab import Lab, Place
+from flowtrail.engine.dnsnames import DnsNames
+from flowtrail.engine.replay import replay
+from flowtrail.lab import Client, Lab, Place, Server
 from flowtrail.lab.agent import EXPORTER, REGION, running_agent
 from flowtrail.lab.dnspeer import Receive, Resolve, Send, argv, dnsmasq_argv, encode_name
 from flowtrail.lab.wait import until
-from flowtrail.schema import DNS_ANSWERS
+from flowtrail.schema import DNS_ANSWERS, FLOWS
 from flowtrail.tables import validate
 
 pytestmark = pytest.mark.kernel
@@ -99,6 +101,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsLab]:
             f"--cname=www.shop-{t}.test,edge.cdn-{t}.test,300",
             f"--host-record=db-{t}.test,10.77.2.2,fd00:77::22,1800",
             f"--host-record=later-{t}.test,10.77.3.3,90",
+            f"--host-record=api-{t}.test,{net.server.ip},300",
         ]
         dnsmasq = subprocess.Popen(
             dnsmasq_argv(net.server.netns, [net.server.ip, net.server.ip6], records),
@@ -285,3 +288,38 @@ def test_one_poll_takes_at_most_its_limit_and_leaves_the_rest(lab: DnsLab) -> No
 
         assert until(poll, lambda n: n >= 12, 30) == 12
         assert max(sizes) == 5 and mine == [port] * 12
+
+
+def test_a_workload_resolves_a_name_then_connects_and_the_flow_carries_the_name(
+    lab: DnsLab,
+) -> None:
+    """End to end on the real kernel: the agent captures the answer and the connection made to
+    its address; attribution (the batch schedule) over the exported flows and answers names the
+    flow's remote side `remote_dns`, beside whoever owns the address."""
+    api = lab.name("api")
+    assert lab.resolve(lab.svc, lab.net.server.ip, [(api, "A")])
+    port = lab.net.port()
+    server = lab.net.serve(lab.net.server.at(lab.net.cgroup("api")), Server(lab.net.server.ip,
+                           port, recv=10, send=20))  # fmt: skip
+    client = lab.net.spawn(lab.svc, Client(lab.net.server.ip, port, send=10, recv=20))
+    assert client.wait(60) == 0 and server.wait(60) == 0
+    lab.wait_rows(api, 1)
+
+    def flows() -> pa.Table:
+        files = sorted(lab.out.glob("flows-*.parquet"))
+        return (
+            pa.concat_tables([pq.read_table(f) for f in files])
+            if files
+            else FLOWS.schema.empty_table()
+        )
+
+    def outbound(table: pa.Table) -> list[dict[str, Any]]:
+        return [r for r in table.to_pylist()
+                if r["remote_port"] == port and r["direction"] == "outbound"]  # fmt: skip
+
+    until(flows, lambda t: len(outbound(t)) == 1, 30)
+    names = DnsNames()
+    names.add(pa.Table.from_pylist(lab.rows(), DNS_ANSWERS.schema))
+    (row,) = outbound(replay(flows(), dns=names).table)
+    assert row["remote_dns"] == api
+    assert row["local_workload"] == f"systemd:resolver-{lab.net.tag}.service"
