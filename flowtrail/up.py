@@ -181,6 +181,7 @@ class AgentPart:
         host_workload: str | None,
         own: dict[str, tuple[str, int]] | None = None,
         keep_own_traffic: bool = False,
+        capture_dns: bool = True,
     ) -> None:
         """`own`: flowtrail's servers by name ("collector", "api") → (ip, port). Connections
         to them are left out, or with `keep_own_traffic` kept and named flowtrail:<name>."""
@@ -215,6 +216,9 @@ class AgentPart:
         self.exporter = CollectorExporter(url, token, str(cafile) if cafile else None)
         # The agent retries a collector that is briefly away every few seconds, not minutes.
         self.delivery = Delivery(self.exporter, Spool(spool, 256 << 20), backoff_max_s=10.0)
+        self.dns_capture, dns = None, None
+        if capture_dns:
+            self.dns_capture, dns = self._dns(exporter, url, token, cafile, spool)
         self.runner = Agent(
             self.capture,
             AgentConfig(
@@ -230,10 +234,36 @@ class AgentPart:
             listeners=ListenerWatch(netns, clock_ns=self.capture.clock.now_epoch_ns)
             if self.capture.clock is not None
             else None,
+            dns=dns,
         )
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="up-agent", daemon=True)
+
+    def _dns(
+        self, exporter: str, url: str, token: str, cafile: Path | None, spool: Path
+    ) -> tuple[Any, Any]:
+        """DNS capture answered into the collector's /v1/dns_answers, with a spool of its own;
+        (None, None) where this host cannot capture DNS (said on stderr: flows go on)."""
+        from flowtrail.agent.dns_answers import DnsAnswers
+        from flowtrail.agent.dns_capture import DnsCapture
+        from flowtrail.agent.exporter import Delivery, Spool, TableExporter
+        from flowtrail.collector.client import CollectorExporter
+        from flowtrail.errors import CapabilityError
+
+        capture = DnsCapture()
+        try:
+            capture.start()
+        except CapabilityError as exc:
+            click.echo(f"flowtrail up: DNS capture off: {exc}", err=True)
+            return None, None
+        self.dns_exporter = TableExporter(
+            CollectorExporter(url, token, str(cafile) if cafile else None), "dns_answers"
+        )
+        delivery = Delivery(
+            self.dns_exporter, Spool(spool / "dns_answers", 64 << 20), backoff_max_s=10.0
+        )
+        return capture, DnsAnswers(capture, delivery, self.identity, exporter=exporter)
 
     def _run(self) -> None:
         try:
@@ -255,6 +285,9 @@ class AgentPart:
             self._thread.join(timeout_s)
         self.exporter.close()
         self.capture.close()
+        if self.dns_capture is not None:
+            self.dns_exporter.close()
+            self.dns_capture.close()
 
     def metrics(self) -> dict[str, int]:
         return self.runner.metrics()
@@ -352,6 +385,12 @@ def status_line(agent: AgentPart | None, collector: Any) -> str:
 )
 @click.option("--no-agent", is_flag=True, help="Run without the agent (no root needed).")
 @click.option(
+    "--no-dns",
+    is_flag=True,
+    help="The agent captures no DNS answers, so flows to addresses nobody owns get no "
+    "remote_dns name (docs/dns.md).",
+)
+@click.option(
     "--identity",
     "identity_file",
     metavar="FILE",
@@ -402,6 +441,7 @@ def up(
     api_allow_hosts: tuple[str, ...],
     interval: int,
     no_agent: bool,
+    no_dns: bool,
     identity_file: str | None,
     host_workload: str | None,
     exporter_name: str | None,
@@ -475,6 +515,7 @@ def up(
             api_allow_hosts=api_allow_hosts,
             interval_s=interval / SECOND,
             no_agent=no_agent,
+            capture_dns=not no_dns,
             identity_file=identity_file,
             host_workload=host_workload,
             max_wait_ns=max_wait,
@@ -514,6 +555,7 @@ class _Up:
         max_wait_ns: int,
         status_every_s: float,
         keep_own_traffic: bool = False,
+        capture_dns: bool = True,
     ) -> None:
         from flowtrail.agent.prometheus import AgentCounters
         from flowtrail.api.server import QueryAPI
@@ -601,6 +643,7 @@ class _Up:
                             "api": (near, api.port),
                         },
                         keep_own_traffic=keep_own_traffic,
+                        capture_dns=capture_dns,
                     )
                 except CapabilityError as exc:
                     raise CapabilityError(f"{exc}; or run with --no-agent") from exc
