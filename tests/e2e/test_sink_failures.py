@@ -49,11 +49,11 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 def fill(fs: Path) -> Path:
     """Write a file until the file system is full; returns it."""
     filler = fs / "filler"
-    with open(filler, "wb") as f:
+    # Unbuffered: a buffered file would keep the bytes that did not fit and fail again at close.
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == 28, exc  # ENOSPC
     return filler

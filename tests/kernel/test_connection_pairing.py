@@ -118,8 +118,11 @@ def attributed(rows: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
 
 
 def query(table: pa.Table) -> duckdb.DuckDBPyConnection:
+    """The attributed rows as a store lays them out: the columns beyond the contract's in
+    `extra` (here none the queries need)."""
     con = duckdb.connect()
-    con.register("flows", table)
+    con.register("attributed_rows", table)
+    con.execute("CREATE VIEW flows AS SELECT *, NULL::VARCHAR AS extra FROM attributed_rows")
     return con
 
 

@@ -21,9 +21,10 @@ from flowtrail.vocabulary import OUTCOMES
 S = 1_000_000_000
 
 
-def _ranked_latest_rows_sql(source: str, window: Window) -> str:
+def _ranked_latest_rows_sql(source: str, window: Window, dns: bool = False) -> str:
+    columns = f"*, {queries.REMOTE_DNS_SQL} AS remote_dns" if dns else "*"
     return f"""
-        SELECT * FROM {source} WHERE {window.sql()}
+        SELECT {columns} FROM {source} WHERE {window.sql()}
         QUALIFY row_number() OVER (
             PARTITION BY exporter, flow_id ORDER BY end_ns DESC, (state = 'closed') DESC
         ) = 1
