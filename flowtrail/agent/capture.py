@@ -352,6 +352,7 @@ class Capture:
         self.fallback_reason: str | None = None
         self._prog_fd = -1
         self._expired = 0  # start-map entries live() found certainly dead and removed
+        self._unstamped = 0  # records closed past the handshake whose ESTABLISHED change was missed
         # default: wake the reader when an eighth of the ring is queued
         self.wakeup_bytes = ringbuf_bytes // 8 if wakeup_bytes is None else wakeup_bytes
         if not 0 <= self.wakeup_bytes <= ringbuf_bytes:
@@ -503,6 +504,11 @@ class Capture:
         records = ring.read(timeout_ms)
         if len(records) == 0:
             return None
+        # established (it closed from past the handshake) but no ESTABLISHED time: the
+        # change itself was missed (the row goes on, established_ns null)
+        self._unstamped += int(
+            np.count_nonzero((records["established"] == 1) & (records["established_ns"] == 0))
+        )
         return decode(records, self._require(self.clock))
 
     def live(self) -> pa.RecordBatch:
@@ -546,6 +552,7 @@ class Capture:
             out[reason] = int(sum(values))
         out["bad_record_size"] = self._ring.bad_size if self._ring is not None else 0
         out["expired_start"] = self._expired
+        out["established_unseen"] = self._unstamped
         # state changes no program handled (the kernel skipped the first, its recursion guard
         # taken on that CPU, and the second copy did not take over): opens, establishments or
         # closes lost

@@ -378,7 +378,13 @@ def test_full_start_map_counts_drops() -> None:
 def test_stats_expose_every_reason_even_when_zero() -> None:
     with Capture() as fresh:  # its own counters, from zero
         stats = fresh.stats()
-    assert set(stats) == {*DROP_REASONS, "bad_record_size", "expired_start", "recursion_miss"}
+    assert set(stats) == {
+        *DROP_REASONS,
+        "bad_record_size",
+        "expired_start",
+        "established_unseen",
+        "recursion_miss",
+    }
     assert all(isinstance(v, int) and v >= 0 for v in stats.values())
     # No reading took place and the start map has room for 65536 sockets: these are zero,
     # and there all the same.

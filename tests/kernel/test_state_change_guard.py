@@ -187,6 +187,7 @@ def assert_each_connection_whole(
     # times), with no recursion miss (docs/bpf.md, "Known loss"). Bounded here, not hidden.
     missing = missing_ends(rows, made)
     unstamped = [r for r in out + inb if r["established_ns"] is None]
+    assert len(unstamped) <= counted["established_unseen"], (unstamped, counted)
     lost = sum(c.total() for c in missing.values()) + len(unstamped)
     assert lost <= made.total() // 50, f"missing: {missing}; unstamped: {unstamped}; {counted}"
     assert all(r["outcome"] == "established" for r in out + inb)
