@@ -246,16 +246,12 @@ class AgentPart:
         """DNS capture answered into the collector's /v1/dns_answers, with a spool of its own;
         (None, None) where this host cannot capture DNS (said on stderr: flows go on)."""
         from flowtrail.agent.dns_answers import DnsAnswers
-        from flowtrail.agent.dns_capture import DnsCapture
+        from flowtrail.agent.dns_capture import started_or_off
         from flowtrail.agent.exporter import Delivery, Spool, TableExporter
         from flowtrail.collector.client import CollectorExporter
-        from flowtrail.errors import CapabilityError
 
-        capture = DnsCapture()
-        try:
-            capture.start()
-        except CapabilityError as exc:
-            click.echo(f"flowtrail up: DNS capture off: {exc}", err=True)
+        capture = started_or_off(lambda m: click.echo(f"flowtrail up: {m}", err=True))
+        if capture is None:
             return None, None
         self.dns_exporter = TableExporter(
             CollectorExporter(url, token, str(cafile) if cafile else None), "dns_answers"

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, TextIO
 import click
 
 from flowtrail import units
-from flowtrail.errors import CapabilityError, InputError
+from flowtrail.errors import InputError
 from flowtrail.outputs import make_dir, writing
 from flowtrail.stop_signals import stop_on_signals
 
@@ -487,19 +487,14 @@ def agent(
         )
     dns_capture = None
     if dns_export is not None:
-        from flowtrail.agent.dns_capture import DnsCapture
+        from flowtrail.agent.dns_capture import started_or_off
 
-        dns_capture = DnsCapture()
         try:
-            dns_capture.start()
-        except CapabilityError as exc:
-            # flows are the agent's job: a host that cannot capture DNS still exports them
-            dns_capture = None
-            click.echo(f"flowtrail agent: DNS capture off: {exc}", err=True)
+            dns_capture = started_or_off(lambda m: click.echo(f"flowtrail agent: {m}", err=True))
         except BaseException:
             capture.close()
             raise
-        else:
+        if dns_capture is not None:
             click.echo(
                 "flowtrail agent: DNS answers from cgroup_skb/ingress on"
                 f" {dns_capture.cgroup_root} (--no-dns: off)",

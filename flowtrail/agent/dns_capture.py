@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -244,3 +245,15 @@ class DnsCapture:
 def _log_tail() -> str:
     log = libbpf.recent_log(15)
     return f"\nlibbpf said:\n{log}" if log else ""
+
+
+def started_or_off(say: Callable[[str], None]) -> DnsCapture | None:
+    """A started DnsCapture, or None where this host cannot capture DNS (no cgroup v2, an
+    older kernel), said through `say`: flows are the agent's job and go on without it."""
+    capture = DnsCapture()
+    try:
+        capture.start()
+    except CapabilityError as exc:
+        say(f"DNS capture off: {exc}")
+        return None
+    return capture
